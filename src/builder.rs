@@ -1,0 +1,181 @@
+//! The cache builder: everything a [`Cache`] is configured with, checked once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::{Cache, Inner};
+use crate::class::{Class, Classes};
+use crate::codec::Codec;
+use crate::error::Error;
+use crate::key::check_name;
+use crate::local_store::{LocalCapacity, LocalStore};
+use crate::redis_store::{RedisSettings, RedisStore};
+use crate::single_flight::Flights;
+use crate::stats::Stats;
+
+/// Builds a [`Cache`]. Get one from [`Cache::builder`].
+///
+/// Without a Redis URL the cache runs on its local store only; application code is the same
+/// either way.
+///
+/// ```
+/// use std::time::Duration;
+/// use stormcache::{Cache, Class};
+///
+/// # fn main() -> Result<(), stormcache::Error> {
+/// let cache = Cache::builder("accounts")
+///     .redis_url(std::env::var("REDIS_URL").ok()) // None: local store only
+///     .default_ttl(Duration::from_secs(600))
+///     .class(Class::new("permissions").ttl(Duration::from_secs(900)).volatile())
+///     .class(Class::new("resources").ttl(Duration::from_secs(12 * 3600)))
+///     .build()?;
+/// # let _ = cache; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct CacheBuilder {
+    namespace: String,
+    redis_url: Option<String>,
+    capacity: LocalCapacity,
+    default_ttl: Duration,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    reconnect_delay: Duration,
+    max_in_flight: usize,
+    maintenance_timeout: Duration,
+    scan_batch: u32,
+    codec: Codec,
+    classes: Vec<Class>,
+}
+
+impl CacheBuilder {
+    pub(crate) fn new(namespace: impl Into<String>) -> Self {
+        CacheBuilder {
+            namespace: namespace.into(),
+            redis_url: None,
+            capacity: LocalCapacity::default(),
+            default_ttl: Duration::from_secs(300),
+            command_timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(1),
+            reconnect_delay: Duration::from_millis(200),
+            max_in_flight: 1024,
+            maintenance_timeout: Duration::from_secs(5),
+            scan_batch: 500,
+            codec: Codec::default(),
+            classes: Vec::new(),
+        }
+    }
+
+    /// Redis to use as the shared L2, in fred's URL forms:
+    /// `redis://[user:pw@]host:port[/db]`, `rediss://…` (feature `tls`),
+    /// `redis-sentinel://s1:26379/db?sentinelServiceName=mymaster&node=s2:26379`,
+    /// `redis-cluster://h1:p1?node=h2:p2`. `None` (or never calling this) means local only.
+    pub fn redis_url(mut self, url: impl Into<Option<String>>) -> Self {
+        self.redis_url = url.into().filter(|u| !u.trim().is_empty());
+        self
+    }
+
+    /// How big the local store may grow (default 10,000 entries).
+    pub fn local_capacity(mut self, capacity: LocalCapacity) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// TTL of entries whose call and class give none (default 5 minutes).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// The longest a request waits for one Redis command (default 100 ms). Past it the
+    /// request carries on without Redis.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Deadline to establish a connection, and how long a silent connection may stay
+    /// unanswered before fred drops it (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Delay between reconnection attempts (default 200 ms; retried forever).
+    pub fn reconnect_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_delay = delay;
+        self
+    }
+
+    /// Most Redis commands in flight from request paths; beyond it reads skip Redis
+    /// instead of queueing (default 1,024).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// Deadline of each step of a flush or tag invalidation (default 5 s).
+    pub fn maintenance_timeout(mut self, timeout: Duration) -> Self {
+        self.maintenance_timeout = timeout;
+        self
+    }
+
+    /// Keys per SCAN/SSCAN page and per UNLINK batch in flushes (default 500).
+    pub fn scan_batch(mut self, n: u32) -> Self {
+        self.scan_batch = n;
+        self
+    }
+
+    /// Value format in Redis (default [`Codec::MessagePack`]).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Declares a class. A class named `default` is added if you declare none.
+    pub fn class(mut self, class: Class) -> Self {
+        self.classes.push(class);
+        self
+    }
+
+    /// Checks the configuration and builds the cache.
+    ///
+    /// With a Redis URL this must run inside a Tokio runtime: the connection is made in the
+    /// background, and an unreachable Redis is not an error.
+    pub fn build(self) -> Result<Cache, Error> {
+        check_name("namespace", &self.namespace)?;
+        if self.default_ttl.is_zero() {
+            return Err(Error::Config("default_ttl must be positive".into()));
+        }
+        if self.command_timeout.is_zero() {
+            return Err(Error::Config("command_timeout must be positive".into()));
+        }
+        let classes = Classes::new(self.classes, self.default_ttl)?;
+        let redis = match &self.redis_url {
+            None => None,
+            Some(url) => {
+                let settings = RedisSettings {
+                    url: url.clone(),
+                    command_timeout: self.command_timeout,
+                    connect_timeout: self.connect_timeout,
+                    reconnect_delay: self.reconnect_delay,
+                    max_in_flight: self.max_in_flight,
+                    maintenance_timeout: self.maintenance_timeout,
+                    scan_batch: self.scan_batch,
+                };
+                Some(RedisStore::connect(&settings, &self.namespace)?)
+            }
+        };
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                namespace: Arc::from(self.namespace),
+                classes,
+                local: LocalStore::new(self.capacity),
+                redis,
+                codec: self.codec,
+                flights: Flights::default(),
+                stats: Stats::default(),
+            }),
+        })
+    }
+}

@@ -1,0 +1,425 @@
+//! The [`Cache`] handle and its read-through path.
+//!
+//! A read goes local store → Redis → loader, and each level that answers fills the levels
+//! above it. Redis is optional at every step: when it is not configured, not answering, or
+//! answers with bytes that do not decode, the read carries on as if Redis had missed. So a
+//! request never fails because of the cache; at worst it costs one command deadline.
+//!
+//! The hit path is kept short on purpose — one local lookup, a downcast, a clone and a
+//! relaxed counter — and everything else lives in the boxed slow path.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::builder::CacheBuilder;
+use crate::class::{ClassId, Classes};
+use crate::codec::Codec;
+use crate::envelope;
+use crate::error::Error;
+use crate::key::Key;
+use crate::local_store::{LocalKey, LocalStore};
+use crate::options::EntryOptions;
+use crate::redis_store::RedisStore;
+use crate::single_flight::{self, Flights, Join, Outcome};
+use crate::stats::{Counters, Stats};
+
+/// A read-through cache: a local store in front of an optional Redis.
+///
+/// Cheap to clone (an `Arc`), `Send + Sync`: build one at start-up and share it.
+///
+/// ```
+/// use std::time::Duration;
+/// use stormcache::{Cache, EntryOptions, Key};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), stormcache::Error> {
+/// let cache = Cache::builder("shop").build()?; // add .redis_url(..) for Redis
+///
+/// let user = "alice";
+/// let key = Key::builder("user:groups:").value(user).build();
+/// let opts = EntryOptions::new().ttl(Duration::from_secs(900));
+/// let groups: Vec<String> = cache
+///     .get_or_load(key, &opts, || async { vec!["staff".to_owned()] })
+///     .await;
+/// assert_eq!(groups, ["staff"]);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) namespace: Arc<str>,
+    pub(crate) classes: Classes,
+    pub(crate) local: LocalStore,
+    pub(crate) redis: Option<RedisStore>,
+    pub(crate) codec: Codec,
+    pub(crate) flights: Flights,
+    pub(crate) stats: Stats,
+}
+
+/// Where a value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Origin {
+    /// The local store (L1).
+    Local,
+    /// Redis (L2).
+    Redis,
+    /// The loader ran.
+    Loader,
+    /// The loader failed and an expired value inside its grace was served.
+    Stale,
+}
+
+/// A value and where it came from. See [`Cache::fetch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetched<T> {
+    /// The value.
+    pub value: T,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// The bounds of a cacheable value.
+///
+/// Implemented for every `Serialize + DeserializeOwned + Clone + Send + Sync + 'static`
+/// type.
+pub trait Cacheable: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Cacheable for T {}
+
+impl Cache {
+    /// Starts building a cache whose keys live under `namespace` (1 to 64 of
+    /// `A-Z a-z 0-9 _ . -`), so several services can share one Redis database.
+    pub fn builder(namespace: impl Into<String>) -> CacheBuilder {
+        CacheBuilder::new(namespace)
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// Whether a Redis URL was configured.
+    pub fn has_redis(&self) -> bool {
+        self.inner.redis.is_some()
+    }
+
+    /// The counters since the cache was built.
+    pub fn counters(&self) -> Counters {
+        self.inner.stats.snapshot()
+    }
+
+    /// Approximate number of entries in the local store.
+    pub fn local_entry_count(&self) -> u64 {
+        self.inner.local.entry_count()
+    }
+
+    /// Read-through: the cached value of `key`, or the loader's, which is then cached.
+    ///
+    /// Concurrent misses of one key in this process run the loader once.
+    pub async fn get_or_load<T, F, Fut>(&self, key: Key, options: &EntryOptions, loader: F) -> T
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let loaded = self
+            .fetch(key, options, || async { Ok::<T, Infallible>(loader().await) })
+            .await;
+        match loaded {
+            Ok(fetched) => fetched.value,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Read-through with a fallible loader: only `Ok` values are cached, and the loader's
+    /// own error is returned.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stormcache::Error> {
+    /// use stormcache::{Cache, EntryOptions, Key};
+    ///
+    /// let cache = Cache::builder("docs").build()?;
+    /// let key = Key::literal("config")?;
+    /// let failed: Result<String, &str> =
+    ///     cache.try_get_or_load(key.clone(), &EntryOptions::new(), || async { Err("db down") }).await;
+    /// assert_eq!(failed, Err("db down"));
+    /// let loaded: Result<String, &str> =
+    ///     cache.try_get_or_load(key, &EntryOptions::new(), || async { Ok("v1".into()) }).await;
+    /// assert_eq!(loaded.as_deref(), Ok("v1"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_get_or_load<T, E, F, Fut>(
+        &self,
+        key: Key,
+        options: &EntryOptions,
+        loader: F,
+    ) -> Result<T, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.fetch(key, options, loader).await.map(|f| f.value)
+    }
+
+    /// Read-through that also says where the value came from (the HTTP layer uses it for
+    /// `x-cache`). With `stale_for` in the options, a failing loader is answered with the
+    /// expired value if it is still inside its grace ([`Origin::Stale`]).
+    pub async fn fetch<T, E, F, Fut>(
+        &self,
+        key: Key,
+        options: &EntryOptions,
+        loader: F,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let inner = &*self.inner;
+        let local_key = LocalKey {
+            class: inner.class_id(options),
+            key,
+        };
+        let mut stale = None;
+        if let Some(hit) = inner.local.get::<T>(&local_key) {
+            if !hit.stale {
+                inner.stats.l1_hit();
+                return Ok(Fetched {
+                    value: hit.value,
+                    origin: Origin::Local,
+                });
+            }
+            stale = Some(hit.value);
+        }
+        // Boxed so the hit path's future stays small.
+        Box::pin(self.load_coalesced(local_key, options, stale, loader)).await
+    }
+
+    /// The slow path: join or lead the key's flight.
+    async fn load_coalesced<T, E, F, Fut>(
+        &self,
+        local_key: LocalKey,
+        options: &EntryOptions,
+        stale: Option<T>,
+        loader: F,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let leader = loop {
+            match self.inner.flights.join(&local_key) {
+                Join::Leader(leader) => break Some(leader),
+                Join::Waiter(rx) => match single_flight::wait(rx).await {
+                    Outcome::Done(value, origin) => match value.downcast_ref::<T>() {
+                        Some(value) => {
+                            return Ok(Fetched {
+                                value: value.clone(),
+                                origin,
+                            })
+                        }
+                        // Same key read as another type: not ours to share.
+                        None => break None,
+                    },
+                    Outcome::Failed => break None,
+                    Outcome::Cancelled => continue,
+                },
+            }
+        };
+        let result = self.load_through(&local_key, options, stale, loader).await;
+        if let Some(leader) = leader {
+            match &result {
+                Ok(fetched) => leader.succeed(Arc::new(fetched.value.clone()), fetched.origin),
+                Err(_) => leader.fail(),
+            }
+        }
+        result
+    }
+
+    /// Redis, then the loader; fills what missed.
+    async fn load_through<T, E, F, Fut>(
+        &self,
+        local_key: &LocalKey,
+        options: &EntryOptions,
+        mut stale: Option<T>,
+        loader: F,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let inner = &*self.inner;
+        let class = inner.classes.get(local_key.class);
+        let ttl = inner.ttl_of(local_key.class, options);
+        let grace = options.stale_for.unwrap_or(Duration::ZERO);
+        let mut redis_key = None;
+        if let Some(redis) = inner.redis() {
+            let full_key = redis.entry_key(class.name(), &local_key.key);
+            match redis.get(&full_key).await {
+                Ok(Some(bytes)) => match inner.decode::<T>(&bytes) {
+                    Ok((value, fresh_until)) => {
+                        match fresh_until.duration_since(SystemTime::now()) {
+                            Ok(fresh_for) if !fresh_for.is_zero() => {
+                                inner.local.insert(
+                                    local_key.clone(),
+                                    value.clone(),
+                                    fresh_for.min(ttl),
+                                    grace,
+                                    &options.tags,
+                                    bytes.len(),
+                                );
+                                inner.stats.l2_hit();
+                                return Ok(Fetched {
+                                    value,
+                                    origin: Origin::Redis,
+                                });
+                            }
+                            _ if !grace.is_zero() && stale.is_none() => stale = Some(value),
+                            _ => {}
+                        }
+                    }
+                    Err(error) => {
+                        inner.stats.decode_error();
+                        tracing::warn!(key = %full_key, %error, "undecodable cached bytes; treating as a miss");
+                    }
+                },
+                Ok(None) => {}
+                Err(error) => {
+                    inner.stats.redis_error();
+                    tracing::debug!(key = %full_key, %error, "Redis read failed; carrying on without it");
+                }
+            }
+            redis_key = Some(full_key);
+        }
+
+        inner.stats.miss();
+        inner.stats.loader_call();
+        match loader().await {
+            Ok(value) => {
+                inner
+                    .store(local_key, redis_key.as_deref(), &value, ttl, grace, &options.tags)
+                    .await;
+                Ok(Fetched {
+                    value,
+                    origin: Origin::Loader,
+                })
+            }
+            Err(error) => match stale {
+                Some(value) => {
+                    inner.stats.stale_served();
+                    tracing::warn!(key = %local_key.key, "loader failed; serving the stale value inside its grace");
+                    Ok(Fetched {
+                        value,
+                        origin: Origin::Stale,
+                    })
+                }
+                None => Err(error),
+            },
+        }
+    }
+
+    /// The cached value of `key`, if any (local store, then Redis); no loader.
+    pub async fn get<T: Cacheable>(&self, key: &Key, options: &EntryOptions) -> Option<T> {
+        let result: Result<Fetched<T>, ()> = self.fetch(key.clone(), options, || async { Err(()) }).await;
+        result.ok().map(|f| f.value)
+    }
+
+    /// Writes a value to the local store and to Redis.
+    pub async fn set<T: Cacheable>(&self, key: Key, value: T, options: &EntryOptions) {
+        let inner = &*self.inner;
+        let class_id = inner.class_id(options);
+        let local_key = LocalKey { class: class_id, key };
+        let redis_key = inner
+            .redis()
+            .map(|r| r.entry_key(inner.classes.get(class_id).name(), &local_key.key));
+        let ttl = inner.ttl_of(class_id, options);
+        let grace = options.stale_for.unwrap_or(Duration::ZERO);
+        inner
+            .store(&local_key, redis_key.as_deref(), &value, ttl, grace, &options.tags)
+            .await;
+    }
+}
+
+impl Inner {
+    #[inline]
+    pub(crate) fn class_id(&self, options: &EntryOptions) -> ClassId {
+        match self.classes.resolve(options.class.as_deref()) {
+            Some(id) => id,
+            None => {
+                tracing::warn!(class = ?options.class, "unknown class; using the default class");
+                self.classes.default_id()
+            }
+        }
+    }
+
+    fn ttl_of(&self, class: ClassId, options: &EntryOptions) -> Duration {
+        options
+            .ttl
+            .or(self.classes.get(class).default_ttl())
+            .unwrap_or(Duration::from_secs(300))
+    }
+
+    /// Redis, when configured.
+    pub(crate) fn redis(&self) -> Option<&RedisStore> {
+        self.redis.as_ref()
+    }
+
+    fn decode<T: Cacheable>(&self, bytes: &[u8]) -> Result<(T, SystemTime), Error> {
+        let opened = envelope::open(self.codec, bytes)?;
+        let value = self.codec.decode(opened.payload)?;
+        Ok((value, opened.fresh_until))
+    }
+
+    /// Writes a loaded value to Redis (if `redis_key`) and to the local store.
+    async fn store<T: Cacheable>(
+        &self,
+        local_key: &LocalKey,
+        redis_key: Option<&str>,
+        value: &T,
+        ttl: Duration,
+        grace: Duration,
+        tags: &[Key],
+    ) {
+        let mut encoded_len = 0;
+        if redis_key.is_some() || self.local.weighs_bytes() {
+            match self.codec.encode(value) {
+                Ok(payload) => {
+                    encoded_len = payload.len();
+                    if let (Some(redis), Some(full_key)) = (self.redis(), redis_key) {
+                        let sealed = envelope::seal(self.codec, SystemTime::now() + ttl, &payload);
+                        if let Err(error) = redis.set(full_key, sealed, ttl + grace, tags).await {
+                            self.stats.redis_error();
+                            tracing::debug!(key = %full_key, %error, "Redis write failed; kept locally");
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(key = %local_key.key, %error, "value could not be encoded; cached locally only");
+                }
+            }
+        }
+        self.local
+            .insert(local_key.clone(), value.clone(), ttl, grace, tags, encoded_len);
+    }
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.inner.namespace)
+            .field("redis", &self.inner.redis.is_some())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,74 @@
+//! The crate's error type.
+//!
+//! Few calls return it: configuration (a bad URL, namespace or template) is an error, but a
+//! sick Redis never is. Reads fall back to the local store or the loader and invalidations
+//! are journaled, so a request does not fail because of the cache.
+
+/// What can go wrong while configuring stormcache or talking to Redis directly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key template or literal key that would be unsafe in a pattern.
+    #[error("invalid key template `{template}`: {reason}")]
+    InvalidTemplate {
+        /// The template as written.
+        template: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A template was rendered without a value for one of its placeholders.
+    #[error("key template `{template}` has no value for `{{{placeholder}}}`")]
+    MissingPlaceholder {
+        /// The template as written.
+        template: String,
+        /// The placeholder that had no value.
+        placeholder: String,
+    },
+    /// A namespace or class name outside `[A-Za-z0-9_.-]{1,64}`.
+    #[error("invalid {what} name `{name}`: use 1 to 64 of A-Z a-z 0-9 _ . -")]
+    InvalidName {
+        /// `namespace` or `class`.
+        what: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// A class named twice, or a configuration value out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The Redis URL could not be understood.
+    #[error("invalid Redis URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL, with any password masked.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A Redis URL was given but stormcache was built without the `redis` feature.
+    #[error("a Redis URL was given but stormcache was built without the `redis` feature")]
+    RedisDisabled,
+    /// Connecting to Redis needs a Tokio runtime.
+    #[error("connecting to Redis needs a Tokio runtime: build the cache inside one (e.g. in `#[tokio::main]`)")]
+    NoRuntime,
+    /// A Redis command failed (only surfaced by explicit maintenance calls).
+    #[error("Redis: {0}")]
+    Redis(String),
+    /// Redis is unavailable and the circuit breaker is open.
+    #[error("Redis is unavailable (circuit open)")]
+    Unavailable,
+    /// A value could not be encoded.
+    #[error("could not encode a value: {0}")]
+    Encode(String),
+    /// Cached bytes could not be decoded (treated as a miss by every read path).
+    #[error("could not decode cached bytes: {0}")]
+    Decode(String),
+    /// A cached function was called before a process-wide cache was installed.
+    #[error("no process-wide stormcache::Cache is installed: call `stormcache::install(cache)` once at start-up, or pass `cache = ...` to the attribute")]
+    NotInstalled,
+}
+
+#[cfg(feature = "redis")]
+impl From<fred::error::Error> for Error {
+    fn from(e: fred::error::Error) -> Self {
+        Error::Redis(e.to_string())
+    }
+}

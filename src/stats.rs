@@ -1,0 +1,84 @@
+//! Counters of what the cache did, kept with relaxed atomics so the hit path stays cheap.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a cache's counters since it was built.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), stormcache::Error> {
+/// use stormcache::{Cache, EntryOptions, Key};
+///
+/// let cache = Cache::builder("docs").build()?;
+/// let key = Key::literal("answer")?;
+/// let _: u32 = cache.get_or_load(key.clone(), &EntryOptions::new(), || async { 42 }).await;
+/// let _: u32 = cache.get_or_load(key, &EntryOptions::new(), || async { 42 }).await;
+/// let c = cache.counters();
+/// assert_eq!((c.loader_calls, c.l1_hits), (1, 1));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Reads answered by the local store.
+    pub l1_hits: u64,
+    /// Reads answered by Redis.
+    pub l2_hits: u64,
+    /// Reads that found nothing usable and went to the loader.
+    pub misses: u64,
+    /// Expired values served because the loader failed (fail-safe).
+    pub stale_served: u64,
+    /// Loader invocations.
+    pub loader_calls: u64,
+    /// Redis failures absorbed (the request carried on without Redis).
+    pub redis_errors: u64,
+    /// Cached bytes that did not decode and were treated as a miss.
+    pub decode_errors: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    l1_hits: AtomicU64,
+    l2_hits: AtomicU64,
+    misses: AtomicU64,
+    stale_served: AtomicU64,
+    loader_calls: AtomicU64,
+    redis_errors: AtomicU64,
+    decode_errors: AtomicU64,
+}
+
+impl Stats {
+    #[inline]
+    pub(crate) fn l1_hit(&self) {
+        self.l1_hits.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn l2_hit(&self) {
+        self.l2_hits.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn miss(&self) {
+        self.misses.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn stale_served(&self) {
+        self.stale_served.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn loader_call(&self) {
+        self.loader_calls.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn redis_error(&self) {
+        self.redis_errors.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn decode_error(&self) {
+        self.decode_errors.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Counters {
+        Counters {
+            l1_hits: self.l1_hits.load(Relaxed),
+            l2_hits: self.l2_hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            stale_served: self.stale_served.load(Relaxed),
+            loader_calls: self.loader_calls.load(Relaxed),
+            redis_errors: self.redis_errors.load(Relaxed),
+            decode_errors: self.decode_errors.load(Relaxed),
+        }
+    }
+}
