@@ -66,6 +66,15 @@ mod options;
 mod redis_store;
 mod single_flight;
 mod stats;
+mod status;
+
+#[cfg(feature = "axum")]
+pub mod layer;
+#[cfg(feature = "axum")]
+pub mod admin;
+#[cfg(feature = "macros")]
+#[doc(hidden)]
+pub mod __private;
 
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Cacheable, Fetched, Origin};
@@ -77,3 +86,5 @@ pub use invalidation::{Invalidation, InvalidationReport, InvalidationRule, Redis
 pub use key::{Key, KeyBuilder, KeyTemplate};
 pub use local_store::LocalCapacity;
 pub use options::EntryOptions;
+pub use stats::Counters;
+pub use status::Status;

@@ -1,0 +1,1 @@
+//! Items the attribute macros expand to. Not a public API.

@@ -1,0 +1,1 @@
+//! The authenticated admin router: status, invalidation and flushes.

@@ -1,0 +1,1 @@
+//! Tower layers for axum: response caching and invalidation on mutating routes.
