@@ -8,7 +8,11 @@ use crate::class::{Class, Classes};
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::key::check_name;
+use crate::health_monitor::{self, Health, HealthConfig};
+use crate::journal::Journal;
 use crate::local_store::{LocalCapacity, LocalStore};
+use crate::outage_policy::OutagePolicy;
+use crate::sentinel_watch;
 use crate::redis_store::{RedisSettings, RedisStore};
 use crate::single_flight::Flights;
 use crate::stats::Stats;
@@ -46,6 +50,12 @@ pub struct CacheBuilder {
     scan_batch: u32,
     codec: Codec,
     classes: Vec<Class>,
+    probe_interval: Duration,
+    recovery_probes: u32,
+    failure_threshold: u32,
+    policy: OutagePolicy,
+    journal_capacity: usize,
+    failover_replay_window: Duration,
 }
 
 impl CacheBuilder {
@@ -63,6 +73,12 @@ impl CacheBuilder {
             scan_batch: 500,
             codec: Codec::default(),
             classes: Vec::new(),
+            probe_interval: Duration::from_millis(500),
+            recovery_probes: 3,
+            failure_threshold: 3,
+            policy: OutagePolicy::default(),
+            journal_capacity: 10_000,
+            failover_replay_window: Duration::from_secs(30),
         }
     }
 
@@ -138,6 +154,44 @@ impl CacheBuilder {
         self
     }
 
+    /// The tiered flush-on-outage policy (default: seed 002's table, see [`OutagePolicy`]).
+    pub fn outage_policy(mut self, policy: OutagePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How often the health monitor probes Redis and writes the heartbeat (default 500 ms).
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// Successful probes in a row before Redis is used again after an outage (default 3).
+    pub fn recovery_probes(mut self, n: u32) -> Self {
+        self.recovery_probes = n;
+        self
+    }
+
+    /// Failed request commands in a row that open the circuit (default 3).
+    pub fn failure_threshold(mut self, n: u32) -> Self {
+        self.failure_threshold = n;
+        self
+    }
+
+    /// Most invalidation operations kept while Redis is down (default 10,000); past it,
+    /// recovery flushes the whole namespace.
+    pub fn journal_capacity(mut self, n: usize) -> Self {
+        self.journal_capacity = n;
+        self
+    }
+
+    /// How far back invalidations are re-applied after a Sentinel master switch, since
+    /// writes to the old master may be lost (default 30 s).
+    pub fn failover_replay_window(mut self, window: Duration) -> Self {
+        self.failover_replay_window = window;
+        self
+    }
+
     /// Checks the configuration and builds the cache.
     ///
     /// With a Redis URL this must run inside a Tokio runtime: the connection is made in the
@@ -166,8 +220,10 @@ impl CacheBuilder {
                 Some(RedisStore::connect(&settings, &self.namespace)?)
             }
         };
-        Ok(Cache {
-            inner: Arc::new(Inner {
+        if self.probe_interval.is_zero() {
+            return Err(Error::Config("probe_interval must be positive".into()));
+        }
+        let inner = Arc::new(Inner {
                 namespace: Arc::from(self.namespace),
                 classes,
                 local: LocalStore::new(self.capacity),
@@ -175,7 +231,16 @@ impl CacheBuilder {
                 codec: self.codec,
                 flights: Flights::default(),
                 stats: Stats::default(),
-            }),
-        })
+                health: Health::new(HealthConfig {
+                    probe_interval: self.probe_interval,
+                    recovery_probes: self.recovery_probes.max(1),
+                    failure_threshold: self.failure_threshold.max(1),
+                    policy: self.policy,
+                }),
+                journal: Journal::new(self.journal_capacity, self.failover_replay_window),
+        });
+        health_monitor::spawn(&inner);
+        sentinel_watch::spawn(&inner, self.redis_url.as_deref());
+        Ok(Cache { inner })
     }
 }

@@ -21,6 +21,8 @@ use crate::class::{ClassId, Classes};
 use crate::codec::Codec;
 use crate::envelope;
 use crate::error::Error;
+use crate::health_monitor::Health;
+use crate::journal::Journal;
 use crate::key::Key;
 use crate::local_store::{LocalKey, LocalStore};
 use crate::options::EntryOptions;
@@ -62,6 +64,8 @@ pub(crate) struct Inner {
     pub(crate) codec: Codec,
     pub(crate) flights: Flights,
     pub(crate) stats: Stats,
+    pub(crate) health: Health,
+    pub(crate) journal: Journal,
 }
 
 /// Where a value came from.
@@ -281,6 +285,7 @@ impl Cache {
                                     bytes.len(),
                                 );
                                 inner.stats.l2_hit();
+                                inner.health.record_success();
                                 return Ok(Fetched {
                                     value,
                                     origin: Origin::Redis,
@@ -295,9 +300,10 @@ impl Cache {
                         tracing::warn!(key = %full_key, %error, "undecodable cached bytes; treating as a miss");
                     }
                 },
-                Ok(None) => {}
+                Ok(None) => inner.health.record_success(),
                 Err(error) => {
                     inner.stats.redis_error();
+                    inner.health.record_failure("read failed");
                     tracing::debug!(key = %full_key, %error, "Redis read failed; carrying on without it");
                 }
             }
@@ -371,9 +377,33 @@ impl Inner {
             .unwrap_or(Duration::from_secs(300))
     }
 
-    /// Redis, when configured.
+    /// Redis, when configured and the breaker lets requests through.
+    #[inline]
     pub(crate) fn redis(&self) -> Option<&RedisStore> {
-        self.redis.as_ref()
+        self.redis
+            .as_ref()
+            .filter(|_| self.health.allows_requests())
+    }
+
+    /// Publishes the counters through the `metrics` facade.
+    pub(crate) fn publish_metrics(&self) {
+        let c = self.stats.snapshot();
+        let ns = self.namespace.to_string();
+        for (name, value) in [
+            ("stormcache_l1_hits", c.l1_hits),
+            ("stormcache_l2_hits", c.l2_hits),
+            ("stormcache_misses", c.misses),
+            ("stormcache_stale_served", c.stale_served),
+            ("stormcache_loader_calls", c.loader_calls),
+            ("stormcache_redis_errors", c.redis_errors),
+            ("stormcache_decode_errors", c.decode_errors),
+        ] {
+            metrics::counter!(name, "namespace" => ns.clone()).absolute(value);
+        }
+        metrics::gauge!("stormcache_journal_len", "namespace" => ns.clone())
+            .set(self.journal.len() as f64);
+        metrics::gauge!("stormcache_redis_healthy", "namespace" => ns)
+            .set(if self.health.allows_requests() { 1.0 } else { 0.0 });
     }
 
     fn decode<T: Cacheable>(&self, bytes: &[u8]) -> Result<(T, SystemTime), Error> {
@@ -401,6 +431,7 @@ impl Inner {
                         let sealed = envelope::seal(self.codec, SystemTime::now() + ttl, &payload);
                         if let Err(error) = redis.set(full_key, sealed, ttl + grace, tags).await {
                             self.stats.redis_error();
+                            self.health.record_failure("write failed");
                             tracing::debug!(key = %full_key, %error, "Redis write failed; kept locally");
                         }
                     }

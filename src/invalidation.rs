@@ -7,12 +7,16 @@
 //! `#[invalidate]` attribute and the HTTP `InvalidateLayer` both build on it).
 //!
 //! The local store is always cleaned first, so this process never serves what it was just
-//! told is stale; Redis follows. A Redis failure never fails the caller: it is reported.
+//! told is stale; Redis follows. A Redis failure never fails the caller: the Redis half goes
+//! to the [journal](crate::journal) and is replayed on recovery.
 
 use std::collections::BTreeSet;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Inner};
+use crate::class::ClassId;
+use crate::error::Error;
 use crate::key::Key;
+use crate::local_store::LocalKey;
 
 /// Keys, tags and classes to invalidate together.
 ///
@@ -147,8 +151,13 @@ pub enum RedisOutcome {
     NotConfigured,
     /// Applied to Redis.
     Applied,
-    /// Redis failed; the local store was cleaned, Redis was not (the error says why).
-    Failed(String),
+    /// Redis is down (or failed): the local store was cleaned and the Redis half is in the
+    /// journal, replayed on recovery before Redis is read again. `overflowed` means the
+    /// journal was full and recovery will flush the whole namespace instead.
+    Journaled {
+        /// The journal overflowed.
+        overflowed: bool,
+    },
 }
 
 /// What an invalidation did.
@@ -163,90 +172,120 @@ pub struct InvalidationReport {
     pub unknown_classes: Vec<String>,
 }
 
+impl Inner {
+    /// The classes an invalidation names, and the names this cache does not declare.
+    fn class_ids(&self, inv: &Invalidation) -> (Vec<ClassId>, Vec<String>) {
+        let mut unknown = Vec::new();
+        let mut ids: Vec<ClassId> = inv
+            .classes
+            .iter()
+            .filter_map(|name| {
+                let id = self.classes.resolve(Some(name));
+                if id.is_none() {
+                    unknown.push(name.clone());
+                }
+                id
+            })
+            .collect();
+        if inv.volatile {
+            ids.extend(self.classes.iter().filter(|(_, c)| c.is_volatile()).map(|(id, _)| id));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        (ids, unknown)
+    }
+
+    /// Removes what `inv` names from the local store.
+    pub(crate) fn apply_local(&self, inv: &Invalidation) {
+        if inv.everything {
+            self.local.invalidate_all();
+            return;
+        }
+        for key in &inv.keys {
+            for (class, _) in self.classes.iter() {
+                self.local.remove(&LocalKey {
+                    class,
+                    key: key.clone(),
+                });
+            }
+        }
+        for tag in &inv.tags {
+            self.local.invalidate_tag(tag);
+        }
+        for class in self.class_ids(inv).0 {
+            self.local.invalidate_class(class);
+        }
+    }
+
+    /// Removes what `inv` names from Redis (whatever the breaker says); keys removed.
+    pub(crate) async fn apply_redis(&self, inv: &Invalidation) -> Result<u64, Error> {
+        let Some(redis) = self.redis.as_ref() else {
+            return Ok(0);
+        };
+        if inv.everything {
+            return Ok(redis.flush_pattern(&redis.namespace_pattern()).await?.keys);
+        }
+        let mut removed = 0;
+        if !inv.keys.is_empty() {
+            let full_keys = inv
+                .keys
+                .iter()
+                .flat_map(|key| {
+                    self.classes
+                        .iter()
+                        .map(move |(_, c)| redis.entry_key(c.name(), key))
+                })
+                .collect();
+            removed += redis.unlink(full_keys).await?.keys;
+        }
+        for tag in &inv.tags {
+            removed += redis.invalidate_tag(tag).await?.keys;
+        }
+        for class in self.class_ids(inv).0 {
+            let pattern = redis.class_pattern(self.classes.get(class).name());
+            removed += redis.flush_pattern(&pattern).await?.keys;
+        }
+        Ok(removed)
+    }
+}
+
 impl Cache {
     /// Removes what `inv` names from the local store, then from Redis.
+    ///
+    /// Never fails: if Redis is down or fails, the Redis half goes to the journal and is
+    /// replayed on recovery, before Redis is read again.
     pub async fn invalidate(&self, inv: &Invalidation) -> InvalidationReport {
         let inner = &*self.inner;
-        let mut unknown_classes = Vec::new();
-        let mut class_ids = Vec::new();
-        for name in &inv.classes {
-            match inner.classes.resolve(Some(name)) {
-                Some(id) => class_ids.push(id),
-                None => unknown_classes.push(name.clone()),
-            }
-        }
-        if inv.volatile {
-            class_ids.extend(inner.classes.iter().filter(|(_, c)| c.is_volatile()).map(|(id, _)| id));
-        }
-        class_ids.sort_unstable();
-        class_ids.dedup();
-
+        let unknown_classes = inner.class_ids(inv).1;
         // Local first: this process must not serve what it was just told is stale.
-        if inv.everything {
-            inner.local.invalidate_all();
-        } else {
-            for key in &inv.keys {
-                for (class, _) in inner.classes.iter() {
-                    inner.local.remove(&crate::local_store::LocalKey {
-                        class,
-                        key: key.clone(),
-                    });
-                }
-            }
-            for tag in &inv.tags {
-                inner.local.invalidate_tag(tag);
-            }
-            for &class in &class_ids {
-                inner.local.invalidate_class(class);
-            }
+        inner.apply_local(inv);
+        let mut report = InvalidationReport {
+            redis_keys_removed: 0,
+            redis: RedisOutcome::NotConfigured,
+            unknown_classes,
+        };
+        if inner.redis.is_none() {
+            return report;
         }
-
-        let Some(redis) = inner.redis() else {
-            return InvalidationReport {
-                redis_keys_removed: 0,
-                redis: RedisOutcome::NotConfigured,
-                unknown_classes,
-            };
-        };
-        let applied = async {
-            let mut removed = 0;
-            if inv.everything {
-                removed += redis.flush_pattern(&redis.namespace_pattern()).await?.keys;
-                return Ok(removed);
-            }
-            if !inv.keys.is_empty() {
-                let full_keys = inv
-                    .keys
-                    .iter()
-                    .flat_map(|key| inner.classes.iter().map(move |(_, c)| redis.entry_key(c.name(), key)))
-                    .collect();
-                removed += redis.unlink(full_keys).await?.keys;
-            }
-            for tag in &inv.tags {
-                removed += redis.invalidate_tag(tag).await?.keys;
-            }
-            for &class in &class_ids {
-                let pattern = redis.class_pattern(inner.classes.get(class).name());
-                removed += redis.flush_pattern(&pattern).await?.keys;
-            }
-            Ok::<u64, crate::Error>(removed)
-        };
-        match applied.await {
-            Ok(removed) => InvalidationReport {
-                redis_keys_removed: removed,
-                redis: RedisOutcome::Applied,
-                unknown_classes,
-            },
-            Err(error) => {
-                inner.stats.redis_error();
-                tracing::warn!(%error, "invalidation not applied to Redis");
-                InvalidationReport {
-                    redis_keys_removed: 0,
-                    redis: RedisOutcome::Failed(error.to_string()),
-                    unknown_classes,
+        if inner.health.allows_requests() {
+            match inner.apply_redis(inv).await {
+                Ok(removed) => {
+                    inner.health.record_success();
+                    inner.journal.remember(inv);
+                    report.redis_keys_removed = removed;
+                    report.redis = RedisOutcome::Applied;
+                    return report;
+                }
+                Err(error) => {
+                    inner.stats.redis_error();
+                    inner.health.record_failure("invalidation failed");
+                    tracing::warn!(%error, "invalidation not applied to Redis; journaled");
                 }
             }
         }
+        let kept = inner.journal.push(inv.clone());
+        report.redis = RedisOutcome::Journaled { overflowed: !kept };
+        report
     }
 
     /// Removes one key, in whichever class it was stored.

@@ -58,12 +58,19 @@ mod codec;
 mod envelope;
 mod error;
 mod global;
+mod health_monitor;
+#[cfg(feature = "redis")]
+mod heartbeat;
 mod invalidation;
+mod journal;
 pub mod key;
 mod local_store;
 mod options;
+mod outage_policy;
 #[cfg_attr(not(feature = "redis"), path = "redis_disabled.rs")]
 mod redis_store;
+#[cfg_attr(not(feature = "redis"), path = "sentinel_watch_disabled.rs")]
+mod sentinel_watch;
 mod single_flight;
 mod stats;
 mod status;
@@ -82,9 +89,11 @@ pub use class::{Class, DEFAULT_CLASS};
 pub use codec::Codec;
 pub use error::Error;
 pub use global::{global, install};
+pub use health_monitor::{HealthState, OutageRecord};
 pub use invalidation::{Invalidation, InvalidationReport, InvalidationRule, RedisOutcome};
 pub use key::{Key, KeyBuilder, KeyTemplate};
 pub use local_store::LocalCapacity;
 pub use options::EntryOptions;
+pub use outage_policy::{FlushScope, OutagePolicy, Tier};
 pub use stats::Counters;
 pub use status::Status;

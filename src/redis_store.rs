@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::{
-    Builder, ClientLike, Config, Expiration, KeysInterface, ReconnectPolicy,
+    Builder, ClientLike, Config, EventInterface, Expiration, KeysInterface, ReconnectPolicy,
     SetsInterface,
 };
 use fred::types::config::{Options, UnresponsiveConfig};
@@ -115,6 +115,16 @@ impl RedisStore {
         })
     }
 
+    /// The underlying fred client.
+    pub(crate) fn client(&self) -> &fred::clients::Client {
+        &self.client
+    }
+
+    /// `ns:`.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// `ns:class:key`.
     pub(crate) fn entry_key(&self, class: &str, key: &Key) -> String {
         let mut k = String::with_capacity(self.prefix.len() + class.len() + 1 + key.as_str().len());
@@ -160,7 +170,7 @@ impl RedisStore {
     }
 
     /// A maintenance step with the longer maintenance deadline.
-    async fn step<T>(
+    pub(crate) async fn maintenance<T>(
         &self,
         fut: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, Error> {
@@ -219,7 +229,7 @@ impl RedisStore {
     pub(crate) async fn unlink(&self, keys: Vec<String>) -> Result<Removed, Error> {
         let mut removed = Removed::default();
         for group in by_slot(keys, self.client.is_clustered()) {
-            let n: i64 = self.step(self.client.unlink(group)).await?;
+            let n: i64 = self.maintenance(self.client.unlink(group)).await?;
             removed.keys += u64::try_from(n).unwrap_or(0);
         }
         Ok(removed)
@@ -234,7 +244,7 @@ impl RedisStore {
             .sscan(tag_key.as_str(), "*", Some(self.scan_batch))
             .boxed();
         loop {
-            let page = match self.step(async { pages.next().await.transpose() }).await? {
+            let page = match self.maintenance(async { pages.next().await.transpose() }).await? {
                 Some(page) => page,
                 None => break,
             };
@@ -251,7 +261,7 @@ impl RedisStore {
             // Dropping the page asks for the next one.
             drop(page);
         }
-        let _: i64 = self.step(self.client.unlink(tag_key.as_str())).await?;
+        let _: i64 = self.maintenance(self.client.unlink(tag_key.as_str())).await?;
         Ok(removed)
     }
 
@@ -269,7 +279,7 @@ impl RedisStore {
                 .boxed()
         };
         loop {
-            let mut page = match self.step(async { pages.next().await.transpose() }).await? {
+            let mut page = match self.maintenance(async { pages.next().await.transpose() }).await? {
                 Some(page) => page,
                 None => break,
             };
@@ -286,7 +296,25 @@ impl RedisStore {
         }
         Ok(removed)
     }
+
+    /// A PING with the request deadline, for probes.
+    pub(crate) async fn ping(&self) -> Result<(), Error> {
+        let client = self.client.with_options(&self.options);
+        match tokio::time::timeout(self.command_timeout, client.ping::<()>(None)).await {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::Redis("PING timed out".into())),
+        }
+    }
+
+    /// fred's connection events: errors, and (re)connections.
+    pub(crate) fn events(&self) -> (ErrorEvents, ReconnectEvents) {
+        (self.client.error_rx(), self.client.reconnect_rx())
+    }
 }
+
+pub(crate) type ErrorEvents =
+    tokio::sync::broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>;
+pub(crate) type ReconnectEvents = tokio::sync::broadcast::Receiver<fred::types::config::Server>;
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
