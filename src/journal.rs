@@ -88,6 +88,7 @@ impl Journal {
     }
 
     /// The invalidations of the replay window, oldest first.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn recent(&self) -> Vec<Invalidation> {
         let now = Instant::now();
         self.lock()
