@@ -301,6 +301,8 @@ impl Cache {
                     }
                 },
                 Ok(None) => inner.health.record_success(),
+                // Shedding load is not a sign of a sick Redis.
+                Err(Error::Overloaded) => {}
                 Err(error) => {
                     inner.stats.redis_error();
                     inner.health.record_failure("read failed");
@@ -429,10 +431,13 @@ impl Inner {
                     encoded_len = payload.len();
                     if let (Some(redis), Some(full_key)) = (self.redis(), redis_key) {
                         let sealed = envelope::seal(self.codec, SystemTime::now() + ttl, &payload);
-                        if let Err(error) = redis.set(full_key, sealed, ttl + grace, tags).await {
-                            self.stats.redis_error();
-                            self.health.record_failure("write failed");
-                            tracing::debug!(key = %full_key, %error, "Redis write failed; kept locally");
+                        match redis.set(full_key, sealed, ttl + grace, tags).await {
+                            Ok(()) | Err(Error::Overloaded) => {}
+                            Err(error) => {
+                                self.stats.redis_error();
+                                self.health.record_failure("write failed");
+                                tracing::debug!(key = %full_key, %error, "Redis write failed; kept locally");
+                            }
                         }
                     }
                 }

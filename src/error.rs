@@ -52,9 +52,9 @@ pub enum Error {
     /// A Redis command failed (only surfaced by explicit maintenance calls).
     #[error("Redis: {0}")]
     Redis(String),
-    /// Redis is unavailable and the circuit breaker is open.
-    #[error("Redis is unavailable (circuit open)")]
-    Unavailable,
+    /// Too many Redis commands were in flight: this one was skipped rather than queued.
+    #[error("too many Redis commands in flight; skipped")]
+    Overloaded,
     /// A value could not be encoded.
     #[error("could not encode a value: {0}")]
     Encode(String),

@@ -159,7 +159,7 @@ impl RedisStore {
         let _permit = self
             .in_flight
             .try_acquire()
-            .map_err(|_| Error::Redis("too many Redis commands in flight; shed".into()))?;
+            .map_err(|_| Error::Overloaded)?;
         match tokio::time::timeout(self.command_timeout, fut).await {
             Ok(result) => result.map_err(Error::from),
             Err(_) => Err(Error::Redis(format!(

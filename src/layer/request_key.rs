@@ -1,0 +1,163 @@
+//! How a request becomes a cache key.
+//!
+//! A key is `http:` + a *base* + the *variations*:
+//!
+//! - the base is, by default, `GET:` + the path + `|q:` + the normalized query (HEAD reads
+//!   GET's entry); a [key function](super::CacheLayer::key_fn) can replace it;
+//! - then, for every header declared with [`CacheLayer::vary`](super::CacheLayer::vary),
+//!   `|h:` + its name + `=` + its value (nothing after the name when the header is absent);
+//! - then, when a principal was found, `|p:` + the principal.
+//!
+//! Every part that comes from the request goes through [`KeyBuilder::value`], which escapes
+//! `:` (among others). The markers all contain a literal `:`, so no path, query, header or
+//! principal can forge another request's key: `/p?x|p:bob` cannot read bob's `/p?x`.
+//!
+//! The query is normalized by dropping empty pieces (`a=1&&b=2`) and sorting the pairs by
+//! name; the sort is stable, so repeated parameters (`tag=b&tag=a`) keep their order, which
+//! may matter to the handler.
+
+use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderMap, HeaderName};
+
+use crate::key::{Key, KeyBuilder};
+
+/// The prefix of every key and tag the HTTP layers write.
+pub(crate) const PREFIX: &str = "http:";
+
+/// Starts the default base of a request: `http:GET:<path>[|q:<normalized query>]`.
+pub(crate) fn default_base(path: &str, query: Option<&str>) -> KeyBuilder {
+    let mut b = KeyBuilder::new().literal(PREFIX).literal("GET:").value(path);
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        b = b.literal("|q:");
+        b = push_normalized_query(b, query);
+    }
+    b
+}
+
+/// Starts a key from a key function's base.
+pub(crate) fn custom_base(base: &Key) -> KeyBuilder {
+    // The base was built by a `KeyBuilder` (values escaped), so appending it as a literal
+    // keeps it as it is; `value` would escape it a second time.
+    KeyBuilder::new().literal(PREFIX).literal_trusted(base)
+}
+
+/// Appends the declared `Vary` headers and the principal. `None` when a declared header
+/// holds bytes that are not UTF-8 (such a request is not cached rather than keyed lossily).
+pub(crate) fn finish(
+    mut b: KeyBuilder,
+    headers: &HeaderMap,
+    vary: &[HeaderName],
+    principal: Option<&str>,
+) -> Option<Key> {
+    for name in vary {
+        b = b.literal("|h:").value(name.as_str());
+        let mut first = true;
+        for value in headers.get_all(name) {
+            let text = std::str::from_utf8(value.as_bytes()).ok()?;
+            b = b.literal(if first { "=" } else { "," }).value(text);
+            first = false;
+        }
+    }
+    if let Some(p) = principal {
+        b = b.literal("|p:").value(p);
+    }
+    Some(b.build())
+}
+
+/// The tag every cached response carries: `http:path:<path>`. The invalidation layer
+/// removes it after a successful mutation of the same path.
+pub(crate) fn path_tag(path: &str) -> Key {
+    KeyBuilder::new()
+        .literal(PREFIX)
+        .literal("path:")
+        .value(path)
+        .build()
+}
+
+/// Whether the request carries credentials (`Authorization` or `Cookie`).
+pub(crate) fn has_credentials(headers: &HeaderMap) -> bool {
+    headers.contains_key(AUTHORIZATION) || headers.contains_key(COOKIE)
+}
+
+fn push_normalized_query(mut b: KeyBuilder, query: &str) -> KeyBuilder {
+    let name = |pair: &&str| pair.split_once('=').map_or(*pair, |(n, _)| n);
+    let mut pairs = query.split('&').filter(|p| !p.is_empty());
+    // Most queries are short and already sorted: then nothing is collected.
+    let sorted = {
+        let mut prev: Option<&str> = None;
+        query.split('&').filter(|p| !p.is_empty()).all(|p| {
+            let n = name(&p);
+            let ok = prev.is_none_or(|prev| prev <= n);
+            prev = Some(n);
+            ok
+        })
+    };
+    if sorted {
+        if let Some(first) = pairs.next() {
+            b = b.value(first);
+        }
+        for pair in pairs {
+            b = b.literal("&").value(pair);
+        }
+        return b;
+    }
+    let mut all: Vec<&str> = pairs.collect();
+    all.sort_by_key(name);
+    for (i, pair) in all.into_iter().enumerate() {
+        if i > 0 {
+            b = b.literal("&");
+        }
+        b = b.value(pair);
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn key(path: &str, query: Option<&str>) -> String {
+        finish(default_base(path, query), &HeaderMap::new(), &[], None)
+            .expect("utf-8")
+            .as_str()
+            .to_owned()
+    }
+
+    #[test]
+    fn query_is_normalized() {
+        assert_eq!(key("/r", Some("b=2&a=1")), key("/r", Some("a=1&b=2")));
+        assert_eq!(key("/r", Some("a=1&&b=2&")), key("/r", Some("a=1&b=2")));
+        assert_ne!(key("/r", Some("t=a&t=b")), key("/r", Some("t=b&t=a")));
+        assert_eq!(key("/r", Some("z=1&t=a&t=b")), key("/r", Some("t=a&t=b&z=1")));
+        assert_eq!(key("/r", Some("")), key("/r", None));
+        assert_ne!(key("/r", Some("a")), key("/r", None));
+        assert_eq!(key("/r", Some("b=2&a=1")), "http:GET:/r|q:a=1&b=2");
+    }
+
+    #[test]
+    fn request_parts_cannot_forge_markers() {
+        let anon = finish(default_base("/p", Some("x|p:bob")), &HeaderMap::new(), &[], None);
+        let bob = finish(default_base("/p", Some("x")), &HeaderMap::new(), &[], Some("bob"));
+        assert_ne!(anon, bob);
+        let path = finish(default_base("/p|q:x", None), &HeaderMap::new(), &[], None);
+        assert_ne!(path.as_ref().map(Key::as_str), Some(key("/p", Some("x")).as_str()));
+    }
+
+    #[test]
+    fn vary_headers_are_part_of_the_key() {
+        let lang = HeaderName::from_static("accept-language");
+        let mut fr = HeaderMap::new();
+        fr.insert(&lang, HeaderValue::from_static("fr"));
+        let mut empty = HeaderMap::new();
+        empty.insert(&lang, HeaderValue::from_static(""));
+        let k = |h: &HeaderMap| finish(default_base("/", None), h, std::slice::from_ref(&lang), None);
+        let (fr, empty, absent) = (k(&fr), k(&empty), k(&HeaderMap::new()));
+        assert_ne!(fr, empty);
+        assert_ne!(empty, absent);
+        assert_eq!(fr.map(|k| k.as_str().to_owned()).as_deref(), Some("http:GET:/|h:accept-language=fr"));
+        let mut binary = HeaderMap::new();
+        binary.insert(&lang, HeaderValue::from_bytes(b"\xff").expect("obs-text"));
+        assert!(k(&binary).is_none());
+    }
+}
