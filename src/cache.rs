@@ -269,6 +269,7 @@ impl Cache {
         let ttl = inner.ttl_of(local_key.class, options);
         let grace = options.stale_for.unwrap_or(Duration::ZERO);
         let mut redis_key = None;
+        let mut read_failed = false;
         if let Some(redis) = inner.redis() {
             let full_key = redis.entry_key(class.name(), &local_key.key);
             match redis.get(&full_key).await {
@@ -307,9 +308,13 @@ impl Cache {
                     inner.stats.redis_error();
                     inner.health.record_failure("read failed");
                     tracing::debug!(key = %full_key, %error, "Redis read failed; carrying on without it");
+                    // Do not write either: a request waits for one deadline at most.
+                    read_failed = true;
                 }
             }
-            redis_key = Some(full_key);
+            if !read_failed {
+                redis_key = Some(full_key);
+            }
         }
 
         inner.stats.miss();

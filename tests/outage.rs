@@ -130,8 +130,8 @@ impl Traffic {
         }
     }
 
-    /// Stops the loop and checks it: calls made, none failed, none waited past what one read
-    /// plus one write deadline allow.
+    /// Stops the loop and checks it: calls made, none failed, none waited much past one
+    /// command deadline.
     async fn finish(self) -> Duration {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.expect("traffic task");
@@ -139,7 +139,8 @@ impl Traffic {
         assert!(calls > 50, "the loop ran ({calls} calls)");
         assert_eq!(self.errors.load(Ordering::Relaxed), 0, "cached calls failed");
         let slowest = Duration::from_micros(self.slowest_us.load(Ordering::Relaxed));
-        assert!(slowest < TIMEOUT * 2 + Duration::from_millis(150), "a call took {slowest:?}");
+        // One command deadline, plus scheduling noise on a busy two-core machine.
+        assert!(slowest < TIMEOUT + Duration::from_millis(200), "a call took {slowest:?}");
         slowest
     }
 }
@@ -310,15 +311,24 @@ async fn manual_failover_with_the_old_master_alive_loses_no_invalidation() {
     let sentinel = group.sentinel_ports()[0];
     let reply = support::resp::cmd(sentinel, &["SENTINEL", "FAILOVER", "mymaster"]).expect("sentinel");
     assert!(!reply.is_error(), "{reply:?}");
-    // Issued while fred still talks to the old master: this DEL may land there and be lost.
+    // Wait for a replica to be promoted: from now on the old master is still writable but
+    // no longer replicated from; a DEL that lands there is lost when it is demoted.
+    let replicas: Vec<u16> = group.data_ports().into_iter().filter(|p| *p != old).collect();
+    until("a replica to be promoted", Duration::from_secs(20), || {
+        replicas
+            .iter()
+            .any(|p| group.server_by_port(*p).info_field("replication", "role").as_deref() == Some("master"))
+    })
+    .await;
     let report = c.remove(&k).await;
     assert_ne!(report.redis, RedisOutcome::NotConfigured);
     let new = group.wait_for_new_master(old, Duration::from_secs(20));
-    // Give the old master time to be demoted and resynced from the new one (that is when a
-    // lost DEL would resurrect the key), and our +switch-master handler time to re-apply.
-    until("the old master to become a replica", Duration::from_secs(30), || {
-        group.server_by_port(old).info_field("replication", "role").as_deref() == Some("slave")
-            && group.server_by_port(old).info_field("replication", "master_link_status").as_deref() == Some("up")
+    // The old master is demoted and resynced from the new one (that is when a lost DEL would
+    // resurrect the key); our +switch-master handler must have re-applied it by then.
+    until("the old master to resync as a replica", Duration::from_secs(60), || {
+        let node = group.server_by_port(old);
+        node.info_field("replication", "role").as_deref() == Some("slave")
+            && node.info_field("replication", "master_link_status").as_deref() == Some("up")
     })
     .await;
     in_use(&c).await;
