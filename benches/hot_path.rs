@@ -1,1 +1,298 @@
-fn main(){}
+//! The hot path beside its raw baselines, measured in one run.
+//!
+//! - `l1_hit_ns` vs `raw_moka_get_ns`: a read-through that hits the local store (key built
+//!   from a template with one argument) against a bare `moka::sync::Cache::get` of a prebuilt
+//!   key, same value type;
+//! - `l2_hit_p50_us` vs `raw_fred_get_p50_us`: a read that misses L1 and hits Redis (1 KiB
+//!   value) against a bare fred GET, sequentially;
+//! - `l2_hit_c64_ops` vs `raw_fred_get_c64_ops`: the same with 64 concurrent tasks;
+//! - `l1_bytes_per_entry` vs `raw_moka_bytes_per_entry`: heap bytes per entry with 1 KiB
+//!   values, counted by a wrapping global allocator.
+//!
+//! It starts its own `redis-server` on a free loopback port (the test harness's).
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{figure, figure1, percentile_us, repeat, summarize};
+use fred::prelude::{Builder, ClientLike, Config, KeysInterface, ReconnectPolicy};
+use stormcache::{Cache, EntryOptions, Key, LocalCapacity};
+
+struct Counting;
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATED.fetch_add(new_size, Ordering::Relaxed);
+        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const RUNS: usize = 5;
+const VALUE_1K: usize = 1024;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = support::RedisServer::start();
+    println!("# hot_path: redis-server {} on {}", redis_version(&server), server.addr());
+
+    // --- L1 hit vs raw moka get -------------------------------------------------------
+    let value = "g".repeat(64);
+    let raw: moka::sync::Cache<String, String> = moka::sync::Cache::new(10_000);
+    let cache = Cache::builder("bench").build().expect("cache");
+    let opts = EntryOptions::new();
+    rt.block_on(async {
+        for i in 0..1000u32 {
+            raw.insert(format!("user:groups:{i}"), value.clone());
+            let v = value.clone();
+            let _: String = cache
+                .get_or_load(Key::builder("user:groups:").value(i).build(), &opts, || async { v })
+                .await;
+        }
+    });
+    let prebuilt: Vec<String> = (0..1000).map(|i| format!("user:groups:{i}")).collect();
+    let iters = 400_000u64;
+    let mut raw_runs = Vec::new();
+    let mut l1_runs = Vec::new();
+    for _ in 0..=RUNS {
+        raw_runs.push(rt.block_on(async {
+            common::ns_per_iter(iters, |i| {
+                let v = raw.get(&prebuilt[(i % 1000) as usize]);
+                std::hint::black_box(v);
+            })
+        }));
+        l1_runs.push(rt.block_on(async {
+            let started = Instant::now();
+            for i in 0..iters {
+                let id = (i % 1000) as u32;
+                let v: String = cache
+                    .get_or_load(Key::builder("user:groups:").value(id).build(), &opts, || async {
+                        unreachable!("all keys are warm")
+                    })
+                    .await;
+                std::hint::black_box(v);
+            }
+            started.elapsed().as_nanos() as f64 / iters as f64
+        }));
+    }
+    // The first pair was a warm-up.
+    let raw_moka = summarize(raw_runs[1..].to_vec());
+    let l1 = summarize(l1_runs[1..].to_vec());
+    figure("raw_moka_get_ns", raw_moka, "ns");
+    figure("l1_hit_ns", l1, "ns");
+    let ratios = summarize(
+        l1_runs[1..]
+            .iter()
+            .zip(&raw_runs[1..])
+            .map(|(a, b)| a / b)
+            .collect(),
+    );
+    figure("l1_hit_vs_raw_moka", ratios, "x");
+
+    // --- L2 hit vs raw fred GET, sequential -----------------------------------------------
+    let payload = "x".repeat(VALUE_1K);
+    let fred = rt.block_on(raw_client(&server.url()));
+    let writer = Cache::builder("bench").redis_url(server.url()).build().expect("cache");
+    let reader = rt.block_on(async {
+        wait_in_use(&writer).await;
+        Cache::builder("bench")
+            .redis_url(server.url())
+            // A tiny L1 over a 10k-key working set: reads mostly miss it and hit Redis.
+            .local_capacity(LocalCapacity::Entries(16))
+            .build()
+            .expect("cache")
+    });
+    const KEYS: u32 = 10_000;
+    rt.block_on(async {
+        wait_in_use(&reader).await;
+        for i in 0..KEYS {
+            let k = Key::builder("doc:").value(i).build();
+            writer.set(k, payload.clone(), &EntryOptions::new().ttl(Duration::from_secs(3600))).await;
+            let _: () = fred
+                .set(format!("raw:{i}"), payload.as_str(), None, None, false)
+                .await
+                .expect("raw set");
+        }
+    });
+    let samples = 4000usize;
+    let raw_p50 = repeat(RUNS, || {
+        rt.block_on(async {
+            let mut d = Vec::with_capacity(samples);
+            for i in 0..samples {
+                let started = Instant::now();
+                let v: Option<Bytes> = fred.get(format!("raw:{}", i as u32 % KEYS)).await.expect("get");
+                d.push(started.elapsed());
+                std::hint::black_box(v);
+            }
+            percentile_us(&mut d, 50.0)
+        })
+    });
+    let l2_before = reader.counters();
+    let next = AtomicU64::new(0);
+    let l2_p50 = repeat(RUNS, || {
+        rt.block_on(async {
+            let mut d = Vec::with_capacity(samples);
+            for _ in 0..samples {
+                let i = (next.fetch_add(7919, Ordering::Relaxed) % u64::from(KEYS)) as u32;
+                let started = Instant::now();
+                let v: String = reader
+                    .get_or_load(Key::builder("doc:").value(i).build(), &opts, || async { String::new() })
+                    .await;
+                d.push(started.elapsed());
+                std::hint::black_box(v);
+            }
+            percentile_us(&mut d, 50.0)
+        })
+    });
+    let l2_after = reader.counters();
+    println!(
+        "# l2 reads: {} L2 hits, {} L1 hits, {} loads",
+        l2_after.l2_hits - l2_before.l2_hits,
+        l2_after.l1_hits - l2_before.l1_hits,
+        l2_after.loader_calls - l2_before.loader_calls
+    );
+    figure("raw_fred_get_p50_us", raw_p50, "us");
+    figure("l2_hit_p50_us", l2_p50, "us");
+    figure1("l2_hit_p50_vs_raw_fred", l2_p50.median / raw_p50.median, "x");
+
+    // --- 64 concurrent tasks -------------------------------------------------------------
+    let window = Duration::from_millis(1500);
+    let raw_c64 = repeat(3, || {
+        rt.block_on(concurrent_ops(window, {
+            let fred = fred.clone();
+            move |i| {
+                let fred = fred.clone();
+                async move {
+                    let v: Option<Bytes> = fred.get(format!("raw:{}", i % u64::from(KEYS))).await.expect("get");
+                    std::hint::black_box(v);
+                }
+            }
+        }))
+    });
+    let l2_c64 = repeat(3, || {
+        rt.block_on(concurrent_ops(window, {
+            let reader = reader.clone();
+            move |i| {
+                let reader = reader.clone();
+                async move {
+                    let k = Key::builder("doc:").value((i * 7919) % u64::from(KEYS)).build();
+                    let v: String = reader.get_or_load(k, &EntryOptions::new(), || async { String::new() }).await;
+                    std::hint::black_box(v);
+                }
+            }
+        }))
+    });
+    figure("raw_fred_get_c64_ops", raw_c64, "ops/s");
+    figure("l2_hit_c64_ops", l2_c64, "ops/s");
+    figure1("l2_c64_vs_raw_fred", l2_c64.median / raw_c64.median, "x");
+
+    // --- bytes per entry -------------------------------------------------------------------
+    let n = 50_000u32;
+    let big = "v".repeat(VALUE_1K);
+    let raw_bytes = {
+        let before = ALLOCATED.load(Ordering::Relaxed);
+        let m: moka::sync::Cache<String, String> = moka::sync::Cache::new(u64::from(n) * 2);
+        for i in 0..n {
+            m.insert(format!("user:groups:{i}"), big.clone());
+        }
+        m.run_pending_tasks();
+        let used = ALLOCATED.load(Ordering::Relaxed).saturating_sub(before);
+        drop(m);
+        used as f64 / f64::from(n)
+    };
+    let l1_bytes = {
+        let before = ALLOCATED.load(Ordering::Relaxed);
+        let c = Cache::builder("mem")
+            .local_capacity(LocalCapacity::Entries(u64::from(n) * 2))
+            .build()
+            .expect("cache");
+        rt.block_on(async {
+            for i in 0..n {
+                c.set(Key::builder("user:groups:").value(i).build(), big.clone(), &opts).await;
+            }
+        });
+        let entries = c.local_entry_count();
+        let used = ALLOCATED.load(Ordering::Relaxed).saturating_sub(before);
+        assert_eq!(entries, u64::from(n), "every entry stayed");
+        drop(c);
+        used as f64 / f64::from(n)
+    };
+    figure1("raw_moka_bytes_per_entry", raw_bytes, "B");
+    figure1("l1_bytes_per_entry", l1_bytes, "B");
+    figure1("l1_bytes_vs_raw_moka", l1_bytes / raw_bytes, "x");
+}
+
+async fn concurrent_ops<F, Fut>(window: Duration, op: F) -> f64
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + window;
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let (op, done) = (op.clone(), Arc::clone(&done));
+        tasks.push(tokio::spawn(async move {
+            let mut i = t * 1_000_003;
+            while Instant::now() < deadline {
+                op(i).await;
+                i += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn raw_client(url: &str) -> fred::clients::Client {
+    let mut builder = Builder::from_config(Config::from_url(url).expect("url"));
+    builder.set_policy(ReconnectPolicy::new_constant(0, 100));
+    let client = builder.build().expect("client");
+    client.init().await.expect("connect");
+    client
+}
+
+async fn wait_in_use(cache: &Cache) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cache.redis_in_use() {
+        assert!(Instant::now() < deadline, "Redis never in use");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn redis_version(server: &support::RedisServer) -> String {
+    server
+        .info_field("server", "redis_version")
+        .unwrap_or_else(|| "?".into())
+}
