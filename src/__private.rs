@@ -1,1 +1,168 @@
-//! Items the attribute macros expand to. Not a public API.
+//! Items the attribute macros expand to. Not a public API: nothing here follows semver.
+//!
+//! The expansions of `#[cached]`, `#[invalidate]`, `#[derive(InvalidationRule)]` and `key!`
+//! call these, and otherwise only the public API. Everything goes through the same
+//! [`Cache`] methods an application would call by hand.
+
+use std::future::Future;
+
+use crate::cache::{Cache, Cacheable};
+use crate::invalidation::{Invalidation, InvalidationRule, RedisOutcome};
+use crate::key::Key;
+use crate::options::EntryOptions;
+
+/// The process-wide cache for a function given no `cache = …`.
+///
+/// # Panics
+/// When [`install`](crate::install) was not called: a start-up mistake, reported on the
+/// first call with what to do about it.
+#[inline]
+pub fn global_cache(function: &'static str) -> &'static Cache {
+    match crate::global::global() {
+        Ok(cache) => cache,
+        Err(error) => not_installed(function, &error),
+    }
+}
+
+#[cold]
+#[inline(never)]
+#[allow(clippy::panic)]
+fn not_installed(function: &str, error: &crate::Error) -> ! {
+    panic!("`{function}` uses stormcache's process-wide cache: {error}")
+}
+
+/// An owned handle on a cache (one reference count), so the body may use what the
+/// `cache = …` expression borrows.
+#[inline]
+pub fn owned_cache(cache: &Cache) -> Cache {
+    cache.clone()
+}
+
+/// The per-call options with the call's tags added to the function's static ones.
+#[inline]
+pub fn with_tags<const N: usize>(base: &EntryOptions, tags: [Key; N]) -> EntryOptions {
+    base.clone().tags(tags)
+}
+
+/// Marks a `None` so that [`cached_option`] does not cache it.
+#[derive(Debug)]
+pub struct NoValue;
+
+/// Read-through for a function returning `Option<T>`: `Some` is cached, `None` is not.
+pub async fn cached_option<T, F, Fut>(
+    cache: &Cache,
+    key: Key,
+    options: &EntryOptions,
+    loader: F,
+) -> Option<T>
+where
+    T: Cacheable,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    cache
+        .try_get_or_load(
+            key,
+            options,
+            || async move { loader().await.ok_or(NoValue) },
+        )
+        .await
+        .ok()
+}
+
+/// `name_refresh` of a function returning any cached value.
+pub async fn refresh_value<T: Cacheable>(
+    cache: &Cache,
+    key: Key,
+    options: &EntryOptions,
+    value: T,
+) -> T {
+    cache.set(key, value.clone(), options).await;
+    value
+}
+
+/// `name_refresh` of a function returning `Result<T, E>`: only `Ok` is written.
+pub async fn refresh_result<T: Cacheable, E>(
+    cache: &Cache,
+    key: Key,
+    options: &EntryOptions,
+    result: Result<T, E>,
+) -> Result<T, E> {
+    if let Ok(value) = &result {
+        cache.set(key, value.clone(), options).await;
+    }
+    result
+}
+
+/// `name_refresh` of a function returning `Option<T>`: only `Some` is written.
+pub async fn refresh_option<T: Cacheable>(
+    cache: &Cache,
+    key: Key,
+    options: &EntryOptions,
+    value: Option<T>,
+) -> Option<T> {
+    if let Some(value) = &value {
+        cache.set(key, value.clone(), options).await;
+    }
+    value
+}
+
+/// Adds keys to an invalidation.
+#[inline]
+pub fn add_keys(inv: &mut Invalidation, keys: impl IntoIterator<Item = Key>) {
+    let mut taken = std::mem::take(inv);
+    for key in keys {
+        taken = taken.key(key);
+    }
+    *inv = taken;
+}
+
+/// Adds tags to an invalidation.
+#[inline]
+pub fn add_tags(inv: &mut Invalidation, tags: impl IntoIterator<Item = Key>) {
+    let mut taken = std::mem::take(inv);
+    for tag in tags {
+        taken = taken.tag(tag);
+    }
+    *inv = taken;
+}
+
+/// Adds classes to an invalidation.
+#[inline]
+pub fn add_classes(inv: &mut Invalidation, classes: &[&'static str]) {
+    let mut taken = std::mem::take(inv);
+    for class in classes {
+        taken = taken.class(*class);
+    }
+    *inv = taken;
+}
+
+/// Adds what a reusable rule names.
+#[inline]
+pub fn add_rule<R: InvalidationRule + ?Sized>(inv: &mut Invalidation, rule: &R) {
+    rule.add_to(inv);
+}
+
+/// Runs an invalidation after (or before) a mutating call. Nothing is returned: the mutation
+/// itself succeeded, and the cache must not turn it into an error. While Redis is down the
+/// cache journals the Redis half and replays it on recovery.
+pub async fn invalidate_quietly(cache: &Cache, inv: &Invalidation, function: &'static str) {
+    if inv.is_empty() {
+        return;
+    }
+    let report = cache.invalidate(inv).await;
+    if let RedisOutcome::Journaled { overflowed } = report.redis {
+        tracing::debug!(
+            function,
+            overflowed,
+            "#[invalidate]: Redis unavailable; local store cleaned, Redis half journaled"
+        );
+    }
+    if !report.unknown_classes.is_empty() {
+        tracing::warn!(
+            function,
+            classes = ?report.unknown_classes,
+            "#[invalidate] names classes this cache does not declare"
+        );
+    }
+}

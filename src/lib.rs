@@ -83,6 +83,8 @@ pub mod admin;
 #[doc(hidden)]
 pub mod __private;
 
+#[cfg(feature = "macros")]
+pub use stormcache_macros::{cached, invalidate, key, InvalidationRule};
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Cacheable, Fetched, Origin};
 pub use class::{Class, DEFAULT_CLASS};
