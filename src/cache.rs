@@ -241,6 +241,18 @@ impl Cache {
                 },
             }
         };
+        // A flight may have finished between our first look and our joining (or the
+        // cancelled leader's successor may have finished): look again before loading.
+        if let Some(hit) = self.inner.local.get::<T>(&local_key).filter(|h| !h.stale) {
+            self.inner.stats.l1_hit();
+            if let Some(leader) = leader {
+                leader.succeed(Arc::new(hit.value.clone()), Origin::Local);
+            }
+            return Ok(Fetched {
+                value: hit.value,
+                origin: Origin::Local,
+            });
+        }
         let result = self.load_through(&local_key, options, stale, loader).await;
         if let Some(leader) = leader {
             match &result {

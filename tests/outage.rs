@@ -65,9 +65,9 @@ async fn down(cache: &Cache) {
     .await;
 }
 
-/// Waits for the record of an outage that ended after `since`.
-async fn recovered_after(cache: &Cache, since: Instant, started_ms: u64) -> OutageRecord {
-    let _ = since;
+/// Waits for the record of an outage that started after `started_ms`, and checks that the
+/// tier applied is the policy's for what was measured.
+async fn recovered_after(cache: &Cache, _since: Instant, started_ms: u64) -> OutageRecord {
     until("recovery", Duration::from_secs(30), || {
         cache.redis_in_use()
             && cache
@@ -76,7 +76,14 @@ async fn recovered_after(cache: &Cache, since: Instant, started_ms: u64) -> Outa
                 .is_some_and(|r| r.started_at_ms >= started_ms)
     })
     .await;
-    cache.status().last_outage.expect("a record")
+    let record = cache.status().last_outage.expect("a record");
+    if !record.journal_overflowed {
+        let expected = policy()
+            .decide(record.outage, record.data_age)
+            .map_or(FlushScope::Nothing, |t| t.scope.clone());
+        assert_eq!(record.scope, expected, "{record:?}");
+    }
+    record
 }
 
 /// A loop of cached calls over a few keys of each class, counting errors and the slowest call.

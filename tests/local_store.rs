@@ -1,0 +1,122 @@
+//! The read-through path on the local store alone: single-flight under cancellation and
+//! failure, fail-safe stale values, and the byte-bounded capacity.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stormcache::{Cache, EntryOptions, Key, LocalCapacity, Origin};
+use tokio::sync::Notify;
+
+fn key(s: &str) -> Key {
+    Key::literal(s).expect("valid key")
+}
+
+#[tokio::test]
+async fn a_cancelled_leader_does_not_strand_its_waiters() {
+    let cache = Cache::builder("sf").build().expect("valid");
+    let leader_started = Arc::new(Notify::new());
+    let leader = {
+        let (cache, started) = (cache.clone(), Arc::clone(&leader_started));
+        tokio::spawn(async move {
+            cache
+                .get_or_load(key("k"), &EntryOptions::new(), || async move {
+                    started.notify_one();
+                    std::future::pending::<u32>().await
+                })
+                .await
+        })
+    };
+    leader_started.notified().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let waiters: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, calls) = (cache.clone(), Arc::clone(&calls));
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(key("k"), &EntryOptions::new(), || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        7u32
+                    })
+                    .await
+            })
+        })
+        .collect();
+    // Let every waiter reach the flight, then cancel its leader.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    leader.abort();
+    for w in waiters {
+        let v = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("a waiter was stranded")
+            .expect("task");
+        assert_eq!(v, 7);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one waiter took over the load");
+}
+
+#[tokio::test]
+async fn a_failed_load_is_not_cached_and_each_caller_gets_its_own_error() {
+    let cache = Cache::builder("err").build().expect("valid");
+    let r: Result<u32, String> = cache
+        .try_get_or_load(key("k"), &EntryOptions::new(), || async { Err("db down".to_owned()) })
+        .await;
+    assert_eq!(r, Err("db down".to_owned()));
+    let r: Result<u32, String> = cache
+        .try_get_or_load(key("k"), &EntryOptions::new(), || async { Ok(1) })
+        .await;
+    assert_eq!(r, Ok(1), "the error was not cached");
+}
+
+#[tokio::test]
+async fn fail_safe_serves_an_expired_value_inside_its_grace() {
+    let cache = Cache::builder("fs").build().expect("valid");
+    let opts = EntryOptions::new()
+        .ttl(Duration::from_millis(50))
+        .stale_for(Duration::from_secs(60));
+    let _: u32 = cache.get_or_load(key("k"), &opts, || async { 1 }).await;
+    // Let the TTL pass (the grace keeps the value).
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let stale = cache
+        .fetch(key("k"), &opts, || async { Err::<u32, _>("origin down") })
+        .await
+        .expect("served stale");
+    assert_eq!((stale.value, stale.origin), (1, Origin::Stale));
+    assert_eq!(cache.counters().stale_served, 1);
+    // A successful load replaces it.
+    let fresh = cache
+        .fetch(key("k"), &opts, || async { Ok::<u32, &str>(2) })
+        .await
+        .expect("loaded");
+    assert_eq!((fresh.value, fresh.origin), (2, Origin::Loader));
+    // Without a grace, an expired value is never served.
+    let strict = EntryOptions::new().ttl(Duration::from_millis(20));
+    let _: u32 = cache.get_or_load(key("s"), &strict, || async { 1 }).await;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let r = cache.fetch(key("s"), &strict, || async { Err::<u32, _>("down") }).await;
+    assert_eq!(r, Err("down"));
+}
+
+#[tokio::test]
+async fn byte_capacity_bounds_the_local_store() {
+    let cache = Cache::builder("cap")
+        .local_capacity(LocalCapacity::Bytes(64 * 1024))
+        .build()
+        .expect("valid");
+    for i in 0..200u32 {
+        cache
+            .set(Key::builder("big:").value(i).build(), "x".repeat(1024), &EntryOptions::new())
+            .await;
+    }
+    let n = cache.local_entry_count();
+    assert!(n > 10 && n < 64, "about 64 KiB of 1 KiB entries, got {n}");
+}
+
+#[tokio::test]
+async fn process_wide_cache_says_what_to_do_before_install() {
+    // This test binary never installs one.
+    let err = stormcache::global().expect_err("not installed");
+    assert!(err.to_string().contains("stormcache::install"), "{err}");
+}
