@@ -8,7 +8,6 @@
 //!   load, and the time from the new master's promotion to the first read served by Redis.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod support;
 
 mod common;
@@ -36,7 +35,10 @@ fn cache(url: String) -> Cache {
 async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !cond() {
-        assert!(started.elapsed() < limit, "condition not met within {limit:?}");
+        assert!(
+            started.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     started.elapsed()
@@ -56,7 +58,8 @@ impl Load {
         let errors = Arc::new(AtomicU64::new(0));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let task = {
-            let (cache, stop, errors, samples) = (cache.clone(), stop.clone(), errors.clone(), samples.clone());
+            let (cache, stop, errors, samples) =
+                (cache.clone(), stop.clone(), errors.clone(), samples.clone());
             tokio::spawn(async move {
                 let mut i = 0u64;
                 // Short TTLs: a steady share of reads reaches Redis (or would).
@@ -82,7 +85,12 @@ impl Load {
                 }
             })
         };
-        Load { stop, errors, samples, task }
+        Load {
+            stop,
+            errors,
+            samples,
+            task,
+        }
     }
 
     async fn finish(self) -> (u64, Vec<(Instant, Duration)>) {
@@ -114,13 +122,24 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(500)).await; // steady state before the fault
         let fault = Instant::now();
         proxy.blackhole();
-        let took = until(Duration::from_secs(5), || c.status().state == HealthState::Down).await;
+        let took = until(Duration::from_secs(5), || {
+            c.status().state == HealthState::Down
+        })
+        .await;
         let detected = Instant::now();
         tokio::time::sleep(Duration::from_millis(500)).await; // steady state while down
         let (errs, samples) = load.finish().await;
         errors += errs;
-        let mut before: Vec<Duration> = samples.iter().filter(|(t, _)| *t < fault).map(|s| s.1).collect();
-        let mut after: Vec<Duration> = samples.iter().filter(|(t, _)| *t > detected).map(|s| s.1).collect();
+        let mut before: Vec<Duration> = samples
+            .iter()
+            .filter(|(t, _)| *t < fault)
+            .map(|s| s.1)
+            .collect();
+        let mut after: Vec<Duration> = samples
+            .iter()
+            .filter(|(t, _)| *t > detected)
+            .map(|s| s.1)
+            .collect();
         detect.push(took.as_secs_f64() * 1000.0);
         added.push(percentile_us(&mut after, 99.0) - percentile_us(&mut before, 99.0));
         proxy.pass();
@@ -159,10 +178,14 @@ async fn run() {
         let c = cache(group.url());
         until(Duration::from_secs(10), || c.redis_in_use()).await;
         for i in 0..2000u32 {
-            c.set(Key::builder("pre:").value(i).build(), i, &EntryOptions::new().ttl(Duration::from_secs(600)))
-                .await;
+            c.set(
+                Key::builder("pre:").value(i).build(),
+                i,
+                &EntryOptions::new().ttl(Duration::from_secs(600)),
+            )
+            .await;
         }
-        group.master().cmd(&["WAIT", "2", "1000"]);
+        group.wait_for_replicas(2, Duration::from_secs(10));
         let probe = Cache::builder("bench")
             .redis_url(group.url())
             .command_timeout(TIMEOUT)
@@ -178,14 +201,21 @@ async fn run() {
         let mut i = 0u32;
         loop {
             let f = probe
-                .fetch(Key::builder("pre:").value(i).build(), &EntryOptions::new(), || async { Ok::<u32, ()>(0) })
+                .fetch(
+                    Key::builder("pre:").value(i).build(),
+                    &EntryOptions::new(),
+                    || async { Ok::<u32, ()>(0) },
+                )
                 .await
                 .expect("infallible");
             if f.origin == Origin::Redis {
                 break;
             }
             i += 1;
-            assert!(i < 2000 && promoted.elapsed() < Duration::from_secs(20), "L2 never came back");
+            assert!(
+                i < 2000 && promoted.elapsed() < Duration::from_secs(20),
+                "L2 never came back"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         back.push(promoted.elapsed().as_secs_f64() * 1000.0);

@@ -7,13 +7,13 @@ use crate::cache::{Cache, Inner};
 use crate::class::{Class, Classes};
 use crate::codec::Codec;
 use crate::error::Error;
-use crate::key::check_name;
 use crate::health_monitor::{self, Health, HealthConfig};
 use crate::journal::Journal;
+use crate::key::check_name;
 use crate::local_store::{LocalCapacity, LocalStore};
 use crate::outage_policy::OutagePolicy;
-use crate::sentinel_watch;
 use crate::redis_store::{RedisSettings, RedisStore};
+use crate::sentinel_watch;
 use crate::single_flight::Flights;
 use crate::stats::Stats;
 
@@ -224,20 +224,20 @@ impl CacheBuilder {
             return Err(Error::Config("probe_interval must be positive".into()));
         }
         let inner = Arc::new(Inner {
-                namespace: Arc::from(self.namespace),
-                classes,
-                local: LocalStore::new(self.capacity),
-                redis,
-                codec: self.codec,
-                flights: Flights::default(),
-                stats: Stats::default(),
-                health: Health::new(HealthConfig {
-                    probe_interval: self.probe_interval,
-                    recovery_probes: self.recovery_probes.max(1),
-                    failure_threshold: self.failure_threshold.max(1),
-                    policy: self.policy,
-                }),
-                journal: Journal::new(self.journal_capacity, self.failover_replay_window),
+            namespace: Arc::from(self.namespace),
+            classes,
+            local: LocalStore::new(self.capacity),
+            redis,
+            codec: self.codec,
+            flights: Flights::default(),
+            stats: Stats::default(),
+            health: Health::new(HealthConfig {
+                probe_interval: self.probe_interval,
+                recovery_probes: self.recovery_probes.max(1),
+                failure_threshold: self.failure_threshold.max(1),
+                policy: self.policy,
+            }),
+            journal: Journal::new(self.journal_capacity, self.failover_replay_window),
         });
         health_monitor::spawn(&inner);
         sentinel_watch::spawn(&inner, self.redis_url.as_deref());

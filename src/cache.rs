@@ -135,7 +135,9 @@ impl Cache {
         Fut: Future<Output = T>,
     {
         let loaded = self
-            .fetch(key, options, || async { Ok::<T, Infallible>(loader().await) })
+            .fetch(key, options, || async {
+                Ok::<T, Infallible>(loader().await)
+            })
             .await;
         match loaded {
             Ok(fetched) => fetched.value,
@@ -334,7 +336,14 @@ impl Cache {
         match loader().await {
             Ok(value) => {
                 inner
-                    .store(local_key, redis_key.as_deref(), &value, ttl, grace, &options.tags)
+                    .store(
+                        local_key,
+                        redis_key.as_deref(),
+                        &value,
+                        ttl,
+                        grace,
+                        &options.tags,
+                    )
                     .await;
                 Ok(Fetched {
                     value,
@@ -357,7 +366,8 @@ impl Cache {
 
     /// The cached value of `key`, if any (local store, then Redis); no loader.
     pub async fn get<T: Cacheable>(&self, key: &Key, options: &EntryOptions) -> Option<T> {
-        let result: Result<Fetched<T>, ()> = self.fetch(key.clone(), options, || async { Err(()) }).await;
+        let result: Result<Fetched<T>, ()> =
+            self.fetch(key.clone(), options, || async { Err(()) }).await;
         result.ok().map(|f| f.value)
     }
 
@@ -365,14 +375,24 @@ impl Cache {
     pub async fn set<T: Cacheable>(&self, key: Key, value: T, options: &EntryOptions) {
         let inner = &*self.inner;
         let class_id = inner.class_id(options);
-        let local_key = LocalKey { class: class_id, key };
+        let local_key = LocalKey {
+            class: class_id,
+            key,
+        };
         let redis_key = inner
             .redis()
             .map(|r| r.entry_key(inner.classes.get(class_id).name(), &local_key.key));
         let ttl = inner.ttl_of(class_id, options);
         let grace = options.stale_for.unwrap_or(Duration::ZERO);
         inner
-            .store(&local_key, redis_key.as_deref(), &value, ttl, grace, &options.tags)
+            .store(
+                &local_key,
+                redis_key.as_deref(),
+                &value,
+                ttl,
+                grace,
+                &options.tags,
+            )
             .await;
     }
 }
@@ -421,8 +441,13 @@ impl Inner {
         }
         metrics::gauge!("stormcache_journal_len", "namespace" => ns.clone())
             .set(self.journal.len() as f64);
-        metrics::gauge!("stormcache_redis_healthy", "namespace" => ns)
-            .set(if self.health.allows_requests() { 1.0 } else { 0.0 });
+        metrics::gauge!("stormcache_redis_healthy", "namespace" => ns).set(
+            if self.health.allows_requests() {
+                1.0
+            } else {
+                0.0
+            },
+        );
     }
 
     fn decode<T: Cacheable>(&self, bytes: &[u8]) -> Result<(T, SystemTime), Error> {
@@ -463,8 +488,14 @@ impl Inner {
                 }
             }
         }
-        self.local
-            .insert(local_key.clone(), value.clone(), ttl, grace, tags, encoded_len);
+        self.local.insert(
+            local_key.clone(),
+            value.clone(),
+            ttl,
+            grace,
+            tags,
+            encoded_len,
+        );
     }
 }
 

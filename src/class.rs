@@ -92,11 +92,17 @@ impl Classes {
             let class = &mut rest[0];
             check_name("class", &class.name)?;
             if before.iter().any(|c| c.name == class.name) {
-                return Err(Error::Config(format!("class `{}` is declared twice", class.name)));
+                return Err(Error::Config(format!(
+                    "class `{}` is declared twice",
+                    class.name
+                )));
             }
             let ttl = *class.ttl.get_or_insert(default_ttl);
             if ttl.is_zero() {
-                return Err(Error::Config(format!("class `{}` has a zero TTL", class.name)));
+                return Err(Error::Config(format!(
+                    "class `{}` has a zero TTL",
+                    class.name
+                )));
             }
         }
         if declared.len() > usize::from(ClassId::MAX) {

@@ -47,7 +47,10 @@ pub(crate) fn open(codec: Codec, bytes: &[u8]) -> Result<Opened<'_>, Error> {
         return Err(Error::Decode("not a stormcache envelope".into()));
     }
     if bytes[2] != VERSION {
-        return Err(Error::Decode(format!("envelope version {} unknown", bytes[2])));
+        return Err(Error::Decode(format!(
+            "envelope version {} unknown",
+            bytes[2]
+        )));
     }
     if bytes[3] != codec.id() {
         return Err(Error::Decode(format!(

@@ -127,7 +127,10 @@ impl Health {
     }
 
     pub(crate) fn last_outage(&self) -> Option<OutageRecord> {
-        self.last.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn lock_outage(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
@@ -155,7 +158,10 @@ impl Health {
                 since: Instant::now(),
                 since_wall: SystemTime::now(),
             });
-            tracing::warn!(reason, "Redis outage: circuit open, serving from the local store");
+            tracing::warn!(
+                reason,
+                "Redis outage: circuit open, serving from the local store"
+            );
             self.wake.notify_one();
         }
     }
@@ -233,7 +239,9 @@ async fn run(weak: Weak<Inner>) {
             let _ = tokio::time::timeout(interval, inner.health.wake.notified()).await;
         }
         let Some(inner) = weak.upgrade() else { return };
-        let Some(redis) = inner.redis.as_ref() else { return };
+        let Some(redis) = inner.redis.as_ref() else {
+            return;
+        };
         let health = &inner.health;
         inner.publish_metrics();
         match health.state() {

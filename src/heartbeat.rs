@@ -31,13 +31,15 @@ impl RedisStore {
         let mut keys = Vec::with_capacity(masters.len());
         for master in masters {
             // A hash tag whose slot this master owns; a few tries on average.
-            let key = (0u32..100_000).map(|i| format!("{base}:{{{i}}}")).find(|k| {
-                let slot = fred::util::redis_keyslot(k.as_bytes());
-                routing
-                    .slots()
-                    .iter()
-                    .any(|r| r.primary == master && (r.start..=r.end).contains(&slot))
-            });
+            let key = (0u32..100_000)
+                .map(|i| format!("{base}:{{{i}}}"))
+                .find(|k| {
+                    let slot = fred::util::redis_keyslot(k.as_bytes());
+                    routing
+                        .slots()
+                        .iter()
+                        .any(|r| r.primary == master && (r.start..=r.end).contains(&slot))
+                });
             keys.extend(key);
         }
         keys

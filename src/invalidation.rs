@@ -188,7 +188,12 @@ impl Inner {
             })
             .collect();
         if inv.volatile {
-            ids.extend(self.classes.iter().filter(|(_, c)| c.is_volatile()).map(|(id, _)| id));
+            ids.extend(
+                self.classes
+                    .iter()
+                    .filter(|(_, c)| c.is_volatile())
+                    .map(|(id, _)| id),
+            );
         }
         ids.sort_unstable();
         ids.dedup();

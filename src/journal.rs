@@ -40,7 +40,12 @@ pub(crate) struct Journal {
 }
 
 fn ops(inv: &Invalidation) -> usize {
-    (inv.keys.len() + inv.tags.len() + inv.classes.len() + usize::from(inv.volatile) + usize::from(inv.everything)).max(1)
+    (inv.keys.len()
+        + inv.tags.len()
+        + inv.classes.len()
+        + usize::from(inv.volatile)
+        + usize::from(inv.everything))
+    .max(1)
 }
 
 impl Journal {
@@ -62,7 +67,10 @@ impl Journal {
         let n = ops(&inv);
         if s.overflowed || s.pending_ops + n > self.capacity {
             if !s.overflowed {
-                tracing::warn!(capacity = self.capacity, "invalidation journal full; recovery will flush the namespace");
+                tracing::warn!(
+                    capacity = self.capacity,
+                    "invalidation journal full; recovery will flush the namespace"
+                );
             }
             s.overflowed = true;
             s.pending.clear();
@@ -81,7 +89,11 @@ impl Journal {
         }
         let now = Instant::now();
         let mut s = self.lock();
-        while s.recent.front().is_some_and(|(t, _)| now.duration_since(*t) > self.recent_window) {
+        while s
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > self.recent_window)
+        {
             s.recent.pop_front();
         }
         s.recent.push_back((now, inv.clone()));

@@ -151,6 +151,33 @@ impl KeyBuilder {
     }
 }
 
+/// For each ASCII byte, whether it must be percent-encoded (the ASCII half of
+/// [`needs_escape`], as a table so the common all-ASCII value is checked a byte at a time).
+const ASCII_ESCAPE: [bool; 128] = {
+    let mut table = [false; 128];
+    let mut b = 0;
+    while b < 128 {
+        table[b] = b <= 0x20
+            || b == 0x7f
+            || matches!(
+                b as u8,
+                b'%' | b'*' | b'?' | b'[' | b']' | b'^' | b':' | b'{' | b'}' | b'\\'
+            );
+        b += 1;
+    }
+    table
+};
+
+/// Whether a value needs any escaping at all.
+#[inline]
+fn any_needs_escape(s: &str) -> bool {
+    if s.is_ascii() {
+        s.bytes().any(|b| ASCII_ESCAPE[usize::from(b)])
+    } else {
+        s.chars().any(needs_escape)
+    }
+}
+
 /// Whether `c` must be percent-encoded when it comes from a value.
 #[inline]
 fn needs_escape(c: char) -> bool {
@@ -168,6 +195,12 @@ fn literal_char_ok(c: char) -> bool {
 }
 
 fn check_literal(text: &str, template: &str) -> Result<(), Error> {
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !ASCII_ESCAPE[usize::from(b)] || b == b':')
+    {
+        return Ok(());
+    }
     match text.chars().find(|c| !literal_char_ok(*c)) {
         None => Ok(()),
         Some(c) => Err(Error::InvalidTemplate {
@@ -191,7 +224,7 @@ pub fn escape_into(out: &mut String, value: impl Display) {
     impl fmt::Write for Escaper<'_> {
         fn write_str(&mut self, s: &str) -> fmt::Result {
             // Fast path: most ids need no escaping at all.
-            if !s.chars().any(needs_escape) {
+            if !any_needs_escape(s) {
                 self.0.push_str(s);
                 return Ok(());
             }
@@ -258,7 +291,10 @@ impl KeyTemplate {
                     rest = "";
                 }
                 Some(i) if rest.as_bytes()[i] == b'}' => {
-                    return Err(bad(format!("unmatched `}}` at byte {}", template.len() - rest.len() + i)));
+                    return Err(bad(format!(
+                        "unmatched `}}` at byte {}",
+                        template.len() - rest.len() + i
+                    )));
                 }
                 Some(i) => {
                     if i > 0 {
@@ -409,7 +445,10 @@ mod tests {
         let t = KeyTemplate::parse("user:{user.id}:x").expect("valid");
         assert_eq!(t.placeholders().collect::<Vec<_>>(), ["user.id"]);
         for bad in ["", "a{", "a}", "a{}", "a*{b}", "a b", "{a b}", "x{y}[z]"] {
-            assert!(KeyTemplate::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                KeyTemplate::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
         let err = t.render(&[]).expect_err("missing value");
         assert!(err.to_string().contains("user.id"), "{err}");
@@ -420,6 +459,17 @@ mod tests {
         let k = Key::builder("res:*").value("a").build();
         assert_eq!(k.as_str(), "res%3A%2Aa");
         assert!(Key::builder("res:*").try_build().is_err());
+    }
+
+    #[test]
+    fn the_ascii_table_agrees_with_the_rule() {
+        for b in 0u8..128 {
+            assert_eq!(
+                ASCII_ESCAPE[usize::from(b)],
+                needs_escape(char::from(b)),
+                "byte {b}"
+            );
+        }
     }
 
     proptest! {

@@ -75,16 +75,14 @@ mod single_flight;
 mod stats;
 mod status;
 
-#[cfg(feature = "axum")]
-pub mod layer;
-#[cfg(feature = "axum")]
-pub mod admin;
 #[cfg(feature = "macros")]
 #[doc(hidden)]
 pub mod __private;
+#[cfg(feature = "axum")]
+pub mod admin;
+#[cfg(feature = "axum")]
+pub mod layer;
 
-#[cfg(feature = "macros")]
-pub use stormcache_macros::{cached, invalidate, key, InvalidationRule};
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Cacheable, Fetched, Origin};
 pub use class::{Class, DEFAULT_CLASS};
@@ -99,3 +97,5 @@ pub use options::EntryOptions;
 pub use outage_policy::{FlushScope, OutagePolicy, Tier};
 pub use stats::Counters;
 pub use status::Status;
+#[cfg(feature = "macros")]
+pub use stormcache_macros::{cached, invalidate, key, InvalidationRule};

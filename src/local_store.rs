@@ -109,8 +109,12 @@ pub(crate) struct LocalHit<T> {
 /// Bytes charged per entry on top of key and value in [`LocalCapacity::Bytes`] mode.
 const ENTRY_OVERHEAD: u32 = 160;
 
+/// moka's default hasher is SipHash; foldhash (randomly seeded per cache) hashes a short
+/// key several times faster, and the hit path is mostly hashing.
+type Hasher = foldhash::fast::RandomState;
+
 pub(crate) struct LocalStore {
-    cache: Moka<LocalKey, Value>,
+    cache: Moka<LocalKey, Value, Hasher>,
     by_bytes: bool,
 }
 
@@ -120,12 +124,15 @@ impl LocalStore {
             .expire_after(PerEntryExpiry)
             .support_invalidation_closures();
         let (cache, by_bytes) = match capacity {
-            LocalCapacity::Entries(n) => (builder.max_capacity(n).build(), false),
+            LocalCapacity::Entries(n) => (
+                builder.max_capacity(n).build_with_hasher(Hasher::default()),
+                false,
+            ),
             LocalCapacity::Bytes(n) => (
                 builder
                     .max_capacity(n)
                     .weigher(|_: &LocalKey, v: &Value| v.meta().weight)
-                    .build(),
+                    .build_with_hasher(Hasher::default()),
                 true,
             ),
         };
@@ -138,7 +145,10 @@ impl LocalStore {
     }
 
     #[inline]
-    pub(crate) fn get<T: Clone + Send + Sync + 'static>(&self, key: &LocalKey) -> Option<LocalHit<T>> {
+    pub(crate) fn get<T: Clone + Send + Sync + 'static>(
+        &self,
+        key: &LocalKey,
+    ) -> Option<LocalHit<T>> {
         let stored = self.cache.get(key)?;
         let entry = stored.as_any().downcast_ref::<Entry<T>>()?;
         let meta = &entry.meta;
@@ -222,12 +232,22 @@ mod tests {
     #[test]
     fn typed_hits_and_type_mismatch_is_a_miss() {
         let store = LocalStore::new(LocalCapacity::Entries(100));
-        store.insert(lk(0, "a"), 7u32, Duration::from_secs(60), Duration::ZERO, &[], 0);
+        store.insert(
+            lk(0, "a"),
+            7u32,
+            Duration::from_secs(60),
+            Duration::ZERO,
+            &[],
+            0,
+        );
         let hit = store.get::<u32>(&lk(0, "a")).expect("hit");
         assert_eq!(hit.value, 7);
         assert!(!hit.stale);
         assert!(store.get::<String>(&lk(0, "a")).is_none());
-        assert!(store.get::<u32>(&lk(1, "a")).is_none(), "class is part of identity");
+        assert!(
+            store.get::<u32>(&lk(1, "a")).is_none(),
+            "class is part of identity"
+        );
     }
 
     #[test]
@@ -235,8 +255,22 @@ mod tests {
         let store = LocalStore::new(LocalCapacity::Entries(100));
         let tag = Key::literal("user:1").expect("valid");
         let ttl = Duration::from_secs(60);
-        store.insert(lk(0, "x"), 1u8, ttl, Duration::ZERO, std::slice::from_ref(&tag), 0);
-        store.insert(lk(1, "y"), 2u8, ttl, Duration::ZERO, std::slice::from_ref(&tag), 0);
+        store.insert(
+            lk(0, "x"),
+            1u8,
+            ttl,
+            Duration::ZERO,
+            std::slice::from_ref(&tag),
+            0,
+        );
+        store.insert(
+            lk(1, "y"),
+            2u8,
+            ttl,
+            Duration::ZERO,
+            std::slice::from_ref(&tag),
+            0,
+        );
         store.insert(lk(1, "z"), 3u8, ttl, Duration::ZERO, &[], 0);
         store.insert(lk(2, "w"), 4u8, ttl, Duration::ZERO, &[], 0);
         store.invalidate_tag(&tag);
@@ -251,7 +285,14 @@ mod tests {
     #[test]
     fn grace_keeps_an_expired_value_marked_stale() {
         let store = LocalStore::new(LocalCapacity::Entries(100));
-        store.insert(lk(0, "s"), 5u8, Duration::ZERO, Duration::from_secs(60), &[], 0);
+        store.insert(
+            lk(0, "s"),
+            5u8,
+            Duration::ZERO,
+            Duration::from_secs(60),
+            &[],
+            0,
+        );
         let hit = store.get::<u8>(&lk(0, "s")).expect("kept for the grace");
         assert!(hit.stale);
     }

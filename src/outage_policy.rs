@@ -132,11 +132,13 @@ mod tests {
         let ten_s = Duration::from_secs(10);
         assert_eq!(p.decide(ten_s, None), None);
         assert_eq!(
-            p.decide(ten_s, Some(Duration::from_secs(3 * 3600))).map(|t| &t.scope),
+            p.decide(ten_s, Some(Duration::from_secs(3 * 3600)))
+                .map(|t| &t.scope),
             Some(&FlushScope::All)
         );
         assert_eq!(
-            p.decide(Duration::from_secs(301), Some(ten_s)).map(|t| &t.scope),
+            p.decide(Duration::from_secs(301), Some(ten_s))
+                .map(|t| &t.scope),
             Some(&FlushScope::Volatile)
         );
     }

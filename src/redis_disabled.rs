@@ -46,7 +46,13 @@ impl RedisStore {
     pub(crate) async fn get(&self, _: &str) -> Result<Option<Bytes>, Error> {
         match *self {}
     }
-    pub(crate) async fn set(&self, _: &str, _: Vec<u8>, _: Duration, _: &[Key]) -> Result<(), Error> {
+    pub(crate) async fn set(
+        &self,
+        _: &str,
+        _: Vec<u8>,
+        _: Duration,
+        _: &[Key],
+    ) -> Result<(), Error> {
         match *self {}
     }
     pub(crate) async fn unlink(&self, _: Vec<String>) -> Result<Removed, Error> {

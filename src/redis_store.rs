@@ -200,7 +200,13 @@ impl RedisStore {
         if tags.is_empty() {
             let client = self.client.with_options(&self.options);
             return self
-                .bounded(client.set::<(), _, _>(full_key, bytes, Some(Expiration::PX(ttl_ms)), None, false))
+                .bounded(client.set::<(), _, _>(
+                    full_key,
+                    bytes,
+                    Some(Expiration::PX(ttl_ms)),
+                    None,
+                    false,
+                ))
                 .await;
         }
         let pipeline = self.client.pipeline();
@@ -210,7 +216,9 @@ impl RedisStore {
                 .await?;
             for tag in tags {
                 let tag_key = self.tag_key(tag);
-                pipeline.sadd::<(), _, _>(tag_key.as_str(), full_key).await?;
+                pipeline
+                    .sadd::<(), _, _>(tag_key.as_str(), full_key)
+                    .await?;
                 // A tag set lives as long as its longest-lived member: NX sets a first TTL,
                 // GT only ever extends it.
                 pipeline
@@ -244,7 +252,10 @@ impl RedisStore {
             .sscan(tag_key.as_str(), "*", Some(self.scan_batch))
             .boxed();
         loop {
-            let page = match self.maintenance(async { pages.next().await.transpose() }).await? {
+            let page = match self
+                .maintenance(async { pages.next().await.transpose() })
+                .await?
+            {
                 Some(page) => page,
                 None => break,
             };
@@ -261,7 +272,9 @@ impl RedisStore {
             // Dropping the page asks for the next one.
             drop(page);
         }
-        let _: i64 = self.maintenance(self.client.unlink(tag_key.as_str())).await?;
+        let _: i64 = self
+            .maintenance(self.client.unlink(tag_key.as_str()))
+            .await?;
         Ok(removed)
     }
 
@@ -279,7 +292,10 @@ impl RedisStore {
                 .boxed()
         };
         loop {
-            let mut page = match self.maintenance(async { pages.next().await.transpose() }).await? {
+            let mut page = match self
+                .maintenance(async { pages.next().await.transpose() })
+                .await?
+            {
                 Some(page) => page,
                 None => break,
             };
@@ -384,7 +400,9 @@ mod tests {
         assert!(groups.len() > 1);
         for g in groups {
             let slot = fred::util::redis_keyslot(g[0].as_bytes());
-            assert!(g.iter().all(|k| fred::util::redis_keyslot(k.as_bytes()) == slot));
+            assert!(g
+                .iter()
+                .all(|k| fred::util::redis_keyslot(k.as_bytes()) == slot));
         }
     }
 }

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
-use fred::prelude::{Builder, ClientLike, Config, EventInterface, PubsubInterface, ReconnectPolicy};
+use fred::prelude::{
+    Builder, ClientLike, Config, EventInterface, PubsubInterface, ReconnectPolicy,
+};
 use fred::types::config::ServerConfig;
 
 use crate::cache::Inner;
@@ -25,7 +27,9 @@ pub(crate) fn spawn(inner: &Arc<Inner>, url: Option<&str>) {
         return;
     };
     let ServerConfig::Sentinel {
-        hosts, service_name, ..
+        hosts,
+        service_name,
+        ..
     } = &config.server
     else {
         return;
@@ -33,11 +37,13 @@ pub(crate) fn spawn(inner: &Arc<Inner>, url: Option<&str>) {
     // Every Sentinel announces the same switch; act on each new master once.
     let last_switch = Arc::new(Mutex::new(None::<String>));
     for host in hosts {
-        let mut sentinel = Config::default();
-        sentinel.server = ServerConfig::Centralized {
-            server: host.clone(),
+        let sentinel = Config {
+            server: ServerConfig::Centralized {
+                server: host.clone(),
+            },
+            password: config.password.clone(),
+            ..Config::default()
         };
-        sentinel.password = config.password.clone();
         let mut builder = Builder::from_config(sentinel);
         builder.set_policy(ReconnectPolicy::new_constant(0, 500));
         builder.with_connection_config(|c| c.connection_timeout = Duration::from_secs(1));
@@ -107,7 +113,10 @@ async fn on_switch(inner: &Inner, new_master: &str) {
     let Some(redis) = inner.redis.as_ref() else {
         return;
     };
-    tracing::warn!(new_master, "Sentinel switched masters; moving to the new master");
+    tracing::warn!(
+        new_master,
+        "Sentinel switched masters; moving to the new master"
+    );
     let reconnect = redis.client().force_reconnection();
     if tokio::time::timeout(Duration::from_secs(2), reconnect)
         .await
@@ -125,6 +134,9 @@ async fn on_switch(inner: &Inner, new_master: &str) {
             }
         }
     }
-    tracing::info!(replayed, "recent invalidations re-applied to the new master");
+    tracing::info!(
+        replayed,
+        "recent invalidations re-applied to the new master"
+    );
     inner.health.poke();
 }

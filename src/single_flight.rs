@@ -82,8 +82,15 @@ impl Drop for Leader<'_> {
     fn drop(&mut self) {
         // Publish first (above), remove second: a caller arriving in between joins a finished
         // flight and reads its result instead of starting another load.
-        let mut map = self.flights.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.get(&self.key).is_some_and(|rx| rx.same_channel(&self.tx.subscribe())) {
+        let mut map = self
+            .flights
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map
+            .get(&self.key)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
             map.remove(&self.key);
         }
     }

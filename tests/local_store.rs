@@ -54,14 +54,20 @@ async fn a_cancelled_leader_does_not_strand_its_waiters() {
             .expect("task");
         assert_eq!(v, 7);
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "one waiter took over the load");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one waiter took over the load"
+    );
 }
 
 #[tokio::test]
 async fn a_failed_load_is_not_cached_and_each_caller_gets_its_own_error() {
     let cache = Cache::builder("err").build().expect("valid");
     let r: Result<u32, String> = cache
-        .try_get_or_load(key("k"), &EntryOptions::new(), || async { Err("db down".to_owned()) })
+        .try_get_or_load(key("k"), &EntryOptions::new(), || async {
+            Err("db down".to_owned())
+        })
         .await;
     assert_eq!(r, Err("db down".to_owned()));
     let r: Result<u32, String> = cache
@@ -95,7 +101,9 @@ async fn fail_safe_serves_an_expired_value_inside_its_grace() {
     let strict = EntryOptions::new().ttl(Duration::from_millis(20));
     let _: u32 = cache.get_or_load(key("s"), &strict, || async { 1 }).await;
     tokio::time::sleep(Duration::from_millis(40)).await;
-    let r = cache.fetch(key("s"), &strict, || async { Err::<u32, _>("down") }).await;
+    let r = cache
+        .fetch(key("s"), &strict, || async { Err::<u32, _>("down") })
+        .await;
     assert_eq!(r, Err("down"));
 }
 
@@ -107,7 +115,11 @@ async fn byte_capacity_bounds_the_local_store() {
         .expect("valid");
     for i in 0..200u32 {
         cache
-            .set(Key::builder("big:").value(i).build(), "x".repeat(1024), &EntryOptions::new())
+            .set(
+                Key::builder("big:").value(i).build(),
+                "x".repeat(1024),
+                &EntryOptions::new(),
+            )
             .await;
     }
     let n = cache.local_entry_count();

@@ -26,7 +26,10 @@ const TIMEOUT: Duration = Duration::from_millis(100);
 
 fn policy() -> OutagePolicy {
     OutagePolicy::new()
-        .tier(Duration::from_secs(1), FlushScope::Classes(vec!["sessions".into()]))
+        .tier(
+            Duration::from_secs(1),
+            FlushScope::Classes(vec!["sessions".into()]),
+        )
         .tier(Duration::from_secs(3), FlushScope::Volatile)
         .tier(Duration::from_secs(6), FlushScope::All)
 }
@@ -49,13 +52,19 @@ fn cache(url: String, namespace: &str) -> Cache {
 async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 async fn in_use(cache: &Cache) {
-    until("Redis in use", Duration::from_secs(20), || cache.redis_in_use()).await;
+    until("Redis in use", Duration::from_secs(20), || {
+        cache.redis_in_use()
+    })
+    .await;
 }
 
 async fn down(cache: &Cache) {
@@ -102,8 +111,13 @@ impl Traffic {
         let errors = Arc::new(AtomicU64::new(0));
         let slowest_us = Arc::new(AtomicU64::new(0));
         let task = {
-            let (cache, stop, calls, errors, slowest_us) =
-                (cache.clone(), stop.clone(), calls.clone(), errors.clone(), slowest_us.clone());
+            let (cache, stop, calls, errors, slowest_us) = (
+                cache.clone(),
+                stop.clone(),
+                calls.clone(),
+                errors.clone(),
+                slowest_us.clone(),
+            );
             tokio::spawn(async move {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -144,10 +158,17 @@ impl Traffic {
         self.task.await.expect("traffic task");
         let calls = self.calls.load(Ordering::Relaxed);
         assert!(calls > 50, "the loop ran ({calls} calls)");
-        assert_eq!(self.errors.load(Ordering::Relaxed), 0, "cached calls failed");
+        assert_eq!(
+            self.errors.load(Ordering::Relaxed),
+            0,
+            "cached calls failed"
+        );
         let slowest = Duration::from_micros(self.slowest_us.load(Ordering::Relaxed));
         // One command deadline, plus scheduling noise on a busy two-core machine.
-        assert!(slowest < TIMEOUT + Duration::from_millis(200), "a call took {slowest:?}");
+        assert!(
+            slowest < TIMEOUT + Duration::from_millis(200),
+            "a call took {slowest:?}"
+        );
         slowest
     }
 }
@@ -171,7 +192,9 @@ async fn fill(cache: &Cache) {
 async fn origin_of(cache: &Cache, class: &'static str) -> Origin {
     let key = Key::builder("fill:").value(0).build();
     cache
-        .fetch(key, &EntryOptions::new().class(class), || async { Ok::<u32, ()>(99) })
+        .fetch(key, &EntryOptions::new().class(class), || async {
+            Ok::<u32, ()>(99)
+        })
         .await
         .expect("infallible")
         .origin
@@ -193,7 +216,11 @@ async fn sigkill_and_quick_restart_flushes_nothing() {
     assert!(record.outage < Duration::from_secs(1), "{record:?}");
     assert_eq!(record.data_age, None, "an empty server has no heartbeat");
     assert_eq!(record.scope, FlushScope::Nothing);
-    assert_eq!(origin_of(&c, "sessions").await, Origin::Local, "nothing flushed locally");
+    assert_eq!(
+        origin_of(&c, "sessions").await,
+        Origin::Local,
+        "nothing flushed locally"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +235,9 @@ async fn a_longer_outage_flushes_the_volatile_classes() {
     down(&c).await;
     // Stay down past the 3 s tier (and short of the 6 s one).
     until("3.5 s of outage", Duration::from_secs(10), || {
-        c.status().down_since_ms.is_some_and(|s| start_ms() >= s + 3_500)
+        c.status()
+            .down_since_ms
+            .is_some_and(|s| start_ms() >= s + 3_500)
     })
     .await;
     server.restart();
@@ -218,7 +247,11 @@ async fn a_longer_outage_flushes_the_volatile_classes() {
     assert_eq!(record.scope, FlushScope::Volatile);
     assert_eq!(origin_of(&c, "sessions").await, Origin::Loader);
     assert_eq!(origin_of(&c, "permissions").await, Origin::Loader);
-    assert_eq!(origin_of(&c, "resources").await, Origin::Local, "stable data kept");
+    assert_eq!(
+        origin_of(&c, "resources").await,
+        Origin::Local,
+        "stable data kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +264,10 @@ async fn sigstop_then_sigcont() {
     server.freeze();
     down(&c).await;
     let frozen_for = Instant::now();
-    until("1.2 s of freeze", Duration::from_secs(5), || frozen_for.elapsed() > Duration::from_millis(1200)).await;
+    until("1.2 s of freeze", Duration::from_secs(5), || {
+        frozen_for.elapsed() > Duration::from_millis(1200)
+    })
+    .await;
     server.resume();
     let record = recovered_after(&c, t0.0, t0.1).await;
     let slowest = traffic.finish().await;
@@ -257,7 +293,10 @@ async fn blackhole_reset_and_delay_through_a_proxy() {
     proxy.blackhole();
     down(&c).await;
     let detect = cut.elapsed();
-    assert!(detect <= Duration::from_secs(1), "blackhole detected after {detect:?}");
+    assert!(
+        detect <= Duration::from_secs(1),
+        "blackhole detected after {detect:?}"
+    );
     proxy.pass();
     recovered_after(&c, t0.0, t0.1).await;
 
@@ -272,7 +311,10 @@ async fn blackhole_reset_and_delay_through_a_proxy() {
     proxy.delay(Duration::from_millis(10));
     let l2_before = c.counters().redis_errors;
     let until_t = Instant::now();
-    until("a second of slow traffic", Duration::from_secs(3), || until_t.elapsed() > Duration::from_secs(1)).await;
+    until("a second of slow traffic", Duration::from_secs(3), || {
+        until_t.elapsed() > Duration::from_secs(1)
+    })
+    .await;
     assert!(c.redis_in_use(), "10 ms of latency is not an outage");
     assert_eq!(c.counters().redis_errors, l2_before);
 
@@ -291,13 +333,16 @@ async fn sentinel_master_sigkill() {
     let c = cache(group.url(), "sk");
     in_use(&c).await;
     fill(&c).await;
-    group.master().cmd(&["WAIT", "2", "1000"]);
+    group.wait_for_replicas(2, Duration::from_secs(10));
     let traffic = Traffic::start(&c);
     let old = group.kill_master();
     let new = group.wait_for_new_master(old, Duration::from_secs(20));
     let promoted = Instant::now();
     until("L2 back", Duration::from_secs(10), || c.redis_in_use()).await;
-    eprintln!("sentinel: L2 back {:?} after promotion was seen", promoted.elapsed());
+    eprintln!(
+        "sentinel: L2 back {:?} after promotion was seen",
+        promoted.elapsed()
+    );
     traffic.finish().await;
     // A fresh instance reads what was written before the kill from the new master.
     let fresh = cache(group.url(), "sk");
@@ -313,18 +358,27 @@ async fn manual_failover_with_the_old_master_alive_loses_no_invalidation() {
     in_use(&c).await;
     let k = Key::literal("doomed").expect("valid");
     c.set(k.clone(), 1u32, &EntryOptions::new()).await;
-    group.master().cmd(&["WAIT", "2", "1000"]);
+    group.wait_for_replicas(2, Duration::from_secs(10));
     let old = group.current_master_port();
     let sentinel = group.sentinel_ports()[0];
-    let reply = support::resp::cmd(sentinel, &["SENTINEL", "FAILOVER", "mymaster"]).expect("sentinel");
+    let reply =
+        support::resp::cmd(sentinel, &["SENTINEL", "FAILOVER", "mymaster"]).expect("sentinel");
     assert!(!reply.is_error(), "{reply:?}");
     // Wait for a replica to be promoted: from now on the old master is still writable but
     // no longer replicated from; a DEL that lands there is lost when it is demoted.
-    let replicas: Vec<u16> = group.data_ports().into_iter().filter(|p| *p != old).collect();
+    let replicas: Vec<u16> = group
+        .data_ports()
+        .into_iter()
+        .filter(|p| *p != old)
+        .collect();
     until("a replica to be promoted", Duration::from_secs(20), || {
-        replicas
-            .iter()
-            .any(|p| group.server_by_port(*p).info_field("replication", "role").as_deref() == Some("master"))
+        replicas.iter().any(|p| {
+            group
+                .server_by_port(*p)
+                .info_field("replication", "role")
+                .as_deref()
+                == Some("master")
+        })
     })
     .await;
     let report = c.remove(&k).await;
@@ -332,21 +386,36 @@ async fn manual_failover_with_the_old_master_alive_loses_no_invalidation() {
     let new = group.wait_for_new_master(old, Duration::from_secs(20));
     // The old master is demoted and resynced from the new one (that is when a lost DEL would
     // resurrect the key); our +switch-master handler must have re-applied it by then.
-    until("the old master to resync as a replica", Duration::from_secs(60), || {
-        let node = group.server_by_port(old);
-        node.info_field("replication", "role").as_deref() == Some("slave")
-            && node.info_field("replication", "master_link_status").as_deref() == Some("up")
-    })
+    until(
+        "the old master to resync as a replica",
+        Duration::from_secs(60),
+        || {
+            let node = group.server_by_port(old);
+            node.info_field("replication", "role").as_deref() == Some("slave")
+                && node
+                    .info_field("replication", "master_link_status")
+                    .as_deref()
+                    == Some("up")
+        },
+    )
     .await;
     in_use(&c).await;
-    let exists = group.server_by_port(new).cmd(&["EXISTS", "mf:default:doomed"]);
-    assert_eq!(exists.as_int(), Some(0), "the invalidation survived the failover");
+    let exists = group
+        .server_by_port(new)
+        .cmd(&["EXISTS", "mf:default:doomed"]);
+    assert_eq!(
+        exists.as_int(),
+        Some(0),
+        "the invalidation survived the failover"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_master_sigkill() {
     let t = Topology::cluster();
-    let Topology::Cluster(cluster) = &t else { unreachable!() };
+    let Topology::Cluster(cluster) = &t else {
+        unreachable!()
+    };
     let c = cache(t.url(), "ck");
     in_use(&c).await;
     let traffic = Traffic::start(&c);
@@ -369,16 +438,29 @@ async fn restart_from_an_old_snapshot_is_tiered_by_data_age() {
     let saved = Instant::now();
     // Let the snapshot age past the 6 s tier while the service keeps writing newer data.
     let traffic = Traffic::start(&c);
-    until("6.5 s of newer writes", Duration::from_secs(15), || saved.elapsed() > Duration::from_millis(6500)).await;
+    until("6.5 s of newer writes", Duration::from_secs(15), || {
+        saved.elapsed() > Duration::from_millis(6500)
+    })
+    .await;
     let t0 = (Instant::now(), start_ms());
     server.restart_from_rdb(&snapshot);
     let record = recovered_after(&c, t0.0, t0.1).await;
     traffic.finish().await;
-    assert!(record.outage < Duration::from_secs(3), "a short outage: {record:?}");
-    assert!(record.data_age.is_some_and(|a| a >= Duration::from_secs(6)), "{record:?}");
+    assert!(
+        record.outage < Duration::from_secs(3),
+        "a short outage: {record:?}"
+    );
+    assert!(
+        record.data_age.is_some_and(|a| a >= Duration::from_secs(6)),
+        "{record:?}"
+    );
     assert_eq!(record.scope, FlushScope::All);
     assert!(record.flushed_redis_keys >= 15, "{record:?}");
-    assert_eq!(origin_of(&c, "resources").await, Origin::Loader, "local store flushed too");
+    assert_eq!(
+        origin_of(&c, "resources").await,
+        Origin::Loader,
+        "local store flushed too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +469,12 @@ async fn an_invalidation_during_an_outage_is_replayed_before_reads_resume() {
     let a = cache(server.url(), "jr");
     in_use(&a).await;
     let k = Key::literal("user:groups:alice").expect("valid");
-    a.set(k.clone(), vec!["admins".to_owned()], &EntryOptions::new().class("permissions")).await;
+    a.set(
+        k.clone(),
+        vec!["admins".to_owned()],
+        &EntryOptions::new().class("permissions"),
+    )
+    .await;
     server.bgsave_and_wait();
     let t0 = (Instant::now(), start_ms());
     server.kill();
@@ -402,10 +489,16 @@ async fn an_invalidation_during_an_outage_is_replayed_before_reads_resume() {
     let b = cache(server.url(), "jr");
     in_use(&b).await;
     let fetched = b
-        .fetch(k, &EntryOptions::new().class("permissions"), || async { Ok::<_, ()>(vec!["users".to_owned()]) })
+        .fetch(k, &EntryOptions::new().class("permissions"), || async {
+            Ok::<_, ()>(vec!["users".to_owned()])
+        })
         .await
         .expect("infallible");
-    assert_eq!(fetched.origin, Origin::Loader, "no stale read after recovery");
+    assert_eq!(
+        fetched.origin,
+        Origin::Loader,
+        "no stale read after recovery"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,7 +515,12 @@ async fn journal_overflow_escalates_to_a_namespace_flush() {
         .expect("valid");
     in_use(&c).await;
     for i in 0..10u32 {
-        c.set(Key::builder("k:").value(i).build(), i, &EntryOptions::new().class("resources")).await;
+        c.set(
+            Key::builder("k:").value(i).build(),
+            i,
+            &EntryOptions::new().class("resources"),
+        )
+        .await;
     }
     server.bgsave_and_wait();
     let t0 = (Instant::now(), start_ms());
@@ -437,5 +535,8 @@ async fn journal_overflow_escalates_to_a_namespace_flush() {
     assert!(record.journal_overflowed);
     assert_eq!(record.scope, FlushScope::All);
     assert!(record.flushed_redis_keys >= 10, "{record:?}");
-    assert_eq!(server.cmd(&["EXISTS", "jo:resources:k:3"]).as_int(), Some(0));
+    assert_eq!(
+        server.cmd(&["EXISTS", "jo:resources:k:3"]).as_int(),
+        Some(0)
+    );
 }

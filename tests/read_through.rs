@@ -16,7 +16,11 @@ use support::topology::Topology;
 fn cache(topology: &Topology, namespace: &str) -> Cache {
     Cache::builder(namespace)
         .redis_url(topology.url())
-        .class(Class::new("permissions").ttl(Duration::from_secs(900)).volatile())
+        .class(
+            Class::new("permissions")
+                .ttl(Duration::from_secs(900))
+                .volatile(),
+        )
         .class(Class::new("resources").ttl(Duration::from_secs(3600)))
         .build()
         .expect("valid configuration")
@@ -27,7 +31,11 @@ fn cache(topology: &Topology, namespace: &str) -> Cache {
 async fn connected(cache: Cache) -> Cache {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !cache.redis_in_use() {
-        assert!(Instant::now() < deadline, "cache never started using Redis: {:?}", cache.status());
+        assert!(
+            Instant::now() < deadline,
+            "cache never started using Redis: {:?}",
+            cache.status()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cache
@@ -47,24 +55,50 @@ async fn hit_and_miss_through_both_levels(t: &Topology) {
         Ok::<_, ()>(vec!["r1".to_owned(), "r2".to_owned()])
     };
 
-    let first = a.fetch(key("resources:all"), &opts, load).await.expect("loaded");
+    let first = a
+        .fetch(key("resources:all"), &opts, load)
+        .await
+        .expect("loaded");
     assert_eq!(first.origin, Origin::Loader);
-    let second = a.fetch(key("resources:all"), &opts, load).await.expect("cached");
+    let second = a
+        .fetch(key("resources:all"), &opts, load)
+        .await
+        .expect("cached");
     assert_eq!(second.origin, Origin::Local);
     // Another instance (its own local store) finds it in Redis, then locally.
-    let from_b = b.fetch(key("resources:all"), &opts, load).await.expect("cached");
-    assert_eq!((from_b.origin, &from_b.value), (Origin::Redis, &first.value));
-    let again_b = b.fetch(key("resources:all"), &opts, load).await.expect("cached");
+    let from_b = b
+        .fetch(key("resources:all"), &opts, load)
+        .await
+        .expect("cached");
+    assert_eq!(
+        (from_b.origin, &from_b.value),
+        (Origin::Redis, &first.value)
+    );
+    let again_b = b
+        .fetch(key("resources:all"), &opts, load)
+        .await
+        .expect("cached");
     assert_eq!(again_b.origin, Origin::Local);
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the loader ran once for both instances");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the loader ran once for both instances"
+    );
     assert!(
-        t.keys("hm:resources:*").contains(&"hm:resources:resources:all".to_owned()),
+        t.keys("hm:resources:*")
+            .contains(&"hm:resources:resources:all".to_owned()),
         "the entry is in Redis under namespace:class:key"
     );
     // A plain get and set round-trip too.
     a.set(key("plain"), 7u64, &EntryOptions::new()).await;
-    assert_eq!(b.get::<u64>(&key("plain"), &EntryOptions::new()).await, Some(7));
-    assert_eq!(b.get::<u64>(&key("absent"), &EntryOptions::new()).await, None);
+    assert_eq!(
+        b.get::<u64>(&key("plain"), &EntryOptions::new()).await,
+        Some(7)
+    );
+    assert_eq!(
+        b.get::<u64>(&key("absent"), &EntryOptions::new()).await,
+        None
+    );
 }
 
 async fn ttl_expiry(t: &Topology) {
@@ -74,7 +108,11 @@ async fn ttl_expiry(t: &Topology) {
     let started = Instant::now();
     let load = || async { calls.fetch_add(1, Ordering::SeqCst) };
     let v0 = c.get_or_load(key("short"), &opts, load).await;
-    assert_eq!(c.get_or_load(key("short"), &opts, load).await, v0, "fresh: cached");
+    assert_eq!(
+        c.get_or_load(key("short"), &opts, load).await,
+        v0,
+        "fresh: cached"
+    );
     // Wait for Redis to expire it, then the cache must load again.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !t.keys("ttl:default:short").is_empty() {
@@ -101,20 +139,39 @@ async fn class_flush(t: &Topology) {
     let report = c.flush_class("permissions").await;
     assert_eq!(report.redis, RedisOutcome::Applied);
     assert_eq!(report.redis_keys_removed, 50);
-    assert!(t.keys("cf:permissions:*").is_empty(), "every master flushed");
-    assert_eq!(t.keys("cf:resources:*").len(), 50, "other classes untouched");
+    assert!(
+        t.keys("cf:permissions:*").is_empty(),
+        "every master flushed"
+    );
+    assert_eq!(
+        t.keys("cf:resources:*").len(),
+        50,
+        "other classes untouched"
+    );
     let reloaded = AtomicUsize::new(0);
-    c.get_or_load(Key::builder("user:groups:").value(1).build(), &perms, || async {
-        reloaded.fetch_add(1, Ordering::SeqCst);
-        1
-    })
+    c.get_or_load(
+        Key::builder("user:groups:").value(1).build(),
+        &perms,
+        || async {
+            reloaded.fetch_add(1, Ordering::SeqCst);
+            1
+        },
+    )
     .await;
-    c.get_or_load(Key::builder("resources:").value(1).build(), &res, || async {
-        reloaded.fetch_add(10, Ordering::SeqCst);
-        1
-    })
+    c.get_or_load(
+        Key::builder("resources:").value(1).build(),
+        &res,
+        || async {
+            reloaded.fetch_add(10, Ordering::SeqCst);
+            1
+        },
+    )
     .await;
-    assert_eq!(reloaded.load(Ordering::SeqCst), 1, "only the flushed class reloads");
+    assert_eq!(
+        reloaded.load(Ordering::SeqCst),
+        1,
+        "only the flushed class reloads"
+    );
 }
 
 async fn tag_invalidation(t: &Topology) {
@@ -125,8 +182,10 @@ async fn tag_invalidation(t: &Topology) {
     for user in ["alice", "bob", "*"] {
         let p = EntryOptions::new().class("permissions").tag(user_tag(user));
         let r = EntryOptions::new().class("resources").tag(user_tag(user));
-        a.get_or_load(groups(user), &p, || async { format!("{user}-groups") }).await;
-        a.get_or_load(resources(user), &r, || async { format!("{user}-res") }).await;
+        a.get_or_load(groups(user), &p, || async { format!("{user}-groups") })
+            .await;
+        a.get_or_load(resources(user), &r, || async { format!("{user}-res") })
+            .await;
     }
     // Hostile input: the tag of user "*" must reach only that user's entries.
     let report = a.invalidate_tag(&user_tag("*")).await;
@@ -140,18 +199,30 @@ async fn tag_invalidation(t: &Topology) {
     for (user, gone) in [("alice", true), ("*", true), ("bob", false)] {
         let p = EntryOptions::new().class("permissions").tag(user_tag(user));
         let fetched = b
-            .fetch(groups(user), &p, || async { Ok::<_, ()>("reloaded".to_owned()) })
-            .await
-            .expect("infallible");
-        assert_eq!(fetched.origin == Origin::Loader, gone, "user {user}: {fetched:?}");
-        // And the instance that invalidated does not serve it locally either.
-        let local = a
-            .fetch(resources(user), &EntryOptions::new().class("resources"), || async {
+            .fetch(groups(user), &p, || async {
                 Ok::<_, ()>("reloaded".to_owned())
             })
             .await
             .expect("infallible");
-        assert_eq!(local.origin == Origin::Loader, gone, "user {user}: {local:?}");
+        assert_eq!(
+            fetched.origin == Origin::Loader,
+            gone,
+            "user {user}: {fetched:?}"
+        );
+        // And the instance that invalidated does not serve it locally either.
+        let local = a
+            .fetch(
+                resources(user),
+                &EntryOptions::new().class("resources"),
+                || async { Ok::<_, ()>("reloaded".to_owned()) },
+            )
+            .await
+            .expect("infallible");
+        assert_eq!(
+            local.origin == Origin::Loader,
+            gone,
+            "user {user}: {local:?}"
+        );
     }
 }
 
@@ -161,19 +232,28 @@ async fn undecodable_bytes_are_a_miss(t: &Topology) {
     // Right envelope header, wrong payload type.
     let other_type = {
         let d = connected(cache(t, "bad")).await;
-        d.set(key("typed"), "a string".to_owned(), &EntryOptions::new()).await;
+        d.set(key("typed"), "a string".to_owned(), &EntryOptions::new())
+            .await;
         d
     };
     drop(other_type);
-    let loaded: Vec<u32> = c.get_or_load(key("garbage"), &EntryOptions::new(), || async { vec![1, 2] }).await;
+    let loaded: Vec<u32> = c
+        .get_or_load(key("garbage"), &EntryOptions::new(), || async {
+            vec![1, 2]
+        })
+        .await;
     assert_eq!(loaded, [1, 2]);
-    let typed: Vec<u32> = c.get_or_load(key("typed"), &EntryOptions::new(), || async { vec![3] }).await;
+    let typed: Vec<u32> = c
+        .get_or_load(key("typed"), &EntryOptions::new(), || async { vec![3] })
+        .await;
     assert_eq!(typed, [3]);
     assert_eq!(c.counters().decode_errors, 2);
     // The bad bytes were overwritten: another instance now decodes them.
     let e = connected(cache(t, "bad")).await;
     let fetched = e
-        .fetch(key("garbage"), &EntryOptions::new(), || async { Err::<Vec<u32>, _>("not called") })
+        .fetch(key("garbage"), &EntryOptions::new(), || async {
+            Err::<Vec<u32>, _>("not called")
+        })
         .await
         .expect("served from Redis");
     assert_eq!((fetched.origin, fetched.value), (Origin::Redis, vec![1, 2]));
@@ -199,7 +279,11 @@ async fn single_flight(t: &Topology) {
     for task in tasks {
         assert_eq!(task.await.expect("task"), 42);
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "1,000 cold callers, one load");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "1,000 cold callers, one load"
+    );
 }
 
 async fn all_scenarios(t: Topology) {
@@ -241,5 +325,8 @@ async fn local_only_needs_no_redis_and_no_code_change() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(c.remove(&key("k")).await.redis, RedisOutcome::NotConfigured);
-    assert!(c.get::<String>(&key("k"), &EntryOptions::new()).await.is_none());
+    assert!(c
+        .get::<String>(&key("k"), &EntryOptions::new())
+        .await
+        .is_none());
 }

@@ -31,7 +31,11 @@ pub fn summarize(mut values: Vec<f64>) -> Runs {
 /// Prints the machine-readable figure line (the median) and a human line with the min.
 pub fn figure(name: &str, runs: Runs, unit: &str) {
     println!("figure {name} {} {unit}", fmt(runs.median));
-    println!("#      {name}: median {} min {} {unit}", fmt(runs.median), fmt(runs.min));
+    println!(
+        "#      {name}: median {} min {} {unit}",
+        fmt(runs.median),
+        fmt(runs.min)
+    );
 }
 
 /// Prints a single-valued figure.

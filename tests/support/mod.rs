@@ -15,7 +15,8 @@
 //! * **No leaked processes.** Each child process is owned by a value whose `Drop` sends SIGKILL to
 //!   its PID and reaps it, so a panicking test still cleans up. Each server's temp dir is removed
 //!   on drop. On Linux children also get `PR_SET_PDEATHSIG(SIGKILL)`, so they die with the test
-//!   process even if it is killed outright (e.g. by a nextest timeout) and no destructor runs.
+//!   process even if it is killed outright (e.g. by a nextest timeout) and no destructor runs;
+//!   the temp dirs such a process leaves behind are swept by the next test process.
 //! * **No bare sleeps.** Readiness and state changes are awaited by polling with a deadline
 //!   ([`poll_until`], [`wait_until`]); a missed deadline panics with the relevant log tail.
 //! * **Parallel-safe.** Ports come from binding `127.0.0.1:0` and are never handed out twice in one
@@ -41,6 +42,7 @@
 //! * [`SentinelGroup`]: 1 master + 2 replicas + 3 sentinels.
 //! * [`ClusterGroup`]: 6-node cluster (3 masters, 3 replicas).
 //! * [`FaultProxy`]: TCP proxy with pass / blackhole / reset / delay modes on its own thread.
+//! * [`topology`]: one interface over the three deployments, so a scenario is written once.
 
 #![allow(dead_code)]
 
@@ -129,14 +131,20 @@ pub fn poll_until<T>(
 
 /// Polls `condition` every 20 ms and panics with `what` if it is not true within `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    if poll_until(timeout, Duration::from_millis(20), || condition().then_some(())).is_none() {
+    if poll_until(timeout, Duration::from_millis(20), || {
+        condition().then_some(())
+    })
+    .is_none()
+    {
         panic!("timed out after {timeout:?} waiting for {what}");
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent data; keep going.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -161,11 +169,18 @@ pub fn free_cluster_port() -> u16 {
 
 fn allocate_port(with_bus: bool) -> u16 {
     for _ in 0..1000 {
-        let listener = TcpListener::bind((LOCALHOST, 0)).expect("bind 127.0.0.1:0 to find a free port");
-        let port = listener.local_addr().expect("local_addr of a bound listener").port();
+        let listener =
+            TcpListener::bind((LOCALHOST, 0)).expect("bind 127.0.0.1:0 to find a free port");
+        let port = listener
+            .local_addr()
+            .expect("local_addr of a bound listener")
+            .port();
         // Held until we return so nothing else in this process can take it meanwhile.
         let _bus_listener = if with_bus {
-            match port.checked_add(10_000).map(|bus| TcpListener::bind((LOCALHOST, bus))) {
+            match port
+                .checked_add(10_000)
+                .map(|bus| TcpListener::bind((LOCALHOST, bus)))
+            {
                 Some(Ok(bus_listener)) => Some(bus_listener),
                 _ => continue,
             }
@@ -217,13 +232,17 @@ pub fn binary_from_env(default: &str, env_var: &str) -> PathBuf {
 /// "`role` not found on PATH: install it with ..." when it is missing.
 pub fn find_binary(role: &str, name: &str, env_var: &str) -> PathBuf {
     fn is_executable(path: &Path) -> bool {
-        fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        fs::metadata(path)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
     }
     let found = if name.contains('/') {
         Some(PathBuf::from(name)).filter(|p| is_executable(p))
     } else {
         std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| is_executable(p))
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|p| is_executable(p))
         })
     };
     found.unwrap_or_else(|| {
@@ -244,9 +263,12 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(label: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        static SWEEP: OnceLock<()> = OnceLock::new();
+        SWEEP.get_or_init(remove_dirs_of_dead_test_processes);
         loop {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir().join(format!("stormcache-{label}-{}-{n}", std::process::id()));
+            let path =
+                std::env::temp_dir().join(format!("stormcache-{label}-{}-{n}", std::process::id()));
             match fs::create_dir(&path) {
                 Ok(()) => return TempDir { path },
                 // Left over by a dead process that had our pid: take the next number.
@@ -258,6 +280,38 @@ impl TempDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Removes `stormcache-<label>-<pid>-<n>` dirs left by test processes that died without running
+/// destructors (e.g. SIGKILLed by a timeout). Only dirs whose pid no longer exists are touched,
+/// and nothing is removed while `STORMCACHE_KEEP_TEST_DIRS=1`.
+fn remove_dirs_of_dead_test_processes() {
+    if std::env::var(KEEP_DIRS_ENV).as_deref() == Ok("1") {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("stormcache-") else {
+            continue;
+        };
+        // <label>-<pid>-<n>: the pid is the second-to-last field.
+        let mut fields = rest.rsplit('-');
+        let (Some(_n), Some(pid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<libc::pid_t>() else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the pid exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -294,7 +348,9 @@ fn spawn(cmd: Command) -> io::Result<Child> {
         Mutex::new(jobs_tx)
     });
     let (reply_tx, reply_rx) = mpsc::channel();
-    lock(spawner).send((cmd, reply_tx)).expect("process-spawner thread is gone");
+    lock(spawner)
+        .send((cmd, reply_tx))
+        .expect("process-spawner thread is gone");
     reply_rx.recv().expect("process-spawner thread is gone")
 }
 
@@ -309,7 +365,7 @@ fn spawn_with_parent_death_signal(cmd: &mut Command) -> io::Result<Child> {
                 return Err(io::Error::last_os_error());
             }
             if libc::getppid() != parent {
-                return Err(io::Error::new(io::ErrorKind::Other, "test process exited during spawn"));
+                return Err(io::Error::other("test process exited during spawn"));
             }
             Ok(())
         });
@@ -335,7 +391,7 @@ impl ChildProcess {
 
     fn signal(&self, signal: libc::c_int) -> io::Result<()> {
         if self.reaped {
-            return Err(io::Error::new(io::ErrorKind::Other, "process already exited"));
+            return Err(io::Error::other("process already exited"));
         }
         // SAFETY: plain syscall; the pid is our unreaped child, so it cannot have been reused.
         if unsafe { libc::kill(self.child.id() as libc::pid_t, signal) } == 0 {
@@ -458,7 +514,8 @@ pub mod resp {
 
         /// Text of a simple or bulk string (lossy UTF-8).
         pub fn as_text(&self) -> Option<String> {
-            self.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned())
+            self.as_bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
         }
 
         /// An integer reply, or a string reply holding an integer.
@@ -490,9 +547,11 @@ pub mod resp {
                 RespValue::Int(i) => i.to_string(),
                 RespValue::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
                 RespValue::Nil => "(nil)".to_owned(),
-                RespValue::Array(items) => {
-                    items.iter().map(RespValue::to_display).collect::<Vec<_>>().join("\n")
-                }
+                RespValue::Array(items) => items
+                    .iter()
+                    .map(RespValue::to_display)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
             }
         }
 
@@ -547,12 +606,17 @@ pub mod resp {
         let (kind, rest) = line.split_first().ok_or("empty RESP line")?;
         let text = || String::from_utf8_lossy(rest).into_owned();
         let length = || -> Result<i64, String> {
-            text().parse::<i64>().map_err(|_| format!("bad RESP length {:?}", text()))
+            text()
+                .parse::<i64>()
+                .map_err(|_| format!("bad RESP length {:?}", text()))
         };
         match kind {
             b'+' => Ok(RespValue::Simple(text())),
             b'-' => Ok(RespValue::Error(text())),
-            b':' => text().parse().map(RespValue::Int).map_err(|_| format!("bad RESP integer {:?}", text())),
+            b':' => text()
+                .parse()
+                .map(RespValue::Int)
+                .map_err(|_| format!("bad RESP integer {:?}", text())),
             b'$' => match length()? {
                 -1 => Ok(RespValue::Nil),
                 n if n < 0 => Err(format!("bad bulk length {n}")),
@@ -569,7 +633,10 @@ pub mod resp {
             b'*' => match length()? {
                 -1 => Ok(RespValue::Nil),
                 n if n < 0 => Err(format!("bad array length {n}")),
-                n => (0..n).map(|_| read_value_at_depth(reader, depth + 1)).collect::<Result<_, _>>().map(RespValue::Array),
+                n => (0..n)
+                    .map(|_| read_value_at_depth(reader, depth + 1))
+                    .collect::<Result<_, _>>()
+                    .map(RespValue::Array),
             },
             other => Err(format!("unsupported RESP type byte {:?}", *other as char)),
         }
@@ -582,7 +649,10 @@ pub mod resp {
             return Err("connection closed by peer".into());
         }
         if !line.ends_with(b"\r\n") {
-            return Err(format!("truncated RESP line {:?}", line.escape_ascii().to_string()));
+            return Err(format!(
+                "truncated RESP line {:?}",
+                line.escape_ascii().to_string()
+            ));
         }
         line.truncate(line.len() - 2);
         Ok(line)
@@ -597,7 +667,9 @@ pub mod resp {
     }
 
     fn command_name<A: AsRef<[u8]>>(args: &[A]) -> String {
-        args.first().map(|a| String::from_utf8_lossy(a.as_ref()).into_owned()).unwrap_or_default()
+        args.first()
+            .map(|a| String::from_utf8_lossy(a.as_ref()).into_owned())
+            .unwrap_or_default()
     }
 
     /// One connection to `127.0.0.1:port`. After any transport or protocol error the connection
@@ -619,7 +691,11 @@ pub mod resp {
             let stream = TcpStream::connect_timeout(&addr, timeout)
                 .map_err(|e| format!("connect to {addr}: {}", describe_io(e)))?;
             let _ = stream.set_nodelay(true);
-            let mut conn = Conn { port, reader: BufReader::new(stream), poisoned: false };
+            let mut conn = Conn {
+                port,
+                reader: BufReader::new(stream),
+                poisoned: false,
+            };
             conn.set_timeout(timeout)?;
             Ok(conn)
         }
@@ -640,7 +716,11 @@ pub mod resp {
         /// Sends one command and reads its reply.
         pub fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<RespValue, String> {
             if self.poisoned {
-                return Err(format!("127.0.0.1:{} {}: connection unusable after an earlier error", self.port, command_name(args)));
+                return Err(format!(
+                    "127.0.0.1:{} {}: connection unusable after an earlier error",
+                    self.port,
+                    command_name(args)
+                ));
             }
             let result = self
                 .reader
@@ -661,7 +741,11 @@ pub mod resp {
     }
 
     /// Runs one command on a fresh connection; `timeout` bounds connect, write and read.
-    pub fn cmd_timeout<A: AsRef<[u8]>>(port: u16, args: &[A], timeout: Duration) -> Result<RespValue, String> {
+    pub fn cmd_timeout<A: AsRef<[u8]>>(
+        port: u16,
+        args: &[A],
+        timeout: Duration,
+    ) -> Result<RespValue, String> {
         Conn::connect_timeout(port, timeout)?.cmd(args)
     }
 
@@ -669,7 +753,9 @@ pub mod resp {
     /// Panics on a transport error or an error reply.
     pub fn cmd_str<A: AsRef<[u8]>>(port: u16, args: &[A]) -> String {
         match cmd(port, args) {
-            Ok(RespValue::Error(e)) => panic!("127.0.0.1:{port} {}: error reply: {e}", command_name(args)),
+            Ok(RespValue::Error(e)) => {
+                panic!("127.0.0.1:{port} {}: error reply: {e}", command_name(args))
+            }
             Ok(value) => value.to_display(),
             Err(e) => panic!("{e}"),
         }
@@ -689,7 +775,9 @@ pub mod resp {
     pub fn info(port: u16, section: &str) -> Result<HashMap<String, String>, String> {
         match cmd(port, &["INFO", section])? {
             RespValue::Bulk(text) => Ok(parse_info(&String::from_utf8_lossy(&text))),
-            other => Err(format!("127.0.0.1:{port} INFO {section}: unexpected reply {other:?}")),
+            other => Err(format!(
+                "127.0.0.1:{port} INFO {section}: unexpected reply {other:?}"
+            )),
         }
     }
 
@@ -712,7 +800,9 @@ pub mod resp {
                 cmd(port, args)?
             };
             let redirect = match &reply {
-                RespValue::Error(e) if e.starts_with("MOVED ") || e.starts_with("ASK ") => e.clone(),
+                RespValue::Error(e) if e.starts_with("MOVED ") || e.starts_with("ASK ") => {
+                    e.clone()
+                }
                 _ => return Ok(reply),
             };
             asking = redirect.starts_with("ASK ");
@@ -723,7 +813,10 @@ pub mod resp {
                 .and_then(|(_, p)| p.parse().ok())
                 .ok_or_else(|| format!("cannot parse redirect {redirect:?}"))?;
         }
-        Err(format!("{}: more than {MAX_REDIRECTS} cluster redirects", command_name(args)))
+        Err(format!(
+            "{}: more than {MAX_REDIRECTS} cluster redirects",
+            command_name(args)
+        ))
     }
 }
 
@@ -735,7 +828,11 @@ pub mod resp {
 #[derive(Clone, Debug)]
 enum NodeKind {
     /// A data node started from command-line arguments.
-    Data { save: bool, cluster: bool, extra_args: Vec<String> },
+    Data {
+        save: bool,
+        cluster: bool,
+        extra_args: Vec<String>,
+    },
     /// A sentinel started from `sentinel.conf` in its dir, monitoring `master_port`.
     Sentinel { master_port: u16 },
 }
@@ -753,6 +850,7 @@ pub struct RedisServerBuilder {
     cluster: bool,
     args: Vec<String>,
     binary: Option<String>,
+    preferred_port: Option<u16>,
 }
 
 impl RedisServerBuilder {
@@ -778,6 +876,12 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Tries this port first; if it is taken, falls back to free ports like any other start.
+    pub fn preferred_port(mut self, port: u16) -> Self {
+        self.preferred_port = Some(port);
+        self
+    }
+
     /// Uses this binary (name on PATH or path) instead of `$STORMCACHE_REDIS_SERVER`.
     pub fn server_binary(mut self, name: impl Into<String>) -> Self {
         self.binary = Some(name.into());
@@ -790,8 +894,12 @@ impl RedisServerBuilder {
             Some(name) => find_binary("redis-server", name, REDIS_SERVER_ENV),
             None => redis_server_bin(),
         };
-        let kind = NodeKind::Data { save: self.save, cluster: self.cluster, extra_args: self.args };
-        RedisServer::start_new(binary, kind)
+        let kind = NodeKind::Data {
+            save: self.save,
+            cluster: self.cluster,
+            extra_args: self.args,
+        };
+        RedisServer::start_new(binary, kind, self.preferred_port)
     }
 }
 
@@ -820,11 +928,12 @@ impl RedisServer {
     }
 
     fn start_sentinel(master_port: u16) -> RedisServer {
-        RedisServer::start_new(redis_server_bin(), NodeKind::Sentinel { master_port })
+        RedisServer::start_new(redis_server_bin(), NodeKind::Sentinel { master_port }, None)
     }
 
-    /// First start: picks a port, and picks another one if it turns out to be taken.
-    fn start_new(binary: PathBuf, kind: NodeKind) -> RedisServer {
+    /// First start: picks a port (`preferred_port` first), and picks another one if it turns
+    /// out to be taken, e.g. by a test process running in parallel.
+    fn start_new(binary: PathBuf, kind: NodeKind, preferred_port: Option<u16>) -> RedisServer {
         let (label, cluster) = match &kind {
             NodeKind::Data { cluster: true, .. } => ("cluster-node", true),
             NodeKind::Data { .. } => ("redis", false),
@@ -839,16 +948,33 @@ impl RedisServer {
             dir: TempDir::new(label),
         };
         let mut collisions = Vec::new();
+        let mut preferred_port = preferred_port;
         for _ in 0..PORT_ATTEMPTS {
-            server.port = if cluster { free_cluster_port() } else { free_port() };
+            server.port = match preferred_port.take() {
+                Some(port) => {
+                    reserve_port(port);
+                    port
+                }
+                None if cluster => free_cluster_port(),
+                None => free_port(),
+            };
             server.prepare_first_launch();
             match server.launch() {
                 Ok(()) => return server,
-                Err(LaunchError::PortInUse(detail)) => collisions.push(format!("port {}: {detail}", server.port)),
+                Err(LaunchError::PortInUse(detail)) => {
+                    eprintln!(
+                        "{} was taken ({detail}); retrying on another port",
+                        server.port
+                    );
+                    collisions.push(format!("port {}: {detail}", server.port));
+                }
                 Err(LaunchError::Failed(message)) => panic!("{message}"),
             }
         }
-        panic!("redis-server could not get a free port after {PORT_ATTEMPTS} attempts:\n{}", collisions.join("\n"));
+        panic!(
+            "redis-server could not get a free port after {PORT_ATTEMPTS} attempts:\n{}",
+            collisions.join("\n")
+        );
     }
 
     /// Resets per-port state in the dir before a first launch (or a retry on a new port).
@@ -880,18 +1006,30 @@ impl RedisServer {
     fn launch_args(&self) -> Vec<String> {
         let dir = self.dir.path().display().to_string();
         match &self.kind {
-            NodeKind::Data { save, cluster, extra_args } => {
+            NodeKind::Data {
+                save,
+                cluster,
+                extra_args,
+            } => {
                 let mut args: Vec<String> = [
-                    "--port", &self.port.to_string(),
-                    "--bind", LOCALHOST,
-                    "--dir", &dir,
-                    "--protected-mode", "no",
-                    "--daemonize", "no",
-                    "--logfile", &self.log_path().display().to_string(),
-                    "--appendonly", "no",
+                    "--port",
+                    &self.port.to_string(),
+                    "--bind",
+                    LOCALHOST,
+                    "--dir",
+                    &dir,
+                    "--protected-mode",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--logfile",
+                    &self.log_path().display().to_string(),
+                    "--appendonly",
+                    "no",
                     // Redis 7 waits 5 s before a diskless full sync by default; every replica
                     // (re)link in a test would pay it.
-                    "--repl-diskless-sync-delay", "0",
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ]
                 .iter()
                 .map(|s| s.to_string())
@@ -901,15 +1039,25 @@ impl RedisServer {
                 }
                 if *cluster {
                     args.extend(
-                        ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000"]
-                            .map(String::from),
+                        [
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            "nodes.conf",
+                            "--cluster-node-timeout",
+                            "1000",
+                        ]
+                        .map(String::from),
                     );
                 }
                 args.extend(extra_args.iter().cloned());
                 args
             }
             NodeKind::Sentinel { .. } => {
-                vec![self.sentinel_config_path().display().to_string(), "--sentinel".to_owned()]
+                vec![
+                    self.sentinel_config_path().display().to_string(),
+                    "--sentinel".to_owned(),
+                ]
             }
         }
     }
@@ -922,12 +1070,17 @@ impl RedisServer {
         }
         self.frozen.store(false, Ordering::SeqCst);
         let log_offset = file_len(&self.log_path());
+        let stdout_offset = file_len(&self.stdout_path());
         let stdout = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.stdout_path())
-            .map_err(|e| LaunchError::Failed(format!("open {}: {e}", self.stdout_path().display())))?;
-        let stderr = stdout.try_clone().map_err(|e| LaunchError::Failed(e.to_string()))?;
+            .map_err(|e| {
+                LaunchError::Failed(format!("open {}: {e}", self.stdout_path().display()))
+            })?;
+        let stderr = stdout
+            .try_clone()
+            .map_err(|e| LaunchError::Failed(e.to_string()))?;
         let mut command = Command::new(&self.binary);
         command
             .args(self.launch_args())
@@ -936,17 +1089,23 @@ impl RedisServer {
             .stdout(stdout)
             .stderr(stderr);
         let mut child = spawn(command)
-            .map(|child| ChildProcess { child, reaped: false })
-            .map_err(|e| LaunchError::Failed(format!("failed to spawn {}: {e}", self.binary.display())))?;
+            .map(|child| ChildProcess {
+                child,
+                reaped: false,
+            })
+            .map_err(|e| {
+                LaunchError::Failed(format!("failed to spawn {}: {e}", self.binary.display()))
+            })?;
 
         let timeout = scaled(SERVER_START_TIMEOUT);
         let deadline = Instant::now() + timeout;
         let mut last_problem;
         loop {
             if let Some(status) = child.try_exited() {
-                let new_log = read_from(&self.log_path(), log_offset);
-                if new_log.contains("already in use") {
-                    return Err(LaunchError::PortInUse(new_log.lines().last().unwrap_or_default().to_owned()));
+                let new_output = read_from(&self.log_path(), log_offset)
+                    + &read_from(&self.stdout_path(), stdout_offset);
+                if let Some(line) = new_output.lines().find(|l| l.contains("already in use")) {
+                    return Err(LaunchError::PortInUse(line.trim().to_owned()));
                 }
                 return Err(LaunchError::Failed(format!(
                     "{} exited during startup ({status}).\n{}",
@@ -975,18 +1134,31 @@ impl RedisServer {
 
     /// Ready = PING answers PONG, the answering process is ours, and (data nodes) not loading.
     fn probe_ready(&self, pid: u32) -> Result<(), String> {
-        let mut conn = resp::Conn::connect_timeout(self.port, Duration::from_secs(1))?;
+        // Short: whatever holds the port may never answer (then our process exits and the
+        // next poll notices); a real redis answers PING in microseconds.
+        let mut conn = resp::Conn::connect_timeout(self.port, Duration::from_millis(300))?;
         match conn.cmd(&["PING"])? {
             RespValue::Simple(pong) if pong == "PONG" => {}
             other => return Err(format!("PING answered {other:?}")),
         }
-        let server_info = conn.cmd(&["INFO", "server"])?.as_text().map(|t| resp::parse_info(&t)).unwrap_or_default();
+        let server_info = conn
+            .cmd(&["INFO", "server"])?
+            .as_text()
+            .map(|t| resp::parse_info(&t))
+            .unwrap_or_default();
         let answering_pid = server_info.get("process_id").cloned().unwrap_or_default();
         if answering_pid != pid.to_string() {
-            return Err(format!("port {} is answered by pid {answering_pid:?}, not ours ({pid})", self.port));
+            return Err(format!(
+                "port {} is answered by pid {answering_pid:?}, not ours ({pid})",
+                self.port
+            ));
         }
         if matches!(self.kind, NodeKind::Data { .. }) {
-            let persistence = conn.cmd(&["INFO", "persistence"])?.as_text().map(|t| resp::parse_info(&t)).unwrap_or_default();
+            let persistence = conn
+                .cmd(&["INFO", "persistence"])?
+                .as_text()
+                .map(|t| resp::parse_info(&t))
+                .unwrap_or_default();
             if persistence.get("loading").map(String::as_str) != Some("0") {
                 return Err("still loading its dataset".into());
             }
@@ -1000,7 +1172,11 @@ impl RedisServer {
             NodeKind::Data { .. } => "redis-server",
             NodeKind::Sentinel { .. } => "redis sentinel",
         };
-        format!("{what} on 127.0.0.1:{} (dir {})", self.port, self.dir.path().display())
+        format!(
+            "{what} on 127.0.0.1:{} (dir {})",
+            self.port,
+            self.dir.path().display()
+        )
     }
 
     pub fn port(&self) -> u16 {
@@ -1085,8 +1261,12 @@ impl RedisServer {
 
     fn send_signal(&self, signal: libc::c_int, name: &str) {
         let guard = lock(&self.process);
-        let child = guard.as_ref().unwrap_or_else(|| panic!("cannot {name} {}: not running", self.describe()));
-        child.signal(signal).unwrap_or_else(|e| panic!("cannot {name} {}: {e}", self.describe()));
+        let child = guard
+            .as_ref()
+            .unwrap_or_else(|| panic!("cannot {name} {}: not running", self.describe()));
+        child
+            .signal(signal)
+            .unwrap_or_else(|e| panic!("cannot {name} {}: {e}", self.describe()));
     }
 
     /// SIGSTOPs the process: it keeps its sockets but answers nothing.
@@ -1128,19 +1308,39 @@ impl RedisServer {
     pub fn bgsave_and_wait(&self) {
         let timeout = scaled(Duration::from_secs(10));
         let saves_before = self.persistence_field("rdb_saves");
-        let started = poll_until(timeout, Duration::from_millis(20), || match self.cmd(&["BGSAVE"]) {
-            RespValue::Simple(_) => Some(()),
-            // Another save (or an AOF rewrite) is running: ours must start after it.
-            RespValue::Error(e) if e.contains("in progress") => None,
-            other => panic!("BGSAVE on {} failed: {other:?}", self.describe()),
+        let started = poll_until(timeout, Duration::from_millis(20), || {
+            match self.cmd(&["BGSAVE"]) {
+                RespValue::Simple(_) => Some(()),
+                // Another save (or an AOF rewrite) is running: ours must start after it.
+                RespValue::Error(e) if e.contains("in progress") => None,
+                other => panic!("BGSAVE on {} failed: {other:?}", self.describe()),
+            }
         });
-        started.unwrap_or_else(|| panic!("BGSAVE on {} could not start within {timeout:?}", self.describe()));
+        started.unwrap_or_else(|| {
+            panic!(
+                "BGSAVE on {} could not start within {timeout:?}",
+                self.describe()
+            )
+        });
         // rdb_bgsave_in_progress turns 1 synchronously with BGSAVE's reply, so 0 means ours ended.
-        wait_until(timeout, "BGSAVE to finish", || self.persistence_field("rdb_bgsave_in_progress") == "0");
+        wait_until(timeout, "BGSAVE to finish", || {
+            self.persistence_field("rdb_bgsave_in_progress") == "0"
+        });
         let status = self.persistence_field("rdb_last_bgsave_status");
-        assert_eq!(status, "ok", "BGSAVE on {} failed\n{}", self.describe(), self.log_tail());
+        assert_eq!(
+            status,
+            "ok",
+            "BGSAVE on {} failed\n{}",
+            self.describe(),
+            self.log_tail()
+        );
         let saves_after = self.persistence_field("rdb_saves");
-        assert_ne!(saves_before, saves_after, "rdb_saves did not change after BGSAVE on {}", self.describe());
+        assert_ne!(
+            saves_before,
+            saves_after,
+            "rdb_saves did not change after BGSAVE on {}",
+            self.describe()
+        );
     }
 
     fn persistence_field(&self, field: &str) -> String {
@@ -1150,8 +1350,13 @@ impl RedisServer {
 
     /// Copies the current `dump.rdb` to `to` (e.g. to restart from it later).
     pub fn copy_rdb(&self, to: &Path) {
-        fs::copy(self.rdb_path(), to)
-            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", self.rdb_path().display(), to.display()));
+        fs::copy(self.rdb_path(), to).unwrap_or_else(|e| {
+            panic!(
+                "copy {} to {}: {e}",
+                self.rdb_path().display(),
+                to.display()
+            )
+        });
     }
 
     /// Kills the server, installs `rdb` as its `dump.rdb` and starts it again on the same port:
@@ -1159,8 +1364,13 @@ impl RedisServer {
     pub fn restart_from_rdb(&self, rdb: &Path) {
         self.kill();
         if rdb != self.rdb_path() {
-            fs::copy(rdb, self.rdb_path())
-                .unwrap_or_else(|e| panic!("install {} as {}: {e}", rdb.display(), self.rdb_path().display()));
+            fs::copy(rdb, self.rdb_path()).unwrap_or_else(|e| {
+                panic!(
+                    "install {} as {}: {e}",
+                    rdb.display(),
+                    self.rdb_path().display()
+                )
+            });
         }
         self.restart();
     }
@@ -1178,6 +1388,31 @@ impl RedisServer {
     /// One field of `INFO section`.
     pub fn info_field(&self, section: &str, field: &str) -> Option<String> {
         resp::info_field(self.port, section, field)
+    }
+
+    /// Waits until at least `n` replicas are online and have acknowledged this master's
+    /// replication offset as of the call, i.e. they hold every write made before it. Panics after
+    /// `timeout`. Replicas acknowledge about once a second, so this can take up to ~1 s.
+    ///
+    /// Prefer this to `WAIT` from a helper connection: `WAIT` only covers writes made on the
+    /// *same* connection, so on a fresh connection it returns at once.
+    pub fn wait_for_replicas(&self, n: usize, timeout: Duration) {
+        let target: u64 = self
+            .info_field("replication", "master_repl_offset")
+            .and_then(|o| o.parse().ok())
+            .unwrap_or_else(|| panic!("{} reported no master_repl_offset", self.describe()));
+        let mut caught_up = 0;
+        let done = poll_until(timeout, Duration::from_millis(20), || {
+            caught_up = replicas_at_offset(self.port, target);
+            (caught_up >= n).then_some(())
+        });
+        if done.is_none() {
+            panic!(
+                "{}: only {caught_up} of {n} replicas reached offset {target} within {timeout:?}: {:?}",
+                self.describe(),
+                resp::info(self.port, "replication")
+            );
+        }
     }
 
     /// `DBSIZE`.
@@ -1225,16 +1460,26 @@ impl SentinelGroup {
         let master_port = master.port().to_string();
         let mut data = vec![master];
         for _ in 0..2 {
-            data.push(RedisServer::builder().args(["--replicaof", LOCALHOST, &master_port]).start());
+            data.push(
+                RedisServer::builder()
+                    .args(["--replicaof", LOCALHOST, &master_port])
+                    .start(),
+            );
         }
         // Sentinels discover replicas from the master's INFO, which they refresh only every 10 s
         // outside a failover: start them once the master lists both replicas as online.
         let master_port = data[0].port();
-        let replicas_linked = poll_until(deadline.saturating_duration_since(Instant::now()), Duration::from_millis(50), || {
-            (online_replica_count(master_port) == 2
-                && data[1..].iter().all(|r| r.info_field("replication", "master_link_status").as_deref() == Some("up")))
-            .then_some(())
-        });
+        let replicas_linked = poll_until(
+            deadline.saturating_duration_since(Instant::now()),
+            Duration::from_millis(50),
+            || {
+                (online_replica_count(master_port) == 2
+                    && data[1..].iter().all(|r| {
+                        r.info_field("replication", "master_link_status").as_deref() == Some("up")
+                    }))
+                .then_some(())
+            },
+        );
         if replicas_linked.is_none() {
             panic!(
                 "sentinel group: replicas did not link to the master within {timeout:?}\n{}\n{}",
@@ -1242,17 +1487,27 @@ impl SentinelGroup {
                 data[0].log_tail()
             );
         }
-        let sentinels: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_sentinel(master_port)).collect();
+        let sentinels: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_sentinel(master_port))
+            .collect();
         let group = SentinelGroup { data, sentinels };
         let mut last_view = String::new();
-        let ready = poll_until(deadline.saturating_duration_since(Instant::now()), Duration::from_millis(50), || {
-            let views: Vec<_> = group.sentinels.iter().map(|s| sentinel_view(s.port())).collect();
-            last_view = format!("{views:?}");
-            views
-                .iter()
-                .all(|v| v.as_ref().is_ok_and(|v| v.ready_for_failover(master_port)))
-                .then_some(())
-        });
+        let ready = poll_until(
+            deadline.saturating_duration_since(Instant::now()),
+            Duration::from_millis(50),
+            || {
+                let views: Vec<_> = group
+                    .sentinels
+                    .iter()
+                    .map(|s| sentinel_view(s.port()))
+                    .collect();
+                last_view = format!("{views:?}");
+                views
+                    .iter()
+                    .all(|v| v.as_ref().is_ok_and(|v| v.ready_for_failover(master_port)))
+                    .then_some(())
+            },
+        );
         if ready.is_none() {
             panic!(
                 "sentinel group not ready for failover within {timeout:?}; sentinel views: {last_view}\n{}",
@@ -1274,7 +1529,10 @@ impl SentinelGroup {
     /// Like [`url`](Self::url) with database `db`.
     pub fn url_db(&self, db: u8) -> String {
         let ports = self.sentinel_ports();
-        let others: String = ports[1..].iter().map(|p| format!("&node={LOCALHOST}:{p}")).collect();
+        let others: String = ports[1..]
+            .iter()
+            .map(|p| format!("&node={LOCALHOST}:{p}"))
+            .collect();
         format!(
             "redis-sentinel://{LOCALHOST}:{}/{db}?sentinelServiceName={SENTINEL_MASTER_NAME}{others}",
             ports[0]
@@ -1304,17 +1562,19 @@ impl SentinelGroup {
             .unwrap_or_else(|| panic!("no node of this sentinel group listens on port {port}"))
     }
 
-    /// The master according to the first sentinel that answers
-    /// `SENTINEL get-master-addr-by-name mymaster`.
+    /// The master named by most serving sentinels (`SENTINEL get-master-addr-by-name`); right
+    /// after a switch some sentinels may still name the old one. Panics if none answers.
     pub fn current_master_port(&self) -> u16 {
-        let mut errors = Vec::new();
-        for sentinel in self.sentinels.iter().filter(|s| s.is_serving()) {
-            match sentinel_master_port(sentinel.port()) {
-                Ok(port) => return port,
-                Err(e) => errors.push(e),
-            }
+        let answers = self.sentinel_answers();
+        let mut votes: HashMap<u16, usize> = HashMap::new();
+        for port in answers.iter().filter_map(|a| a.as_ref().ok()) {
+            *votes.entry(*port).or_default() += 1;
         }
-        panic!("no sentinel named the master: {errors:?}");
+        votes
+            .into_iter()
+            .max_by_key(|&(port, count)| (count, std::cmp::Reverse(port)))
+            .map(|(port, _)| port)
+            .unwrap_or_else(|| panic!("no sentinel named the master: {answers:?}"))
     }
 
     /// The data node that sentinels currently name as master.
@@ -1329,26 +1589,67 @@ impl SentinelGroup {
         port
     }
 
+    fn sentinel_answers(&self) -> Vec<Result<u16, String>> {
+        self.sentinels
+            .iter()
+            .filter(|s| s.is_serving())
+            .map(|s| sentinel_master_port(s.port()))
+            .collect()
+    }
+
+    /// The master if every serving sentinel names the same node and it reports `role:master`;
+    /// otherwise a description of the disagreement.
+    fn settled_master(&self) -> Result<u16, String> {
+        let answers = self.sentinel_answers();
+        let first = match answers.first() {
+            Some(Ok(port)) => *port,
+            _ => return Err(format!("sentinels said {answers:?}")),
+        };
+        if !answers.iter().all(|a| a.as_ref() == Ok(&first)) {
+            return Err(format!("sentinels disagree: {answers:?}"));
+        }
+        match resp::info_field(first, "replication", "role") {
+            Some(role) if role == "master" => Ok(first),
+            role => Err(format!(
+                "sentinels name {first}, which reports role {role:?}"
+            )),
+        }
+    }
+
+    /// Roles of the data nodes and sentinel answers, for panic messages.
+    fn describe_state(&self) -> String {
+        let nodes: Vec<String> = self
+            .data
+            .iter()
+            .map(|n| match resp::info(n.port(), "replication") {
+                Ok(info) => format!(
+                    "{}: role={} master_port={} link={}",
+                    n.port(),
+                    info.get("role").map_or("?", String::as_str),
+                    info.get("master_port").map_or("-", String::as_str),
+                    info.get("master_link_status").map_or("-", String::as_str)
+                ),
+                Err(e) => format!("{}: {e}", n.port()),
+            })
+            .collect();
+        format!(
+            "data nodes: {nodes:?}; sentinels {:?} said {:?}\n{}",
+            self.sentinel_ports(),
+            self.sentinel_answers(),
+            self.sentinels[0].log_tail()
+        )
+    }
+
     /// Polls until every serving sentinel names the same master other than `old_port`, and that
     /// node reports `role:master`. Returns its port; panics after `timeout`.
     pub fn wait_for_new_master(&self, old_port: u16, timeout: Duration) -> u16 {
-        let mut last_answers = Vec::new();
         let found = poll_until(timeout, Duration::from_millis(50), || {
-            last_answers = self
-                .sentinels
-                .iter()
-                .filter(|s| s.is_serving())
-                .map(|s| sentinel_master_port(s.port()))
-                .collect();
-            let first = last_answers.first()?.clone().ok()?;
-            let agreed = last_answers.iter().all(|a| a.as_ref() == Ok(&first));
-            let is_master = resp::info_field(first, "replication", "role").as_deref() == Some("master");
-            (agreed && first != old_port && is_master).then_some(first)
+            self.settled_master().ok().filter(|&port| port != old_port)
         });
         found.unwrap_or_else(|| {
             panic!(
-                "no new master replaced 127.0.0.1:{old_port} within {timeout:?}; sentinels said {last_answers:?}\n{}",
-                self.sentinels[0].log_tail()
+                "no new master replaced 127.0.0.1:{old_port} within {timeout:?}; {}",
+                self.describe_state()
             )
         })
     }
@@ -1362,19 +1663,22 @@ impl SentinelGroup {
         let mut last_error = String::new();
         // -NOGOODSLAVE / -INPROG are transient right after startup or another failover.
         let accepted = poll_until(timeout, Duration::from_millis(200), || {
-            self.sentinels.iter().filter(|s| s.is_serving()).find_map(|s| {
-                match resp::cmd(s.port(), &["SENTINEL", "FAILOVER", SENTINEL_MASTER_NAME]) {
-                    Ok(reply) if reply.is_ok() => Some(()),
-                    Ok(reply) => {
-                        last_error = format!("{reply:?}");
-                        None
+            self.sentinels
+                .iter()
+                .filter(|s| s.is_serving())
+                .find_map(|s| {
+                    match resp::cmd(s.port(), &["SENTINEL", "FAILOVER", SENTINEL_MASTER_NAME]) {
+                        Ok(reply) if reply.is_ok() => Some(()),
+                        Ok(reply) => {
+                            last_error = format!("{reply:?}");
+                            None
+                        }
+                        Err(e) => {
+                            last_error = e;
+                            None
+                        }
                     }
-                    Err(e) => {
-                        last_error = e;
-                        None
-                    }
-                }
-            })
+                })
         });
         if accepted.is_none() {
             panic!("SENTINEL FAILOVER was refused for {timeout:?}: {last_error}");
@@ -1382,12 +1686,35 @@ impl SentinelGroup {
         self.wait_for_new_master(old, deadline.saturating_duration_since(Instant::now()))
     }
 
-    /// Polls until the current master reports `n` online replicas (e.g. after a failover, once
-    /// sentinels have repointed the remaining nodes). Panics after `timeout`.
+    /// Waits until the current master has at least `n` online replicas holding every write made
+    /// before the call (see [`RedisServer::wait_for_replicas`]); e.g. before killing the master,
+    /// or after a failover once sentinels have repointed the other nodes. Panics after `timeout`.
+    ///
+    /// The master is looked up again on every poll, so a failover during the wait (e.g. a
+    /// spurious one on an overloaded machine) does not pin it to a node that is now a replica.
     pub fn wait_for_replicas(&self, n: usize, timeout: Duration) {
-        wait_until(timeout, &format!("the master to report {n} online replicas"), || {
-            online_replica_count(self.current_master_port()) == n
+        // (master port, its replication offset when first seen as master)
+        let mut target: Option<(u16, u64)> = None;
+        let done = poll_until(timeout, Duration::from_millis(20), || {
+            let master = self.settled_master().ok()?;
+            let offset = match target {
+                Some((port, offset)) if port == master => offset,
+                _ => {
+                    let offset = resp::info_field(master, "replication", "master_repl_offset")?
+                        .parse()
+                        .ok()?;
+                    target = Some((master, offset));
+                    offset
+                }
+            };
+            (replicas_at_offset(master, offset) >= n).then_some(())
         });
+        if done.is_none() {
+            panic!(
+                "the master did not get {n} caught-up replicas within {timeout:?} (target {target:?}); {}",
+                self.describe_state()
+            );
+        }
     }
 
     /// Restarts the data node or sentinel on `port` (same port and dir; see
@@ -1429,25 +1756,67 @@ fn sentinel_view(port: u16) -> Result<SentinelView, String> {
         .iter()
         .map(|r| {
             let r = r.to_field_map();
-            (r.get("port").and_then(|p| p.parse().ok()).unwrap_or(0), r.get("flags").cloned().unwrap_or_default())
+            (
+                r.get("port").and_then(|p| p.parse().ok()).unwrap_or(0),
+                r.get("flags").cloned().unwrap_or_default(),
+            )
         })
         .collect();
     Ok(SentinelView {
         master_port: master.get("port").and_then(|p| p.parse().ok()),
         flags: master.get("flags").cloned().unwrap_or_default(),
         replicas,
-        other_sentinels: master.get("num-other-sentinels").and_then(|n| n.parse().ok()).unwrap_or(0),
+        other_sentinels: master
+            .get("num-other-sentinels")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
     })
 }
 
 fn sentinel_master_port(sentinel_port: u16) -> Result<u16, String> {
-    let reply = resp::cmd(sentinel_port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER_NAME])?;
+    let reply = resp::cmd(
+        sentinel_port,
+        &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER_NAME],
+    )?;
     reply
         .as_array()
         .and_then(|addr| addr.get(1))
         .and_then(RespValue::as_int)
         .and_then(|p| u16::try_from(p).ok())
         .ok_or_else(|| format!("sentinel {sentinel_port} answered {reply:?}"))
+}
+
+/// Number of replicas a master lists as online with an acknowledged offset of at least `offset`.
+fn replicas_at_offset(master_port: u16, offset: u64) -> usize {
+    let Ok(info) = resp::info(master_port, "replication") else {
+        return 0;
+    };
+    replica_lines(&info)
+        .filter(|fields| fields.get("state").map(String::as_str) == Some("online"))
+        .filter(|fields| {
+            fields
+                .get("offset")
+                .and_then(|o| o.parse::<u64>().ok())
+                .is_some_and(|o| o >= offset)
+        })
+        .count()
+}
+
+/// The `slaveN:ip=..,port=..,state=..,offset=..,lag=..` lines of `INFO replication`, parsed.
+fn replica_lines(
+    info: &HashMap<String, String>,
+) -> impl Iterator<Item = HashMap<String, String>> + '_ {
+    info.iter()
+        .filter(|(k, _)| {
+            k.strip_prefix("slave")
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .map(|(_, v)| {
+            v.split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
 }
 
 /// Number of replicas a master lists with `state=online` in `INFO replication`.
@@ -1458,8 +1827,8 @@ fn online_replica_count(master_port: u16) -> usize {
     if info.get("role").map(String::as_str) != Some("master") {
         return 0;
     }
-    info.iter()
-        .filter(|(k, v)| k.starts_with("slave") && k[5..].parse::<u32>().is_ok() && v.contains("state=online"))
+    replica_lines(&info)
+        .filter(|fields| fields.get("state").map(String::as_str) == Some("online"))
         .count()
 }
 
@@ -1482,9 +1851,18 @@ impl ClusterGroup {
         let deadline = Instant::now() + timeout;
         let cli = redis_cli_bin();
         let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| RedisServerBuilder { cluster: true, ..RedisServerBuilder::default() }.start())
+            .map(|_| {
+                RedisServerBuilder {
+                    cluster: true,
+                    ..RedisServerBuilder::default()
+                }
+                .start()
+            })
             .collect();
-        let group = ClusterGroup { nodes, replica_of: Mutex::new(HashMap::new()) };
+        let group = ClusterGroup {
+            nodes,
+            replica_of: Mutex::new(HashMap::new()),
+        };
 
         let output_path = group.nodes[0].dir().join("cluster-create.log");
         let output = fs::File::create(&output_path).expect("create cluster-create.log");
@@ -1498,29 +1876,48 @@ impl ClusterGroup {
             .stdout(output.try_clone().expect("clone file handle"))
             .stderr(output);
         let mut create = spawn(command)
-            .map(|child| ChildProcess { child, reaped: false })
+            .map(|child| ChildProcess {
+                child,
+                reaped: false,
+            })
             .unwrap_or_else(|e| panic!("failed to run {} --cluster create: {e}", cli.display()));
-        let status = poll_until(deadline.saturating_duration_since(Instant::now()), Duration::from_millis(50), || create.try_exited());
+        let status = poll_until(
+            deadline.saturating_duration_since(Instant::now()),
+            Duration::from_millis(50),
+            || create.try_exited(),
+        );
         let transcript = || fs::read_to_string(&output_path).unwrap_or_default();
         match status {
-            Some(status) if status.success() && transcript().contains("All 16384 slots covered") => {}
-            Some(status) => panic!("redis-cli --cluster create failed ({status}):\n{}", transcript()),
-            None => panic!("redis-cli --cluster create did not finish within {timeout:?}:\n{}", transcript()),
+            Some(status)
+                if status.success() && transcript().contains("All 16384 slots covered") => {}
+            Some(status) => panic!(
+                "redis-cli --cluster create failed ({status}):\n{}",
+                transcript()
+            ),
+            None => panic!(
+                "redis-cli --cluster create did not finish within {timeout:?}:\n{}",
+                transcript()
+            ),
         }
         drop(create);
 
         let mut problem = String::new();
-        let settled = poll_until(deadline.saturating_duration_since(Instant::now()), Duration::from_millis(50), || {
-            match group.settled_problem() {
+        let settled = poll_until(
+            deadline.saturating_duration_since(Instant::now()),
+            Duration::from_millis(50),
+            || match group.settled_problem() {
                 None => Some(()),
                 Some(p) => {
                     problem = p;
                     None
                 }
-            }
-        });
+            },
+        );
         if settled.is_none() {
-            panic!("cluster not settled within {timeout:?}: {problem}\n{}", group.nodes[0].log_tail());
+            panic!(
+                "cluster not settled within {timeout:?}: {problem}\n{}",
+                group.nodes[0].log_tail()
+            );
         }
         group.refresh_replica_map();
         group
@@ -1535,15 +1932,24 @@ impl ClusterGroup {
                 Ok(v) => resp::parse_info(&v.to_display()),
                 Err(e) => return Some(e),
             };
-            for (field, want) in [("cluster_state", "ok"), ("cluster_slots_assigned", "16384"), ("cluster_known_nodes", "6")] {
+            for (field, want) in [
+                ("cluster_state", "ok"),
+                ("cluster_slots_assigned", "16384"),
+                ("cluster_known_nodes", "6"),
+            ] {
                 if cluster.get(field).map(String::as_str) != Some(want) {
                     return Some(format!("node {port}: {field} is {:?}", cluster.get(field)));
                 }
             }
-            let nodes = resp::cmd(port, &["CLUSTER", "NODES"]).map(|v| v.to_display()).unwrap_or_default();
+            let nodes = resp::cmd(port, &["CLUSTER", "NODES"])
+                .map(|v| v.to_display())
+                .unwrap_or_default();
             if let Some(bad) = nodes.lines().find(|line| {
                 let flags = line.split(' ').nth(2).unwrap_or("");
-                flags.contains("fail") || flags.contains("handshake") || flags.contains("noaddr") || !line.contains(" connected")
+                flags.contains("fail")
+                    || flags.contains("handshake")
+                    || flags.contains("noaddr")
+                    || !line.contains(" connected")
             }) {
                 return Some(format!("node {port} sees {bad:?}"));
             }
@@ -1569,7 +1975,9 @@ impl ClusterGroup {
     fn refresh_replica_map(&self) {
         let mut map = lock(&self.replica_of);
         for node in self.nodes.iter().filter(|n| n.is_serving()) {
-            let Ok(info) = resp::info(node.port(), "replication") else { continue };
+            let Ok(info) = resp::info(node.port(), "replication") else {
+                continue;
+            };
             if info.get("role").map(String::as_str) == Some("slave") {
                 if let Some(master) = info.get("master_port").and_then(|p| p.parse().ok()) {
                     map.insert(node.port(), master);
@@ -1583,7 +1991,10 @@ impl ClusterGroup {
     /// fred's form: `redis-cluster://127.0.0.1:p1?node=127.0.0.1:p2&node=127.0.0.1:p3`.
     pub fn url(&self) -> String {
         let p = self.ports();
-        format!("redis-cluster://{LOCALHOST}:{}?node={LOCALHOST}:{}&node={LOCALHOST}:{}", p[0], p[1], p[2])
+        format!(
+            "redis-cluster://{LOCALHOST}:{}?node={LOCALHOST}:{}&node={LOCALHOST}:{}",
+            p[0], p[1], p[2]
+        )
     }
 
     /// All six node ports.
@@ -1607,8 +2018,9 @@ impl ClusterGroup {
             .filter(|n| n.is_serving())
             .filter(|n| {
                 // A serving node that cannot say its role would silently skew counts: fail loudly.
-                let reported = resp::info(n.port(), "replication")
-                    .unwrap_or_else(|e| panic!("cluster node {} did not answer INFO: {e}", n.port()));
+                let reported = resp::info(n.port(), "replication").unwrap_or_else(|e| {
+                    panic!("cluster node {} did not answer INFO: {e}", n.port())
+                });
                 reported.get("role").map(String::as_str) == Some(role)
             })
             .map(RedisServer::port)
@@ -1650,20 +2062,33 @@ impl ClusterGroup {
         let mut state = String::new();
         let promoted = poll_until(timeout, Duration::from_millis(50), || {
             let promoted = candidates.iter().copied().find(|p| {
-                self.node(*p).is_serving() && resp::info_field(*p, "replication", "role").as_deref() == Some("master")
+                self.node(*p).is_serving()
+                    && resp::info_field(*p, "replication", "role").as_deref() == Some("master")
             });
             let states: Vec<(u16, Option<String>)> = self
                 .nodes
                 .iter()
                 .filter(|n| n.is_serving())
-                .map(|n| (n.port(), resp::cmd(n.port(), &["CLUSTER", "INFO"]).ok().and_then(|v| resp::parse_info(&v.to_display()).remove("cluster_state"))))
+                .map(|n| {
+                    (
+                        n.port(),
+                        resp::cmd(n.port(), &["CLUSTER", "INFO"])
+                            .ok()
+                            .and_then(|v| {
+                                resp::parse_info(&v.to_display()).remove("cluster_state")
+                            }),
+                    )
+                })
                 .collect();
             state = format!("promoted: {promoted:?}, cluster_state per node: {states:?}");
             let all_ok = states.iter().all(|(_, s)| s.as_deref() == Some("ok"));
             promoted.filter(|_| all_ok)
         });
         let promoted = promoted.unwrap_or_else(|| {
-            panic!("no replica of {killed_master_port} was promoted within {timeout:?} ({state})\n{}", self.node(candidates[0]).log_tail())
+            panic!(
+                "no replica of {killed_master_port} was promoted within {timeout:?} ({state})\n{}",
+                self.node(candidates[0]).log_tail()
+            )
         });
         self.refresh_replica_map();
         promoted
@@ -1680,7 +2105,11 @@ impl ClusterGroup {
                     .unwrap_or_else(|e| panic!("{e}"));
                 match reply.as_array() {
                     Some([next, RespValue::Array(batch)]) => {
-                        keys.extend(batch.iter().filter_map(|k| k.as_bytes().map(<[u8]>::to_vec)));
+                        keys.extend(
+                            batch
+                                .iter()
+                                .filter_map(|k| k.as_bytes().map(<[u8]>::to_vec)),
+                        );
                         cursor = next.as_text().unwrap_or_default();
                     }
                     _ => panic!("SCAN on {port} answered {reply:?}"),
@@ -1690,12 +2119,27 @@ impl ClusterGroup {
                 }
             }
         }
-        keys.into_iter().map(|k| String::from_utf8_lossy(&k).into_owned()).collect()
+        keys.into_iter()
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .collect()
+    }
+
+    /// Waits until every serving master's replica holds every write made before the call (see
+    /// [`RedisServer::wait_for_replicas`]), e.g. before killing a master. Panics after `timeout`.
+    pub fn wait_for_replication(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for port in self.master_ports() {
+            self.node(port)
+                .wait_for_replicas(1, deadline.saturating_duration_since(Instant::now()));
+        }
     }
 
     /// Sum of `DBSIZE` over serving masters.
     pub fn dbsize_total(&self) -> u64 {
-        self.master_ports().into_iter().map(|p| self.node(p).dbsize()).sum()
+        self.master_ports()
+            .into_iter()
+            .map(|p| self.node(p).dbsize())
+            .sum()
     }
 
     /// Runs a command through the cluster ([`resp::cluster_cmd`]) from the first serving node;
@@ -1747,8 +2191,11 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts a proxy to `127.0.0.1:target_port` in [`ProxyMode::Pass`].
     pub fn start(target_port: u16) -> FaultProxy {
-        let listener = TcpListener::bind((LOCALHOST, 0)).expect("bind the fault proxy to 127.0.0.1:0");
-        listener.set_nonblocking(true).expect("make the proxy listener non-blocking");
+        let listener =
+            TcpListener::bind((LOCALHOST, 0)).expect("bind the fault proxy to 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("make the proxy listener non-blocking");
         let port = listener.local_addr().expect("proxy local_addr").port();
         reserve_port(port);
         let target = SocketAddr::from(([127, 0, 0, 1], target_port));
@@ -1763,11 +2210,24 @@ impl FaultProxy {
                     .enable_all()
                     .build()
                     .expect("build the fault proxy's tokio runtime");
-                runtime.block_on(proxy_accept_loop(listener, target, mode_rx, shutdown_rx, live_in_thread));
+                runtime.block_on(proxy_accept_loop(
+                    listener,
+                    target,
+                    mode_rx,
+                    shutdown_rx,
+                    live_in_thread,
+                ));
                 // Dropping the runtime drops every connection task and so closes its sockets.
             })
             .expect("spawn the fault proxy thread");
-        FaultProxy { port, target_port, mode, live, shutdown: Some(shutdown), thread: Some(thread) }
+        FaultProxy {
+            port,
+            target_port,
+            mode,
+            live,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -1788,7 +2248,8 @@ impl FaultProxy {
         format!("redis://{LOCALHOST}:{}", self.port)
     }
 
-    /// Client connections the proxy currently holds.
+    /// Client connections the proxy currently holds. A client that hangs up while the proxy is
+    /// blackholed is only noticed once the partition heals (the proxy is not reading then).
     pub fn connections(&self) -> usize {
         self.live.load(Ordering::SeqCst)
     }
@@ -1817,9 +2278,11 @@ impl FaultProxy {
     /// has been reset.
     pub fn reset(&self) {
         self.set_mode(ProxyMode::Reset);
-        wait_until(scaled(Duration::from_secs(5)), "the fault proxy to reset its connections", || {
-            self.connections() == 0
-        });
+        wait_until(
+            scaled(Duration::from_secs(5)),
+            "the fault proxy to reset its connections",
+            || self.connections() == 0,
+        );
     }
 }
 
@@ -1859,7 +2322,8 @@ async fn proxy_accept_loop(
     mut shutdown: tokio::sync::oneshot::Receiver<()>,
     live: Arc<AtomicUsize>,
 ) {
-    let listener = tokio::net::TcpListener::from_std(listener).expect("register the proxy listener with tokio");
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .expect("register the proxy listener with tokio");
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
@@ -1877,7 +2341,10 @@ async fn proxy_accept_loop(
 
 /// Makes the next close of `fd` send an RST instead of a FIN.
 fn set_linger_zero(fd: RawFd) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: `fd` is an open socket owned by the caller; the option value is a valid `linger`.
     unsafe {
         libc::setsockopt(
@@ -1943,7 +2410,10 @@ async fn proxy_connection(
 }
 
 /// Resolves once `accept(mode)` holds; never resolves if the proxy is being dropped.
-async fn wait_for_mode(mut mode: tokio::sync::watch::Receiver<ProxyMode>, accept: impl Fn(ProxyMode) -> bool) {
+async fn wait_for_mode(
+    mut mode: tokio::sync::watch::Receiver<ProxyMode>,
+    accept: impl Fn(ProxyMode) -> bool,
+) {
     loop {
         if accept(*mode.borrow_and_update()) {
             return;
@@ -1957,14 +2427,19 @@ async fn wait_for_mode(mut mode: tokio::sync::watch::Receiver<ProxyMode>, accept
 /// Copies `reader` to `writer` honouring the mode: holds data while blackholed and delays each
 /// chunk by the current latency (measured from when it was read, so order is kept and latency
 /// does not accumulate). Propagates EOF as a FIN.
-async fn proxy_pump<R, W>(reader: &mut R, writer: &mut W, mode: tokio::sync::watch::Receiver<ProxyMode>) -> io::Result<()>
+async fn proxy_pump<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    mode: tokio::sync::watch::Receiver<ProxyMode>,
+) -> io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let not_blackholed = |m: ProxyMode| m != ProxyMode::Blackhole;
-    let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(64);
+    let (chunks_tx, mut chunks_rx) =
+        tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(64);
     let read_mode = mode.clone();
     let read_side = async move {
         loop {
@@ -1979,7 +2454,11 @@ where
                 ProxyMode::Delay(latency) => latency,
                 _ => Duration::ZERO,
             };
-            if chunks_tx.send((tokio::time::Instant::now() + latency, buf)).await.is_err() {
+            if chunks_tx
+                .send((tokio::time::Instant::now() + latency, buf))
+                .await
+                .is_err()
+            {
                 return Ok(());
             }
         }
@@ -1997,4 +2476,9 @@ where
     tokio::try_join!(read_side, write_side).map(|_| ())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Deployment-agnostic scenarios.
+// ---------------------------------------------------------------------------------------------
+
+/// [`topology::Topology`]: one interface over standalone, Sentinel and Cluster.
 pub mod topology;

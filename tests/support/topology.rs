@@ -62,11 +62,10 @@ impl Topology {
                     .unwrap_or_else(|e| panic!("SCAN on {port}: {e}"));
                 match reply.as_array() {
                     Some([next, RespValue::Array(batch)]) => {
-                        keys.extend(
-                            batch
-                                .iter()
-                                .filter_map(|k| k.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned())),
-                        );
+                        keys.extend(batch.iter().filter_map(|k| {
+                            k.as_bytes()
+                                .map(|b| String::from_utf8_lossy(b).into_owned())
+                        }));
                         cursor = next.as_text().unwrap_or_default();
                     }
                     _ => panic!("SCAN on {port} answered {reply:?}"),
