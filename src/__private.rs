@@ -4,11 +4,12 @@
 //! call these, and otherwise only the public API. Everything goes through the same
 //! [`Cache`] methods an application would call by hand.
 
+use std::fmt::Display;
 use std::future::Future;
 
 use crate::cache::{Cache, Cacheable};
 use crate::invalidation::{Invalidation, InvalidationRule, RedisOutcome};
-use crate::key::Key;
+use crate::key::{Key, KeyBuilder};
 use crate::options::EntryOptions;
 
 /// The process-wide cache for a function given no `cache = …`.
@@ -31,11 +32,10 @@ fn not_installed(function: &str, error: &crate::Error) -> ! {
     panic!("`{function}` uses stormcache's process-wide cache: {error}")
 }
 
-/// An owned handle on a cache (one reference count), so the body may use what the
-/// `cache = …` expression borrows.
-#[inline]
-pub fn owned_cache(cache: &Cache) -> Cache {
-    cache.clone()
+/// Appends an escaped value to a key (the generated code passes a reference).
+#[inline(always)]
+pub fn value<T: Display + ?Sized>(builder: KeyBuilder, value: &T) -> KeyBuilder {
+    builder.value(value)
 }
 
 /// The per-call options with the call's tags added to the function's static ones.

@@ -706,7 +706,20 @@ async fn concurrent_misses_run_the_function_once() {
     assert_eq!(FLIGHT_LOADS.load(Ordering::SeqCst), 1);
 }
 
-/// The futures of cached functions are `Send` (they can be spawned), even for methods.
+/// A rule that is neither `Send` nor `Sync`: it is dropped before the first `.await`.
+struct CellRule(std::cell::Cell<u8>);
+
+impl InvalidationRule for CellRule {
+    fn add_to(&self, inv: &mut Invalidation) {
+        *inv = std::mem::take(inv).key(key!("cell:{}", self.0.get()));
+    }
+}
+
+#[invalidate(CellRule(std::cell::Cell::new(n)), cache = HAND, double_delete)]
+async fn with_cell_rule(n: u8) {}
+
+/// The futures of cached functions are `Send` (they can be spawned), even for methods and
+/// rules that are not `Send`.
 #[test]
 fn futures_are_send() {
     fn is_send<T: Send>(_: &T) {}
@@ -719,4 +732,5 @@ fn futures_are_send() {
     is_send(&remove_user_from_group("a", "b", false));
     is_send(&counter_refresh("a"));
     is_send(&counter_invalidate("a"));
+    is_send(&with_cell_rule(1));
 }

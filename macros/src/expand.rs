@@ -17,7 +17,9 @@ use syn::{
     Receiver, ReturnType, Signature, Type, WherePredicate,
 };
 
-use crate::parse::{CachedArgs, DurationArg, InvalidateArgs, InvalidateItem, KeyInput, RuleArgs};
+use crate::parse::{
+    CacheArg, CachedArgs, DurationArg, InvalidateArgs, InvalidateItem, KeyInput, RuleArgs,
+};
 use crate::template::{field_path, ident_for, Part};
 
 /// What a function returns, as far as caching goes.
@@ -203,24 +205,39 @@ fn check_async(sig: &Signature, attr: &str) -> syn::Result<()> {
     Ok(())
 }
 
+/// `&expr`, with the `&` carrying the expression's first span, so that a type error covers
+/// the whole expression the user wrote.
+fn borrow_expr(expr: &Expr) -> TokenStream {
+    let amp = quote_spanned!(expr.span()=> &);
+    match expr {
+        Expr::Binary(_) | Expr::Cast(_) | Expr::Range(_) | Expr::Assign(_) | Expr::Closure(_) => {
+            quote!(#amp (#expr))
+        }
+        _ => quote!(#amp #expr),
+    }
+}
+
 /// `let __sc_cache: &Cache = …;` — the chosen cache, or the process-wide one.
-fn cache_binding(cache: Option<&Expr>, args: &FnArgs) -> TokenStream {
+fn cache_binding(cache: Option<&CacheArg>, args: &FnArgs) -> TokenStream {
     let name = args.name.to_string();
     match cache {
         None => quote! {
             let __sc_cache: &'static ::stormcache::Cache = ::stormcache::__private::global_cache(#name);
         },
-        Some(expr) => {
-            let span = expr.span();
+        Some(CacheArg { keyword, expr }) => {
+            let borrowed = borrow_expr(expr);
+            // The expected type points at `cache`, the found one at the expression.
+            let ty = quote_spanned!(*keyword=> &::stormcache::Cache);
             if args.borrow_may_clash(quote!(#expr)) {
                 // A clone (one reference count) keeps the body free to use what `expr` borrows.
-                quote_spanned! {span=>
-                    let __sc_cache_owned: ::stormcache::Cache = ::stormcache::__private::owned_cache(&(#expr));
+                quote! {
+                    let __sc_cache_ref: #ty = #borrowed;
+                    let __sc_cache_owned: ::stormcache::Cache = ::core::clone::Clone::clone(__sc_cache_ref);
                     let __sc_cache: &::stormcache::Cache = &__sc_cache_owned;
                 }
             } else {
-                quote_spanned! {span=>
-                    let __sc_cache: &::stormcache::Cache = &(#expr);
+                quote! {
+                    let __sc_cache: #ty = #borrowed;
                 }
             }
         }
@@ -229,15 +246,22 @@ fn cache_binding(cache: Option<&Expr>, args: &FnArgs) -> TokenStream {
 
 /// `let name: Cache = …;` — an owned handle (one reference count) on the chosen cache, taken
 /// before the body runs so that the body may use whatever the expression borrows.
-fn owned_cache_binding(cache: Option<&Expr>, fn_name: &str, name: &Ident) -> TokenStream {
+fn owned_cache_binding(cache: Option<&CacheArg>, fn_name: &str, name: &Ident) -> TokenStream {
     match cache {
         None => quote! {
             let #name: ::stormcache::Cache =
                 ::core::clone::Clone::clone(::stormcache::__private::global_cache(#fn_name));
         },
-        Some(expr) => quote_spanned! {expr.span()=>
-            let #name: ::stormcache::Cache = ::stormcache::__private::owned_cache(&(#expr));
-        },
+        Some(CacheArg { keyword, expr }) => {
+            let borrowed = borrow_expr(expr);
+            let ty = quote_spanned!(*keyword=> &::stormcache::Cache);
+            quote! {
+                let #name: ::stormcache::Cache = {
+                    let __sc_cache_ref: #ty = #borrowed;
+                    ::core::clone::Clone::clone(__sc_cache_ref)
+                };
+            }
+        }
     }
 }
 
@@ -255,7 +279,7 @@ struct CachedPlan<'a> {
     /// First segments of the placeholders (the arguments the key names; `self` included).
     key_args: BTreeSet<String>,
     options: TokenStream,
-    cache: Option<&'a Expr>,
+    cache: Option<&'a CacheArg>,
 }
 
 impl CachedPlan<'_> {
@@ -325,23 +349,26 @@ fn cached_key(args: &CachedArgs, fn_args: &FnArgs) -> syn::Result<(TokenStream, 
         ));
     }
     let name = fn_args.name.unraw().to_string();
-    let mut calls = quote! {
-        .literal_unchecked(::core::concat!(::core::module_path!(), "::", #name))
+    let mut builder = quote! {
+        ::stormcache::KeyBuilder::new()
+            .literal_unchecked(::core::concat!(::core::module_path!(), "::", #name))
     };
     if fn_args.receiver.is_some() {
         // Two types of one module may have methods of the same name.
-        calls.extend(quote! {
-            .literal_unchecked(":").value(::core::any::type_name::<Self>())
-        });
+        builder = quote! {
+            ::stormcache::__private::value(
+                #builder.literal_unchecked(":"),
+                ::core::any::type_name::<Self>(),
+            )
+        };
     }
     for (ident, _) in &fn_args.named {
         key_args.insert(ident.unraw().to_string());
-        calls.extend(quote_spanned!(ident.span()=> .literal_unchecked(":").value(&#ident)));
+        builder = quote_spanned! {ident.span()=>
+            ::stormcache::__private::value(#builder.literal_unchecked(":"), &#ident)
+        };
     }
-    Ok((
-        quote!(::stormcache::KeyBuilder::new() #calls .build()),
-        key_args,
-    ))
+    Ok((quote!(#builder.build()), key_args))
 }
 
 /// `#[cached(...)]`.
@@ -474,7 +501,8 @@ fn companions(plan: &CachedPlan, item: &ItemFn, cache_none: bool) -> syn::Result
     // `name_key` and `name_invalidate` take only what the key (and the cache expression) use.
     let mut wanted = plan.key_args.clone();
     if let Some(cache) = plan.cache {
-        collect_idents(quote!(#cache), &mut wanted);
+        let expr = &cache.expr;
+        collect_idents(quote!(#expr), &mut wanted);
     }
     let kept: Vec<&PatType> = plan
         .args
@@ -634,7 +662,7 @@ pub(crate) fn invalidate(first: InvalidateArgs, mut item: ItemFn) -> syn::Result
 
     // Group by cache expression: one `Invalidation` (and one Redis round) per cache.
     struct Group<'a> {
-        cache: Option<&'a Expr>,
+        cache: Option<&'a CacheArg>,
         repr: String,
         body: TokenStream,
         double: bool,
@@ -644,7 +672,10 @@ pub(crate) fn invalidate(first: InvalidateArgs, mut item: ItemFn) -> syn::Result
         let repr = args
             .cache
             .as_ref()
-            .map(|c| quote!(#c).to_string())
+            .map(|c| {
+                let expr = &c.expr;
+                quote!(#expr).to_string()
+            })
             .unwrap_or_default();
         let gi = match groups.iter().position(|g| g.repr == repr) {
             Some(i) => i,
@@ -685,10 +716,15 @@ pub(crate) fn invalidate(first: InvalidateArgs, mut item: ItemFn) -> syn::Result
                     quote!(let #value: &[&'static str] = &[#(#classes),*];),
                     quote!(::stormcache::__private::add_classes),
                 ),
-                InvalidateItem::Rule(expr) => (
-                    quote_spanned!(expr.span()=> let #value = &(#expr);),
-                    quote_spanned!(expr.span()=> ::stormcache::__private::add_rule),
-                ),
+                InvalidateItem::Rule(expr) => {
+                    // Through `&dyn`, so that a type that is no rule is reported on the
+                    // expression the user wrote.
+                    let borrowed = borrow_expr(expr);
+                    (
+                        quote!(let #value: &dyn ::stormcache::InvalidationRule = #borrowed;),
+                        quote!(::stormcache::__private::add_rule),
+                    )
+                }
             };
             group.body.extend(make);
             if args.double_delete {
@@ -711,15 +747,30 @@ pub(crate) fn invalidate(first: InvalidateArgs, mut item: ItemFn) -> syn::Result
             format_ident!("__sc_before_{}", gi),
         );
         let binding = owned_cache_binding(group.cache, &name, &cache);
-        let declare_before = group
-            .double
-            .then(|| quote!(let mut #before = ::stormcache::Invalidation::new();));
         let body = &group.body;
+        // In a block, so that nothing the rules borrow lives across an `.await` (the
+        // function's future stays `Send` whatever the rule types are).
+        let built = if group.double {
+            quote! {
+                let (#after, #before) = {
+                    let mut #after = ::stormcache::Invalidation::new();
+                    let mut #before = ::stormcache::Invalidation::new();
+                    #body
+                    (#after, #before)
+                };
+            }
+        } else {
+            quote! {
+                let #after = {
+                    let mut #after = ::stormcache::Invalidation::new();
+                    #body
+                    #after
+                };
+            }
+        };
         prelude.extend(quote! {
             #binding
-            let mut #after = ::stormcache::Invalidation::new();
-            #declare_before
-            #body
+            #built
         });
         if group.double {
             run_before.extend(quote! {
@@ -915,6 +966,9 @@ pub(crate) fn key(input: KeyInput) -> syn::Result<TokenStream> {
             if let Some(i) = named.iter().position(|(n, _)| n.unraw() == path[0]) {
                 used_named[i] = true;
                 let ident = named_ident(i);
+                if path.len() == 1 {
+                    return Ok(quote!(#ident));
+                }
                 let expr = field_path(quote!(#ident), &path[1..], span);
                 return Ok(quote!(&#expr));
             }

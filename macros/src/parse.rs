@@ -136,6 +136,12 @@ fn set_once<T>(slot: &mut Option<T>, name: &Ident, value: T) -> syn::Result<()> 
     Ok(())
 }
 
+/// `cache = <expr>`: the expression, and the span of `cache` for "expected due to this".
+pub(crate) struct CacheArg {
+    pub(crate) keyword: Span,
+    pub(crate) expr: Expr,
+}
+
 /// The arguments of `#[cached(...)]`.
 #[derive(Default)]
 pub(crate) struct CachedArgs {
@@ -144,7 +150,7 @@ pub(crate) struct CachedArgs {
     pub(crate) class: Option<LitStr>,
     pub(crate) tags: Vec<Template>,
     pub(crate) stale_for: Option<DurationArg>,
-    pub(crate) cache: Option<Expr>,
+    pub(crate) cache: Option<CacheArg>,
     pub(crate) cache_none: Option<(bool, Span)>,
     pub(crate) companions: Option<bool>,
 }
@@ -189,7 +195,15 @@ impl Parse for CachedArgs {
                 }
                 "cache" => {
                     input.parse::<Token![=]>()?;
-                    set_once(&mut args.cache, &name, input.parse()?)?;
+                    let expr = input.parse()?;
+                    set_once(
+                        &mut args.cache,
+                        &name,
+                        CacheArg {
+                            keyword: name.span(),
+                            expr,
+                        },
+                    )?;
                 }
                 "cache_none" => {
                     let flag = parse_flag(input)?;
@@ -230,7 +244,7 @@ pub(crate) enum InvalidateItem {
 #[derive(Default)]
 pub(crate) struct InvalidateArgs {
     pub(crate) items: Vec<InvalidateItem>,
-    pub(crate) cache: Option<Expr>,
+    pub(crate) cache: Option<CacheArg>,
     pub(crate) double_delete: bool,
 }
 
@@ -281,7 +295,8 @@ impl Parse for InvalidateArgs {
                     }
                     "cache" => {
                         input.parse::<Token![=]>()?;
-                        set_once(&mut args.cache, &name, input.parse()?)?;
+                        let expr = input.parse()?;
+                    set_once(&mut args.cache, &name, CacheArg { keyword: name.span(), expr })?;
                     }
                     "double_delete" => {
                         if dd_seen {

@@ -111,30 +111,30 @@ impl Template {
         })
     }
 
-    /// `KeyBuilder` calls that build the key; `value` turns a placeholder into the
-    /// expression whose `Display` is escaped into the key.
+    /// `KeyBuilder` calls that build the key; `value` turns a placeholder into a reference
+    /// to the value whose `Display` is escaped into the key.
+    ///
+    /// Values go through `stormcache::__private::value(builder, &v)`, whose parameter is a
+    /// reference, so that borrowing an argument is not a needless borrow in the user's code.
     pub(crate) fn build_key(
         &self,
         mut value: impl FnMut(&Part) -> syn::Result<TokenStream>,
     ) -> syn::Result<TokenStream> {
         let span = self.lit.span();
-        let mut calls = TokenStream::new();
-        // Merge adjacent literals (there are none after parsing, but be safe).
+        let mut builder = quote_spanned!(span=> ::stormcache::KeyBuilder::new());
         for part in &self.parts {
-            match part {
+            builder = match part {
                 Part::Literal(text) => {
                     let text = LitStr::new(text, span);
-                    calls.extend(quote_spanned!(span=> .literal_unchecked(#text)));
+                    quote_spanned!(span=> #builder.literal_unchecked(#text))
                 }
                 other => {
                     let expr = value(other)?;
-                    calls.extend(quote_spanned!(span=> .value(#expr)));
+                    quote_spanned!(span=> ::stormcache::__private::value(#builder, #expr))
                 }
-            }
+            };
         }
-        Ok(quote_spanned! {span=>
-            ::stormcache::KeyBuilder::new() #calls .build()
-        })
+        Ok(quote_spanned!(span=> #builder.build()))
     }
 }
 
