@@ -34,7 +34,7 @@
 //! ```
 //!
 //! ## Where things are
-//! - [`key`]: keys, templates and the escaping of values spliced into them;
+//! - [`key`](mod@key): keys, templates and the escaping of values spliced into them;
 //! - [`Codec`] and the envelope: how values are stored in Redis;
 //! - the local store and the Redis store: the two levels, in files named after them;
 //! - [`Cache`]: the read-through path; [`Invalidation`]: what a mutation makes stale.

@@ -4,9 +4,9 @@
 //! Use them through the `stormcache` crate (feature `macros`, on by default), not directly:
 //! the expansions name `::stormcache`.
 //!
-//! The crate is laid out like `tracing-attributes`: [`parse`](crate) reads the arguments
-//! (every error points at the offending token), the template module checks key templates at
-//! compile time, and the expand module writes the code.
+//! The crate is laid out like `tracing-attributes`: the `parse` module reads the arguments
+//! (every error points at the offending token), `template` checks key templates at compile
+//! time with the core's rules, and `expand` writes the code.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -140,6 +140,20 @@ mod template;
 ///   ```
 /// - **`companions = false`** — do not generate the companion functions below (needed in
 ///   a trait `impl`, where extra methods are not allowed).
+///
+///   ```
+///   # use stormcache::{cached, Cache};
+///   trait Users {
+///       async fn name(&self, id: u64) -> Option<String>;
+///   }
+///
+///   struct Db { cache: Cache }
+///
+///   impl Users for Db {
+///       #[cached(key = "user:{id}:name", cache = self.cache, companions = false)]
+///       async fn name(&self, id: u64) -> Option<String> { Some(format!("user-{id}")) }
+///   }
+///   ```
 ///
 /// # Companions: bypass, refresh, key, invalidate
 /// Next to `name`, the macro writes four functions with the same visibility (methods when
