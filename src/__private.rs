@@ -146,10 +146,27 @@ pub fn add_rule<R: InvalidationRule + ?Sized>(inv: &mut Invalidation, rule: &R) 
 /// Runs an invalidation after (or before) a mutating call. Nothing is returned: the mutation
 /// itself succeeded, and the cache must not turn it into an error. While Redis is down the
 /// cache journals the Redis half and replays it on recovery.
-pub async fn invalidate_quietly(cache: &Cache, inv: &Invalidation, function: &'static str) {
+///
+/// Inside a Tokio runtime the invalidation runs as its own task, awaited here: a caller that
+/// drops the mutation's future halfway (a timeout, a closed connection) cannot cancel it
+/// and leave stale entries behind.
+pub async fn invalidate_quietly(cache: &Cache, inv: Invalidation, function: &'static str) {
     if inv.is_empty() {
         return;
     }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            let cache = cache.clone();
+            let task = runtime.spawn(async move { apply(&cache, &inv, function).await });
+            if let Err(error) = task.await {
+                tracing::warn!(function, %error, "#[invalidate]: the invalidation task failed");
+            }
+        }
+        Err(_) => apply(cache, &inv, function).await,
+    }
+}
+
+async fn apply(cache: &Cache, inv: &Invalidation, function: &'static str) {
     let report = cache.invalidate(inv).await;
     if let RedisOutcome::Journaled { overflowed } = report.redis {
         tracing::debug!(

@@ -684,6 +684,43 @@ async fn hand_written_rules_stack_like_derived_ones() {
     assert_eq!(perm(1).await, 2);
 }
 
+test_cache!(CANCEL, "cancel");
+static CANCEL_LOADS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(key = "c:{id}", cache = CANCEL)]
+async fn cancel_read(id: u32) -> usize {
+    let _ = id;
+    CANCEL_LOADS.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+#[invalidate(keys = ["c:{id}"], cache = CANCEL)]
+async fn cancel_write(id: u32) -> Result<(), ()> {
+    let _ = id;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_mutation_dropped_after_its_body_still_invalidates() {
+    assert_eq!(cancel_read(1).await, 1);
+    let mut mutation = Box::pin(cancel_write(1));
+    // One poll: the body runs and the invalidation starts; then the caller gives up.
+    let finished = tokio::select! {
+        biased;
+        _ = &mut mutation => true,
+        () = std::future::ready(()) => false,
+    };
+    assert!(!finished, "the invalidation was still under way");
+    drop(mutation);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        cancel_read(1).await,
+        2,
+        "the invalidation ran to completion anyway"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Concurrency
 

@@ -133,6 +133,28 @@ async fn instances_share_entries_and_invalidations_reach_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_dropped_while_its_invalidation_awaits_redis_still_invalidates() {
+    let server = RedisServer::start();
+    let a = Groups::start(server.url()).await;
+    a.of("ann").await.expect("loaded");
+    assert!(exists(&server, ANN));
+    let mut mutation = Box::pin(a.leave("ann", "admins"));
+    // One poll: the body runs and the invalidation starts; then the caller gives up (a
+    // request timeout, a closed connection).
+    // (On this multi-threaded runtime the invalidation may even have finished already.)
+    tokio::select! {
+        biased;
+        _ = &mut mutation => {}
+        () = std::future::ready(()) => {}
+    }
+    drop(mutation);
+    until("the entry to leave Redis", Duration::from_secs(5), || {
+        !exists(&server, ANN)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_during_an_outage_never_fails_the_mutation() {
     let server = RedisServer::builder().save(true).start();
     let a = Groups::start(server.url()).await;

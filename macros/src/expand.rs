@@ -774,11 +774,11 @@ pub(crate) fn invalidate(first: InvalidateArgs, mut item: ItemFn) -> syn::Result
         });
         if group.double {
             run_before.extend(quote! {
-                ::stormcache::__private::invalidate_quietly(&#cache, &#before, #name).await;
+                ::stormcache::__private::invalidate_quietly(&#cache, #before, #name).await;
             });
         }
         run_after.extend(quote! {
-            ::stormcache::__private::invalidate_quietly(&#cache, &#after, #name).await;
+            ::stormcache::__private::invalidate_quietly(&#cache, #after, #name).await;
         });
     }
     let run_after = match returns {

@@ -257,8 +257,10 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// one function are gathered into a single invalidation per cache.
 ///
 /// A failed invalidation (Redis down) never turns the successful call into an error: the
-/// local store is cleaned at once, and the failure is logged (and journaled for replay
-/// where the cache keeps an outage journal).
+/// local store is cleaned at once and the Redis half goes to the cache's outage journal,
+/// replayed when Redis is back. Inside a Tokio runtime the invalidation runs as a task the
+/// function awaits, so a caller that drops the future after the body ran (a timeout) does
+/// not cancel it.
 ///
 /// # Arguments
 /// Any number of these, in any order:
