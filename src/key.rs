@@ -16,6 +16,8 @@
 use std::fmt::{self, Display, Write as _};
 use std::sync::Arc;
 
+use compact_str::CompactString;
+
 use crate::error::Error;
 
 /// A cache key (or a tag): a string whose interpolated parts are escaped.
@@ -31,7 +33,7 @@ use crate::error::Error;
 /// assert_eq!(key.as_str(), "resources:eve%2A");
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(String);
+pub struct Key(CompactString);
 
 impl Key {
     /// A key with no interpolated values.
@@ -47,7 +49,7 @@ impl Key {
     /// ```
     pub fn literal(text: &str) -> Result<Self, Error> {
         check_literal(text, text)?;
-        Ok(Key(text.to_owned()))
+        Ok(Key(CompactString::from(text)))
     }
 
     /// Starts a key with a literal prefix; append escaped values and more literals.
@@ -64,7 +66,7 @@ impl Key {
         &self.0
     }
 
-    pub(crate) fn from_escaped(text: String) -> Self {
+    pub(crate) fn from_escaped(text: CompactString) -> Self {
         Key(text)
     }
 }
@@ -98,15 +100,17 @@ impl AsRef<str> for Key {
 #[derive(Debug, Default)]
 #[must_use]
 pub struct KeyBuilder {
-    buf: String,
-    error: Option<Error>,
+    // Up to 24 bytes live inline: most keys are built and dropped without touching the heap.
+    buf: CompactString,
+    // Boxed: the builder is moved through every chained call and is almost never in error.
+    error: Option<Box<Error>>,
 }
 
 impl KeyBuilder {
     /// An empty builder.
     pub fn new() -> Self {
         KeyBuilder {
-            buf: String::with_capacity(32),
+            buf: CompactString::const_new(""),
             error: None,
         }
     }
@@ -115,8 +119,8 @@ impl KeyBuilder {
     pub fn literal(mut self, text: &str) -> Self {
         if let Err(e) = check_literal(text, text) {
             // Never let a bad literal through unescaped; remember the error for try_build.
-            escape_into(&mut self.buf, text);
-            self.error.get_or_insert(e);
+            escape_to(&mut self.buf, text);
+            self.error.get_or_insert(Box::new(e));
         } else {
             self.buf.push_str(text);
         }
@@ -126,7 +130,7 @@ impl KeyBuilder {
     /// Appends a value, escaped so that it cannot add glob characters, separators or
     /// whitespace to the key.
     pub fn value(mut self, value: impl Display) -> Self {
-        escape_into(&mut self.buf, value);
+        escape_to(&mut self.buf, value);
         self
     }
 
@@ -145,7 +149,7 @@ impl KeyBuilder {
     /// Finishes the key, or returns the first bad literal met.
     pub fn try_build(self) -> Result<Key, Error> {
         match self.error {
-            Some(e) => Err(e),
+            Some(e) => Err(*e),
             None => Ok(Key::from_escaped(self.buf)),
         }
     }
@@ -220,25 +224,29 @@ fn check_literal(text: &str, template: &str) -> Result<(), Error> {
 /// assert_eq!(key, "user:a%3Ab%20c%2A");
 /// ```
 pub fn escape_into(out: &mut String, value: impl Display) {
-    struct Escaper<'a>(&'a mut String);
-    impl fmt::Write for Escaper<'_> {
+    escape_to(out, value);
+}
+
+/// [`escape_into`] for any text buffer.
+fn escape_to<W: fmt::Write>(out: &mut W, value: impl Display) {
+    struct Escaper<'a, W>(&'a mut W);
+    impl<W: fmt::Write> fmt::Write for Escaper<'_, W> {
         fn write_str(&mut self, s: &str) -> fmt::Result {
             // Fast path: most ids need no escaping at all.
             if !any_needs_escape(s) {
-                self.0.push_str(s);
-                return Ok(());
+                return self.0.write_str(s);
             }
             for c in s.chars() {
                 if needs_escape(c) {
                     let mut utf8 = [0u8; 4];
                     for b in c.encode_utf8(&mut utf8).bytes() {
                         const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                        self.0.push('%');
-                        self.0.push(HEX[(b >> 4) as usize] as char);
-                        self.0.push(HEX[(b & 0xF) as usize] as char);
+                        self.0.write_char('%')?;
+                        self.0.write_char(HEX[(b >> 4) as usize] as char)?;
+                        self.0.write_char(HEX[(b & 0xF) as usize] as char)?;
                     }
                 } else {
-                    self.0.push(c);
+                    self.0.write_char(c)?;
                 }
             }
             Ok(())
@@ -348,12 +356,12 @@ impl KeyTemplate {
         &self,
         mut lookup: impl FnMut(&str) -> Option<&'v dyn Display>,
     ) -> Result<Key, Error> {
-        let mut buf = String::with_capacity(self.source.len() + 16);
+        let mut buf = CompactString::with_capacity(self.source.len() + 16);
         for part in self.parts.iter() {
             match part {
                 Part::Literal(text) => buf.push_str(text),
                 Part::Placeholder(name) => match lookup(name) {
-                    Some(v) => escape_into(&mut buf, v),
+                    Some(v) => escape_to(&mut buf, v),
                     None => {
                         return Err(Error::MissingPlaceholder {
                             template: self.source.to_string(),
