@@ -1,1 +1,87 @@
 //! Tower layers for axum: response caching and invalidation on mutating routes.
+//!
+//! - [`CacheLayer`] answers `GET`/`HEAD` requests from the [`Cache`](crate::Cache) and
+//!   stores what the handler says when HTTP allows it; every response says how it was
+//!   answered in `x-cache: hit | miss | stale | bypass`.
+//! - [`InvalidateLayer`] removes entries after a successful `POST`/`PUT`/`PATCH`/`DELETE`:
+//!   the HTTP twin of `#[invalidate]`.
+//!
+//! Both are `Clone`, compose with `Router::layer`, `Router::route_layer`, a `MethodRouter`
+//! and `tower::ServiceBuilder`, work with any body type, and never fail a request: their
+//! error type is the inner service's (`Infallible` under axum). Because they use the same
+//! [`Cache`](crate::Cache) as the rest of the application, a Redis outage does not reach the
+//! client: the local store answers, then the handler.
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{routing::{delete, get}, Router};
+//! use stormcache::layer::{CacheLayer, InvalidateLayer};
+//! use stormcache::{Cache, Class, KeyTemplate};
+//!
+//! # fn main() -> Result<(), stormcache::Error> {
+//! let cache = Cache::builder("shop")
+//!     .redis_url(std::env::var("REDIS_URL").ok()) // none: local store only
+//!     .class(Class::new("permissions").ttl(Duration::from_secs(900)).volatile())
+//!     .build()?;
+//! let user_tag = KeyTemplate::parse("user:{u}")?;
+//!
+//! let app: Router = Router::new()
+//!     .route("/resources", get(|| async { "[]" }))
+//!     .route(
+//!         "/users/{u}/resources",
+//!         get(|| async { "[]" }).route_layer(
+//!             CacheLayer::new(cache.clone()).class("permissions").tag_template(user_tag.clone()),
+//!         ),
+//!     )
+//!     .route(
+//!         "/groups/{g}/members/{u}",
+//!         delete(|| async { "" }).route_layer(InvalidateLayer::new(cache.clone()).tag(user_tag)),
+//!     )
+//!     .layer(CacheLayer::new(cache).ttl(Duration::from_secs(60)));
+//! # let _ = app; Ok(()) }
+//! ```
+//!
+//! When a route has a [`CacheLayer`] of its own (`route_layer`) inside a router-wide one, the
+//! inner, more specific layer owns the route's entries: the outer layer sees its `x-cache`
+//! header and neither stores the response again nor changes the header.
+
+mod body;
+mod cache_control;
+pub mod cache_layer;
+mod cached_response;
+pub mod invalidate_layer;
+mod request_info;
+mod request_key;
+
+pub use body::ResponseBody;
+pub use cache_layer::{CacheLayer, CacheService, DEFAULT_MAX_BODY_SIZE};
+pub use invalidate_layer::{InvalidateLayer, InvalidateService};
+pub use request_info::RequestInfo;
+
+use http::HeaderValue;
+
+/// The name of the header that says how the cache layer answered.
+pub const X_CACHE: &str = "x-cache";
+
+#[allow(clippy::declare_interior_mutable_const)]
+const X_CACHE_HEADER: http::HeaderName = http::HeaderName::from_static(X_CACHE);
+
+/// How a response got its answer, as told in `x-cache`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum XCache {
+    Hit,
+    Miss,
+    Stale,
+    Bypass,
+}
+
+impl XCache {
+    fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            XCache::Hit => "hit",
+            XCache::Miss => "miss",
+            XCache::Stale => "stale",
+            XCache::Bypass => "bypass",
+        })
+    }
+}

@@ -94,12 +94,18 @@ impl<'a> RequestInfo<'a> {
 
     /// The route that matched, e.g. `/users/{id}` (only under `route_layer`).
     pub fn matched_path(&self) -> Option<&str> {
-        self.parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str)
+        self.parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str)
     }
 
     /// A path parameter, percent-decoded (only under `route_layer`).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params?.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        self.params?
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
     }
 
     /// Every path parameter, in route order.

@@ -26,7 +26,10 @@ pub(crate) const PREFIX: &str = "http:";
 
 /// Starts the default base of a request: `http:GET:<path>[|q:<normalized query>]`.
 pub(crate) fn default_base(path: &str, query: Option<&str>) -> KeyBuilder {
-    let mut b = KeyBuilder::new().literal(PREFIX).literal("GET:").value(path);
+    let mut b = KeyBuilder::new()
+        .literal(PREFIX)
+        .literal("GET:")
+        .value(path);
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         b = b.literal("|q:");
         b = push_normalized_query(b, query);
@@ -36,9 +39,8 @@ pub(crate) fn default_base(path: &str, query: Option<&str>) -> KeyBuilder {
 
 /// Starts a key from a key function's base.
 pub(crate) fn custom_base(base: &Key) -> KeyBuilder {
-    // The base was built by a `KeyBuilder` (values escaped), so appending it as a literal
-    // keeps it as it is; `value` would escape it a second time.
-    KeyBuilder::new().literal(PREFIX).literal_trusted(base)
+    // Escaped once more, so that the base cannot hold a `:` that would forge a marker.
+    KeyBuilder::new().literal(PREFIX).literal("k:").value(base)
 }
 
 /// Appends the declared `Vary` headers and the principal. `None` when a declared header
@@ -80,14 +82,16 @@ pub(crate) fn has_credentials(headers: &HeaderMap) -> bool {
 }
 
 fn push_normalized_query(mut b: KeyBuilder, query: &str) -> KeyBuilder {
-    let name = |pair: &&str| pair.split_once('=').map_or(*pair, |(n, _)| n);
+    fn name<'q>(pair: &&'q str) -> &'q str {
+        pair.split_once('=').map_or(*pair, |(n, _)| n)
+    }
     let mut pairs = query.split('&').filter(|p| !p.is_empty());
     // Most queries are short and already sorted: then nothing is collected.
     let sorted = {
         let mut prev: Option<&str> = None;
         query.split('&').filter(|p| !p.is_empty()).all(|p| {
             let n = name(&p);
-            let ok = prev.is_none_or(|prev| prev <= n);
+            let ok = prev.map_or(true, |prev| prev <= n);
             prev = Some(n);
             ok
         })
@@ -129,7 +133,10 @@ mod tests {
         assert_eq!(key("/r", Some("b=2&a=1")), key("/r", Some("a=1&b=2")));
         assert_eq!(key("/r", Some("a=1&&b=2&")), key("/r", Some("a=1&b=2")));
         assert_ne!(key("/r", Some("t=a&t=b")), key("/r", Some("t=b&t=a")));
-        assert_eq!(key("/r", Some("z=1&t=a&t=b")), key("/r", Some("t=a&t=b&z=1")));
+        assert_eq!(
+            key("/r", Some("z=1&t=a&t=b")),
+            key("/r", Some("t=a&t=b&z=1"))
+        );
         assert_eq!(key("/r", Some("")), key("/r", None));
         assert_ne!(key("/r", Some("a")), key("/r", None));
         assert_eq!(key("/r", Some("b=2&a=1")), "http:GET:/r|q:a=1&b=2");
@@ -137,11 +144,24 @@ mod tests {
 
     #[test]
     fn request_parts_cannot_forge_markers() {
-        let anon = finish(default_base("/p", Some("x|p:bob")), &HeaderMap::new(), &[], None);
-        let bob = finish(default_base("/p", Some("x")), &HeaderMap::new(), &[], Some("bob"));
+        let anon = finish(
+            default_base("/p", Some("x|p:bob")),
+            &HeaderMap::new(),
+            &[],
+            None,
+        );
+        let bob = finish(
+            default_base("/p", Some("x")),
+            &HeaderMap::new(),
+            &[],
+            Some("bob"),
+        );
         assert_ne!(anon, bob);
         let path = finish(default_base("/p|q:x", None), &HeaderMap::new(), &[], None);
-        assert_ne!(path.as_ref().map(Key::as_str), Some(key("/p", Some("x")).as_str()));
+        assert_ne!(
+            path.as_ref().map(Key::as_str),
+            Some(key("/p", Some("x")).as_str())
+        );
     }
 
     #[test]
@@ -151,11 +171,21 @@ mod tests {
         fr.insert(&lang, HeaderValue::from_static("fr"));
         let mut empty = HeaderMap::new();
         empty.insert(&lang, HeaderValue::from_static(""));
-        let k = |h: &HeaderMap| finish(default_base("/", None), h, std::slice::from_ref(&lang), None);
+        let k = |h: &HeaderMap| {
+            finish(
+                default_base("/", None),
+                h,
+                std::slice::from_ref(&lang),
+                None,
+            )
+        };
         let (fr, empty, absent) = (k(&fr), k(&empty), k(&HeaderMap::new()));
         assert_ne!(fr, empty);
         assert_ne!(empty, absent);
-        assert_eq!(fr.map(|k| k.as_str().to_owned()).as_deref(), Some("http:GET:/|h:accept-language=fr"));
+        assert_eq!(
+            fr.map(|k| k.as_str().to_owned()).as_deref(),
+            Some("http:GET:/|h:accept-language=fr")
+        );
         let mut binary = HeaderMap::new();
         binary.insert(&lang, HeaderValue::from_bytes(b"\xff").expect("obs-text"));
         assert!(k(&binary).is_none());

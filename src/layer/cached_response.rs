@@ -1,0 +1,248 @@
+//! The stored form of a response: status, the headers worth replaying, the body, and when it
+//! was stored (for `Age`).
+//!
+//! In memory it is an `Arc`, so a local hit clones a pointer, and the body is a `Bytes`, so
+//! building the response clones a reference count rather than the bytes. In Redis it is the
+//! cache's codec (MessagePack by default) of `{status, headers, body, stored_at_ms}`, the
+//! body and header values as binary strings.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeSeq, SerializeStruct, Serializer};
+use serde::{Deserialize, Serialize};
+
+/// A response as the cache keeps it. Cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CachedResponse(Arc<Stored>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Stored {
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+    stored_at: SystemTime,
+}
+
+/// Headers that describe one connection or one transfer, or that the layer sets itself:
+/// never replayed from a stored response.
+fn is_replayable(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        header::CONNECTION
+            | header::TRANSFER_ENCODING
+            | header::TE
+            | header::TRAILER
+            | header::UPGRADE
+            | header::PROXY_AUTHENTICATE
+            | header::PROXY_AUTHORIZATION
+            | header::CONTENT_LENGTH
+            | header::AGE
+            | header::SET_COOKIE
+    ) && name.as_str() != "keep-alive"
+        && name.as_str() != super::X_CACHE
+}
+
+impl CachedResponse {
+    /// Captures a response's status and replayable headers with its whole body.
+    pub(crate) fn new(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Self {
+        let headers = headers
+            .iter()
+            .filter(|(n, _)| is_replayable(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        CachedResponse(Arc::new(Stored {
+            status,
+            headers,
+            body,
+            stored_at: SystemTime::now(),
+        }))
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.0.status
+    }
+
+    pub(crate) fn body(&self) -> &Bytes {
+        &self.0.body
+    }
+
+    /// Writes the stored headers into `map`.
+    pub(crate) fn write_headers(&self, map: &mut HeaderMap) {
+        map.reserve(self.0.headers.len() + 2);
+        for (n, v) in &self.0.headers {
+            map.append(n.clone(), v.clone());
+        }
+    }
+
+    /// Seconds since the response was stored (0 if the clock went backwards).
+    pub(crate) fn age(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(self.0.stored_at)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// `&[u8]` serialized as a binary string (MessagePack `bin`), not a sequence of numbers.
+struct Bin<'a>(&'a [u8]);
+
+impl Serialize for Bin<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// Reads a binary string, or a sequence of numbers (what the JSON codec writes).
+struct BinBuf(Vec<u8>);
+
+impl<'de> Deserialize<'de> for BinBuf {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BinBuf;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<BinBuf, E> {
+                Ok(BinBuf(v.to_vec()))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<BinBuf, E> {
+                Ok(BinBuf(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BinBuf, E> {
+                Ok(BinBuf(v.as_bytes().to_vec()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BinBuf, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(BinBuf(out))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+struct HeadersSer<'a>(&'a [(HeaderName, HeaderValue)]);
+
+impl Serialize for HeadersSer<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for (n, v) in self.0 {
+            seq.serialize_element(&(n.as_str(), Bin(v.as_bytes())))?;
+        }
+        seq.end()
+    }
+}
+
+impl Serialize for CachedResponse {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let stored = &*self.0;
+        let at_ms = stored
+            .stored_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut st = s.serialize_struct("CachedResponse", 4)?;
+        st.serialize_field("status", &stored.status.as_u16())?;
+        st.serialize_field("headers", &HeadersSer(&stored.headers))?;
+        st.serialize_field("body", &Bin(&stored.body))?;
+        st.serialize_field("stored_at_ms", &at_ms)?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for CachedResponse {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            status: u16,
+            headers: Vec<(String, BinBuf)>,
+            body: BinBuf,
+            stored_at_ms: u64,
+        }
+        let wire = Wire::deserialize(d)?;
+        let status = StatusCode::from_u16(wire.status).map_err(de::Error::custom)?;
+        let headers = wire
+            .headers
+            .into_iter()
+            .map(|(n, v)| {
+                let name = HeaderName::from_bytes(n.as_bytes()).map_err(de::Error::custom)?;
+                let value = HeaderValue::from_bytes(&v.0).map_err(de::Error::custom)?;
+                Ok((name, value))
+            })
+            .collect::<Result<Vec<_>, D::Error>>()?;
+        Ok(CachedResponse(Arc::new(Stored {
+            status,
+            headers,
+            body: Bytes::from(wire.body.0),
+            stored_at: UNIX_EPOCH + Duration::from_millis(wire.stored_at_ms),
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Codec;
+
+    fn sample() -> CachedResponse {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        h.insert(
+            "x-bin",
+            HeaderValue::from_bytes(b"caf\xe9").expect("obs-text"),
+        );
+        CachedResponse::new(StatusCode::CREATED, &h, Bytes::from_static(b"{\"a\":1}"))
+    }
+
+    #[test]
+    fn transfer_headers_are_not_kept() {
+        let r = sample();
+        let mut out = HeaderMap::new();
+        r.write_headers(&mut out);
+        assert!(out.contains_key(header::CONTENT_TYPE));
+        assert!(!out.contains_key(header::CONTENT_LENGTH));
+        assert!(!out.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn round_trips_through_both_codecs() {
+        let r = sample();
+        for codec in [Codec::MessagePack, Codec::Json] {
+            let bytes = codec.encode(&r).expect("encode");
+            let back: CachedResponse = codec.decode(&bytes).expect("decode");
+            assert_eq!(back.status(), r.status());
+            assert_eq!(back.body(), r.body());
+            assert_eq!(back.0.headers, r.0.headers);
+            // Millisecond precision on the wire.
+            assert!(r.age() == back.age());
+        }
+        // Binary strings, not arrays of numbers (bytes ≥ 0x80 would take 2 bytes each).
+        let big = CachedResponse::new(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            Bytes::from(vec![0xAB; 1000]),
+        );
+        let packed = Codec::MessagePack.encode(&big).expect("encode");
+        assert!(packed.len() < 1100, "{} bytes", packed.len());
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        let bad = Codec::MessagePack
+            .encode(&(999u16, Vec::<(String, Vec<u8>)>::new()))
+            .expect("encode");
+        assert!(Codec::MessagePack.decode::<CachedResponse>(&bad).is_err());
+    }
+}

@@ -1,0 +1,441 @@
+//! [`InvalidateLayer`]: invalidation after successful mutations, the HTTP twin of
+//! `#[invalidate]`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::FromRequestParts;
+use axum::response::IntoResponse;
+use http::request::Parts;
+use http::{Method, Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::request_info::{original_uri, path_params, RequestInfo};
+use super::request_key::path_tag;
+use crate::cache::Cache;
+use crate::invalidation::{Invalidation, RedisOutcome};
+use crate::key::KeyTemplate;
+
+type RuleFn = Arc<dyn Fn(&RequestInfo<'_>) -> Invalidation + Send + Sync>;
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+type ExtractFn =
+    Arc<dyn for<'a> Fn(&'a mut Parts) -> BoxFuture<'a, Option<Invalidation>> + Send + Sync>;
+
+/// Invalidates cache entries after a mutating request (`POST`, `PUT`, `PATCH`, `DELETE`)
+/// gets a `2xx` response — the HTTP twin of `#[invalidate]`.
+///
+/// What goes is computed from the request before the handler runs: key and tag
+/// [templates](KeyTemplate) rendered with the path parameters, rule functions over a
+/// [`RequestInfo`], and rules fed by any axum extractor. By default the layer also removes
+/// the responses a [`CacheLayer`](super::CacheLayer) cached for the same path (a `PUT
+/// /items/7` refreshes `GET /items/7`, a `POST /items` refreshes `GET /items`).
+///
+/// The invalidation finishes before the response is returned, so the client that made the
+/// change reads its own write. The local store is cleaned first; if Redis fails, the
+/// response still goes out (the failure is logged) — the layer never fails a request.
+///
+/// ```
+/// use axum::{routing::{delete, get}, Router};
+/// use stormcache::layer::{CacheLayer, InvalidateLayer};
+/// use stormcache::{Cache, KeyTemplate};
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache = Cache::builder("docs").build()?;
+/// let app = Router::new()
+///     .route(
+///         "/users/{u}/groups",
+///         get(|| async { "[\"staff\"]" })
+///             .route_layer(CacheLayer::new(cache.clone()).tag_template(KeyTemplate::parse("user:{u}")?)),
+///     )
+///     .route(
+///         "/groups/{g}/members/{u}",
+///         delete(|| async { "removed" })
+///             .route_layer(InvalidateLayer::new(cache).tag(KeyTemplate::parse("user:{u}")?)),
+///     );
+///
+/// let get_groups = || axum::http::Request::get("/users/alice/groups").body(axum::body::Body::empty());
+/// app.clone().oneshot(get_groups()?).await?; // miss, stored
+/// let hit = app.clone().oneshot(get_groups()?).await?;
+/// assert_eq!(hit.headers()["x-cache"], "hit");
+///
+/// let remove = axum::http::Request::delete("/groups/staff/members/alice").body(axum::body::Body::empty())?;
+/// assert!(app.clone().oneshot(remove).await?.status().is_success());
+/// let after = app.oneshot(get_groups()?).await?;
+/// assert_eq!(after.headers()["x-cache"], "miss");
+/// # Ok(()) }
+/// ```
+///
+/// Path parameters exist once axum has routed the request: add the layer with
+/// `route_layer` or on a `MethodRouter`, as above.
+#[derive(Clone)]
+#[must_use]
+pub struct InvalidateLayer {
+    cache: Cache,
+    config: Arc<Config>,
+}
+
+#[derive(Clone)]
+struct Config {
+    fixed: Invalidation,
+    keys: Vec<KeyTemplate>,
+    tags: Vec<KeyTemplate>,
+    rules: Vec<RuleFn>,
+    extractors: Vec<ExtractFn>,
+    same_path: bool,
+    methods: Vec<Method>,
+}
+
+impl InvalidateLayer {
+    /// A layer that, on `POST`/`PUT`/`PATCH`/`DELETE` with a `2xx` answer, invalidates the
+    /// cached responses of the same path, and whatever else is added with the other methods.
+    pub fn new(cache: Cache) -> Self {
+        InvalidateLayer {
+            cache,
+            config: Arc::new(Config {
+                fixed: Invalidation::new(),
+                keys: Vec::new(),
+                tags: Vec::new(),
+                rules: Vec::new(),
+                extractors: Vec::new(),
+                same_path: true,
+                methods: vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
+            }),
+        }
+    }
+
+    fn config(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// A key to invalidate, rendered from the path parameters: `user:groups:{u}`.
+    pub fn key(mut self, template: KeyTemplate) -> Self {
+        self.config().keys.push(template);
+        self
+    }
+
+    /// A tag to invalidate, rendered from the path parameters: `user:{u}`.
+    pub fn tag(mut self, template: KeyTemplate) -> Self {
+        self.config().tags.push(template);
+        self
+    }
+
+    /// A class to flush on every matching mutation.
+    pub fn class(mut self, class: impl Into<String>) -> Self {
+        let fixed = std::mem::take(&mut self.config().fixed);
+        self.config().fixed = fixed.class(class);
+        self
+    }
+
+    /// A fixed invalidation (keys, tags, classes) added on every matching mutation.
+    pub fn invalidation(mut self, inv: &Invalidation) -> Self {
+        self.config().fixed.merge(inv);
+        self
+    }
+
+    /// A rule computed from the request.
+    ///
+    /// ```
+    /// use stormcache::layer::{InvalidateLayer, RequestInfo};
+    /// use stormcache::{Cache, Invalidation, Key};
+    ///
+    /// # fn main() -> Result<(), stormcache::Error> {
+    /// let cache = Cache::builder("docs").build()?;
+    /// let layer = InvalidateLayer::new(cache).rule(|req: &RequestInfo<'_>| match req.param("u") {
+    ///     Some(u) => Invalidation::new().key(Key::builder("resources:").value(u).build()),
+    ///     None => Invalidation::new(),
+    /// });
+    /// # let _ = layer; Ok(()) }
+    /// ```
+    pub fn rule<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&RequestInfo<'_>) -> Invalidation + Send + Sync + 'static,
+    {
+        self.config().rules.push(Arc::new(f));
+        self
+    }
+
+    /// A rule fed by an axum extractor (anything `FromRequestParts<()>`: `Path`, `Query`,
+    /// `Extension`, a typed header, your own). When the extractor rejects the request, the
+    /// rule adds nothing (and a warning is logged): the handler, which usually extracts the
+    /// same thing, then rejects it too.
+    ///
+    /// ```
+    /// use axum::extract::Path;
+    /// use stormcache::layer::InvalidateLayer;
+    /// use stormcache::{Cache, Invalidation, Key};
+    ///
+    /// # fn main() -> Result<(), stormcache::Error> {
+    /// let cache = Cache::builder("docs").build()?;
+    /// let layer = InvalidateLayer::new(cache).extract(|Path((_group, user)): Path<(String, String)>| {
+    ///     Invalidation::new()
+    ///         .key(Key::builder("user:groups:").value(&user).build())
+    ///         .key(Key::builder("resources:").value(&user).build())
+    /// });
+    /// # let _ = layer; Ok(()) }
+    /// ```
+    pub fn extract<E, F>(mut self, f: F) -> Self
+    where
+        E: FromRequestParts<()> + Send + 'static,
+        F: Fn(E) -> Invalidation + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let rule: ExtractFn = Arc::new(move |parts: &mut Parts| {
+            let f = Arc::clone(&f);
+            Box::pin(async move {
+                match E::from_request_parts(parts, &()).await {
+                    Ok(extracted) => Some(f(extracted)),
+                    Err(rejection) => {
+                        let status = rejection.into_response().status();
+                        tracing::warn!(%status, extractor = std::any::type_name::<E>(), "invalidation extractor rejected the request; its rule adds nothing");
+                        None
+                    }
+                }
+            })
+        });
+        self.config().extractors.push(rule);
+        self
+    }
+
+    /// Whether the responses cached for the request's own path are invalidated (default
+    /// `true`).
+    pub fn same_path(mut self, enabled: bool) -> Self {
+        self.config().same_path = enabled;
+        self
+    }
+
+    /// The methods that trigger invalidation (default `POST`, `PUT`, `PATCH`, `DELETE`).
+    /// Other methods pass through untouched.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.config().methods = methods.into_iter().collect();
+        self
+    }
+}
+
+impl<S> Layer<S> for InvalidateLayer {
+    type Service = InvalidateService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InvalidateService {
+            inner,
+            cache: self.cache.clone(),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl Config {
+    fn fmt_fields(&self, d: &mut fmt::DebugStruct<'_, '_>) -> fmt::Result {
+        d.field("fixed", &self.fixed)
+            .field("keys", &self.keys)
+            .field("tags", &self.tags)
+            .field("rules", &self.rules.len())
+            .field("extractors", &self.extractors.len())
+            .field("same_path", &self.same_path)
+            .field("methods", &self.methods)
+            .finish()
+    }
+
+    /// The part of the invalidation that needs no extractor.
+    fn sync_part(&self, info: &RequestInfo<'_>) -> Invalidation {
+        let mut inv = self.fixed.clone();
+        if self.same_path {
+            inv = inv.tag(path_tag(info.path()));
+        }
+        for (templates, is_tag) in [(&self.keys, false), (&self.tags, true)] {
+            for template in templates {
+                match info.render(template) {
+                    Ok(key) if is_tag => inv = inv.tag(key),
+                    Ok(key) => inv = inv.key(key),
+                    Err(error) => {
+                        tracing::error!(%error, path = info.path(), "invalidation template cannot be rendered for this request; that part is skipped");
+                    }
+                }
+            }
+        }
+        for rule in &self.rules {
+            inv.merge(&rule(info));
+        }
+        inv
+    }
+}
+
+impl fmt::Debug for InvalidateLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config.fmt_fields(
+            f.debug_struct("InvalidateLayer")
+                .field("cache", &self.cache),
+        )
+    }
+}
+
+/// The service [`InvalidateLayer`] wraps around an inner service.
+///
+/// ```
+/// use axum::body::Body;
+/// use axum::http::{Request, Response, StatusCode};
+/// use stormcache::layer::InvalidateLayer;
+/// use stormcache::{Cache, Invalidation, Key};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache = Cache::builder("docs").build()?;
+/// let key = Key::literal("resources:all")?;
+/// cache.set(key.clone(), 1u32, &Default::default()).await;
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(InvalidateLayer::new(cache.clone()).invalidation(&Invalidation::new().key(key.clone())))
+///     .service(service_fn(|_req: Request<Body>| async {
+///         Ok::<_, std::convert::Infallible>(Response::new(Body::from("created")))
+///     }));
+/// let res = svc.oneshot(Request::post("/resources").body(Body::empty())?).await?;
+/// assert_eq!(res.status(), StatusCode::OK);
+/// assert_eq!(cache.get::<u32>(&key, &Default::default()).await, None);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct InvalidateService<S> {
+    inner: S,
+    cache: Cache,
+    config: Arc<Config>,
+}
+
+impl<S> InvalidateService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for InvalidateService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config.fmt_fields(
+            f.debug_struct("InvalidateService")
+                .field("inner", &self.inner)
+                .field("cache", &self.cache),
+        )
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for InvalidateService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if !self.config.methods.contains(req.method()) {
+            return ResponseFuture {
+                kind: Kind::Passthrough {
+                    fut: self.inner.call(req),
+                },
+            };
+        }
+        let (mut parts, body) = req.into_parts();
+        let params = path_params(&mut parts);
+        let inv = self
+            .config
+            .sync_part(&RequestInfo::with(&parts, params.as_ref(), None));
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let cache = self.cache.clone();
+        let config = Arc::clone(&self.config);
+        let fut = async move {
+            let mut inv = inv;
+            for extractor in &config.extractors {
+                if let Some(more) = extractor(&mut parts).await {
+                    inv.merge(&more);
+                }
+            }
+            let path = original_uri(&parts).path().to_owned();
+            let res = inner.call(Request::from_parts(parts, body)).await?;
+            if res.status().is_success() && !inv.is_empty() {
+                let report = cache.invalidate(&inv).await;
+                match &report.redis {
+                    RedisOutcome::Journaled { overflowed } => {
+                        tracing::warn!(%path, overflowed, "invalidated locally; Redis is down, the rest is journaled");
+                    }
+                    _ => {
+                        tracing::debug!(%path, removed = report.redis_keys_removed, "invalidated after a successful mutation")
+                    }
+                }
+            }
+            Ok(res)
+        };
+        ResponseFuture {
+            kind: Kind::Invalidating { fut: Box::pin(fut) },
+        }
+    }
+}
+
+type BoxResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+
+pin_project! {
+    /// The response future of [`InvalidateService`].
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        Passthrough { #[pin] fut: F },
+        Invalidating { fut: BoxResponseFuture<B, E> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Passthrough { fut } => fut.poll(cx),
+            KindProj::Invalidating { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Passthrough { .. } => "passthrough",
+            Kind::Invalidating { .. } => "invalidating",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
