@@ -11,8 +11,9 @@
 //! (`macro_tagged_l1_hit_ns`, `manual_tagged_l1_hit_ns`, whose tag keys are built on every
 //! call by both), and the process-wide cache (`macro_global_l1_hit_ns`).
 //!
-//! Runs are interleaved (macro, manual, macro, …) so drift hits both alike; each figure is
-//! the median of several runs, with the minimum beside it. No Redis: the figure is the
+//! Runs are short and interleaved (macro, manual, manual, macro, …) so drift and load hit
+//! both alike; each figure is the median of the runs, with the minimum beside it, and the
+//! ratio is the median of the per-pair ratios. No Redis: the figure is the
 //! macro's own overhead, which a Redis behind the local store would not change.
 
 mod common;
@@ -24,8 +25,10 @@ use std::time::{Duration, Instant};
 use common::{figure, summarize, Runs};
 use stormcache::{cached, Cache, Class, EntryOptions, Key};
 
-const RUNS: usize = 7;
-const ITERS: u64 = 400_000;
+/// Many short interleaved runs: on a busy two-core machine, neighbouring runs share the
+/// same load, so the median of the per-pair ratios is steadier than a ratio of medians.
+const RUNS: usize = 31;
+const ITERS: u64 = 50_000;
 const USERS: u64 = 1000;
 
 static CACHE: LazyLock<Cache> = LazyLock::new(|| {
