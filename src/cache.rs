@@ -224,8 +224,10 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        // Loads begun before a later invalidation are neither joined nor stored.
+        let epoch = self.inner.flights.epoch();
         let leader = loop {
-            match self.inner.flights.join(&local_key) {
+            match self.inner.flights.join(&local_key, epoch) {
                 Join::Leader(leader) => break Some(leader),
                 Join::Waiter(rx) => match single_flight::wait(rx).await {
                     Outcome::Done(value, origin) => match value.downcast_ref::<T>() {
@@ -255,7 +257,9 @@ impl Cache {
                 origin: Origin::Local,
             });
         }
-        let result = self.load_through(&local_key, options, stale, loader).await;
+        let result = self
+            .load_through(&local_key, options, stale, loader, epoch)
+            .await;
         if let Some(leader) = leader {
             match &result {
                 Ok(fetched) => leader.succeed(Arc::new(fetched.value.clone()), fetched.origin),
@@ -272,6 +276,7 @@ impl Cache {
         options: &EntryOptions,
         mut stale: Option<T>,
         loader: F,
+        epoch: single_flight::Epoch,
     ) -> Result<Fetched<T>, E>
     where
         T: Cacheable,
@@ -291,14 +296,17 @@ impl Cache {
                     Ok((value, fresh_until)) => {
                         match fresh_until.duration_since(SystemTime::now()) {
                             Ok(fresh_for) if !fresh_for.is_zero() => {
-                                inner.local.insert(
-                                    local_key.clone(),
-                                    value.clone(),
-                                    fresh_for.min(ttl),
-                                    grace,
-                                    &options.tags,
-                                    bytes.len(),
-                                );
+                                // Read before an invalidation's Redis half? Serve, don't keep.
+                                if let Some(_storing) = inner.flights.begin_store(epoch).await {
+                                    inner.local.insert(
+                                        local_key.clone(),
+                                        value.clone(),
+                                        fresh_for.min(ttl),
+                                        grace,
+                                        &options.tags,
+                                        bytes.len(),
+                                    );
+                                }
                                 inner.stats.l2_hit();
                                 inner.health.record_success();
                                 return Ok(Fetched {
@@ -335,16 +343,22 @@ impl Cache {
         inner.stats.loader_call();
         match loader().await {
             Ok(value) => {
-                inner
-                    .store(
-                        local_key,
-                        redis_key.as_deref(),
-                        &value,
-                        ttl,
-                        grace,
-                        &options.tags,
-                    )
-                    .await;
+                // The loader may have read the origin before a change whose invalidation has
+                // started since: then the value is returned but not stored.
+                if let Some(_storing) = inner.flights.begin_store(epoch).await {
+                    inner
+                        .store(
+                            local_key,
+                            redis_key.as_deref(),
+                            &value,
+                            ttl,
+                            grace,
+                            &options.tags,
+                        )
+                        .await;
+                } else {
+                    tracing::debug!(key = %local_key.key, "an invalidation ran during the load; its value is not stored");
+                }
                 Ok(Fetched {
                     value,
                     origin: Origin::Loader,

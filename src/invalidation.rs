@@ -261,6 +261,10 @@ impl Cache {
     /// replayed on recovery, before Redis is read again.
     pub async fn invalidate(&self, inv: &Invalidation) -> InvalidationReport {
         let inner = &*self.inner;
+        // Loads in progress may hold what this removes: they must not be joined or stored,
+        // neither now nor until the Redis half is done (dropping `in_progress` ends it).
+        let in_progress = inner.flights.begin_invalidation();
+        in_progress.stores_landed().await;
         let unknown_classes = inner.class_ids(inv).1;
         // Local first: this process must not serve what it was just told is stale.
         inner.apply_local(inv);

@@ -9,6 +9,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
@@ -33,10 +34,60 @@ pub(crate) enum Outcome {
     Cancelled,
 }
 
-/// The map of loads in progress.
+/// The map of loads in progress, and the invalidation epoch that keeps loads and
+/// invalidations in order.
+///
+/// A load may read the origin (or another cached value) before a change and finish after the
+/// change's invalidation; what it then stores would outlive the invalidation, and a caller
+/// joining it would get the old value. So an invalidation advances the epoch when it starts
+/// and when it is done, and counts itself active in between; a load samples the epoch when
+/// it starts:
+///
+/// - a caller only joins a flight that sampled the same epoch;
+/// - a load stores only if it started while no invalidation was active and the epoch has not
+///   moved since, and it holds the `stores` barrier (shared) from that check until its value
+///   is in both stores;
+/// - an invalidation, once counted, waits for the barrier (exclusively) before removing
+///   anything, so a store that passed its check lands before the removal, and one that did
+///   not pass stores nothing.
+///
+/// A load that may not store is still returned to its own callers, who asked while the
+/// change was being made.
 #[derive(Default)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<LocalKey, watch::Receiver<State>>>,
+    map: Mutex<HashMap<LocalKey, (u64, watch::Receiver<State>)>>,
+    epoch: AtomicU64,
+    active: AtomicU64,
+    stores: tokio::sync::RwLock<()>,
+}
+
+/// When a load started, as far as invalidations are concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Epoch {
+    value: u64,
+    /// No invalidation was active: what the load reads is at least as new as the last one.
+    quiet: bool,
+}
+
+/// Held while a load writes its value; see [`Flights::begin_store`].
+pub(crate) type StoreGuard<'a> = tokio::sync::RwLockReadGuard<'a, ()>;
+
+/// An invalidation in progress; ends (advancing the epoch again) when dropped, however the
+/// invalidation returns or is cancelled.
+pub(crate) struct InvalidationInProgress<'a>(&'a Flights);
+
+impl InvalidationInProgress<'_> {
+    /// Waits for the stores that passed their check before this invalidation began.
+    pub(crate) async fn stores_landed(&self) {
+        drop(self.0.stores.write().await);
+    }
+}
+
+impl Drop for InvalidationInProgress<'_> {
+    fn drop(&mut self) {
+        self.0.epoch.fetch_add(1, Ordering::SeqCst);
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Either lead the load of a key or wait for its leader.
@@ -46,13 +97,45 @@ pub(crate) enum Join<'a> {
 }
 
 impl Flights {
-    pub(crate) fn join(&self, key: &LocalKey) -> Join<'_> {
+    /// The epoch a load starting now belongs to.
+    pub(crate) fn epoch(&self) -> Epoch {
+        // Epoch first, activity second: an invalidation counts itself active before it
+        // advances the epoch and advances it before it stops counting, so a sample never
+        // pairs a pre-invalidation epoch with "quiet".
+        let value = self.epoch.load(Ordering::SeqCst);
+        let quiet = self.active.load(Ordering::SeqCst) == 0;
+        Epoch { value, quiet }
+    }
+
+    /// Starts an invalidation: loads begun before now will not be joined nor stored.
+    pub(crate) fn begin_invalidation(&self) -> InvalidationInProgress<'_> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        InvalidationInProgress(self)
+    }
+
+    /// Permission for a load begun in `epoch` to store its value: `None` if an invalidation
+    /// was active then or has started since. Hold the guard until the value is stored.
+    pub(crate) async fn begin_store(&self, epoch: Epoch) -> Option<StoreGuard<'_>> {
+        if !epoch.quiet {
+            return None;
+        }
+        let guard = self.stores.read().await;
+        (self.epoch.load(Ordering::SeqCst) == epoch.value).then_some(guard)
+    }
+
+    /// Joins the flight of `key` begun in `epoch`, or leads a new one (replacing a flight of
+    /// an older epoch, which finishes for its own callers only).
+    pub(crate) fn join(&self, key: &LocalKey, epoch: Epoch) -> Join<'_> {
+        let epoch = epoch.value;
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(rx) = map.get(key) {
-            return Join::Waiter(rx.clone());
+        if let Some((flight_epoch, rx)) = map.get(key) {
+            if *flight_epoch == epoch {
+                return Join::Waiter(rx.clone());
+            }
         }
         let (tx, rx) = watch::channel(State::Pending);
-        map.insert(key.clone(), rx);
+        map.insert(key.clone(), (epoch, rx));
         Join::Leader(Leader {
             flights: self,
             key: key.clone(),
@@ -89,7 +172,7 @@ impl Drop for Leader<'_> {
             .unwrap_or_else(PoisonError::into_inner);
         if map
             .get(&self.key)
-            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+            .is_some_and(|(_, rx)| rx.same_channel(&self.tx.subscribe()))
         {
             map.remove(&self.key);
         }
