@@ -818,3 +818,64 @@ async fn an_inner_route_layer_owns_its_route() {
     let after = send(&app, get_req("/users/alice")).await;
     assert_eq!((after.x_cache(), after.body.as_str()), ("miss", "call 2"));
 }
+
+/// A read that started before a write must not hand its (old) answer to a read that starts
+/// after the write's invalidation, nor store it for later reads.
+#[tokio::test]
+async fn a_load_started_before_an_invalidation_does_not_outlive_it() {
+    let cache = cache();
+    let value = Arc::new(std::sync::Mutex::new(String::from("old")));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let (r, w, g, e) = (
+        Arc::clone(&value),
+        Arc::clone(&value),
+        Arc::clone(&gate),
+        Arc::clone(&entered),
+    );
+    let app = Router::new()
+        .route(
+            "/v",
+            get(move || {
+                let (r, g, e) = (Arc::clone(&r), Arc::clone(&g), Arc::clone(&e));
+                async move {
+                    let read = r.lock().expect("lock").clone();
+                    if read == "old" {
+                        // The slow reader: holds its old answer until the write is done.
+                        e.notify_one();
+                        let _permit = g.acquire().await.expect("open");
+                    }
+                    read
+                }
+            })
+            .put(move || {
+                *w.lock().expect("lock") = "new".to_owned();
+                async { StatusCode::OK }
+            }),
+        )
+        .layer(InvalidateLayer::new(cache.clone()))
+        .layer(CacheLayer::new(cache));
+
+    let slow = {
+        let app = app.clone();
+        tokio::spawn(async move { send(&app, get_req("/v")).await })
+    };
+    entered.notified().await;
+    let put = Request::put("/v").body(Body::empty()).expect("request");
+    assert_eq!(send(&app, put).await.status, StatusCode::OK);
+    // Read-your-writes: not the in-flight old load.
+    let after = {
+        let app = app.clone();
+        tokio::spawn(async move { send(&app, get_req("/v")).await })
+    };
+    let after = tokio::time::timeout(Duration::from_secs(5), after)
+        .await
+        .expect("the read after the write did not wait for the old load")
+        .expect("task");
+    assert_eq!(after.body, "new");
+    gate.add_permits(1);
+    assert_eq!(slow.await.expect("task").body, "old");
+    // The old load finished after the invalidation: it must not have been stored.
+    let later = send(&app, get_req("/v")).await;
+    assert_eq!((later.x_cache(), later.body.as_str()), ("hit", "new"));
+}
