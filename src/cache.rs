@@ -177,6 +177,39 @@ impl Cache {
         self.fetch(key, options, loader).await.map(|f| f.value)
     }
 
+    /// The synchronous first step of [`fetch`](Cache::fetch): a fresh value of `key` in the
+    /// local store, counted as a local hit, or the key back (`Err`) to go on with `fetch`.
+    ///
+    /// For callers whose hit path must not allocate or await, such as the HTTP layer.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stormcache::Error> {
+    /// use stormcache::{Cache, EntryOptions, Key};
+    ///
+    /// let cache = Cache::builder("docs").build()?;
+    /// let opts = EntryOptions::new();
+    /// let key = Key::literal("answer")?;
+    /// let key = cache.get_local::<u32>(key, &opts).expect_err("nothing yet");
+    /// cache.set(key.clone(), 42u32, &opts).await;
+    /// assert_eq!(cache.get_local::<u32>(key, &opts).ok(), Some(42));
+    /// # Ok(()) }
+    /// ```
+    pub fn get_local<T: Cacheable>(&self, key: Key, options: &EntryOptions) -> Result<T, Key> {
+        let inner = &*self.inner;
+        let local_key = LocalKey {
+            class: inner.class_id(options),
+            key,
+        };
+        match inner.local.get::<T>(&local_key) {
+            Some(hit) if !hit.stale => {
+                inner.stats.l1_hit();
+                Ok(hit.value)
+            }
+            _ => Err(local_key.key),
+        }
+    }
+
     /// Read-through that also says where the value came from (the HTTP layer uses it for
     /// `x-cache`). With `stale_for` in the options, a failing loader is answered with the
     /// expired value if it is still inside its grace ([`Origin::Stale`]).
