@@ -452,9 +452,25 @@ where
             .principal_fn
             .as_ref()
             .and_then(|f| f(&RequestInfo::with(&parts, params.as_ref(), None)));
-        let planned = plan(config, &parts, params.as_ref(), principal.as_deref());
+        let Some(key) = plan_key(config, &parts, params.as_ref(), principal.as_deref()) else {
+            let req = Request::from_parts(parts, body);
+            return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
+        };
+        // The hit path: a synchronous look in the local store, no allocation but the key's,
+        // no future boxed, the inner service left alone.
+        let key = if directives.no_cache {
+            key
+        } else {
+            match self.cache.get_local::<CachedResponse>(key, &config.options) {
+                Ok(stored) => {
+                    return ResponseFuture::ready(respond(&stored, head, XCache::Hit));
+                }
+                Err(key) => key,
+            }
+        };
+        let planned = plan_options(config, &parts, params.as_ref(), principal.as_deref());
         let req = Request::from_parts(parts, body);
-        let Some((key, options)) = planned else {
+        let Some(options) = planned else {
             return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
         };
 
@@ -488,35 +504,45 @@ fn mark_nested<B>(mut req: Request<B>) -> Request<B> {
     req
 }
 
-/// The key and (when tags vary per request) the options, or `None` to bypass.
-fn plan(
+/// The key of a request, or `None` to bypass the cache.
+fn plan_key(
     config: &Config,
     parts: &http::request::Parts,
     params: Option<&axum::extract::RawPathParams>,
     principal: Option<&str>,
-) -> Option<(Key, Option<EntryOptions>)> {
+) -> Option<Key> {
     if principal.is_none() && !config.shared_with_credentials && has_credentials(&parts.headers) {
         tracing::trace!("request with credentials and no principal; bypassing the cache");
         return None;
     }
-    let info = RequestInfo::with(parts, params, principal);
     let uri = original_uri(parts);
     let mut base = match &config.key_fn {
         None => default_base(uri.path(), uri.query()),
-        Some(f) => custom_base(&f(&info)?),
+        Some(f) => custom_base(&f(&RequestInfo::with(parts, params, principal))?),
     };
     if parts.extensions.get::<Nested>().is_some() {
         // Under another CacheLayer, which is loading this very request: the same key in
         // the same class would join the outer layer's load and wait for itself.
         base = base.literal("|n:");
     }
-    let key = finish(base, &parts.headers, &config.vary, principal)?;
+    finish(base, &parts.headers, &config.vary, principal)
+}
+
+/// The options of a request that missed: `Ok(None)` for the layer's own, `Some` when tags
+/// vary per request; `None` to bypass (a tag that cannot be rendered).
+fn plan_options(
+    config: &Config,
+    parts: &http::request::Parts,
+    params: Option<&axum::extract::RawPathParams>,
+    principal: Option<&str>,
+) -> Option<Option<EntryOptions>> {
     if !config.has_dynamic_tags() {
-        return Some((key, None));
+        return Some(None);
     }
+    let info = RequestInfo::with(parts, params, principal);
     let mut tags = Vec::with_capacity(1 + config.tag_templates.len());
     if config.tag_path {
-        tags.push(path_tag(uri.path()));
+        tags.push(path_tag(info.path()));
     }
     for template in &config.tag_templates {
         match info.render(template) {
@@ -530,7 +556,7 @@ fn plan(
     if let Some(f) = &config.tags_fn {
         tags.extend(f(&info));
     }
-    Some((key, Some(config.options.clone().tags(tags))))
+    Some(Some(config.options.clone().tags(tags)))
 }
 
 /// Everything the cached path needs once the request has left `call`.
@@ -547,14 +573,22 @@ struct Run {
 type Passed<B, E> = Result<Response<ResponseBody<B>>, E>;
 
 impl Run {
+    /// The cached path. Kept small on a hit (its future is boxed per request): the refresh
+    /// path and the loader, which hold the inner service's future and the body reader, are
+    /// boxed on their own, only when they run.
     async fn run<S, ReqBody, ResBody>(
         self,
         mut inner: S,
         req: Request<ReqBody>,
     ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-        ResBody: Body,
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+        S::Future: Send,
+        S::Error: Send,
+        ReqBody: Send + 'static,
+        ResBody: Body + Send + 'static,
+        ResBody::Data: Send,
+        ResBody::Error: Send,
     {
         let Run {
             cache,
@@ -567,44 +601,39 @@ impl Run {
         let options = options.as_ref().unwrap_or(&config.options);
 
         if refresh {
-            // `no-cache`: do not answer from the cache, but keep what the handler says.
-            let res = inner.call(mark_nested(req)).await?;
-            return Ok(match capture(res, &config).await {
-                Ok(stored) => {
-                    if !head {
-                        cache.set(key, stored.clone(), options).await;
-                    }
-                    respond(&stored, head, XCache::Miss)
-                }
-                Err(passed) => with_x_cache(passed, XCache::Miss),
-            });
+            return Box::pin(refresh_entry(
+                &cache, &config, key, options, head, inner, req,
+            ))
+            .await;
         }
 
         let mut passed: Option<Passed<ResBody, S::Error>> = None;
         let mut ran = false;
         let (passed_slot, ran_flag, config_ref) = (&mut passed, &mut ran, &*config);
         let fetched = cache
-            .fetch(key, options, move || async move {
-                *ran_flag = true;
-                let res = match inner.call(mark_nested(req)).await {
-                    Ok(res) => res,
-                    Err(e) => {
-                        *passed_slot = Some(Err(e));
+            .fetch(key, options, move || -> LoadFuture<'_> {
+                Box::pin(async move {
+                    *ran_flag = true;
+                    let res = match inner.call(mark_nested(req)).await {
+                        Ok(res) => res,
+                        Err(e) => {
+                            *passed_slot = Some(Err(e));
+                            return Err(());
+                        }
+                    };
+                    if head {
+                        // A HEAD response has no body to store; GET will fill the entry.
+                        *passed_slot = Some(Ok(res.map(ResponseBody::inner)));
                         return Err(());
                     }
-                };
-                if head {
-                    // A HEAD response has no body to store; GET will fill the entry.
-                    *passed_slot = Some(Ok(res.map(ResponseBody::inner)));
-                    return Err(());
-                }
-                match capture(res, config_ref).await {
-                    Ok(stored) => Ok(stored),
-                    Err(res) => {
-                        *passed_slot = Some(Ok(res));
-                        Err(())
+                    match capture(res, config_ref).await {
+                        Ok(stored) => Ok(stored),
+                        Err(res) => {
+                            *passed_slot = Some(Ok(res));
+                            Err(())
+                        }
                     }
-                }
+                })
             })
             .await;
 
@@ -636,6 +665,36 @@ impl Run {
             },
         }
     }
+}
+
+/// The loader's future, boxed: it only exists on a miss.
+type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<CachedResponse, ()>> + Send + 'a>>;
+
+/// `Cache-Control: no-cache`: the handler answers, and what it says replaces the entry when
+/// it may be stored.
+async fn refresh_entry<S, ReqBody, ResBody>(
+    cache: &Cache,
+    config: &Config,
+    key: Key,
+    options: &EntryOptions,
+    head: bool,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
+{
+    let res = inner.call(mark_nested(req)).await?;
+    Ok(match capture(res, config).await {
+        Ok(stored) => {
+            if !head {
+                cache.set(key, stored.clone(), options).await;
+            }
+            respond(&stored, head, XCache::Miss)
+        }
+        Err(passed) => with_x_cache(passed, XCache::Miss),
+    })
 }
 
 /// Reads a response whose headers allow storing it, up to the size limit. `Ok`: the whole
@@ -800,6 +859,7 @@ pin_project! {
     {
         Bypass { #[pin] fut: F },
         Cached { fut: BoxResponseFuture<B, E> },
+        Ready { res: Option<Response<ResponseBody<B>>> },
     }
 }
 
@@ -807,6 +867,12 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
     fn bypass(fut: F) -> Self {
         ResponseFuture {
             kind: FutureKind::Bypass { fut },
+        }
+    }
+
+    fn ready(res: Response<ResponseBody<B>>) -> Self {
+        ResponseFuture {
+            kind: FutureKind::Ready { res: Some(res) },
         }
     }
 }
@@ -824,6 +890,10 @@ where
                 .poll(cx)
                 .map_ok(|res| with_x_cache(res.map(ResponseBody::inner), XCache::Bypass)),
             FutureKindProj::Cached { fut } => fut.as_mut().poll(cx),
+            FutureKindProj::Ready { res } => match res.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => panic!("`ResponseFuture` polled after completion"),
+            },
         }
     }
 }
@@ -833,6 +903,7 @@ impl<F, B: Body, E> fmt::Debug for ResponseFuture<F, B, E> {
         let kind = match &self.kind {
             FutureKind::Bypass { .. } => "bypass",
             FutureKind::Cached { .. } => "cached",
+            FutureKind::Ready { .. } => "ready",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
