@@ -3,7 +3,9 @@
 //! A key is `http:` + a *base* + the *variations*:
 //!
 //! - the base is, by default, `GET:` + the path + `|q:` + the normalized query (HEAD reads
-//!   GET's entry); a [key function](super::CacheLayer::key_fn) can replace it;
+//!   GET's entry); a [key function](super::CacheLayer::key_fn) can replace it, as `k:` + its
+//!   key escaped once more (so that it cannot hold a marker's `:`);
+//! - `|n:` when another `CacheLayer` is loading the same request further out;
 //! - then, for every header declared with [`CacheLayer::vary`](super::CacheLayer::vary),
 //!   `|h:` + its name + `=` + its value (nothing after the name when the header is absent);
 //! - then, when a principal was found, `|p:` + the principal.
