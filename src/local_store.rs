@@ -7,8 +7,15 @@
 //! Each entry carries its own deadline (TTL plus fail-safe grace) through moka's per-entry
 //! expiry, and its tags, so that a tag or class invalidation can reach it here as well as in
 //! Redis.
+//!
+//! Each entry also records when it was written. With several instances, an entry is only as
+//! good as the invalidation messages this instance received since it was written (see the
+//! [backplane](crate::backplane)); when the channel has a gap, every entry written before the
+//! gap ended is *suspect*. Marking them is one atomic store of a watermark — no sweep — and a
+//! read compares the entry's write time with it.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +63,8 @@ pub(crate) struct EntryMeta {
     pub(crate) expires_at: Instant,
     pub(crate) tags: Box<[Key]>,
     pub(crate) weight: u32,
+    /// When it was written, in nanoseconds since the store was created.
+    pub(crate) written: u64,
 }
 
 struct Entry<T> {
@@ -104,6 +113,11 @@ pub(crate) struct LocalHit<T> {
     pub(crate) value: T,
     /// Past its TTL but inside its fail-safe grace.
     pub(crate) stale: bool,
+    /// Written before the end of the last gap in the invalidation channel: it may have
+    /// missed an invalidation, so it is only served while Redis cannot be asked.
+    pub(crate) suspect: bool,
+    /// When it stops being fresh.
+    pub(crate) fresh_until: Instant,
 }
 
 /// Bytes charged per entry on top of key and value in [`LocalCapacity::Bytes`] mode.
@@ -116,6 +130,11 @@ type Hasher = foldhash::fast::RandomState;
 pub(crate) struct LocalStore {
     cache: Moka<LocalKey, Value, Hasher>,
     by_bytes: bool,
+    /// The origin of write times.
+    created: Instant,
+    /// Entries written before this (nanoseconds since `created`) are suspect; `u64::MAX`
+    /// while the invalidation channel is down.
+    trusted_from: AtomicU64,
 }
 
 impl LocalStore {
@@ -134,7 +153,35 @@ impl LocalStore {
                 true,
             ),
         };
-        LocalStore { cache, by_bytes }
+        LocalStore {
+            cache,
+            by_bytes,
+            created: Instant::now(),
+            trusted_from: AtomicU64::new(0),
+        }
+    }
+
+    fn nanos_since_created(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.created).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    /// From now on every entry is suspect, until [`trust_from_now`](Self::trust_from_now).
+    pub(crate) fn distrust_all(&self) {
+        self.trusted_from.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    /// Every entry is trusted again.
+    pub(crate) fn trust_all(&self) {
+        self.trusted_from.store(0, Ordering::SeqCst);
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    /// Entries written from now on are trusted; older ones stay suspect.
+    pub(crate) fn trust_from_now(&self) {
+        let now = self.nanos_since_created(Instant::now());
+        self.trusted_from.store(now, Ordering::SeqCst);
     }
 
     /// Whether inserts need the value's encoded size.
@@ -152,9 +199,12 @@ impl LocalStore {
         let meta = &entry.meta;
         // Only entries with a grace period can be alive past their TTL.
         let stale = meta.expires_at > meta.fresh_until && Instant::now() >= meta.fresh_until;
+        let suspect = meta.written < self.trusted_from.load(Ordering::Relaxed);
         Some(LocalHit {
             value: entry.value.clone(),
             stale,
+            suspect,
+            fresh_until: meta.fresh_until,
         })
     }
 
@@ -178,6 +228,7 @@ impl LocalStore {
                 expires_at: fresh_until + grace,
                 tags: tags.into(),
                 weight,
+                written: self.nanos_since_created(now),
             },
             value,
         });

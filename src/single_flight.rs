@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 use crate::cache::Origin;
+use crate::invalidation::Invalidation;
+use crate::key::Key;
 use crate::local_store::LocalKey;
 
 /// A finished load's value, type-erased.
@@ -34,7 +36,7 @@ pub(crate) enum Outcome {
     Cancelled,
 }
 
-/// The map of loads in progress, and the invalidation epoch that keeps loads and
+/// The map of loads in progress, and the invalidation epochs that keep loads and
 /// invalidations in order.
 ///
 /// A load may read the origin (or another cached value) before a change and finish after the
@@ -53,17 +55,60 @@ pub(crate) enum Outcome {
 ///
 /// A load that may not store is still returned to its own callers, who asked while the
 /// change was being made.
-#[derive(Default)]
+///
+/// The epoch is sharded by key (64 shards): an invalidation of named keys only moves their
+/// shards, so with many instances publishing key invalidations, unrelated loads still store.
+/// Tags, classes and flushes can reach any key and move every shard.
 pub(crate) struct Flights {
     map: Mutex<HashMap<LocalKey, (u64, watch::Receiver<State>)>>,
+    shards: [Shard; SHARDS],
+    stores: tokio::sync::RwLock<()>,
+}
+
+const SHARDS: usize = 64;
+
+impl Default for Flights {
+    fn default() -> Self {
+        Flights {
+            map: Mutex::default(),
+            shards: std::array::from_fn(|_| Shard::default()),
+            stores: tokio::sync::RwLock::default(),
+        }
+    }
+}
+
+/// The shards an invalidation moves, one bit each.
+pub(crate) type ShardMask = u64;
+
+/// Every shard.
+pub(crate) const ALL_SHARDS: ShardMask = u64::MAX;
+
+#[derive(Default)]
+struct Shard {
     epoch: AtomicU64,
     active: AtomicU64,
-    stores: tokio::sync::RwLock<()>,
+}
+
+/// The shard of a key, in whichever class.
+pub(crate) fn shard_of(key: &Key) -> usize {
+    use std::hash::BuildHasher;
+    (foldhash::fast::FixedState::default().hash_one(key.as_str()) % SHARDS as u64) as usize
+}
+
+/// The shards an invalidation can reach.
+pub(crate) fn mask_of(inv: &Invalidation) -> ShardMask {
+    if !inv.tags.is_empty() || !inv.classes.is_empty() || inv.volatile || inv.everything {
+        return ALL_SHARDS;
+    }
+    inv.keys
+        .iter()
+        .fold(0, |mask, key| mask | 1 << shard_of(key))
 }
 
 /// When a load started, as far as invalidations are concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Epoch {
+    shard: usize,
     value: u64,
     /// No invalidation was active: what the load reads is at least as new as the last one.
     quiet: bool,
@@ -74,19 +119,27 @@ pub(crate) type StoreGuard<'a> = tokio::sync::RwLockReadGuard<'a, ()>;
 
 /// An invalidation in progress; ends (advancing the epoch again) when dropped, however the
 /// invalidation returns or is cancelled.
-pub(crate) struct InvalidationInProgress<'a>(&'a Flights);
+pub(crate) struct InvalidationInProgress<'a>(&'a Flights, ShardMask);
 
 impl InvalidationInProgress<'_> {
     /// Waits for the stores that passed their check before this invalidation began.
     pub(crate) async fn stores_landed(&self) {
         drop(self.0.stores.write().await);
     }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    /// Whether no store is in progress right now (then there is nothing to wait for).
+    pub(crate) fn stores_idle(&self) -> bool {
+        self.0.stores.try_write().is_ok()
+    }
 }
 
 impl Drop for InvalidationInProgress<'_> {
     fn drop(&mut self) {
-        self.0.epoch.fetch_add(1, Ordering::SeqCst);
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
+        for shard in self.0.shards_in(self.1) {
+            shard.epoch.fetch_add(1, Ordering::SeqCst);
+            shard.active.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -97,31 +150,49 @@ pub(crate) enum Join<'a> {
 }
 
 impl Flights {
-    /// The epoch a load starting now belongs to.
-    pub(crate) fn epoch(&self) -> Epoch {
+    fn shards_in(&self, mask: ShardMask) -> impl Iterator<Item = &Shard> {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| mask & (1 << i) != 0)
+            .map(|(_, shard)| shard)
+    }
+
+    /// The epoch a load of `key` starting now belongs to.
+    pub(crate) fn epoch(&self, key: &Key) -> Epoch {
+        let index = shard_of(key);
+        let shard = &self.shards[index];
         // Epoch first, activity second: an invalidation counts itself active before it
         // advances the epoch and advances it before it stops counting, so a sample never
         // pairs a pre-invalidation epoch with "quiet".
-        let value = self.epoch.load(Ordering::SeqCst);
-        let quiet = self.active.load(Ordering::SeqCst) == 0;
-        Epoch { value, quiet }
+        let value = shard.epoch.load(Ordering::SeqCst);
+        let quiet = shard.active.load(Ordering::SeqCst) == 0;
+        Epoch {
+            shard: index,
+            value,
+            quiet,
+        }
     }
 
-    /// Starts an invalidation: loads begun before now will not be joined nor stored.
-    pub(crate) fn begin_invalidation(&self) -> InvalidationInProgress<'_> {
-        self.active.fetch_add(1, Ordering::SeqCst);
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        InvalidationInProgress(self)
+    /// Starts an invalidation of the keys in `mask`'s shards: their loads begun before now
+    /// will not be joined nor stored.
+    pub(crate) fn begin_invalidation(&self, mask: ShardMask) -> InvalidationInProgress<'_> {
+        for shard in self.shards_in(mask) {
+            shard.active.fetch_add(1, Ordering::SeqCst);
+            shard.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        InvalidationInProgress(self, mask)
     }
 
     /// Permission for a load begun in `epoch` to store its value: `None` if an invalidation
-    /// was active then or has started since. Hold the guard until the value is stored.
+    /// of its shard was active then or has started since. Hold the guard until the value is
+    /// stored.
     pub(crate) async fn begin_store(&self, epoch: Epoch) -> Option<StoreGuard<'_>> {
         if !epoch.quiet {
             return None;
         }
         let guard = self.stores.read().await;
-        (self.epoch.load(Ordering::SeqCst) == epoch.value).then_some(guard)
+        (self.shards[epoch.shard].epoch.load(Ordering::SeqCst) == epoch.value).then_some(guard)
     }
 
     /// Joins the flight of `key` begun in `epoch`, or leads a new one (replacing a flight of
