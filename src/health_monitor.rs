@@ -316,6 +316,13 @@ async fn recover(inner: &Inner) {
     };
 
     let replay = inner.journal.take();
+    // Logged before it is published: an instance still resubscribing after this outage
+    // reads the log when its channel is back (see the backplane's reconciliation).
+    if let (Some(backplane), false) = (&inner.backplane, replay.invalidations.is_empty()) {
+        if let Err(error) = backplane.log_replay(inner, &replay.invalidations).await {
+            tracing::debug!(%error, "replayed invalidations not logged for the other instances");
+        }
+    }
     let mut replayed = 0;
     for inv in &replay.invalidations {
         if let Err(error) = inner.apply_redis(inv).await {

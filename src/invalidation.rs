@@ -17,6 +17,7 @@ use crate::class::ClassId;
 use crate::error::Error;
 use crate::key::Key;
 use crate::local_store::LocalKey;
+use crate::single_flight::mask_of;
 
 /// Keys, tags and classes to invalidate together.
 ///
@@ -228,7 +229,9 @@ impl Inner {
             return Ok(0);
         };
         if inv.everything {
-            return Ok(redis.flush_pattern(&redis.namespace_pattern()).await?.keys);
+            let removed = redis.flush_pattern(&redis.namespace_pattern()).await?.keys;
+            self.publish(inv).await?;
+            return Ok(removed);
         }
         let mut removed = 0;
         if !inv.keys.is_empty() {
@@ -250,7 +253,32 @@ impl Inner {
             let pattern = redis.class_pattern(self.classes.get(class).name());
             removed += redis.flush_pattern(&pattern).await?.keys;
         }
+        self.publish(inv).await?;
         Ok(removed)
+    }
+
+    /// Tells the other instances (their local stores) about an invalidation applied to
+    /// Redis. A failure is returned like a Redis failure, so the caller journals the
+    /// invalidation and recovery applies and publishes it again.
+    async fn publish(&self, inv: &Invalidation) -> Result<(), Error> {
+        match &self.backplane {
+            Some(backplane) => backplane.publish(self, inv).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Applies an invalidation another instance published: the local store only.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) async fn apply_remote(&self, inv: &Invalidation) {
+        // As for our own invalidations, loads in progress must not store what this removes.
+        // Remove at once for a prompt effect; if stores were already past their check, let
+        // them land and remove again.
+        let in_progress = self.flights.begin_invalidation(mask_of(inv));
+        self.apply_local(inv);
+        if !in_progress.stores_idle() {
+            in_progress.stores_landed().await;
+            self.apply_local(inv);
+        }
     }
 }
 
@@ -263,7 +291,7 @@ impl Cache {
         let inner = &*self.inner;
         // Loads in progress may hold what this removes: they must not be joined or stored,
         // neither now nor until the Redis half is done (dropping `in_progress` ends it).
-        let in_progress = inner.flights.begin_invalidation();
+        let in_progress = inner.flights.begin_invalidation(mask_of(inv));
         in_progress.stores_landed().await;
         let unknown_classes = inner.class_ids(inv).1;
         // Local first: this process must not serve what it was just told is stale.

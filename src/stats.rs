@@ -33,6 +33,10 @@ pub struct Counters {
     pub redis_errors: u64,
     /// Cached bytes that did not decode and were treated as a miss.
     pub decode_errors: u64,
+    /// Misses answered by waiting for another instance's load (distributed lock).
+    pub lock_waits: u64,
+    /// Background refreshes started by eager refresh.
+    pub eager_refreshes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +48,8 @@ pub(crate) struct Stats {
     loader_calls: AtomicU64,
     redis_errors: AtomicU64,
     decode_errors: AtomicU64,
+    lock_waits: AtomicU64,
+    eager_refreshes: AtomicU64,
 }
 
 impl Stats {
@@ -69,6 +75,12 @@ impl Stats {
     pub(crate) fn decode_error(&self) {
         self.decode_errors.fetch_add(1, Relaxed);
     }
+    pub(crate) fn lock_wait(&self) {
+        self.lock_waits.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn eager_refresh(&self) {
+        self.eager_refreshes.fetch_add(1, Relaxed);
+    }
 
     pub(crate) fn snapshot(&self) -> Counters {
         Counters {
@@ -79,6 +91,8 @@ impl Stats {
             loader_calls: self.loader_calls.load(Relaxed),
             redis_errors: self.redis_errors.load(Relaxed),
             decode_errors: self.decode_errors.load(Relaxed),
+            lock_waits: self.lock_waits.load(Relaxed),
+            eager_refreshes: self.eager_refreshes.load(Relaxed),
         }
     }
 }

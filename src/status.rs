@@ -36,6 +36,25 @@ pub struct Status {
     pub local_entries: u64,
     /// Counters since start.
     pub counters: Counters,
+    /// The invalidation channel between instances (`None` without Redis or with the
+    /// backplane turned off).
+    pub backplane: Option<BackplaneStatus>,
+}
+
+/// The state of the invalidation channel between instances; see
+/// [`CacheBuilder::backplane`](crate::CacheBuilder::backplane).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct BackplaneStatus {
+    /// The channel is known to work: this instance's last ping came back. While it is
+    /// `false`, local entries are revalidated against Redis before being served.
+    pub connected: bool,
+    /// Invalidations this instance published.
+    pub published: u64,
+    /// Invalidations received from other instances and applied locally.
+    pub received: u64,
+    /// Gaps in the channel after which local entries were revalidated.
+    pub reconciliations: u64,
 }
 
 impl Cache {
@@ -56,6 +75,7 @@ impl Cache {
             journal_overflowed: inner.journal.overflowed(),
             local_entries: self.local_entry_count(),
             counters: self.counters(),
+            backplane: inner.backplane.as_ref().map(|b| b.status()),
         }
     }
 
@@ -68,5 +88,19 @@ impl Cache {
     /// Whether requests currently use Redis.
     pub fn redis_in_use(&self) -> bool {
         self.inner.redis().is_some()
+    }
+
+    /// Whether local entries are served as they are: true without Redis or without the
+    /// backplane, and otherwise once the invalidation channel is confirmed working. While
+    /// it is false and Redis is in use, local entries are revalidated against Redis before
+    /// being served (see [`CacheBuilder::backplane`](crate::CacheBuilder::backplane)).
+    ///
+    /// A service has both `redis_in_use()` and `coherent()` a moment after start (one ping
+    /// over the channel) and again a moment after Redis comes back from an outage.
+    pub fn coherent(&self) -> bool {
+        self.inner
+            .backplane
+            .as_ref()
+            .map_or(true, |b| b.is_connected())
     }
 }
