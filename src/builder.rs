@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backplane::{self, Backplane};
 use crate::cache::{Cache, Inner};
 use crate::class::{Class, Classes};
 use crate::codec::Codec;
@@ -56,6 +57,7 @@ pub struct CacheBuilder {
     policy: OutagePolicy,
     journal_capacity: usize,
     failover_replay_window: Duration,
+    backplane: bool,
 }
 
 impl CacheBuilder {
@@ -79,6 +81,7 @@ impl CacheBuilder {
             policy: OutagePolicy::default(),
             journal_capacity: 10_000,
             failover_replay_window: Duration::from_secs(30),
+            backplane: true,
         }
     }
 
@@ -192,6 +195,19 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether invalidations travel between instances over Redis pub/sub (default on with
+    /// Redis).
+    ///
+    /// With it, an invalidation made by one instance reaches every other instance's local
+    /// store, and after a gap in the channel each instance revalidates its local entries
+    /// against Redis (see [multi-instance coherence](crate#multi-instance-coherence)). Turn it
+    /// off only for a single instance, or where serving a local entry until its TTL after
+    /// another instance invalidated it is acceptable.
+    pub fn backplane(mut self, enabled: bool) -> Self {
+        self.backplane = enabled;
+        self
+    }
+
     /// Checks the configuration and builds the cache.
     ///
     /// With a Redis URL this must run inside a Tokio runtime: the connection is made in the
@@ -204,25 +220,34 @@ impl CacheBuilder {
         if self.command_timeout.is_zero() {
             return Err(Error::Config("command_timeout must be positive".into()));
         }
-        let classes = Classes::new(self.classes, self.default_ttl)?;
-        let redis = match &self.redis_url {
-            None => None,
-            Some(url) => {
-                let settings = RedisSettings {
-                    url: url.clone(),
-                    command_timeout: self.command_timeout,
-                    connect_timeout: self.connect_timeout,
-                    reconnect_delay: self.reconnect_delay,
-                    max_in_flight: self.max_in_flight,
-                    maintenance_timeout: self.maintenance_timeout,
-                    scan_batch: self.scan_batch,
-                };
-                Some(RedisStore::connect(&settings, &self.namespace)?)
-            }
-        };
         if self.probe_interval.is_zero() {
             return Err(Error::Config("probe_interval must be positive".into()));
         }
+        let classes = Classes::new(self.classes, self.default_ttl)?;
+        let settings = match &self.redis_url {
+            None => None,
+            Some(url) => Some(RedisSettings {
+                url: url.clone(),
+                command_timeout: self.command_timeout,
+                connect_timeout: self.connect_timeout,
+                reconnect_delay: self.reconnect_delay,
+                max_in_flight: self.max_in_flight,
+                maintenance_timeout: self.maintenance_timeout,
+                scan_batch: self.scan_batch,
+            }),
+        };
+        let redis = match &settings {
+            None => None,
+            Some(settings) => Some(RedisStore::connect(settings, &self.namespace)?),
+        };
+        let backplane = redis.as_ref().filter(|_| self.backplane).map(|store| {
+            Backplane::for_store(
+                store,
+                &self.namespace,
+                self.command_timeout,
+                self.probe_interval,
+            )
+        });
         let inner = Arc::new(Inner {
             namespace: Arc::from(self.namespace),
             classes,
@@ -238,8 +263,14 @@ impl CacheBuilder {
                 policy: self.policy,
             }),
             journal: Journal::new(self.journal_capacity, self.failover_replay_window),
+            backplane,
+            command_timeout: self.command_timeout,
+            refreshing: Default::default(),
         });
         health_monitor::spawn(&inner);
+        if let Some(settings) = &settings {
+            backplane::spawn(&inner, settings);
+        }
         sentinel_watch::spawn(&inner, self.redis_url.as_deref());
         Ok(Cache { inner })
     }

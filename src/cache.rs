@@ -16,18 +16,21 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::backplane::Backplane;
 use crate::builder::CacheBuilder;
 use crate::class::{ClassId, Classes};
 use crate::codec::Codec;
 use crate::envelope;
 use crate::error::Error;
 use crate::health_monitor::Health;
+use crate::invalidation::Invalidation;
 use crate::journal::Journal;
 use crate::key::Key;
-use crate::local_store::{LocalKey, LocalStore};
+use crate::local_store::{LocalHit, LocalKey, LocalStore};
 use crate::options::EntryOptions;
 use crate::redis_store::RedisStore;
 use crate::single_flight::{self, Flights, Join, Outcome};
+use crate::stampede_lock::LockOutcome;
 use crate::stats::{Counters, Stats};
 
 /// A read-through cache: a local store in front of an optional Redis.
@@ -66,6 +69,11 @@ pub(crate) struct Inner {
     pub(crate) stats: Stats,
     pub(crate) health: Health,
     pub(crate) journal: Journal,
+    pub(crate) backplane: Option<Backplane>,
+    /// The request deadline of one Redis command.
+    pub(crate) command_timeout: Duration,
+    /// Keys being refreshed in the background (eager refresh), so each is refreshed once.
+    pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<LocalKey>>,
 }
 
 /// Where a value came from.
@@ -80,6 +88,22 @@ pub enum Origin {
     Loader,
     /// The loader failed and an expired value inside its grace was served.
     Stale,
+}
+
+/// What a Redis read found.
+pub(crate) enum RedisRead<T> {
+    /// A fresh value, fresh for this long; `len` encoded bytes.
+    Fresh {
+        value: T,
+        fresh_for: Duration,
+        len: usize,
+    },
+    /// A value past its TTL (usable as a fail-safe fallback only).
+    Expired(T),
+    /// Nothing usable: absent, undecodable, or the read was shed.
+    Miss,
+    /// Redis failed to answer.
+    Failed,
 }
 
 /// A value and where it came from. See [`Cache::fetch`].
@@ -202,7 +226,7 @@ impl Cache {
             key,
         };
         match inner.local.get::<T>(&local_key) {
-            Some(hit) if !hit.stale => {
+            Some(hit) if inner.serves(&hit) => {
                 inner.stats.l1_hit();
                 Ok(hit.value)
             }
@@ -231,14 +255,17 @@ impl Cache {
         };
         let mut stale = None;
         if let Some(hit) = inner.local.get::<T>(&local_key) {
-            if !hit.stale {
+            if inner.serves(&hit) {
                 inner.stats.l1_hit();
                 return Ok(Fetched {
                     value: hit.value,
                     origin: Origin::Local,
                 });
             }
-            stale = Some(hit.value);
+            // Expired inside its grace, or suspect: kept for a failing loader only.
+            if hit.stale || options.stale_for.is_some() {
+                stale = Some(hit.value);
+            }
         }
         // Boxed so the hit path's future stays small.
         Box::pin(self.load_coalesced(local_key, options, stale, loader)).await
@@ -258,7 +285,7 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         // Loads begun before a later invalidation are neither joined nor stored.
-        let epoch = self.inner.flights.epoch();
+        let epoch = self.inner.flights.epoch(&local_key.key);
         let leader = loop {
             match self.inner.flights.join(&local_key, epoch) {
                 Join::Leader(leader) => break Some(leader),
@@ -280,7 +307,12 @@ impl Cache {
         };
         // A flight may have finished between our first look and our joining (or the
         // cancelled leader's successor may have finished): look again before loading.
-        if let Some(hit) = self.inner.local.get::<T>(&local_key).filter(|h| !h.stale) {
+        if let Some(hit) = self
+            .inner
+            .local
+            .get::<T>(&local_key)
+            .filter(|h| self.inner.serves(h))
+        {
             self.inner.stats.l1_hit();
             if let Some(leader) = leader {
                 leader.succeed(Arc::new(hit.value.clone()), Origin::Local);
@@ -317,86 +349,86 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         let inner = &*self.inner;
-        let class = inner.classes.get(local_key.class);
         let ttl = inner.ttl_of(local_key.class, options);
         let grace = options.stale_for.unwrap_or(Duration::ZERO);
+        // Where to write the loaded value: only if Redis answered the read.
         let mut redis_key = None;
-        let mut read_failed = false;
         if let Some(redis) = inner.redis() {
-            let full_key = redis.entry_key(class.name(), &local_key.key);
-            match redis.get(&full_key).await {
-                Ok(Some(bytes)) => match inner.decode::<T>(&bytes) {
-                    Ok((value, fresh_until)) => {
-                        match fresh_until.duration_since(SystemTime::now()) {
-                            Ok(fresh_for) if !fresh_for.is_zero() => {
-                                // Read before an invalidation's Redis half? Serve, don't keep.
-                                if let Some(_storing) = inner.flights.begin_store(epoch).await {
-                                    inner.local.insert(
-                                        local_key.clone(),
-                                        value.clone(),
-                                        fresh_for.min(ttl),
-                                        grace,
-                                        &options.tags,
-                                        bytes.len(),
-                                    );
-                                }
-                                inner.stats.l2_hit();
-                                inner.health.record_success();
-                                return Ok(Fetched {
-                                    value,
-                                    origin: Origin::Redis,
-                                });
-                            }
-                            _ if !grace.is_zero() && stale.is_none() => stale = Some(value),
-                            _ => {}
-                        }
-                    }
-                    Err(error) => {
-                        inner.stats.decode_error();
-                        tracing::warn!(key = %full_key, %error, "undecodable cached bytes; treating as a miss");
-                    }
-                },
-                Ok(None) => inner.health.record_success(),
-                // Shedding load is not a sign of a sick Redis.
-                Err(Error::Overloaded) => {}
-                Err(error) => {
-                    inner.stats.redis_error();
-                    inner.health.record_failure("read failed");
-                    tracing::debug!(key = %full_key, %error, "Redis read failed; carrying on without it");
-                    // Do not write either: a request waits for one deadline at most.
-                    read_failed = true;
+            let full_key =
+                redis.entry_key(inner.classes.get(local_key.class).name(), &local_key.key);
+            match inner.read_redis::<T>(redis, &full_key).await {
+                RedisRead::Fresh {
+                    value,
+                    fresh_for,
+                    len,
+                } => {
+                    inner
+                        .keep_from_redis(local_key, &value, fresh_for.min(ttl), options, len, epoch)
+                        .await;
+                    return Ok(Fetched {
+                        value,
+                        origin: Origin::Redis,
+                    });
                 }
+                RedisRead::Expired(value) => {
+                    if !grace.is_zero() && stale.is_none() {
+                        stale = Some(value);
+                    }
+                    redis_key = Some(full_key);
+                }
+                RedisRead::Miss => redis_key = Some(full_key),
+                // Do not write either: a request waits for one deadline at most.
+                RedisRead::Failed => {}
             }
-            if !read_failed {
-                redis_key = Some(full_key);
+        }
+
+        // Across instances, too, one load: wait for the holder of the lock, if asked to.
+        let mut lock = None;
+        if let (Some(lock_ttl), Some(full_key)) = (options.lock, redis_key.as_deref()) {
+            match self
+                .lock_or_wait::<T>(local_key, full_key, options, lock_ttl, epoch)
+                .await
+            {
+                LockOutcome::Held(guard) => lock = Some(guard),
+                LockOutcome::Filled(value) => {
+                    return Ok(Fetched {
+                        value,
+                        origin: Origin::Redis,
+                    })
+                }
+                LockOutcome::Unavailable => {}
             }
         }
 
         inner.stats.miss();
         inner.stats.loader_call();
-        match loader().await {
-            Ok(value) => {
-                // The loader may have read the origin before a change whose invalidation has
-                // started since: then the value is returned but not stored.
-                if let Some(_storing) = inner.flights.begin_store(epoch).await {
-                    inner
-                        .store(
-                            local_key,
-                            redis_key.as_deref(),
-                            &value,
-                            ttl,
-                            grace,
-                            &options.tags,
-                        )
-                        .await;
-                } else {
-                    tracing::debug!(key = %local_key.key, "an invalidation ran during the load; its value is not stored");
-                }
-                Ok(Fetched {
-                    value,
-                    origin: Origin::Loader,
-                })
+        let loaded = loader().await;
+        if let Ok(value) = &loaded {
+            // The loader may have read the origin before a change whose invalidation has
+            // started since: then the value is returned but not stored.
+            if let Some(_storing) = inner.flights.begin_store(epoch).await {
+                inner
+                    .store(
+                        local_key,
+                        redis_key.as_deref(),
+                        value,
+                        ttl,
+                        grace,
+                        &options.tags,
+                    )
+                    .await;
+            } else {
+                tracing::debug!(key = %local_key.key, "an invalidation ran during the load; its value is not stored");
             }
+        }
+        if let Some(lock) = lock {
+            lock.release(inner.command_timeout).await;
+        }
+        match loaded {
+            Ok(value) => Ok(Fetched {
+                value,
+                origin: Origin::Loader,
+            }),
             Err(error) => match stale {
                 Some(value) => {
                     inner.stats.stale_served();
@@ -418,7 +450,8 @@ impl Cache {
         result.ok().map(|f| f.value)
     }
 
-    /// Writes a value to the local store and to Redis.
+    /// Writes a value to the local store and to Redis; other instances drop their local
+    /// copies of the key (see [multi-instance coherence](crate#multi-instance-coherence)).
     pub async fn set<T: Cacheable>(&self, key: Key, value: T, options: &EntryOptions) {
         let inner = &*self.inner;
         let class_id = inner.class_id(options);
@@ -441,6 +474,9 @@ impl Cache {
                 &options.tags,
             )
             .await;
+        if redis_key.is_some() {
+            inner.announce_write(local_key.key).await;
+        }
     }
 }
 
@@ -456,11 +492,29 @@ impl Inner {
         }
     }
 
-    fn ttl_of(&self, class: ClassId, options: &EntryOptions) -> Duration {
+    pub(crate) fn ttl_of(&self, class: ClassId, options: &EntryOptions) -> Duration {
         options
             .ttl
             .or(self.classes.get(class).default_ttl())
             .unwrap_or(Duration::from_secs(300))
+    }
+
+    /// Tells the other instances that `key` has a new value in Redis: they drop their local
+    /// copies and read it from Redis next time.
+    pub(crate) async fn announce_write(&self, key: Key) {
+        if let Some(backplane) = &self.backplane {
+            let changed = Invalidation::new().key(key);
+            if let Err(error) = backplane.publish(self, &changed).await {
+                tracing::warn!(%error, "other instances not told of the new value; their copies expire with their TTL");
+            }
+        }
+    }
+
+    /// Whether a local hit may be served: fresh, and either trusted or the best there is
+    /// because Redis cannot be asked (see the [backplane](crate::backplane)'s rule).
+    #[inline]
+    pub(crate) fn serves<T>(&self, hit: &LocalHit<T>) -> bool {
+        !hit.stale && (!hit.suspect || !self.health.allows_requests())
     }
 
     /// Redis, when configured and the breaker lets requests through.
@@ -497,6 +551,72 @@ impl Inner {
         );
     }
 
+    /// Reads an entry from Redis. Undecodable bytes are a miss (and get overwritten); a
+    /// failure is counted against Redis's health, shedding is not.
+    pub(crate) async fn read_redis<T: Cacheable>(
+        &self,
+        redis: &RedisStore,
+        full_key: &str,
+    ) -> RedisRead<T> {
+        match redis.get(full_key).await {
+            Ok(Some(bytes)) => {
+                self.health.record_success();
+                match self.decode::<T>(&bytes) {
+                    Ok((value, fresh_until)) => match fresh_until.duration_since(SystemTime::now())
+                    {
+                        Ok(fresh_for) if !fresh_for.is_zero() => RedisRead::Fresh {
+                            value,
+                            fresh_for,
+                            len: bytes.len(),
+                        },
+                        _ => RedisRead::Expired(value),
+                    },
+                    Err(error) => {
+                        self.stats.decode_error();
+                        tracing::warn!(key = %full_key, %error, "undecodable cached bytes; treating as a miss");
+                        RedisRead::Miss
+                    }
+                }
+            }
+            Ok(None) => {
+                self.health.record_success();
+                RedisRead::Miss
+            }
+            // Shedding load is not a sign of a sick Redis.
+            Err(Error::Overloaded) => RedisRead::Miss,
+            Err(error) => {
+                self.stats.redis_error();
+                self.health.record_failure("read failed");
+                tracing::debug!(key = %full_key, %error, "Redis read failed; carrying on without it");
+                RedisRead::Failed
+            }
+        }
+    }
+
+    /// Keeps a value read from Redis in the local store — unless it was read before an
+    /// invalidation that has started since: then it is served but not kept.
+    pub(crate) async fn keep_from_redis<T: Cacheable>(
+        &self,
+        local_key: &LocalKey,
+        value: &T,
+        fresh_for: Duration,
+        options: &EntryOptions,
+        len: usize,
+        epoch: single_flight::Epoch,
+    ) {
+        if let Some(_storing) = self.flights.begin_store(epoch).await {
+            self.local.insert(
+                local_key.clone(),
+                value.clone(),
+                fresh_for,
+                options.stale_for.unwrap_or(Duration::ZERO),
+                &options.tags,
+                len,
+            );
+        }
+        self.stats.l2_hit();
+    }
+
     fn decode<T: Cacheable>(&self, bytes: &[u8]) -> Result<(T, SystemTime), Error> {
         let opened = envelope::open(self.codec, bytes)?;
         let value = self.codec.decode(opened.payload)?;
@@ -504,7 +624,7 @@ impl Inner {
     }
 
     /// Writes a loaded value to Redis (if `redis_key`) and to the local store.
-    async fn store<T: Cacheable>(
+    pub(crate) async fn store<T: Cacheable>(
         &self,
         local_key: &LocalKey,
         redis_key: Option<&str>,

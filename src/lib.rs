@@ -39,6 +39,30 @@
 //! - the local store and the Redis store: the two levels, in files named after them;
 //! - [`Cache`]: the read-through path; [`Invalidation`]: what a mutation makes stale.
 //!
+//! ## Multi-instance coherence
+//! Every replica has its own local store, so an invalidation must reach all of them:
+//!
+//! - **Backplane** (on by default with Redis, [`CacheBuilder::backplane`]): each invalidation
+//!   that reaches Redis — keys, tags, classes, flushes — is published on the Redis channel
+//!   `<namespace>:~inv` and applied by every other instance to its local store. An instance
+//!   skips its own messages.
+//! - **Gaps**: pub/sub loses what is published while a subscriber is away, so each instance
+//!   pings itself over the channel. From the first sign of a gap (connection lost, ping not
+//!   echoed, Redis down) until an echo on a fresh subscription, local entries are *suspect*:
+//!   they are revalidated against Redis on their next read instead of being served — except
+//!   while Redis is down, when the local store is the fallback. [`Cache::coherent`] says
+//!   whether the channel is confirmed.
+//! - **After a gap**: if only the channel failed, every entry written before the gap ended
+//!   stays suspect, and is revalidated against Redis on its next read. If Redis itself was
+//!   down, the **outage tier policy** decides for the local store as for Redis (nothing
+//!   under the first tier, then the volatile classes, then everything), and the rest is
+//!   trusted again.
+//! - **Distributed stampede protection** ([`EntryOptions::distributed_lock`]): one load per
+//!   key across all instances; a dead lock holder blocks the others for the lock's TTL at
+//!   most.
+//! - **Eager refresh** ([`EntryOptions::eager_refresh`], [`Cache::fetch_refreshing`]): hot
+//!   keys are reloaded in the background before they expire.
+//!
 //! ## Feature flags
 //! - `redis` (default): Redis as the shared L2, through fred;
 //! - `axum` (default): tower layers and the admin router;
@@ -51,10 +75,13 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+#[cfg_attr(not(feature = "redis"), path = "backplane_disabled.rs")]
+mod backplane;
 mod builder;
 mod cache;
 mod class;
 mod codec;
+mod eager_refresh;
 mod envelope;
 mod error;
 mod global;
@@ -67,11 +94,14 @@ pub mod key;
 mod local_store;
 mod options;
 mod outage_policy;
+#[cfg_attr(not(feature = "redis"), path = "redis_lock_disabled.rs")]
+mod redis_lock;
 #[cfg_attr(not(feature = "redis"), path = "redis_disabled.rs")]
 mod redis_store;
 #[cfg_attr(not(feature = "redis"), path = "sentinel_watch_disabled.rs")]
 mod sentinel_watch;
 mod single_flight;
+mod stampede_lock;
 mod stats;
 mod status;
 
@@ -96,6 +126,6 @@ pub use local_store::LocalCapacity;
 pub use options::EntryOptions;
 pub use outage_policy::{FlushScope, OutagePolicy, Tier};
 pub use stats::Counters;
-pub use status::Status;
+pub use status::{BackplaneStatus, Status};
 #[cfg(feature = "macros")]
 pub use stormcache_macros::{cached, invalidate, key, InvalidationRule};

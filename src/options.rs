@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::key::Key;
 
-/// Options of one cached call: TTL, class, tags and fail-safe grace.
+/// Options of one cached call: TTL, class, tags, fail-safe grace, distributed stampede
+/// lock and eager refresh.
 ///
 /// ```
 /// use std::time::Duration;
@@ -27,6 +28,9 @@ pub struct EntryOptions {
     pub(crate) class: Option<Cow<'static, str>>,
     pub(crate) tags: Vec<Key>,
     pub(crate) stale_for: Option<Duration>,
+    pub(crate) lock: Option<Duration>,
+    /// Per mille of the TTL after which a hit refreshes.
+    pub(crate) eager_refresh: Option<u16>,
 }
 
 impl EntryOptions {
@@ -64,6 +68,47 @@ impl EntryOptions {
     /// (marked stale) if the loader fails.
     pub fn stale_for(mut self, grace: Duration) -> Self {
         self.stale_for = Some(grace);
+        self
+    }
+
+    /// Distributed stampede protection: on a miss in both stores, only the instance that
+    /// takes a lock in Redis runs the loader; the others wait for its value to appear in
+    /// Redis. The lock expires after `ttl`, so a holder that dies (or hangs) blocks the
+    /// others for at most that long, after which one of them takes the lock and loads.
+    /// Choose `ttl` above the loader's usual duration.
+    ///
+    /// Without Redis, or when Redis is down, each instance loads for itself (within one
+    /// process, concurrent misses still run one load).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stormcache::EntryOptions;
+    ///
+    /// let opts = EntryOptions::new().distributed_lock(Duration::from_secs(5));
+    /// # let _ = opts;
+    /// ```
+    pub fn distributed_lock(mut self, ttl: Duration) -> Self {
+        self.lock = Some(ttl.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// Eager refresh: a hit after `threshold` (a fraction, `0.0..1.0`) of the entry's TTL has
+    /// passed is served as usual and also refreshed in the background, once per key at a
+    /// time, so that hot keys do not expire under load. `0.8` refreshes hits in the last
+    /// 20 % of the TTL.
+    ///
+    /// Only [`Cache::fetch_refreshing`](crate::Cache::fetch_refreshing) acts on it, since a
+    /// background refresh needs a loader that owns what it uses (`'static`).
+    ///
+    /// ```
+    /// use stormcache::EntryOptions;
+    ///
+    /// let opts = EntryOptions::new().eager_refresh(0.8);
+    /// # let _ = opts;
+    /// ```
+    pub fn eager_refresh(mut self, threshold: f64) -> Self {
+        let per_mille = (threshold.clamp(0.0, 1.0) * 1000.0).round() as u16;
+        self.eager_refresh = Some(per_mille);
         self
     }
 

@@ -308,6 +308,10 @@ fn cached_options(args: &CachedArgs, fn_args: &FnArgs) -> syn::Result<TokenStrea
         let d = duration_tokens(stale);
         calls.extend(quote!(.stale_for(#d)));
     }
+    if let Some(lock) = &args.distributed_lock {
+        let d = duration_tokens(lock);
+        calls.extend(quote!(.distributed_lock(#d)));
+    }
     let base = quote! {
         static __SC_OPTIONS: ::std::sync::LazyLock<::stormcache::EntryOptions> =
             ::std::sync::LazyLock::new(|| ::stormcache::EntryOptions::new() #calls);

@@ -113,6 +113,16 @@ mod template;
 ///       Ok(1999)
 ///   }
 ///   ```
+/// - **`distributed_lock = "5s"`** — distributed stampede protection: on a miss in both
+///   stores, only the instance that takes the key's lock in Redis runs the function; the
+///   others wait for its value. A holder that dies blocks the others for this long at most
+///   (`stormcache::EntryOptions::distributed_lock`).
+///
+///   ```
+///   # use stormcache::cached;
+///   #[cached(key = "report:{year}", ttl = "1h", distributed_lock = "30s")]
+///   async fn yearly_report(year: u16) -> String { format!("report {year}") }
+///   ```
 /// - **`cache = <expr>`** — which `stormcache::Cache` to use: `self.cache`, a `static`
 ///   (`LazyLock<Cache>`), a function returning `&Cache`… Anything that dereferences to a
 ///   `Cache`. Without it, the process-wide cache installed with `stormcache::install`.

@@ -150,12 +150,14 @@ pub(crate) struct CachedArgs {
     pub(crate) class: Option<LitStr>,
     pub(crate) tags: Vec<Template>,
     pub(crate) stale_for: Option<DurationArg>,
+    pub(crate) distributed_lock: Option<DurationArg>,
     pub(crate) cache: Option<CacheArg>,
     pub(crate) cache_none: Option<(bool, Span)>,
     pub(crate) companions: Option<bool>,
 }
 
-const CACHED_ARGS: &str = "key, ttl, class, tags, stale_for, cache, cache_none, companions";
+const CACHED_ARGS: &str =
+    "key, ttl, class, tags, stale_for, distributed_lock, cache, cache_none, companions";
 
 impl Parse for CachedArgs {
     fn parse(input: ParseStream) -> syn::Result<Self> {
@@ -178,6 +180,11 @@ impl Parse for CachedArgs {
                     input.parse::<Token![=]>()?;
                     let d = parse_duration(&input.parse()?, "stale_for")?;
                     set_once(&mut args.stale_for, &name, d)?;
+                }
+                "distributed_lock" => {
+                    input.parse::<Token![=]>()?;
+                    let d = parse_duration(&input.parse()?, "distributed_lock")?;
+                    set_once(&mut args.distributed_lock, &name, d)?;
                 }
                 "class" => {
                     input.parse::<Token![=]>()?;
