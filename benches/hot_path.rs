@@ -350,7 +350,7 @@ async fn raw_client(url: &str) -> fred::clients::Client {
 
 async fn wait_in_use(cache: &Cache) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !cache.redis_in_use() {
+    while !(cache.redis_in_use() && cache.coherent()) {
         assert!(Instant::now() < deadline, "Redis never in use");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -17,7 +17,7 @@ use support::RedisServer;
 
 async fn in_use(cache: &Cache) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !cache.redis_in_use() {
+    while !(cache.redis_in_use() && cache.coherent()) {
         assert!(
             Instant::now() < deadline,
             "Redis never in use: {:?}",

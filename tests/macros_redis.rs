@@ -54,7 +54,7 @@ impl Groups {
             loads: AtomicUsize::new(0),
         };
         until("Redis in use", Duration::from_secs(20), || {
-            groups.cache.redis_in_use()
+            groups.cache.redis_in_use() && groups.cache.coherent()
         })
         .await;
         groups
@@ -76,6 +76,14 @@ impl Groups {
         // A version counted across instances, so two loads never look alike.
         let n = VERSION.fetch_add(1, Ordering::SeqCst);
         Ok(vec![format!("{user}-v{n}")])
+    }
+
+    /// A slow origin behind distributed stampede protection.
+    #[cached(key = "report:{year}", ttl = "1h", distributed_lock = "5s", cache = self.cache)]
+    async fn report(&self, year: u16) -> String {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        format!("report {year}")
     }
 
     #[invalidate(keys = ["user:groups:{user}"], cache = self.cache)]
@@ -210,4 +218,24 @@ async fn an_invalidation_during_an_outage_never_fails_the_mutation() {
         "the journal replay removed the stale entry"
     );
     assert_ne!(fetched.origin, Origin::Stale);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_lock_attribute_loads_once_across_instances() {
+    let server = RedisServer::start();
+    let instances = [
+        std::sync::Arc::new(Groups::start(server.url()).await),
+        std::sync::Arc::new(Groups::start(server.url()).await),
+        std::sync::Arc::new(Groups::start(server.url()).await),
+    ];
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let g = std::sync::Arc::clone(&instances[i % 3]);
+        calls.spawn(async move { g.report(2026).await });
+    }
+    while let Some(r) = calls.join_next().await {
+        assert_eq!(r.expect("call"), "report 2026");
+    }
+    let loads: usize = instances.iter().map(|g| g.loads()).sum();
+    assert_eq!(loads, 1, "one load across the three instances");
 }

@@ -62,7 +62,7 @@ async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 async fn in_use(cache: &Cache) {
     until("Redis in use", Duration::from_secs(20), || {
-        cache.redis_in_use()
+        cache.redis_in_use() && cache.coherent()
     })
     .await;
 }
@@ -79,6 +79,7 @@ async fn down(cache: &Cache) {
 async fn recovered_after(cache: &Cache, _since: Instant, started_ms: u64) -> OutageRecord {
     until("recovery", Duration::from_secs(30), || {
         cache.redis_in_use()
+            && cache.coherent()
             && cache
                 .status()
                 .last_outage

@@ -30,7 +30,7 @@ fn cache(topology: &Topology, namespace: &str) -> Cache {
 /// after the first successful probe).
 async fn connected(cache: Cache) -> Cache {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !cache.redis_in_use() {
+    while !(cache.redis_in_use() && cache.coherent()) {
         assert!(
             Instant::now() < deadline,
             "cache never started using Redis: {:?}",

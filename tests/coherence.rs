@@ -1,0 +1,479 @@
+//! Multi-instance coherence on real Redis, standalone and Cluster (and Sentinel for the
+//! propagation): three `Cache` instances on
+//! their own connections stand for three replicas of a service.
+//!
+//! - an invalidation (key, tag, class, flush) or a `set` on A leaves B's and C's local stores
+//!   within 100 ms, and A ignores its own echoes;
+//! - a subscriber connection killed with `CLIENT KILL TYPE pubsub` loses a message, and the
+//!   instance still never serves the stale entry: it revalidates against Redis, then
+//!   reconciles once the channel is back;
+//! - distributed stampede protection: 1,000 cold callers over 3 instances, 1 load; a dead
+//!   lock holder blocks the others for no longer than the lock's TTL;
+//! - eager refresh: a hit late in its TTL is served at once and refreshed once.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stormcache::{Cache, Class, EntryOptions, Invalidation, Key, Origin};
+use support::scaled;
+use support::topology::Topology;
+
+fn builder(t: &Topology, namespace: &str) -> stormcache::CacheBuilder {
+    Cache::builder(namespace)
+        .redis_url(t.url())
+        .class(Class::new("sessions").volatile())
+        .class(Class::new("resources"))
+}
+
+/// Waits until the cache uses Redis and its invalidation channel is confirmed.
+async fn ready(cache: Cache) -> Cache {
+    let deadline = Instant::now() + scaled(Duration::from_secs(20));
+    while !(cache.redis_in_use() && cache.coherent()) {
+        assert!(
+            Instant::now() < deadline,
+            "cache never became ready: {:?}",
+            cache.status()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cache
+}
+
+async fn three(t: &Topology, namespace: &str) -> [Cache; 3] {
+    [
+        ready(builder(t, namespace).build().expect("valid")).await,
+        ready(builder(t, namespace).build().expect("valid")).await,
+        ready(builder(t, namespace).build().expect("valid")).await,
+    ]
+}
+
+fn key(text: &str) -> Key {
+    Key::literal(text).expect("valid key")
+}
+
+/// Polls `gone` until true; fails after `limit`. Returns how long it took.
+async fn within(limit: Duration, what: &str, mut gone: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    let deadline = start + scaled(limit);
+    while !gone() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    start.elapsed()
+}
+
+/// Every instance reads `key` so that each holds it in its local store.
+async fn warm(caches: &[Cache], key: &Key, opts: &EntryOptions, value: &str) {
+    for cache in caches {
+        let v: String = cache
+            .get_or_load(key.clone(), opts, || async { value.to_owned() })
+            .await;
+        assert_eq!(v, value);
+        assert_eq!(
+            cache.get_local::<String>(key.clone(), opts).ok().as_deref(),
+            Some(value),
+            "warmed into the local store"
+        );
+    }
+}
+
+async fn invalidations_reach_every_instance(t: &Topology) {
+    let [a, b, c] = three(t, "coh").await;
+    let peers = [b.clone(), c.clone()];
+    let opts = EntryOptions::new().class("resources");
+    let gone = |k: &Key, o: &EntryOptions| {
+        let (k, o) = (k.clone(), o.clone());
+        let peers = peers.clone();
+        move || {
+            peers
+                .iter()
+                .all(|p| p.get_local::<String>(k.clone(), &o).is_err())
+        }
+    };
+
+    // A key.
+    let k = key("doc:1");
+    warm(&[a.clone(), b.clone(), c.clone()], &k, &opts, "v1").await;
+    a.remove(&k).await;
+    within(
+        Duration::from_millis(100),
+        "key invalidation",
+        gone(&k, &opts),
+    )
+    .await;
+
+    // A tag, with a user-supplied value that must not widen it.
+    let tag = Key::builder("user:").value("*").build();
+    let tagged = EntryOptions::new().class("resources").tag(tag.clone());
+    let k2 = key("doc:2");
+    let untouched = key("doc:3");
+    warm(&[a.clone(), b.clone(), c.clone()], &k2, &tagged, "v1").await;
+    warm(&[a.clone(), b.clone(), c.clone()], &untouched, &opts, "v1").await;
+    a.invalidate_tag(&tag).await;
+    within(
+        Duration::from_millis(100),
+        "tag invalidation",
+        gone(&k2, &tagged),
+    )
+    .await;
+    assert!(
+        b.get_local::<String>(untouched.clone(), &opts).is_ok(),
+        "an untagged entry stays"
+    );
+
+    // A class (volatile classes, as the outage tier names them).
+    let session = EntryOptions::new().class("sessions");
+    let k4 = key("session:1");
+    warm(&[a.clone(), b.clone(), c.clone()], &k4, &session, "s1").await;
+    a.invalidate(&Invalidation::new().volatile_classes()).await;
+    within(
+        Duration::from_millis(100),
+        "class invalidation",
+        gone(&k4, &session),
+    )
+    .await;
+    assert!(b.get_local::<String>(untouched.clone(), &opts).is_ok());
+
+    // A new value written on A: the others drop their copies and read it from Redis.
+    warm(&[a.clone(), b.clone(), c.clone()], &k, &opts, "v1").await;
+    a.set(k.clone(), "v2".to_owned(), &opts).await;
+    within(Duration::from_millis(100), "set", gone(&k, &opts)).await;
+    let from_b = b
+        .fetch(k.clone(), &opts, || async { Err::<String, _>("no load") })
+        .await
+        .expect("in Redis");
+    assert_eq!(
+        (from_b.value.as_str(), from_b.origin),
+        ("v2", Origin::Redis)
+    );
+
+    // Everything.
+    a.flush_all().await;
+    within(Duration::from_millis(100), "flush", gone(&untouched, &opts)).await;
+
+    // A never applied its own messages; B and C applied all of A's.
+    let (sa, sb) = (a.status(), b.status());
+    let (bpa, bpb) = (sa.backplane.expect("on"), sb.backplane.expect("on"));
+    assert_eq!(bpa.received, 0, "A skipped its own echoes: {bpa:?}");
+    assert!(bpa.published >= 5, "{bpa:?}");
+    assert_eq!(
+        bpb.received, bpa.published,
+        "B applied each of A's: {bpb:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_reach_every_instance_standalone() {
+    invalidations_reach_every_instance(&Topology::standalone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_reach_every_instance_sentinel() {
+    invalidations_reach_every_instance(&Topology::sentinel()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_reach_every_instance_cluster() {
+    invalidations_reach_every_instance(&Topology::cluster()).await;
+}
+
+/// Subscribers of the namespace's channel, as Redis counts them (on Cluster, summed over
+/// the masters: a classic subscription lives on one node).
+fn subscribers(t: &Topology, namespace: &str) -> i64 {
+    let channel = format!("{namespace}:~inv");
+    t.master_ports()
+        .into_iter()
+        .map(|port| {
+            let reply = support::resp::cmd(port, &["PUBSUB", "NUMSUB", &channel])
+                .unwrap_or_else(|e| panic!("PUBSUB NUMSUB: {e}"));
+            match reply.as_array() {
+                Some([_, n]) => n.as_int().unwrap_or(0),
+                _ => panic!("PUBSUB NUMSUB answered {reply:?}"),
+            }
+        })
+        .sum()
+}
+
+async fn a_lost_message_is_reconciled(t: &Topology) {
+    // Slow reconnection, so that the gap is wide enough to publish into.
+    let slow = |ns| {
+        builder(t, ns)
+            .reconnect_delay(Duration::from_millis(1500))
+            .build()
+            .expect("valid")
+    };
+    let a = ready(slow("gap")).await;
+    let b = ready(slow("gap")).await;
+    let opts = EntryOptions::new().class("resources");
+    let k = key("profile:1");
+    warm(&[a.clone(), b.clone()], &k, &opts, "old").await;
+    assert_eq!(subscribers(t, "gap"), 2);
+
+    for port in t.master_ports() {
+        support::resp::cmd(port, &["CLIENT", "KILL", "TYPE", "pubsub"]).expect("CLIENT KILL");
+    }
+    // The change happens while nobody listens: its message is lost for good.
+    assert_eq!(subscribers(t, "gap"), 0);
+    a.remove(&k).await;
+    assert_eq!(subscribers(t, "gap"), 0, "the message had no receiver");
+
+    // B still holds "old" locally, but never serves it: it knows about the gap (the
+    // connection dropped) and revalidates against Redis, which no longer has it.
+    within(Duration::from_secs(1), "B notices the gap", || {
+        !b.coherent()
+    })
+    .await;
+    let read = b
+        .fetch(k.clone(), &opts, || async { Ok::<_, ()>("new".to_owned()) })
+        .await
+        .expect("loads");
+    assert_eq!((read.value.as_str(), read.origin), ("new", Origin::Loader));
+
+    // Channel back: B reconciles and trusts what it writes from then on.
+    let b = ready(b).await;
+    let bp = b.status().backplane.expect("on");
+    assert!(bp.reconciliations >= 1, "{bp:?}");
+    let after = b
+        .fetch(k.clone(), &opts, || async { Err::<String, _>("no load") })
+        .await
+        .expect("cached");
+    assert_eq!(after.value, "new");
+    let again = b
+        .fetch(k.clone(), &opts, || async { Err::<String, _>("no load") })
+        .await
+        .expect("cached");
+    assert_eq!((again.value.as_str(), again.origin), ("new", Origin::Local));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_message_is_reconciled_standalone() {
+    a_lost_message_is_reconciled(&Topology::standalone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_message_is_reconciled_cluster() {
+    a_lost_message_is_reconciled(&Topology::cluster()).await;
+}
+
+async fn one_load_across_three_instances(t: &Topology) {
+    let caches = three(t, "stampede").await;
+    let loads = Arc::new(AtomicUsize::new(0));
+    let opts = EntryOptions::new()
+        .class("resources")
+        .distributed_lock(Duration::from_secs(5));
+    let k = key("report:2026");
+    let mut callers = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let cache = caches[i % 3].clone();
+        let (loads, opts, k) = (Arc::clone(&loads), opts.clone(), k.clone());
+        callers.spawn(async move {
+            cache
+                .get_or_load(k, &opts, || async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    "report".to_owned()
+                })
+                .await
+        });
+    }
+    while let Some(v) = callers.join_next().await {
+        assert_eq!(v.expect("caller"), "report");
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "one load in all");
+    let waits: u64 = caches.iter().map(|c| c.counters().lock_waits).sum();
+    assert_eq!(waits, 2, "the two other instances waited for it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_load_across_three_instances_standalone() {
+    one_load_across_three_instances(&Topology::standalone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_load_across_three_instances_cluster() {
+    one_load_across_three_instances(&Topology::cluster()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lock_holder_blocks_for_the_lock_ttl_at_most() {
+    let t = Topology::standalone();
+    let cache = ready(builder(&t, "dead").build().expect("valid")).await;
+    let lock_ttl = Duration::from_millis(1500);
+    let opts = EntryOptions::new().distributed_lock(lock_ttl);
+    // A holder in another process took the lock and died before storing anything.
+    let lock_ms = lock_ttl.as_millis().to_string();
+    let set = t.cmd(&[
+        "SET",
+        "dead:~lock:default:k",
+        "dead-holder",
+        "NX",
+        "PX",
+        &lock_ms,
+    ]);
+    assert!(set.is_ok(), "{set:?}");
+    let started = Instant::now();
+    let loads = AtomicUsize::new(0);
+    let v: String = cache
+        .get_or_load(key("k"), &opts, || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            "loaded".to_owned()
+        })
+        .await;
+    let waited = started.elapsed();
+    assert_eq!((v.as_str(), loads.load(Ordering::SeqCst)), ("loaded", 1));
+    assert!(
+        waited >= lock_ttl - Duration::from_millis(100),
+        "it did wait for the holder: {waited:?}"
+    );
+    assert!(
+        waited <= lock_ttl + scaled(Duration::from_millis(500)),
+        "blocked past the lock's TTL: {waited:?}"
+    );
+    // The lock it took is released once the value is stored.
+    assert!(t.cmd(&["GET", "dead:~lock:default:k"]).is_nil());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_lock_holder_releases_its_lock() {
+    let t = Topology::standalone();
+    let [a, b, _] = three(&t, "cancel").await;
+    let opts = EntryOptions::new().distributed_lock(Duration::from_secs(30));
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let holder = {
+        let opts = opts.clone();
+        tokio::spawn(async move {
+            let _: String = a
+                .get_or_load(key("k"), &opts, || async move {
+                    let _ = started_tx.send(());
+                    std::future::pending::<()>().await;
+                    unreachable!("never finishes")
+                })
+                .await;
+        })
+    };
+    started_rx.await.expect("A is loading, holding the lock");
+    assert!(!t.cmd(&["GET", "cancel:~lock:default:k"]).is_nil());
+    holder.abort();
+    let _ = holder.await;
+    // B need not wait 30 s: the cancelled holder's lock is released.
+    let v = tokio::time::timeout(
+        scaled(Duration::from_secs(5)),
+        b.get_or_load(key("k"), &opts, || async { "from b".to_owned() }),
+    )
+    .await
+    .expect("B got the lock");
+    assert_eq!(v, "from b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_refresh_serves_at_once_and_refreshes_once() {
+    let t = Topology::standalone();
+    let [a, b, _] = three(&t, "eager").await;
+    let ttl = Duration::from_secs(2);
+    let opts = EntryOptions::new()
+        .ttl(ttl)
+        .eager_refresh(0.5)
+        .distributed_lock(Duration::from_secs(5));
+    let loads = Arc::new(AtomicUsize::new(0));
+    let fetch = |cache: &Cache| {
+        let cache = cache.clone();
+        let (opts, loads) = (opts.clone(), Arc::clone(&loads));
+        async move {
+            cache
+                .fetch_refreshing(key("hot"), &opts, move || async move {
+                    let n = loads.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, ()>(format!("v{n}"))
+                })
+                .await
+                .expect("infallible")
+        }
+    };
+    let first = fetch(&a).await;
+    assert_eq!((first.value.as_str(), first.origin), ("v1", Origin::Loader));
+    let on_b = fetch(&b).await;
+    assert_eq!((on_b.value.as_str(), on_b.origin), ("v1", Origin::Redis));
+    // Early in the TTL: a hit is only a hit.
+    assert_eq!(fetch(&a).await.origin, Origin::Local);
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+
+    // Past half the TTL, 100 hits on each instance at once: all served the cached value
+    // at once, one refresh in all (the lock keeps B from refreshing too).
+    tokio::time::sleep(ttl / 2 + Duration::from_millis(100)).await;
+    let hits: Vec<_> =
+        futures_util::future::join_all((0..200).map(|i| fetch(if i % 2 == 0 { &a } else { &b })))
+            .await;
+    assert!(hits
+        .iter()
+        .all(|h| h.value == "v1" && h.origin == Origin::Local));
+    within(Duration::from_secs(2), "the refresh lands", || {
+        a.get_local::<String>(key("hot"), &opts).ok().as_deref() == Some("v2")
+    })
+    .await;
+    assert_eq!(loads.load(Ordering::SeqCst), 2, "refreshed once");
+    // B was told, dropped its copy, and reads the refreshed value from Redis.
+    within(Duration::from_millis(100), "B drops its old copy", || {
+        b.get_local::<String>(key("hot"), &opts).is_err()
+    })
+    .await;
+    let on_b = fetch(&b).await;
+    assert_eq!((on_b.value.as_str(), on_b.origin), ("v2", Origin::Redis));
+    // And the refreshed value has a whole TTL ahead: the next hit refreshes nothing.
+    assert_eq!(fetch(&a).await.value, "v2");
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+}
+
+/// An invalidation made while Redis is down is journaled and replayed after the outage,
+/// maybe before the other instances have resubscribed: they read it from the replay log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_journaled_during_an_outage_reaches_the_other_instances() {
+    let t = Topology::standalone();
+    let Topology::Standalone(server) = &t else {
+        unreachable!("standalone")
+    };
+    let with_reconnect_delay = |delay| {
+        builder(&t, "journaled")
+            .probe_interval(Duration::from_millis(100))
+            .reconnect_delay(delay)
+            .build()
+            .expect("valid")
+    };
+    // A is back within 50 ms and replays at once; B's channel comes back long after A
+    // published, so only the replay log can tell B.
+    let a = ready(with_reconnect_delay(Duration::from_millis(50))).await;
+    let b = ready(with_reconnect_delay(Duration::from_millis(1500))).await;
+    let opts = EntryOptions::new().class("resources");
+    let k = key("profile:7");
+    warm(&[a.clone(), b.clone()], &k, &opts, "old").await;
+
+    server.kill();
+    within(Duration::from_secs(5), "both see the outage", || {
+        !a.redis_in_use() && !b.redis_in_use()
+    })
+    .await;
+    let report = a.remove(&k).await;
+    assert!(
+        matches!(report.redis, stormcache::RedisOutcome::Journaled { .. }),
+        "{report:?}"
+    );
+    // B cannot know yet: while Redis is down its local store is the fallback.
+    assert!(b.get_local::<String>(k.clone(), &opts).is_ok());
+
+    server.restart();
+    let b = ready(b).await;
+    let _a = ready(a).await;
+    within(
+        Duration::from_secs(3),
+        "B drops the entry A removed",
+        || b.get_local::<String>(k.clone(), &opts).is_err(),
+    )
+    .await;
+    let read = b
+        .fetch(k.clone(), &opts, || async { Ok::<_, ()>("new".to_owned()) })
+        .await
+        .expect("loads");
+    assert_eq!(read.value, "new");
+}
