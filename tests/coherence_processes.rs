@@ -22,9 +22,6 @@
 
 mod support;
 
-#[path = "support/process.rs"]
-mod process;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -34,8 +31,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use process::{example_binary, ExampleProcess};
 use serde_json::Value;
+use support::process::{example_binary, ExampleProcess};
 use support::scaled;
 use support::topology::Topology;
 
