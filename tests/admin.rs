@@ -2,26 +2,21 @@
 //! messages, and what each endpoint removes.
 #![cfg(feature = "axum")]
 
-use std::time::Duration;
+mod support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use stormcache::{Cache, Class, EntryOptions, Key};
+use stormcache::{Cache, EntryOptions, Key};
+use support::caches::with_permissions_and_resources;
 use tower::ServiceExt;
 
 const TOKEN: &str = "correct horse battery staple";
 
 fn cache() -> Cache {
-    Cache::builder("admin-tests")
-        .class(
-            Class::new("permissions")
-                .ttl(Duration::from_secs(900))
-                .volatile(),
-        )
-        .class(Class::new("resources").ttl(Duration::from_secs(3600)))
+    with_permissions_and_resources(Cache::builder("admin-tests"))
         .build()
         .expect("valid cache")
 }

@@ -19,8 +19,9 @@ use stormcache::{
     Cache, Class, EntryOptions, FlushScope, HealthState, Key, Origin, OutagePolicy, OutageRecord,
     RedisOutcome,
 };
+use support::caches::fast_redis_builder;
 use support::topology::Topology;
-use support::{FaultProxy, RedisServer, SentinelGroup};
+use support::{until, FaultProxy, RedisServer, SentinelGroup};
 
 const TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -35,29 +36,13 @@ fn policy() -> OutagePolicy {
 }
 
 fn cache(url: String, namespace: &str) -> Cache {
-    Cache::builder(namespace)
-        .redis_url(url)
-        .command_timeout(TIMEOUT)
-        .connect_timeout(Duration::from_millis(300))
-        .probe_interval(Duration::from_millis(100))
-        .reconnect_delay(Duration::from_millis(50))
+    fast_redis_builder(namespace, url, TIMEOUT)
         .outage_policy(policy())
         .class(Class::new("sessions").volatile())
         .class(Class::new("permissions").volatile())
         .class(Class::new("resources"))
         .build()
         .expect("valid configuration")
-}
-
-async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn in_use(cache: &Cache) {

@@ -10,18 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stormcache::{Cache, Class, EntryOptions, Key, Origin, RedisOutcome};
+use stormcache::{Cache, EntryOptions, Key, Origin, RedisOutcome};
+use support::caches::with_permissions_and_resources;
 use support::topology::Topology;
 
 fn cache(topology: &Topology, namespace: &str) -> Cache {
-    Cache::builder(namespace)
-        .redis_url(topology.url())
-        .class(
-            Class::new("permissions")
-                .ttl(Duration::from_secs(900))
-                .volatile(),
-        )
-        .class(Class::new("resources").ttl(Duration::from_secs(3600)))
+    with_permissions_and_resources(Cache::builder(namespace).redis_url(topology.url()))
         .build()
         .expect("valid configuration")
 }

@@ -129,6 +129,19 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
     }
 }
 
+/// The async form of [`wait_until`], for tokio tests: checks `cond` every 10 ms without
+/// blocking the runtime, and panics with `what` if it is not true within `limit`.
+pub async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent data; keep going.
     mutex
@@ -318,9 +331,14 @@ impl Drop for TempDir {
 // The parts, one job each.
 // ---------------------------------------------------------------------------------------------
 
+/// Cache builders shared by the tests.
+pub mod caches;
 mod child;
 mod cluster;
 mod fault_proxy;
+/// A real HTTP client to an app listening on a socket.
+#[cfg(feature = "axum")]
+pub mod http;
 /// The package's examples as separate OS processes.
 pub mod process;
 mod redis_server;
