@@ -259,43 +259,29 @@ async fn flush_scopes() {
         cache.set(k("p"), 1u8, &perms).await;
         cache.set(k("r"), 2u8, &res).await;
     };
-    let flush = |scope: &str| json!({ "scope": scope }).to_string();
+    // POST /admin/flush {"scope": scope}, authenticated.
+    let flush = |scope: &'static str| {
+        let app = &app;
+        async move {
+            let body = json!({ "scope": scope }).to_string();
+            call(app, "POST", "/admin/flush", Some(&bearer()), Some(&body)).await
+        }
+    };
 
     fill().await;
-    let (status, value) = call(
-        &app,
-        "POST",
-        "/admin/flush",
-        Some(&bearer()),
-        Some(&flush("volatile")),
-    )
-    .await;
+    let (status, value) = flush("volatile").await;
     assert_eq!(status, StatusCode::OK, "{value}");
     assert_eq!(cache.get::<u8>(&k("p"), &perms).await, None);
     assert_eq!(cache.get::<u8>(&k("r"), &res).await, Some(2));
 
     fill().await;
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/admin/flush",
-        Some(&bearer()),
-        Some(&flush("resources")),
-    )
-    .await;
+    let (status, _) = flush("resources").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(cache.get::<u8>(&k("p"), &perms).await, Some(1));
     assert_eq!(cache.get::<u8>(&k("r"), &res).await, None);
 
     fill().await;
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/admin/flush",
-        Some(&bearer()),
-        Some(&flush("all")),
-    )
-    .await;
+    let (status, _) = flush("all").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(cache.get::<u8>(&k("p"), &perms).await, None);
     assert_eq!(cache.get::<u8>(&k("r"), &res).await, None);
