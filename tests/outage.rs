@@ -19,7 +19,7 @@ use stormcache::{
     Cache, Class, EntryOptions, FlushScope, HealthState, Key, Origin, OutagePolicy, OutageRecord,
     RedisOutcome,
 };
-use support::caches::fast_redis_builder;
+use support::caches::{fast_redis_builder, wait_redis_ready};
 use support::topology::Topology;
 use support::{until, FaultProxy, RedisServer, SentinelGroup};
 
@@ -46,10 +46,7 @@ fn cache(url: String, namespace: &str) -> Cache {
 }
 
 async fn in_use(cache: &Cache) {
-    until("Redis in use", Duration::from_secs(20), || {
-        cache.redis_in_use() && cache.coherent()
-    })
-    .await;
+    wait_redis_ready(cache, Duration::from_secs(20)).await;
 }
 
 async fn down(cache: &Cache) {

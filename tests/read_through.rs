@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stormcache::{Cache, EntryOptions, Key, Origin, RedisOutcome};
-use support::caches::with_permissions_and_resources;
+use support::caches::{wait_redis_ready, with_permissions_and_resources};
 use support::topology::Topology;
 
 fn cache(topology: &Topology, namespace: &str) -> Cache {
@@ -23,15 +23,7 @@ fn cache(topology: &Topology, namespace: &str) -> Cache {
 /// Waits until the cache's breaker lets requests use Redis (it starts closed on Redis only
 /// after the first successful probe).
 async fn connected(cache: Cache) -> Cache {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !(cache.redis_in_use() && cache.coherent()) {
-        assert!(
-            Instant::now() < deadline,
-            "cache never started using Redis: {:?}",
-            cache.status()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_redis_ready(&cache, Duration::from_secs(15)).await;
     cache
 }
 

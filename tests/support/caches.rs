@@ -1,7 +1,7 @@
 //! Cache builders shared by the tests: the classes most tests cache into, and the timings of
 //! the tests that run a [`Cache`] against real Redis.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use stormcache::{Cache, CacheBuilder, Class};
 
@@ -28,4 +28,20 @@ pub fn fast_redis_builder(namespace: &str, url: String, command_timeout: Duratio
         .connect_timeout(Duration::from_millis(300))
         .probe_interval(Duration::from_millis(100))
         .reconnect_delay(Duration::from_millis(50))
+}
+
+/// Waits until `cache` uses Redis and its invalidation channel is confirmed (a cache starts on
+/// its local store and switches to Redis only after its first successful probe), checking every
+/// 10 ms; panics with the cache's status if that takes longer than `limit`.
+#[cfg(feature = "redis")]
+pub async fn wait_redis_ready(cache: &Cache, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !(cache.redis_in_use() && cache.coherent()) {
+        assert!(
+            Instant::now() < deadline,
+            "cache never started using Redis and its invalidation channel within {limit:?}: {:?}",
+            cache.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
