@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use stormcache::{Cache, EntryOptions, Key, Origin, RedisOutcome};
 use support::caches::{wait_redis_ready, with_permissions_and_resources};
-use support::topology::Topology;
+use support::topology::{topology_tests, Topology};
 
 fn cache(topology: &Topology, namespace: &str) -> Cache {
     with_permissions_and_resources(Cache::builder(namespace).redis_url(topology.url()))
@@ -281,20 +281,7 @@ async fn all_scenarios(t: Topology) {
     single_flight(&t).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standalone() {
-    all_scenarios(Topology::standalone()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinel() {
-    all_scenarios(Topology::sentinel()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster() {
-    all_scenarios(Topology::cluster()).await;
-}
+topology_tests!(all_scenarios: standalone, sentinel, cluster);
 
 #[tokio::test]
 async fn local_only_needs_no_redis_and_no_code_change() {

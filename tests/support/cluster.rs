@@ -1,6 +1,6 @@
 //! [`ClusterGroup`]: a 6-node Redis Cluster (3 masters, 3 replicas).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -275,31 +275,7 @@ impl ClusterGroup {
     /// Keys matching `pattern` on all serving masters, via `SCAN ... MATCH pattern COUNT 1000`
     /// (never KEYS). Sorted, deduplicated, lossy UTF-8.
     pub fn keys_on_all_masters(&self, pattern: &str) -> Vec<String> {
-        let mut keys = BTreeSet::new();
-        for port in self.master_ports() {
-            let mut cursor = String::from("0");
-            loop {
-                let reply = resp::cmd(port, &["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"])
-                    .unwrap_or_else(|e| panic!("{e}"));
-                match reply.as_array() {
-                    Some([next, RespValue::Array(batch)]) => {
-                        keys.extend(
-                            batch
-                                .iter()
-                                .filter_map(|k| k.as_bytes().map(<[u8]>::to_vec)),
-                        );
-                        cursor = next.as_text().unwrap_or_default();
-                    }
-                    _ => panic!("SCAN on {port} answered {reply:?}"),
-                }
-                if cursor == "0" {
-                    break;
-                }
-            }
-        }
-        keys.into_iter()
-            .map(|k| String::from_utf8_lossy(&k).into_owned())
-            .collect()
+        resp::scan_keys(&self.master_ports(), pattern)
     }
 
     /// Waits until every serving master's replica holds every write made before the call (see

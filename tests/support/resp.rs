@@ -4,7 +4,7 @@
 //! Transport and protocol failures are `Err(String)`; a Redis error reply is
 //! `Ok(RespValue::Error(..))`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -276,6 +276,37 @@ impl Conn {
 /// Runs one command on a fresh connection with [`DEFAULT_TIMEOUT`].
 pub fn cmd<A: AsRef<[u8]>>(port: u16, args: &[A]) -> Result<RespValue, String> {
     cmd_timeout(port, args, DEFAULT_TIMEOUT)
+}
+
+/// Keys matching `pattern` on the servers at `ports`, via `SCAN ... MATCH pattern COUNT 1000`
+/// (never KEYS). Sorted and deduplicated (as bytes), then lossy UTF-8. Panics if a server
+/// cannot be reached or answers something else.
+pub fn scan_keys(ports: &[u16], pattern: &str) -> Vec<String> {
+    let mut keys = BTreeSet::new();
+    for &port in ports {
+        let mut cursor = String::from("0");
+        loop {
+            let reply = cmd(port, &["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"])
+                .unwrap_or_else(|e| panic!("SCAN on {port}: {e}"));
+            match reply.as_array() {
+                Some([next, RespValue::Array(batch)]) => {
+                    keys.extend(
+                        batch
+                            .iter()
+                            .filter_map(|k| k.as_bytes().map(<[u8]>::to_vec)),
+                    );
+                    cursor = next.as_text().unwrap_or_default();
+                }
+                _ => panic!("SCAN on {port} answered {reply:?}"),
+            }
+            if cursor == "0" {
+                break;
+            }
+        }
+    }
+    keys.into_iter()
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+        .collect()
 }
 
 /// Runs one command on a fresh connection; `timeout` bounds connect, write and read.
