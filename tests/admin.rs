@@ -2,26 +2,21 @@
 //! messages, and what each endpoint removes.
 #![cfg(feature = "axum")]
 
-use std::time::Duration;
+mod support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use stormcache::{Cache, Class, EntryOptions, Key};
+use stormcache::{Cache, EntryOptions, Key};
+use support::caches::with_permissions_and_resources;
 use tower::ServiceExt;
 
 const TOKEN: &str = "correct horse battery staple";
 
 fn cache() -> Cache {
-    Cache::builder("admin-tests")
-        .class(
-            Class::new("permissions")
-                .ttl(Duration::from_secs(900))
-                .volatile(),
-        )
-        .class(Class::new("resources").ttl(Duration::from_secs(3600)))
+    with_permissions_and_resources(Cache::builder("admin-tests"))
         .build()
         .expect("valid cache")
 }
@@ -264,43 +259,29 @@ async fn flush_scopes() {
         cache.set(k("p"), 1u8, &perms).await;
         cache.set(k("r"), 2u8, &res).await;
     };
-    let flush = |scope: &str| json!({ "scope": scope }).to_string();
+    // POST /admin/flush {"scope": scope}, authenticated.
+    let flush = |scope: &'static str| {
+        let app = &app;
+        async move {
+            let body = json!({ "scope": scope }).to_string();
+            call(app, "POST", "/admin/flush", Some(&bearer()), Some(&body)).await
+        }
+    };
 
     fill().await;
-    let (status, value) = call(
-        &app,
-        "POST",
-        "/admin/flush",
-        Some(&bearer()),
-        Some(&flush("volatile")),
-    )
-    .await;
+    let (status, value) = flush("volatile").await;
     assert_eq!(status, StatusCode::OK, "{value}");
     assert_eq!(cache.get::<u8>(&k("p"), &perms).await, None);
     assert_eq!(cache.get::<u8>(&k("r"), &res).await, Some(2));
 
     fill().await;
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/admin/flush",
-        Some(&bearer()),
-        Some(&flush("resources")),
-    )
-    .await;
+    let (status, _) = flush("resources").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(cache.get::<u8>(&k("p"), &perms).await, Some(1));
     assert_eq!(cache.get::<u8>(&k("r"), &res).await, None);
 
     fill().await;
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/admin/flush",
-        Some(&bearer()),
-        Some(&flush("all")),
-    )
-    .await;
+    let (status, _) = flush("all").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(cache.get::<u8>(&k("p"), &perms).await, None);
     assert_eq!(cache.get::<u8>(&k("r"), &res).await, None);

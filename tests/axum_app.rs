@@ -17,12 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::http::{Method, Request, StatusCode};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use support::http::{Got, HttpClient};
 use support::{RedisServer, SentinelGroup};
 
 const TOKEN: &str = "e2e-admin-token";
@@ -30,46 +31,15 @@ const NAMESPACE: &str = "stormcache-example";
 
 #[derive(Clone)]
 struct Http {
-    client: Client<HttpConnector, Empty<Bytes>>,
-    base: String,
-}
-
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Got {
-    fn x_cache(&self) -> &str {
-        self.headers
-            .get("x-cache")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
+    client: HttpClient,
 }
 
 impl Http {
     async fn send(&self, method: Method, path: &str, token: Option<&str>) -> Got {
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(format!("{}{path}", self.base));
-        if let Some(token) = token {
-            req = req.header("authorization", format!("Bearer {token}"));
-        }
-        let req = req.body(Empty::new()).expect("request");
-        let res = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+        self.client
+            .try_send(method, path, token, Duration::from_secs(10))
             .await
-            .unwrap_or_else(|_| panic!("{method} {path}: no answer within 10 s"))
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.expect("body").to_bytes();
-        Got {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     async fn get(&self, path: &str) -> Got {
@@ -118,8 +88,7 @@ async fn start_app(redis_url: String) -> Http {
         axum::serve(listener, app).await.expect("server runs");
     });
     Http {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        base: format!("http://{addr}"),
+        client: HttpClient::new(addr),
     }
 }
 
@@ -351,7 +320,7 @@ async fn sentinel_end_to_end_with_a_master_kill() {
 
 /// POSTs a JSON body to an admin endpoint.
 async fn admin_post(http: &Http, path: &str, body: &str) -> (StatusCode, String) {
-    let req = Request::post(format!("{}{path}", http.base))
+    let req = Request::post(format!("{}{path}", http.client.base()))
         .header("authorization", format!("Bearer {TOKEN}"))
         .body(http_body_util::Full::new(Bytes::from(body.to_owned())))
         .expect("request");

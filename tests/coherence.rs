@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stormcache::{Cache, Class, EntryOptions, Invalidation, Key, Origin};
+use support::caches::wait_redis_ready;
 use support::scaled;
 use support::topology::Topology;
 
@@ -30,15 +31,7 @@ fn builder(t: &Topology, namespace: &str) -> stormcache::CacheBuilder {
 
 /// Waits until the cache uses Redis and its invalidation channel is confirmed.
 async fn ready(cache: Cache) -> Cache {
-    let deadline = Instant::now() + scaled(Duration::from_secs(20));
-    while !(cache.redis_in_use() && cache.coherent()) {
-        assert!(
-            Instant::now() < deadline,
-            "cache never became ready: {:?}",
-            cache.status()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_redis_ready(&cache, scaled(Duration::from_secs(20))).await;
     cache
 }
 

@@ -22,20 +22,13 @@
 
 mod support;
 
-#[path = "support/process.rs"]
-mod process;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, Method, Request, StatusCode};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use process::{example_binary, ExampleProcess};
+use axum::http::{Method, StatusCode};
 use serde_json::Value;
+use support::http::{Got, HttpClient};
+use support::process::{example_binary, ExampleProcess};
 use support::scaled;
 use support::topology::Topology;
 
@@ -48,32 +41,17 @@ const WITHOUT_OPS: [&str; 2] = ["handbook", "wiki"];
 struct App {
     name: &'static str,
     process: ExampleProcess,
-    client: Client<HttpConnector, Empty<Bytes>>,
-    base: String,
+    http: HttpClient,
 }
 
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Got {
-    fn x_cache(&self) -> &str {
-        self.headers
-            .get("x-cache")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    fn names(&self) -> Vec<String> {
-        let resources: Vec<Value> = serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {} {}", self.status, self.body));
-        resources
-            .iter()
-            .map(|r| r["name"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    }
+/// The resource names in a `/users/{id}/resources` answer.
+fn names(got: &Got) -> Vec<String> {
+    let resources: Vec<Value> = serde_json::from_str(&got.body)
+        .unwrap_or_else(|e| panic!("{e}: {} {}", got.status, got.body));
+    resources
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 impl App {
@@ -93,44 +71,22 @@ impl App {
         App {
             name,
             process,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            base: format!("http://{addr}"),
+            http: HttpClient::new(addr),
         }
     }
 
     async fn send(&self, method: Method, path: &str, token: Option<&str>) -> Got {
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(format!("{}{path}", self.base));
-        if let Some(token) = token {
-            req = req.header("authorization", format!("Bearer {token}"));
-        }
-        let req = req.body(Empty::new()).expect("request");
         let limit = scaled(Duration::from_secs(10));
-        let res = tokio::time::timeout(limit, self.client.request(req))
+        self.http
+            .try_send(method, path, token, limit)
             .await
-            .unwrap_or_else(|_| {
+            .unwrap_or_else(|e| {
                 panic!(
-                    "{}: {method} {path}: no answer within {limit:?}; its output:\n{}",
+                    "{}: {e}; its output:\n{}",
                     self.name,
                     self.process.output_tail()
                 )
             })
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{}: {method} {path}: {e}; its output:\n{}",
-                    self.name,
-                    self.process.output_tail()
-                )
-            });
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.expect("body").to_bytes();
-        Got {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
     }
 
     async fn get(&self, path: &str) -> Got {
@@ -189,11 +145,11 @@ impl App {
     /// (`x-cache: hit` and the `l1_hits` counter moved), answering `want`.
     async fn warm(&self, want: &[&str]) {
         let first = self.get(RESOURCE).await;
-        assert_eq!(first.names(), want, "{}: {}", self.name, first.body);
+        assert_eq!(names(&first), want, "{}: {}", self.name, first.body);
         let l1_before = self.counter("l1_hits").await;
         let again = self.get(RESOURCE).await;
         let l1_after = self.counter("l1_hits").await;
-        assert_eq!(again.names(), want, "{}", self.name);
+        assert_eq!(names(&again), want, "{}", self.name);
         assert_eq!(
             again.x_cache(),
             "hit",
@@ -212,7 +168,7 @@ impl App {
 /// within 100 ms (scaled) of the change's answer, without asking its own origin.
 async fn change_is_seen(writer: &App, reader: &App, method: Method, want: &[&str]) -> Duration {
     let old = reader.get(RESOURCE).await;
-    assert_ne!(old.names(), want, "{}: already changed", reader.name);
+    assert_ne!(names(&old), want, "{}: already changed", reader.name);
     assert_eq!(old.x_cache(), "hit", "{}: still held in L1", reader.name);
     let received_before = reader.backplane("received").await;
     let loads_before = reader.counter("loader_calls").await;
@@ -243,7 +199,7 @@ async fn change_is_seen(writer: &App, reader: &App, method: Method, want: &[&str
     let arrived = changed_at.elapsed();
     // The writer reads its change back: loaded from its origin, now in Redis.
     let back = writer.get(RESOURCE).await;
-    assert_eq!(back.names(), want, "{}: own change read back", writer.name);
+    assert_eq!(names(&back), want, "{}: own change read back", writer.name);
     assert_eq!(
         back.x_cache(),
         "miss",
@@ -256,7 +212,7 @@ async fn change_is_seen(writer: &App, reader: &App, method: Method, want: &[&str
     let took = loop {
         let got = reader.get(RESOURCE).await;
         polls += 1;
-        if got.names() == want {
+        if names(&got) == want {
             break changed_at.elapsed();
         }
         assert!(

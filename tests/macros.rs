@@ -5,23 +5,20 @@
 //! The same macros on real Redis are in `macros_redis.rs`; the process-wide cache (and the
 //! error before it is installed) in `macros_global.rs`; compile errors in `macros_ui.rs`.
 
+mod support;
+
 use std::fmt::Display;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use stormcache::{
-    cached, invalidate, key, Cache, Class, EntryOptions, Invalidation, InvalidationRule, Key,
+    cached, invalidate, key, Cache, EntryOptions, Invalidation, InvalidationRule, Key,
 };
+use support::caches::with_permissions_and_resources;
 
 fn new_cache(namespace: &str) -> Cache {
-    Cache::builder(namespace)
-        .class(
-            Class::new("permissions")
-                .ttl(Duration::from_secs(900))
-                .volatile(),
-        )
-        .class(Class::new("resources").ttl(Duration::from_secs(3600)))
+    with_permissions_and_resources(Cache::builder(namespace))
         .build()
         .expect("valid configuration")
 }

@@ -9,22 +9,15 @@ mod support;
 mod service_functions;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use service_functions::{build_cache, db, demo, remove_user_from_group, user_resources};
 use stormcache::{Cache, EntryOptions, Key, Origin};
+use support::caches::wait_redis_ready;
 use support::RedisServer;
 
 async fn in_use(cache: &Cache) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(cache.redis_in_use() && cache.coherent()) {
-        assert!(
-            Instant::now() < deadline,
-            "Redis never in use: {:?}",
-            cache.status()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_redis_ready(cache, Duration::from_secs(20)).await;
 }
 
 fn exists(server: &RedisServer, key: &str) -> bool {

@@ -8,19 +8,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use stormcache::{cached, invalidate, Cache, Class, EntryOptions, HealthState, Key, Origin};
-use support::RedisServer;
+use support::caches::fast_redis_builder;
+use support::{until, RedisServer};
 
 const NS: &str = "macros-redis";
 
 static VERSION: AtomicUsize = AtomicUsize::new(0);
 
 fn cache(url: String) -> Cache {
-    Cache::builder(NS)
-        .redis_url(url)
-        .command_timeout(Duration::from_millis(100))
-        .connect_timeout(Duration::from_millis(300))
-        .probe_interval(Duration::from_millis(100))
-        .reconnect_delay(Duration::from_millis(50))
+    fast_redis_builder(NS, url, Duration::from_millis(100))
         .class(
             Class::new("permissions")
                 .ttl(Duration::from_secs(900))
@@ -28,17 +24,6 @@ fn cache(url: String) -> Cache {
         )
         .build()
         .expect("valid configuration")
-}
-
-async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// One service instance: its own cache handle (and so its own local store).

@@ -19,8 +19,9 @@ use stormcache::{
     Cache, Class, EntryOptions, FlushScope, HealthState, Key, Origin, OutagePolicy, OutageRecord,
     RedisOutcome,
 };
+use support::caches::{fast_redis_builder, wait_redis_ready};
 use support::topology::Topology;
-use support::{FaultProxy, RedisServer, SentinelGroup};
+use support::{until, FaultProxy, RedisServer, SentinelGroup};
 
 const TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -35,12 +36,7 @@ fn policy() -> OutagePolicy {
 }
 
 fn cache(url: String, namespace: &str) -> Cache {
-    Cache::builder(namespace)
-        .redis_url(url)
-        .command_timeout(TIMEOUT)
-        .connect_timeout(Duration::from_millis(300))
-        .probe_interval(Duration::from_millis(100))
-        .reconnect_delay(Duration::from_millis(50))
+    fast_redis_builder(namespace, url, TIMEOUT)
         .outage_policy(policy())
         .class(Class::new("sessions").volatile())
         .class(Class::new("permissions").volatile())
@@ -49,22 +45,8 @@ fn cache(url: String, namespace: &str) -> Cache {
         .expect("valid configuration")
 }
 
-async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn in_use(cache: &Cache) {
-    until("Redis in use", Duration::from_secs(20), || {
-        cache.redis_in_use() && cache.coherent()
-    })
-    .await;
+    wait_redis_ready(cache, Duration::from_secs(20)).await;
 }
 
 async fn down(cache: &Cache) {
@@ -188,6 +170,33 @@ fn start_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// One fault, from the moment Redis is broken to the outage record of its recovery.
+struct Outage {
+    /// When the fault was injected.
+    since: Instant,
+    started_ms: u64,
+}
+
+impl Outage {
+    /// Notes the time, breaks Redis with `fault` and waits for the circuit to open.
+    async fn begin(cache: &Cache, fault: impl FnOnce()) -> Outage {
+        let outage = Outage {
+            since: Instant::now(),
+            started_ms: start_ms(),
+        };
+        fault();
+        down(cache).await;
+        outage
+    }
+
+    /// Repairs Redis with `repair` and waits for the record of this outage (its tier checked
+    /// against the policy, see [`recovered_after`]).
+    async fn end(self, cache: &Cache, repair: impl FnOnce()) -> OutageRecord {
+        repair();
+        recovered_after(cache, self.since, self.started_ms).await
+    }
+}
+
 async fn fill(cache: &Cache) {
     for class in ["sessions", "permissions", "resources"] {
         for i in 0..5u32 {
@@ -215,11 +224,8 @@ async fn sigkill_and_quick_restart_flushes_nothing() {
     in_use(&c).await;
     fill(&c).await;
     let traffic = Traffic::start(&c);
-    let t0 = (Instant::now(), start_ms());
-    server.kill();
-    down(&c).await;
-    server.restart();
-    let record = recovered_after(&c, t0.0, t0.1).await;
+    let outage = Outage::begin(&c, || server.kill()).await;
+    let record = outage.end(&c, || server.restart()).await;
     traffic.finish().await;
     assert!(record.outage < Duration::from_secs(1), "{record:?}");
     assert_eq!(record.data_age, None, "an empty server has no heartbeat");
@@ -238,9 +244,7 @@ async fn a_longer_outage_flushes_the_volatile_classes() {
     in_use(&c).await;
     fill(&c).await;
     let traffic = Traffic::start(&c);
-    let t0 = (Instant::now(), start_ms());
-    server.kill();
-    down(&c).await;
+    let outage = Outage::begin(&c, || server.kill()).await;
     // Stay down past the 3 s tier (and short of the 6 s one).
     until("3.5 s of outage", Duration::from_secs(10), || {
         c.status()
@@ -248,8 +252,7 @@ async fn a_longer_outage_flushes_the_volatile_classes() {
             .is_some_and(|s| start_ms() >= s + 3_500)
     })
     .await;
-    server.restart();
-    let record = recovered_after(&c, t0.0, t0.1).await;
+    let record = outage.end(&c, || server.restart()).await;
     traffic.finish().await;
     assert!(record.outage >= Duration::from_secs(3) && record.outage < Duration::from_secs(6));
     assert_eq!(record.scope, FlushScope::Volatile);
@@ -268,16 +271,13 @@ async fn sigstop_then_sigcont() {
     let c = cache(server.url(), "fz");
     in_use(&c).await;
     let traffic = Traffic::start(&c);
-    let t0 = (Instant::now(), start_ms());
-    server.freeze();
-    down(&c).await;
+    let outage = Outage::begin(&c, || server.freeze()).await;
     let frozen_for = Instant::now();
     until("1.2 s of freeze", Duration::from_secs(5), || {
         frozen_for.elapsed() > Duration::from_millis(1200)
     })
     .await;
-    server.resume();
-    let record = recovered_after(&c, t0.0, t0.1).await;
+    let record = outage.end(&c, || server.resume()).await;
     let slowest = traffic.finish().await;
     eprintln!("freeze: slowest call {slowest:?}, record {record:?}");
     let expected = policy()
@@ -296,24 +296,17 @@ async fn blackhole_reset_and_delay_through_a_proxy() {
     let traffic = Traffic::start(&c);
 
     // Blackhole: nothing answers, nothing closes.
-    let t0 = (Instant::now(), start_ms());
-    let cut = Instant::now();
-    proxy.blackhole();
-    down(&c).await;
-    let detect = cut.elapsed();
+    let blackhole = Outage::begin(&c, || proxy.blackhole()).await;
+    let detect = blackhole.since.elapsed();
     assert!(
         detect <= Duration::from_secs(1),
         "blackhole detected after {detect:?}"
     );
-    proxy.pass();
-    recovered_after(&c, t0.0, t0.1).await;
+    blackhole.end(&c, || proxy.pass()).await;
 
     // Reset: every connection torn down.
-    let t1 = (Instant::now(), start_ms());
-    proxy.reset();
-    down(&c).await;
-    proxy.pass();
-    recovered_after(&c, t1.0, t1.1).await;
+    let reset = Outage::begin(&c, || proxy.reset()).await;
+    reset.end(&c, || proxy.pass()).await;
 
     // Delay under the deadline: Redis stays in use.
     proxy.delay(Duration::from_millis(10));
@@ -327,11 +320,8 @@ async fn blackhole_reset_and_delay_through_a_proxy() {
     assert_eq!(c.counters().redis_errors, l2_before);
 
     // Delay over the deadline: treated as down.
-    let t2 = (Instant::now(), start_ms());
-    proxy.delay(Duration::from_millis(400));
-    down(&c).await;
-    proxy.pass();
-    recovered_after(&c, t2.0, t2.1).await;
+    let slow = Outage::begin(&c, || proxy.delay(Duration::from_millis(400))).await;
+    slow.end(&c, || proxy.pass()).await;
     traffic.finish().await;
 }
 
@@ -484,14 +474,12 @@ async fn an_invalidation_during_an_outage_is_replayed_before_reads_resume() {
     )
     .await;
     server.bgsave_and_wait();
-    let t0 = (Instant::now(), start_ms());
-    server.kill();
-    down(&a).await;
+    let outage = Outage::begin(&a, || server.kill()).await;
     let report = a.remove(&k).await;
     assert_eq!(report.redis, RedisOutcome::Journaled { overflowed: false });
     assert_eq!(a.status().journal_len, 1);
-    server.restart(); // back with the stale entry, from its RDB file
-    let record = recovered_after(&a, t0.0, t0.1).await;
+    // Back with the stale entry, from its RDB file.
+    let record = outage.end(&a, || server.restart()).await;
     assert_eq!(record.replayed, 1);
     assert_eq!(a.status().journal_len, 0);
     let b = cache(server.url(), "jr");
@@ -531,15 +519,12 @@ async fn journal_overflow_escalates_to_a_namespace_flush() {
         .await;
     }
     server.bgsave_and_wait();
-    let t0 = (Instant::now(), start_ms());
-    server.kill();
-    down(&c).await;
+    let outage = Outage::begin(&c, || server.kill()).await;
     for i in 0..10u32 {
         c.remove(&Key::builder("k:").value(i).build()).await;
     }
     assert!(c.status().journal_overflowed);
-    server.restart();
-    let record = recovered_after(&c, t0.0, t0.1).await;
+    let record = outage.end(&c, || server.restart()).await;
     assert!(record.journal_overflowed);
     assert_eq!(record.scope, FlushScope::All);
     assert!(record.flushed_redis_keys >= 10, "{record:?}");

@@ -10,18 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stormcache::{Cache, Class, EntryOptions, Key, Origin, RedisOutcome};
-use support::topology::Topology;
+use stormcache::{Cache, EntryOptions, Key, Origin, RedisOutcome};
+use support::caches::{wait_redis_ready, with_permissions_and_resources};
+use support::topology::{topology_tests, Topology};
 
 fn cache(topology: &Topology, namespace: &str) -> Cache {
-    Cache::builder(namespace)
-        .redis_url(topology.url())
-        .class(
-            Class::new("permissions")
-                .ttl(Duration::from_secs(900))
-                .volatile(),
-        )
-        .class(Class::new("resources").ttl(Duration::from_secs(3600)))
+    with_permissions_and_resources(Cache::builder(namespace).redis_url(topology.url()))
         .build()
         .expect("valid configuration")
 }
@@ -29,15 +23,7 @@ fn cache(topology: &Topology, namespace: &str) -> Cache {
 /// Waits until the cache's breaker lets requests use Redis (it starts closed on Redis only
 /// after the first successful probe).
 async fn connected(cache: Cache) -> Cache {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !(cache.redis_in_use() && cache.coherent()) {
-        assert!(
-            Instant::now() < deadline,
-            "cache never started using Redis: {:?}",
-            cache.status()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_redis_ready(&cache, Duration::from_secs(15)).await;
     cache
 }
 
@@ -295,20 +281,7 @@ async fn all_scenarios(t: Topology) {
     single_flight(&t).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standalone() {
-    all_scenarios(Topology::standalone()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinel() {
-    all_scenarios(Topology::sentinel()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster() {
-    all_scenarios(Topology::cluster()).await;
-}
+topology_tests!(all_scenarios: standalone, sentinel, cluster);
 
 #[tokio::test]
 async fn local_only_needs_no_redis_and_no_code_change() {

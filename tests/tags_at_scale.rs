@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use stormcache::{Cache, EntryOptions, Key, RedisOutcome};
 use support::resp::RespValue;
-use support::topology::Topology;
+use support::topology::{topology_tests, Topology};
 use support::{slowlog_entries, slowlog_start};
 
 const ENTRIES: u64 = 100_000;
@@ -277,12 +277,4 @@ async fn all_scenarios(t: Topology) {
     writes_racing_an_invalidation_stay_tracked(&t).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standalone() {
-    all_scenarios(Topology::standalone()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster() {
-    all_scenarios(Topology::cluster()).await;
-}
+topology_tests!(all_scenarios: standalone, cluster);

@@ -1,8 +1,8 @@
 //! The package's examples run as separate OS processes, for tests that need more than one
 //! process (e.g. two replicas of the example app on one Redis).
 //!
-//! Included with `#[path = "support/process.rs"] mod process;` beside `mod support;`. It is
-//! self-contained (nothing from `support` is needed), so it can be used on its own too.
+//! Used as `support::process`. Examples are spawned through the harness's one spawner thread
+//! (`support/child.rs`), like the Redis servers.
 //!
 //! * [`example_binary`] builds an example once per test process, with exactly the features of
 //!   the running test binary (so the library already built for the test is reused), into the
@@ -13,27 +13,22 @@
 //!   drop**, so a failing test leaves nothing behind. On Linux it also gets
 //!   `PR_SET_PDEATHSIG(SIGKILL)`: it dies with the test process even if that is killed outright.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use super::child::spawn;
+use super::lock;
 
 /// How long building an example may take (a cold build of the example on a slow box).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 /// Lines of a process's output shown in failure messages.
 const OUTPUT_TAIL_LINES: usize = 40;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The package features the running test binary was built with, to build examples alike.
 fn test_features() -> Vec<&'static str> {
@@ -165,55 +160,6 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String
         }
         text
     })
-}
-
-/// Spawns `cmd` from one long-lived thread: `PR_SET_PDEATHSIG` fires when the *thread* that
-/// forked the child exits, so a child forked from a short-lived (e.g. tokio) thread would die
-/// with that thread.
-fn spawn(cmd: Command) -> io::Result<Child> {
-    type Job = (Command, mpsc::Sender<io::Result<Child>>);
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
-        thread::Builder::new()
-            .name("stormcache-example-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in jobs_rx {
-                    let _ = reply.send(spawn_with_parent_death_signal(&mut cmd));
-                }
-            })
-            .expect("start the example-spawner thread");
-        Mutex::new(jobs_tx)
-    });
-    let (reply_tx, reply_rx) = mpsc::channel();
-    lock(spawner)
-        .send((cmd, reply_tx))
-        .expect("example-spawner thread is gone");
-    reply_rx.recv().expect("example-spawner thread is gone")
-}
-
-#[cfg(target_os = "linux")]
-fn spawn_with_parent_death_signal(cmd: &mut Command) -> io::Result<Child> {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure only makes async-signal-safe syscalls (prctl, getppid).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(io::Error::other("test process exited during spawn"));
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn spawn_with_parent_death_signal(cmd: &mut Command) -> io::Result<Child> {
-    cmd.spawn()
 }
 
 /// What a process printed so far (stdout and stderr interleaved by line).

@@ -1,7 +1,5 @@
 //! One interface over the three deployments, so a scenario is written once and run on each.
 
-use std::collections::BTreeSet;
-
 use super::resp::{self, RespValue};
 use super::{ClusterGroup, RedisServer, SentinelGroup};
 
@@ -54,27 +52,24 @@ impl Topology {
 
     /// Keys matching `pattern` on every master, by SCAN (never KEYS); sorted.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
-        let mut keys = BTreeSet::new();
-        for port in self.master_ports() {
-            let mut cursor = String::from("0");
-            loop {
-                let reply = resp::cmd(port, &["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"])
-                    .unwrap_or_else(|e| panic!("SCAN on {port}: {e}"));
-                match reply.as_array() {
-                    Some([next, RespValue::Array(batch)]) => {
-                        keys.extend(batch.iter().filter_map(|k| {
-                            k.as_bytes()
-                                .map(|b| String::from_utf8_lossy(b).into_owned())
-                        }));
-                        cursor = next.as_text().unwrap_or_default();
-                    }
-                    _ => panic!("SCAN on {port} answered {reply:?}"),
-                }
-                if cursor == "0" {
-                    break;
-                }
-            }
-        }
-        keys.into_iter().collect()
+        resp::scan_keys(&self.master_ports(), pattern)
     }
 }
+
+/// Defines one `#[tokio::test]` per deployment named, each running the async fn `$scenarios`
+/// on a fresh deployment of that kind: `topology_tests!(all_scenarios: standalone, cluster);`
+/// defines tests `standalone` and `cluster`, which run
+/// `all_scenarios(Topology::standalone()).await` and `all_scenarios(Topology::cluster()).await`.
+#[allow(unused_macros)]
+macro_rules! topology_tests {
+    ($scenarios:ident: $($kind:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $kind() {
+                $scenarios($crate::support::topology::Topology::$kind()).await;
+            }
+        )+
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use topology_tests;
