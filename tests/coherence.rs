@@ -25,6 +25,10 @@ use support::topology::Topology;
 fn builder(t: &Topology, namespace: &str) -> stormcache::CacheBuilder {
     Cache::builder(namespace)
         .redis_url(t.url())
+        // These tests are about the channel, not deadlines: with the default 100 ms, three
+        // slow commands on two loaded cores open the breaker, which opens a gap and makes
+        // every local entry suspect (seen as "warmed into the local store" failing).
+        .command_timeout(scaled(Duration::from_secs(1)))
         .class(Class::new("sessions").volatile())
         .class(Class::new("resources"))
 }
