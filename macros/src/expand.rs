@@ -148,12 +148,7 @@ fn fn_placeholder(
     role: &str,
 ) -> syn::Result<TokenStream> {
     let span = lit.span();
-    let Part::Named(path) = part else {
-        return Err(syn::Error::new(
-            span,
-            "positional placeholders are for `key!` only",
-        ));
-    };
+    let path = named_path(part, span)?;
     let first = &path[0];
     let base = if first == "self" {
         if args.receiver.is_none() {
@@ -184,6 +179,17 @@ fn fn_placeholder(
     };
     let expr = field_path(base, &path[1..], span);
     Ok(quote_spanned!(span=> &#expr))
+}
+
+/// The dotted path of a `{name}` placeholder: the only kind outside `key!`.
+fn named_path(part: &Part, span: Span) -> syn::Result<&[String]> {
+    match part {
+        Part::Named(path) => Ok(path),
+        _ => Err(syn::Error::new(
+            span,
+            "positional placeholders are for `key!` only",
+        )),
+    }
 }
 
 fn check_async(sig: &Signature, attr: &str) -> syn::Result<()> {
@@ -824,12 +830,7 @@ fn field_placeholder(
     lit: &LitStr,
 ) -> syn::Result<TokenStream> {
     let span = lit.span();
-    let Part::Named(path) = part else {
-        return Err(syn::Error::new(
-            span,
-            "positional placeholders are for `key!` only",
-        ));
-    };
+    let path = named_path(part, span)?;
     let first = &path[0];
     let known: Vec<String> = match fields {
         syn::Fields::Named(named) => named
