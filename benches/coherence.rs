@@ -34,12 +34,7 @@ use stormcache::{Cache, EntryOptions, Key, RedisOutcome};
 use support::{slowlog_entries, slowlog_start, ClusterGroup, RedisServer};
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run());
+    common::runtime().block_on(run());
 }
 
 /// Whether the section `name` was asked for (no filter: every section).

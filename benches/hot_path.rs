@@ -53,11 +53,7 @@ const RUNS: usize = 5;
 const VALUE_1K: usize = 1024;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     // Caches with Redis start their connection on this runtime.
     let _runtime = rt.enter();
     let server = support::RedisServer::start();
@@ -195,7 +191,7 @@ fn main() {
             percentile_us(&mut d, 50.0)
         })
     });
-    let mut origins = (0, 0);
+    let mut origins = Origins::default();
     let l2_p50 = repeat(RUNS, || {
         let c = reader();
         let p50 = rt.block_on(async {
@@ -212,17 +208,10 @@ fn main() {
             }
             percentile_us(&mut d, 50.0)
         });
-        let n = c.counters();
-        origins = (
-            origins.0 + n.l2_hits,
-            origins.1 + n.l1_hits + n.loader_calls,
-        );
+        origins.count(&c);
         p50
     });
-    println!(
-        "# sequential stormcache reads: {} from Redis, {} otherwise",
-        origins.0, origins.1
-    );
+    origins.report("sequential");
     figure("raw_fred_get_p50_us", raw_p50, "us");
     figure("l2_hit_p50_us", l2_p50, "us");
     figure1(
@@ -244,7 +233,7 @@ fn main() {
             }
         }))
     });
-    let mut origins = (0, 0);
+    let mut origins = Origins::default();
     let l2_c64 = repeat(3, || {
         let c = reader();
         let ops = rt.block_on(read_all_c64({
@@ -260,17 +249,10 @@ fn main() {
                 }
             }
         }));
-        let n = c.counters();
-        origins = (
-            origins.0 + n.l2_hits,
-            origins.1 + n.l1_hits + n.loader_calls,
-        );
+        origins.count(&c);
         ops
     });
-    println!(
-        "# concurrent stormcache reads: {} from Redis, {} otherwise",
-        origins.0, origins.1
-    );
+    origins.report("concurrent");
     figure("raw_fred_get_c64_ops", raw_c64, "ops/s");
     figure("l2_hit_c64_ops", l2_c64, "ops/s");
     figure1("l2_c64_vs_raw_fred", l2_c64.median / raw_c64.median, "x");
@@ -360,4 +342,29 @@ fn redis_version(server: &support::RedisServer) -> String {
     server
         .info_field("server", "redis_version")
         .unwrap_or_else(|| "?".into())
+}
+
+/// Where a measurement's stormcache reads were answered: a figure of Redis reads means
+/// something only if they came from Redis.
+#[derive(Default)]
+struct Origins {
+    redis: u64,
+    other: u64,
+}
+
+impl Origins {
+    /// Adds the reads `cache` has answered so far.
+    fn count(&mut self, cache: &Cache) {
+        let n = cache.counters();
+        self.redis += n.l2_hits;
+        self.other += n.l1_hits + n.loader_calls;
+    }
+
+    /// Prints them as a `#` comment line beside the figures.
+    fn report(&self, reads: &str) {
+        println!(
+            "# {reads} stormcache reads: {} from Redis, {} otherwise",
+            self.redis, self.other
+        );
+    }
 }

@@ -98,11 +98,7 @@ struct Scenario {
 fn start_servers() -> Vec<Scenario> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("server runtime");
+        let rt = common::runtime();
         rt.block_on(async move {
             let cache = Cache::builder("bench-http").build().expect("cache");
             let apps = [

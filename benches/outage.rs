@@ -102,12 +102,7 @@ impl Load {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run());
+    common::runtime().block_on(run());
 }
 
 async fn run() {

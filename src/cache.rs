@@ -92,18 +92,23 @@ pub enum Origin {
 
 /// What a Redis read found.
 pub(crate) enum RedisRead<T> {
-    /// A fresh value, fresh for this long; `len` encoded bytes.
-    Fresh {
-        value: T,
-        fresh_for: Duration,
-        len: usize,
-    },
+    /// A fresh value.
+    Fresh(Fresh<T>),
     /// A value past its TTL (usable as a fail-safe fallback only).
     Expired(T),
     /// Nothing usable: absent, undecodable, or the read was shed.
     Miss,
     /// Redis failed to answer.
     Failed,
+}
+
+/// A fresh value read from Redis.
+pub(crate) struct Fresh<T> {
+    pub(crate) value: T,
+    /// How long it stays fresh, by the time written with it.
+    pub(crate) fresh_for: Duration,
+    /// Its encoded size in bytes.
+    pub(crate) len: usize,
 }
 
 /// A value and where it came from. See [`Cache::fetch`].
@@ -357,16 +362,12 @@ impl Cache {
             let full_key =
                 redis.entry_key(inner.classes.get(local_key.class).name(), &local_key.key);
             match inner.read_redis::<T>(redis, &full_key).await {
-                RedisRead::Fresh {
-                    value,
-                    fresh_for,
-                    len,
-                } => {
+                RedisRead::Fresh(fresh) => {
                     inner
-                        .keep_from_redis(local_key, &value, fresh_for.min(ttl), options, len, epoch)
+                        .keep_from_redis(local_key, &fresh, ttl, options, epoch)
                         .await;
                     return Ok(Fetched {
-                        value,
+                        value: fresh.value,
                         origin: Origin::Redis,
                     });
                 }
@@ -564,11 +565,11 @@ impl Inner {
                 match self.decode::<T>(&bytes) {
                     Ok((value, fresh_until)) => match fresh_until.duration_since(SystemTime::now())
                     {
-                        Ok(fresh_for) if !fresh_for.is_zero() => RedisRead::Fresh {
+                        Ok(fresh_for) if !fresh_for.is_zero() => RedisRead::Fresh(Fresh {
                             value,
                             fresh_for,
                             len: bytes.len(),
-                        },
+                        }),
                         _ => RedisRead::Expired(value),
                     },
                     Err(error) => {
@@ -593,25 +594,25 @@ impl Inner {
         }
     }
 
-    /// Keeps a value read from Redis in the local store — unless it was read before an
-    /// invalidation that has started since: then it is served but not kept.
+    /// Keeps a value read from Redis in the local store, for what is left of its freshness
+    /// but no longer than `ttl` — unless it was read before an invalidation that has started
+    /// since: then it is served but not kept.
     pub(crate) async fn keep_from_redis<T: Cacheable>(
         &self,
         local_key: &LocalKey,
-        value: &T,
-        fresh_for: Duration,
+        fresh: &Fresh<T>,
+        ttl: Duration,
         options: &EntryOptions,
-        len: usize,
         epoch: single_flight::Epoch,
     ) {
         if let Some(_storing) = self.flights.begin_store(epoch).await {
             self.local.insert(
                 local_key.clone(),
-                value.clone(),
-                fresh_for,
+                fresh.value.clone(),
+                fresh.fresh_for.min(ttl),
                 options.stale_for.unwrap_or(Duration::ZERO),
                 &options.tags,
-                len,
+                fresh.len,
             );
         }
         self.stats.l2_hit();

@@ -151,15 +151,10 @@ impl Cache {
             }
             // Another instance may have refreshed it already: then take its value.
             if let (Some(redis), Some(full_key)) = (redis, redis_key.as_deref()) {
-                if let RedisRead::Fresh {
-                    value,
-                    fresh_for,
-                    len,
-                } = inner.read_redis::<T>(redis, full_key).await
-                {
-                    if fresh_for >= refresh_window {
+                if let RedisRead::Fresh(fresh) = inner.read_redis::<T>(redis, full_key).await {
+                    if fresh.fresh_for >= refresh_window {
                         inner
-                            .keep_from_redis(&key, &value, fresh_for.min(ttl), &options, len, epoch)
+                            .keep_from_redis(&key, &fresh, ttl, &options, epoch)
                             .await;
                         if let Some(lock) = lock {
                             lock.release(inner.command_timeout).await;

@@ -96,6 +96,7 @@ mod options;
 mod outage_policy;
 #[cfg_attr(not(feature = "redis"), path = "redis_lock_disabled.rs")]
 mod redis_lock;
+mod redis_settings;
 #[cfg_attr(not(feature = "redis"), path = "redis_disabled.rs")]
 mod redis_store;
 #[cfg_attr(not(feature = "redis"), path = "sentinel_watch_disabled.rs")]

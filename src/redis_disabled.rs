@@ -3,7 +3,7 @@
 //! The type has no values, so every method body is `match *self {}`: the compiler proves
 //! that no Redis code path runs, and the rest of the crate needs no `cfg` of its own.
 
-#![allow(dead_code)] // settings are accepted and ignored without Redis
+#![allow(dead_code)] // the store is never built without Redis
 
 use std::time::Duration;
 
@@ -11,17 +11,7 @@ use bytes::Bytes;
 
 use crate::error::Error;
 use crate::key::Key;
-
-#[derive(Clone, Debug)]
-pub(crate) struct RedisSettings {
-    pub(crate) url: String,
-    pub(crate) command_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) reconnect_delay: Duration,
-    pub(crate) max_in_flight: usize,
-    pub(crate) maintenance_timeout: Duration,
-    pub(crate) scan_batch: u32,
-}
+pub(crate) use crate::redis_settings::RedisSettings;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Removed {

@@ -68,6 +68,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::Error;
 use crate::key::Key;
+pub(crate) use crate::redis_settings::RedisSettings;
 
 /// Most keys one `UNLINK` names: deleting a few hundred small values takes well under a
 /// millisecond of Redis's time.
@@ -84,21 +85,6 @@ const PIPELINES_IN_FLIGHT: usize = 4;
 /// trips while keeping the burst small enough that requests sharing the connections are not
 /// queued behind it for long.
 const PAGES_IN_FLIGHT: usize = 4;
-
-/// How stormcache talks to Redis: deadlines, reconnection and concurrency.
-///
-/// Set through [`CacheBuilder`](crate::CacheBuilder); the defaults suit a service whose Redis
-/// is on the same network.
-#[derive(Clone, Debug)]
-pub(crate) struct RedisSettings {
-    pub(crate) url: String,
-    pub(crate) command_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) reconnect_delay: Duration,
-    pub(crate) max_in_flight: usize,
-    pub(crate) maintenance_timeout: Duration,
-    pub(crate) scan_batch: u32,
-}
 
 pub(crate) struct RedisStore {
     client: fred::clients::Client,

@@ -58,24 +58,13 @@ impl Cache {
             {
                 Ok(Some(guard)) => {
                     return match inner.read_redis::<T>(redis, full_key).await {
-                        RedisRead::Fresh {
-                            value,
-                            fresh_for,
-                            len,
-                        } => {
+                        RedisRead::Fresh(fresh) => {
                             guard.release(inner.command_timeout).await;
                             inner
-                                .keep_from_redis(
-                                    local_key,
-                                    &value,
-                                    fresh_for.min(ttl),
-                                    options,
-                                    len,
-                                    epoch,
-                                )
+                                .keep_from_redis(local_key, &fresh, ttl, options, epoch)
                                 .await;
                             inner.stats.lock_wait();
-                            LockOutcome::Filled(value)
+                            LockOutcome::Filled(fresh.value)
                         }
                         _ => LockOutcome::Held(guard),
                     };
@@ -93,16 +82,12 @@ impl Cache {
             tokio::time::sleep(poll).await;
             poll = (poll * 2).min(MAX_POLL);
             match inner.read_redis::<T>(redis, full_key).await {
-                RedisRead::Fresh {
-                    value,
-                    fresh_for,
-                    len,
-                } => {
+                RedisRead::Fresh(fresh) => {
                     inner
-                        .keep_from_redis(local_key, &value, fresh_for.min(ttl), options, len, epoch)
+                        .keep_from_redis(local_key, &fresh, ttl, options, epoch)
                         .await;
                     inner.stats.lock_wait();
-                    return LockOutcome::Filled(value);
+                    return LockOutcome::Filled(fresh.value);
                 }
                 RedisRead::Failed => return LockOutcome::Unavailable,
                 RedisRead::Expired(_) | RedisRead::Miss => {}

@@ -68,3 +68,12 @@ pub fn percentile_us(samples: &mut [Duration], p: f64) -> f64 {
     let idx = ((samples.len() as f64 - 1.0) * p / 100.0).round() as usize;
     samples[idx].as_nanos() as f64 / 1000.0
 }
+
+/// The multi-threaded runtime the benches run on: two workers, the cores these machines have.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}

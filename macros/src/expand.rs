@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 use proc_macro2::{Span, TokenStream, TokenTree};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{
@@ -148,12 +148,7 @@ fn fn_placeholder(
     role: &str,
 ) -> syn::Result<TokenStream> {
     let span = lit.span();
-    let Part::Named(path) = part else {
-        return Err(syn::Error::new(
-            span,
-            "positional placeholders are for `key!` only",
-        ));
-    };
+    let path = named_path(part, span)?;
     let first = &path[0];
     let base = if first == "self" {
         if args.receiver.is_none() {
@@ -184,6 +179,28 @@ fn fn_placeholder(
     };
     let expr = field_path(base, &path[1..], span);
     Ok(quote_spanned!(span=> &#expr))
+}
+
+/// The function's body as an `async move` block whose value is bound with the declared
+/// return type, so that inference inside the body sees that type.
+fn typed_body(ret: &impl ToTokens, block: &impl ToTokens) -> TokenStream {
+    quote! {
+        async move {
+            let __sc_out: #ret = #block;
+            __sc_out
+        }
+    }
+}
+
+/// The dotted path of a `{name}` placeholder: the only kind outside `key!`.
+fn named_path(part: &Part, span: Span) -> syn::Result<&[String]> {
+    match part {
+        Part::Named(path) => Ok(path),
+        _ => Err(syn::Error::new(
+            span,
+            "positional placeholders are for `key!` only",
+        )),
+    }
 }
 
 fn check_async(sig: &Signature, attr: &str) -> syn::Result<()> {
@@ -424,12 +441,8 @@ pub(crate) fn cached(args: CachedArgs, item: ItemFn) -> syn::Result<TokenStream>
     } = &item;
     let ret = &plan.ret;
     let prelude = plan.prelude();
-    let loader = quote! {
-        || async move {
-            let __sc_out: #ret = #block;
-            __sc_out
-        }
-    };
+    let body = typed_body(ret, block);
+    let loader = quote!(|| #body);
     let call = match (returns, cache_none) {
         (Returns::Value, _) | (Returns::Option, true) => quote_spanned! {ret.span()=>
             __sc_cache.get_or_load(__sc_key, __sc_options, #loader).await
@@ -501,6 +514,7 @@ fn companions(plan: &CachedPlan, item: &ItemFn, cache_none: bool) -> syn::Result
     let store = quote_spanned! {ret.span()=>
         ::stormcache::__private::#store(__sc_cache, __sc_key, __sc_options, __sc_value).await
     };
+    let body = typed_body(ret, block);
 
     // `name_key` and `name_invalidate` take only what the key (and the cache expression) use.
     let mut wanted = plan.key_args.clone();
@@ -554,11 +568,7 @@ fn companions(plan: &CachedPlan, item: &ItemFn, cache_none: bool) -> syn::Result
         #[allow(dead_code, clippy::too_many_arguments)]
         #vis #refresh_sig {
             #prelude
-            let __sc_value: #ret = async move {
-                let __sc_out: #ret = #block;
-                __sc_out
-            }
-            .await;
+            let __sc_value: #ret = #body.await;
             #store
         }
 
@@ -800,16 +810,13 @@ pub(crate) fn invalidate(first: InvalidateArgs, mut item: ItemFn) -> syn::Result
         sig,
         block,
     } = &item;
+    let body = typed_body(&ret, block);
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
             #prelude
             #run_before
-            let __sc_result: #ret = async move {
-                let __sc_out: #ret = #block;
-                __sc_out
-            }
-            .await;
+            let __sc_result: #ret = #body.await;
             #run_after
             __sc_result
         }
@@ -824,12 +831,7 @@ fn field_placeholder(
     lit: &LitStr,
 ) -> syn::Result<TokenStream> {
     let span = lit.span();
-    let Part::Named(path) = part else {
-        return Err(syn::Error::new(
-            span,
-            "positional placeholders are for `key!` only",
-        ));
-    };
+    let path = named_path(part, span)?;
     let first = &path[0];
     let known: Vec<String> = match fields {
         syn::Fields::Named(named) => named

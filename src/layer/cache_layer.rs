@@ -20,6 +20,7 @@ use tower_service::Service;
 use super::body::ResponseBody;
 use super::cache_control::{request_directives, response_forbids_storing, vary_is_covered};
 use super::cached_response::CachedResponse;
+use super::inner_service::{define_inner_service_accessors, take_ready, Drive};
 use super::request_info::{original_uri, path_params, RequestInfo};
 use super::request_key::{custom_base, default_base, finish, has_credentials, path_tag};
 use super::{XCache, X_CACHE_HEADER};
@@ -386,20 +387,7 @@ pub struct CacheService<S> {
 }
 
 impl<S> CacheService<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    define_inner_service_accessors!();
 }
 
 impl<S: fmt::Debug> fmt::Debug for CacheService<S> {
@@ -474,9 +462,7 @@ where
             return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
         };
 
-        // Take the service that was driven to readiness; leave a clone for the next call.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = take_ready(&mut self.inner);
         let run = Run {
             cache: self.cache.clone(),
             config: Arc::clone(&self.config),
@@ -486,7 +472,7 @@ where
             refresh: directives.no_cache,
         };
         ResponseFuture {
-            kind: FutureKind::Cached {
+            kind: Drive::Boxed {
                 fut: Box::pin(run.run(inner, req)),
             },
         }
@@ -837,9 +823,6 @@ fn with_x_cache<B: Body>(
     res
 }
 
-type BoxResponseFuture<B, E> =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
-
 pin_project! {
     /// The response future of [`CacheService`].
     pub struct ResponseFuture<F, B, E>
@@ -847,32 +830,20 @@ pin_project! {
         B: Body,
     {
         #[pin]
-        kind: FutureKind<F, B, E>,
-    }
-}
-
-pin_project! {
-    #[project = FutureKindProj]
-    enum FutureKind<F, B, E>
-    where
-        B: Body,
-    {
-        Bypass { #[pin] fut: F },
-        Cached { fut: BoxResponseFuture<B, E> },
-        Ready { res: Option<Response<ResponseBody<B>>> },
+        kind: Drive<F, Result<Response<ResponseBody<B>>, E>>,
     }
 }
 
 impl<F, B: Body, E> ResponseFuture<F, B, E> {
     fn bypass(fut: F) -> Self {
         ResponseFuture {
-            kind: FutureKind::Bypass { fut },
+            kind: Drive::Inner { fut },
         }
     }
 
     fn ready(res: Response<ResponseBody<B>>) -> Self {
         ResponseFuture {
-            kind: FutureKind::Ready { res: Some(res) },
+            kind: Drive::Ready { out: Some(Ok(res)) },
         }
     }
 }
@@ -885,28 +856,16 @@ where
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            FutureKindProj::Bypass { fut } => fut
-                .poll(cx)
-                .map_ok(|res| with_x_cache(res.map(ResponseBody::inner), XCache::Bypass)),
-            FutureKindProj::Cached { fut } => fut.as_mut().poll(cx),
-            FutureKindProj::Ready { res } => match res.take() {
-                Some(res) => Poll::Ready(Ok(res)),
-                None => panic!("`ResponseFuture` polled after completion"),
-            },
-        }
+        self.project().kind.poll_map(cx, |out| {
+            out.map(|res| with_x_cache(res.map(ResponseBody::inner), XCache::Bypass))
+        })
     }
 }
 
 impl<F, B: Body, E> fmt::Debug for ResponseFuture<F, B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &self.kind {
-            FutureKind::Bypass { .. } => "bypass",
-            FutureKind::Cached { .. } => "cached",
-            FutureKind::Ready { .. } => "ready",
-        };
         f.debug_struct("ResponseFuture")
-            .field("kind", &kind)
+            .field("kind", &self.kind.label(["bypass", "cached", "ready"]))
             .finish()
     }
 }

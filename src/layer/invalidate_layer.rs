@@ -15,6 +15,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::inner_service::{define_inner_service_accessors, take_ready, Drive};
 use super::request_info::{original_uri, path_params, RequestInfo};
 use super::request_key::path_tag;
 use crate::cache::Cache;
@@ -308,20 +309,7 @@ pub struct InvalidateService<S> {
 }
 
 impl<S> InvalidateService<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    define_inner_service_accessors!();
 }
 
 impl<S: fmt::Debug> fmt::Debug for InvalidateService<S> {
@@ -354,7 +342,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         if !self.config.methods.contains(req.method()) {
             return ResponseFuture {
-                kind: Kind::Passthrough {
+                kind: Drive::Inner {
                     fut: self.inner.call(req),
                 },
             };
@@ -364,8 +352,7 @@ where
         let inv = self
             .config
             .sync_part(&RequestInfo::with(&parts, params.as_ref(), None));
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let cache = self.cache.clone();
         let config = Arc::clone(&self.config);
         let fut = async move {
@@ -391,26 +378,16 @@ where
             Ok(res)
         };
         ResponseFuture {
-            kind: Kind::Invalidating { fut: Box::pin(fut) },
+            kind: Drive::Boxed { fut: Box::pin(fut) },
         }
     }
 }
-
-type BoxResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
 
 pin_project! {
     /// The response future of [`InvalidateService`].
     pub struct ResponseFuture<F, B, E> {
         #[pin]
-        kind: Kind<F, B, E>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B, E> {
-        Passthrough { #[pin] fut: F },
-        Invalidating { fut: BoxResponseFuture<B, E> },
+        kind: Drive<F, Result<Response<B>, E>>,
     }
 }
 
@@ -421,21 +398,17 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Passthrough { fut } => fut.poll(cx),
-            KindProj::Invalidating { fut } => fut.as_mut().poll(cx),
-        }
+        self.project().kind.poll_map(cx, |out| out)
     }
 }
 
 impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &self.kind {
-            Kind::Passthrough { .. } => "passthrough",
-            Kind::Invalidating { .. } => "invalidating",
-        };
         f.debug_struct("ResponseFuture")
-            .field("kind", &kind)
+            .field(
+                "kind",
+                &self.kind.label(["passthrough", "invalidating", "ready"]),
+            )
             .finish()
     }
 }

@@ -49,6 +49,7 @@ mod body;
 mod cache_control;
 pub mod cache_layer;
 mod cached_response;
+mod inner_service;
 pub mod invalidate_layer;
 mod request_info;
 mod request_key;
