@@ -27,9 +27,11 @@
 //! worked on at once, their `UNLINK`s go out in pipelines of [`UNLINKS_PER_PIPELINE`] (fred
 //! routes each command of a pipeline to its Cluster master), and the next page is fetched
 //! while the current ones are deleted. This matters most on a Cluster, where a page's keys
-//! are spread over thousands of hash slots: a 500-key page becomes ~500 one-key `UNLINK`s,
-//! which sent one after another would cost a round trip each. Every step keeps the
-//! maintenance deadline. (`cargo bench --bench coherence` measures a 100,000-entry tag.)
+//! are spread over thousands of hash slots: a 500-key page becomes ~500 one-key `UNLINK`s.
+//! So on a Cluster each master instead gets one small script ([`UNLINK_ON_NODE`], at most
+//! [`MAX_KEYS_PER_UNLINK`] keys, allowed across slots by Redis 7) for the page's keys it
+//! serves, with the per-slot `UNLINK`s as the fallback. Every step keeps the maintenance
+//! deadline. (`cargo bench --bench coherence` measures a 100,000-entry tag.)
 //!
 //! # Tag invalidation removes members, it never deletes the set
 //!
@@ -52,15 +54,17 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::{
-    Builder, ClientLike, Config, EventInterface, Expiration, KeysInterface, ReconnectPolicy,
-    SetsInterface,
+    Builder, ClientLike, ClusterInterface, Config, EventInterface, Expiration, KeysInterface,
+    LuaInterface, ReconnectPolicy, SetsInterface,
 };
-use fred::types::config::{Options, UnresponsiveConfig};
+use fred::types::cluster::ClusterRouting;
+use fred::types::config::{Options, Server, UnresponsiveConfig};
 use fred::types::scan::Scanner;
 use fred::types::{ExpireOptions, Value};
 use futures_util::{stream, Stream, StreamExt, TryStreamExt};
@@ -73,6 +77,14 @@ pub(crate) use crate::redis_settings::RedisSettings;
 /// Most keys one `UNLINK` names: deleting a few hundred small values takes well under a
 /// millisecond of Redis's time.
 const MAX_KEYS_PER_UNLINK: usize = 250;
+
+/// Cluster: unlinks the keys given as arguments, which may lie in several hash slots of the
+/// master it runs on (`allow-cross-slot-keys`, Redis 7). At most [`MAX_KEYS_PER_UNLINK`]
+/// keys, so it holds the server no longer than one such `UNLINK` would.
+const UNLINK_ON_NODE: &str = "#!lua flags=allow-cross-slot-keys
+local n = 0
+for i = 1, #ARGV do n = n + redis.call('UNLINK', ARGV[i]) end
+return n";
 
 /// `UNLINK`s sent as one pipeline: one message to fred's router and one reply for them all,
 /// instead of a future, a channel and a wake-up per command.
@@ -94,6 +106,8 @@ pub(crate) struct RedisStore {
     maintenance_timeout: Duration,
     scan_batch: u32,
     in_flight: Semaphore,
+    /// Whether the Cluster's masters run [`UNLINK_ON_NODE`]; cleared by the first refusal.
+    node_scripts: AtomicBool,
 }
 
 /// What a maintenance operation (flush, tag invalidation) did.
@@ -148,6 +162,7 @@ impl RedisStore {
             maintenance_timeout: settings.maintenance_timeout,
             scan_batch: settings.scan_batch.max(10),
             in_flight: Semaphore::new(settings.max_in_flight.max(1)),
+            node_scripts: AtomicBool::new(true),
         })
     }
 
@@ -279,9 +294,81 @@ impl RedisStore {
         self.bounded(queue).await
     }
 
-    /// Deletes full keys: small UNLINKs of one hash slot each (Cluster-safe), pipelined and
-    /// sent concurrently.
+    /// Deletes full keys, in small commands sent concurrently: on a Cluster one script per
+    /// master for the keys it serves when the servers allow it, else (and on a standalone
+    /// server) UNLINKs of one hash slot each.
     pub(crate) async fn unlink(&self, keys: Vec<String>) -> Result<Removed, Error> {
+        if self.client.is_clustered() && self.node_scripts.load(Ordering::Relaxed) {
+            if let Some(routing) = self.client.cached_cluster_state() {
+                return self.unlink_per_node(keys, &routing).await;
+            }
+        }
+        self.unlink_per_slot(keys).await
+    }
+
+    /// Cluster: the keys grouped by the master that serves them, at most
+    /// [`MAX_KEYS_PER_UNLINK`] per [`UNLINK_ON_NODE`] script. A page of keys spread over
+    /// hundreds of hash slots then costs a few commands instead of one per slot. A group the
+    /// script cannot delete (slots moved since the routing table was read) falls back to
+    /// per-slot UNLINKs, as does one that fails otherwise (a deadline); a server that does
+    /// not know script flags (Redis < 7) turns the scripts off for good.
+    async fn unlink_per_node(
+        &self,
+        keys: Vec<String>,
+        routing: &ClusterRouting,
+    ) -> Result<Removed, Error> {
+        let mut by_node: HashMap<Server, Vec<String>> = HashMap::new();
+        let mut unrouted = Vec::new();
+        for key in keys {
+            match routing.get_server(fred::util::redis_keyslot(key.as_bytes())) {
+                Some(server) => by_node.entry(server.clone()).or_default().push(key),
+                None => unrouted.push(key),
+            }
+        }
+        let mut groups: Vec<(Option<Server>, Vec<String>)> = Vec::new();
+        for (server, keys) in by_node {
+            for chunk in keys.chunks(MAX_KEYS_PER_UNLINK) {
+                groups.push((Some(server.clone()), chunk.to_vec()));
+            }
+        }
+        if !unrouted.is_empty() {
+            groups.push((None, unrouted));
+        }
+        let removed = stream::iter(groups)
+            .map(|(server, keys)| async move {
+                let Some(server) = server else {
+                    return self.unlink_per_slot(keys).await;
+                };
+                let node = self.client.with_cluster_node(server);
+                let no_keys: Vec<String> = Vec::new();
+                let script = node.eval::<i64, _, _, _>(UNLINK_ON_NODE, no_keys, keys.clone());
+                match self.maintenance(script).await {
+                    Ok(n) => Ok(Removed {
+                        keys: u64::try_from(n).unwrap_or(0),
+                    }),
+                    Err(error) => {
+                        // Redis < 7 cannot compile the shebang line, or knows no such flag.
+                        let text = error.to_string();
+                        if text.contains("compiling script") || text.contains("shebang") {
+                            self.node_scripts.store(false, Ordering::Relaxed);
+                            tracing::debug!(
+                                %error,
+                                "per-node UNLINK script refused; using per-slot UNLINKs"
+                            );
+                        }
+                        self.unlink_per_slot(keys).await
+                    }
+                }
+            })
+            .buffer_unordered(PIPELINES_IN_FLIGHT)
+            .try_fold(0u64, |sum, r| async move { Ok(sum + r.keys) })
+            .await?;
+        Ok(Removed { keys: removed })
+    }
+
+    /// UNLINKs of at most [`MAX_KEYS_PER_UNLINK`] keys of one hash slot each (Cluster-safe),
+    /// pipelined and sent concurrently.
+    async fn unlink_per_slot(&self, keys: Vec<String>) -> Result<Removed, Error> {
         let mut pipelines: Vec<Vec<Vec<String>>> = Vec::new();
         for batch in unlink_batches(keys, self.client.is_clustered(), MAX_KEYS_PER_UNLINK) {
             match pipelines.last_mut() {
