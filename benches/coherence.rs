@@ -320,7 +320,13 @@ impl RawPubsub {
         let listener = tokio::spawn({
             let received = received.clone();
             async move {
-                while let Ok(message) = messages.recv().await {
+                loop {
+                    let message = match messages.recv().await {
+                        Ok(message) => message,
+                        // Only the highest number counts, so a lagging reader loses nothing.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    };
                     // The payload is the message's number: counts messages in order.
                     if let Some(n) = message.value.as_u64() {
                         received.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
