@@ -63,9 +63,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::Cache;
-use crate::invalidation::{Invalidation, InvalidationReport, RedisOutcome};
-use crate::key::{Key, KeyBuilder};
+use crate::{Cache, Invalidation, InvalidationReport, Key, KeyBuilder, RedisOutcome};
 
 /// The largest request body the admin router reads: 64 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -49,9 +49,16 @@ pub enum Error {
     /// Connecting to Redis needs a Tokio runtime.
     #[error("connecting to Redis needs a Tokio runtime: build the cache inside one (e.g. in `#[tokio::main]`)")]
     NoRuntime,
-    /// A Redis command failed (only surfaced by explicit maintenance calls).
-    #[error("Redis: {0}")]
-    Redis(String),
+    /// A Redis command failed. Reads and invalidations absorb these (they fall back to the
+    /// local store or the journal); the kind tells a timeout from a lost connection or a
+    /// refusal, for whoever logs or counts them.
+    #[error("Redis ({kind}): {message}")]
+    Redis {
+        /// What kind of failure.
+        kind: RedisErrorKind,
+        /// What the client or the server said.
+        message: String,
+    },
     /// Too many Redis commands were in flight: this one was skipped rather than queued.
     #[error("too many Redis commands in flight; skipped")]
     Overloaded,
@@ -66,9 +73,54 @@ pub enum Error {
     NotInstalled,
 }
 
-#[cfg(feature = "redis")]
-impl From<fred::error::Error> for Error {
-    fn from(e: fred::error::Error) -> Self {
-        Error::Redis(e.to_string())
+/// What kind of Redis failure an [`Error::Redis`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RedisErrorKind {
+    /// No answer within the deadline.
+    Timeout,
+    /// The connection failed, closed or could not be routed (I/O, Sentinel, Cluster).
+    Connection,
+    /// The server answered with an error (a refused command, authentication, a script).
+    Refused,
+    /// Anything else: a reply that did not parse, a cancelled command, a client error.
+    Other,
+}
+
+impl std::fmt::Display for RedisErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RedisErrorKind::Timeout => "timeout",
+            RedisErrorKind::Connection => "connection",
+            RedisErrorKind::Refused => "refused",
+            RedisErrorKind::Other => "other",
+        })
+    }
+}
+
+impl Error {
+    /// A Redis failure of `kind`.
+    pub(crate) fn redis(kind: RedisErrorKind, message: impl Into<String>) -> Self {
+        Error::Redis {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A command that got no answer within `deadline`.
+    pub(crate) fn redis_timeout(what: &str, deadline: std::time::Duration) -> Self {
+        Error::redis(
+            RedisErrorKind::Timeout,
+            format!("{what}: no answer within {deadline:?}"),
+        )
+    }
+
+    /// The kind of a Redis failure; `None` for other errors.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn redis_kind(&self) -> Option<RedisErrorKind> {
+        match self {
+            Error::Redis { kind, .. } => Some(*kind),
+            _ => None,
+        }
     }
 }

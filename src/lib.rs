@@ -74,37 +74,23 @@
 //! [fred]: https://docs.rs/fred
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// Without Redis the stand-in types in `redis` are uninhabited, so the compiler proves every
+// Redis path unreachable and says so at each of them; the build with Redis is the one that
+// checks for dead code.
+#![cfg_attr(
+    not(feature = "redis"),
+    allow(dead_code, unreachable_code, unused_variables, unused_mut)
+)]
 
-#[cfg_attr(not(feature = "redis"), path = "backplane_disabled.rs")]
-mod backplane;
-mod builder;
+// The layers, lowest first; each names only those below it.
 mod cache;
-mod class;
-mod codec;
-mod eager_refresh;
-mod envelope;
-mod error;
-mod global;
-mod health_monitor;
-#[cfg(feature = "redis")]
-mod heartbeat;
-mod invalidation;
-mod journal;
+mod coherence;
+mod core;
 pub mod key;
-mod local_store;
-mod options;
-mod outage_policy;
-#[cfg_attr(not(feature = "redis"), path = "redis_lock_disabled.rs")]
-mod redis_lock;
-mod redis_settings;
-#[cfg_attr(not(feature = "redis"), path = "redis_disabled.rs")]
-mod redis_store;
-#[cfg_attr(not(feature = "redis"), path = "sentinel_watch_disabled.rs")]
-mod sentinel_watch;
-mod single_flight;
-mod stampede_lock;
-mod stats;
-mod status;
+mod model;
+mod redis;
+mod store;
 
 #[cfg(feature = "macros")]
 #[doc(hidden)]
@@ -114,19 +100,16 @@ pub mod admin;
 #[cfg(feature = "axum")]
 pub mod layer;
 
-pub use builder::CacheBuilder;
-pub use cache::{Cache, Cacheable, Fetched, Origin};
-pub use class::{Class, DEFAULT_CLASS};
-pub use codec::Codec;
-pub use error::Error;
-pub use global::{global, install};
-pub use health_monitor::{HealthState, OutageRecord};
-pub use invalidation::{Invalidation, InvalidationReport, InvalidationRule, RedisOutcome};
-pub use key::{Key, KeyBuilder, KeyTemplate};
-pub use local_store::LocalCapacity;
-pub use options::EntryOptions;
-pub use outage_policy::{FlushScope, OutagePolicy, Tier};
-pub use stats::Counters;
-pub use status::{BackplaneStatus, Status};
+pub use crate::cache::{global, install, Cache, CacheBuilder};
+pub use crate::error::{Error, RedisErrorKind};
+pub use crate::key::{Key, KeyBuilder, KeyTemplate};
+pub use crate::model::{
+    BackplaneStatus, Cacheable, Class, Counters, EntryOptions, Fetched, FlushScope, HealthState,
+    Invalidation, InvalidationReport, InvalidationRule, Origin, OutagePolicy, OutageRecord,
+    RedisOutcome, Status, Tier, DEFAULT_CLASS,
+};
+pub use crate::store::{Codec, LocalCapacity};
 #[cfg(feature = "macros")]
 pub use stormcache_macros::{cached, invalidate, key, InvalidationRule};
+
+mod error;

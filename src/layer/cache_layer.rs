@@ -24,9 +24,7 @@ use super::inner_service::{define_inner_service_accessors, take_ready, Drive};
 use super::request_info::{original_uri, path_params, RequestInfo};
 use super::request_key::{custom_base, default_base, finish, has_credentials, path_tag};
 use super::{XCache, X_CACHE_HEADER};
-use crate::cache::{Cache, Fetched, Origin};
-use crate::key::{Key, KeyTemplate};
-use crate::options::EntryOptions;
+use crate::{Cache, EntryOptions, Fetched, Key, KeyTemplate, Origin};
 
 type KeyFn = Arc<dyn Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync>;
 type TagsFn = Arc<dyn Fn(&RequestInfo<'_>) -> Vec<Key> + Send + Sync>;

@@ -18,9 +18,7 @@ use tower_service::Service;
 use super::inner_service::{define_inner_service_accessors, take_ready, Drive};
 use super::request_info::{original_uri, path_params, RequestInfo};
 use super::request_key::path_tag;
-use crate::cache::Cache;
-use crate::invalidation::{Invalidation, RedisOutcome};
-use crate::key::KeyTemplate;
+use crate::{Cache, Invalidation, KeyTemplate, RedisOutcome};
 
 type RuleFn = Arc<dyn Fn(&RequestInfo<'_>) -> Invalidation + Send + Sync>;
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -1,0 +1,268 @@
+//! The cache builder: everything a [`Cache`] is configured with, checked once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Cache;
+use crate::coherence::{self, Backplane, Invalidator, Journal, MonitorConfig};
+use crate::core::{self, Breaker, Core};
+use crate::error::Error;
+use crate::key::check_name;
+use crate::model::{Class, Classes, OutagePolicy};
+use crate::redis::{RedisSettings, RedisStore};
+use crate::store::{Codec, LocalCapacity, LocalStore};
+
+/// Builds a [`Cache`]. Get one from [`Cache::builder`].
+///
+/// Without a Redis URL the cache runs on its local store only; application code is the same
+/// either way.
+///
+/// ```
+/// use std::time::Duration;
+/// use stormcache::{Cache, Class};
+///
+/// # fn main() -> Result<(), stormcache::Error> {
+/// let cache = Cache::builder("accounts")
+///     .redis_url(std::env::var("REDIS_URL").ok()) // None: local store only
+///     .default_ttl(Duration::from_secs(600))
+///     .class(Class::new("permissions").ttl(Duration::from_secs(900)).volatile())
+///     .class(Class::new("resources").ttl(Duration::from_secs(12 * 3600)))
+///     .build()?;
+/// # let _ = cache; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct CacheBuilder {
+    namespace: String,
+    redis_url: Option<String>,
+    capacity: LocalCapacity,
+    default_ttl: Duration,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    reconnect_delay: Duration,
+    max_in_flight: usize,
+    maintenance_timeout: Duration,
+    scan_batch: u32,
+    codec: Codec,
+    classes: Vec<Class>,
+    probe_interval: Duration,
+    recovery_probes: u32,
+    failure_threshold: u32,
+    policy: OutagePolicy,
+    journal_capacity: usize,
+    failover_replay_window: Duration,
+    backplane: bool,
+}
+
+impl CacheBuilder {
+    pub(super) fn new(namespace: impl Into<String>) -> Self {
+        CacheBuilder {
+            namespace: namespace.into(),
+            redis_url: None,
+            capacity: LocalCapacity::default(),
+            default_ttl: Duration::from_secs(300),
+            command_timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(1),
+            reconnect_delay: Duration::from_millis(200),
+            max_in_flight: 1024,
+            maintenance_timeout: Duration::from_secs(5),
+            scan_batch: 500,
+            codec: Codec::default(),
+            classes: Vec::new(),
+            probe_interval: Duration::from_millis(500),
+            recovery_probes: 3,
+            failure_threshold: 3,
+            policy: OutagePolicy::default(),
+            journal_capacity: 10_000,
+            failover_replay_window: Duration::from_secs(30),
+            backplane: true,
+        }
+    }
+
+    /// Redis to use as the shared L2, in fred's URL forms:
+    /// `redis://[user:pw@]host:port[/db]`, `rediss://…` (feature `tls`),
+    /// `redis-sentinel://s1:26379/db?sentinelServiceName=mymaster&node=s2:26379`,
+    /// `redis-cluster://h1:p1?node=h2:p2`. `None` (or never calling this) means local only.
+    pub fn redis_url(mut self, url: impl Into<Option<String>>) -> Self {
+        self.redis_url = url.into().filter(|u| !u.trim().is_empty());
+        self
+    }
+
+    /// How big the local store may grow (default 10,000 entries).
+    pub fn local_capacity(mut self, capacity: LocalCapacity) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// TTL of entries whose call and class give none (default 5 minutes).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// The longest a request waits for one Redis command (default 100 ms). Past it the
+    /// request carries on without Redis.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Deadline to establish a connection, and how long a silent connection may stay
+    /// unanswered before fred drops it (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Delay between reconnection attempts (default 200 ms; retried forever).
+    pub fn reconnect_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_delay = delay;
+        self
+    }
+
+    /// Most Redis commands in flight from request paths; beyond it reads skip Redis
+    /// instead of queueing (default 1,024).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// Deadline of each step of a flush or tag invalidation (default 5 s).
+    pub fn maintenance_timeout(mut self, timeout: Duration) -> Self {
+        self.maintenance_timeout = timeout;
+        self
+    }
+
+    /// Keys per SCAN/SSCAN page and per UNLINK batch in flushes (default 500).
+    pub fn scan_batch(mut self, n: u32) -> Self {
+        self.scan_batch = n;
+        self
+    }
+
+    /// Value format in Redis (default [`Codec::MessagePack`]).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Declares a class. A class named `default` is added if you declare none.
+    pub fn class(mut self, class: Class) -> Self {
+        self.classes.push(class);
+        self
+    }
+
+    /// The tiered flush-on-outage policy (default: nothing under 5 minutes, the volatile
+    /// classes from 5 minutes, everything from 30; see [`OutagePolicy`]).
+    pub fn outage_policy(mut self, policy: OutagePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How often the health monitor probes Redis and writes the heartbeat (default 500 ms).
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// Successful probes in a row before Redis is used again after an outage (default 3).
+    pub fn recovery_probes(mut self, n: u32) -> Self {
+        self.recovery_probes = n;
+        self
+    }
+
+    /// Failed request commands in a row that open the circuit (default 3).
+    pub fn failure_threshold(mut self, n: u32) -> Self {
+        self.failure_threshold = n;
+        self
+    }
+
+    /// Most invalidation operations kept while Redis is down (default 10,000); past it,
+    /// recovery flushes the whole namespace.
+    pub fn journal_capacity(mut self, n: usize) -> Self {
+        self.journal_capacity = n;
+        self
+    }
+
+    /// How far back invalidations are re-applied after a Sentinel master switch, since
+    /// writes to the old master may be lost (default 30 s).
+    pub fn failover_replay_window(mut self, window: Duration) -> Self {
+        self.failover_replay_window = window;
+        self
+    }
+
+    /// Whether invalidations travel between instances over Redis pub/sub (default on with
+    /// Redis).
+    ///
+    /// With it, an invalidation made by one instance reaches every other instance's local
+    /// store, and after a gap in the channel each instance revalidates its local entries
+    /// against Redis (see [multi-instance coherence](crate#multi-instance-coherence)). Turn it
+    /// off only for a single instance, or where serving a local entry until its TTL after
+    /// another instance invalidated it is acceptable.
+    pub fn backplane(mut self, enabled: bool) -> Self {
+        self.backplane = enabled;
+        self
+    }
+
+    /// Checks the configuration and builds the cache.
+    ///
+    /// With a Redis URL this must run inside a Tokio runtime: the connection is made in the
+    /// background, and an unreachable Redis is not an error.
+    pub fn build(self) -> Result<Cache, Error> {
+        check_name("namespace", &self.namespace)?;
+        if self.default_ttl.is_zero() {
+            return Err(Error::Config("default_ttl must be positive".into()));
+        }
+        if self.command_timeout.is_zero() {
+            return Err(Error::Config("command_timeout must be positive".into()));
+        }
+        if self.probe_interval.is_zero() {
+            return Err(Error::Config("probe_interval must be positive".into()));
+        }
+        let classes = Classes::new(self.classes, self.default_ttl)?;
+        let settings = match &self.redis_url {
+            None => None,
+            Some(url) => Some(RedisSettings {
+                url: url.clone(),
+                command_timeout: self.command_timeout,
+                connect_timeout: self.connect_timeout,
+                reconnect_delay: self.reconnect_delay,
+                max_in_flight: self.max_in_flight,
+                maintenance_timeout: self.maintenance_timeout,
+                scan_batch: self.scan_batch,
+            }),
+        };
+        let redis = match &settings {
+            None => None,
+            Some(settings) => Some(RedisStore::connect(settings, &self.namespace)?),
+        };
+        let backplane = (redis.is_some() && self.backplane).then(|| {
+            Arc::new(Backplane::new(
+                &self.namespace,
+                self.command_timeout,
+                self.probe_interval,
+            ))
+        });
+        let core = Arc::new(Core::new(core::Parts {
+            namespace: Arc::from(self.namespace),
+            classes,
+            local: LocalStore::new(self.capacity),
+            redis,
+            codec: self.codec,
+            breaker: Breaker::new(self.failure_threshold),
+            command_timeout: self.command_timeout,
+        }));
+        let invalidator = Arc::new(Invalidator::new(
+            Journal::new(self.journal_capacity, self.failover_replay_window),
+            backplane,
+        ));
+        if let Some(settings) = &settings {
+            let monitor = MonitorConfig {
+                probe_interval: self.probe_interval,
+                recovery_probes: self.recovery_probes.max(1),
+                policy: self.policy,
+            };
+            coherence::spawn(&core, &invalidator, settings, monitor);
+        }
+        Ok(Cache::from_parts(core, invalidator))
+    }
+}

@@ -1,0 +1,165 @@
+//! Eager refresh: hot keys are reloaded in the background before they expire.
+//!
+//! Without it, a hot key's expiry sends every caller of that moment to the slow path, and
+//! the latency of its loader shows up on the request path once per TTL. With
+//! [`EntryOptions::eager_refresh`], a hit late in its TTL is served at once and also starts a
+//! background load that replaces the entry in both stores before it expires.
+//!
+//! Once per key: a key being refreshed is in the cache's [`Refreshing`] set, and hits
+//! meanwhile just serve. With a distributed lock in the options, the refresh
+//! also takes the key's lock without waiting, so among the instances only one refreshes a
+//! key. The refreshed value is announced like a `set`: the other instances drop their
+//! copies and read the new one from Redis. As for any load, a refresh that overlapped an
+//! invalidation stores nothing.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::coherence::Invalidator;
+use crate::core::{Core, RedisRead};
+use crate::model::{Cacheable, EntryOptions, Fetched, Origin};
+use crate::store::LocalKey;
+
+/// The keys being refreshed in the background, so each is refreshed once at a time.
+#[derive(Default)]
+pub(super) struct Refreshing {
+    keys: Mutex<HashSet<LocalKey>>,
+}
+
+impl Refreshing {
+    /// Claims `key` for a refresh; `None` if it is being refreshed already.
+    fn claim(self: &Arc<Self>, key: &LocalKey) -> Option<Claim> {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.insert(key.clone()).then(|| Claim {
+            refreshing: Arc::clone(self),
+            key: key.clone(),
+        })
+    }
+}
+
+/// Removes a key from the [`Refreshing`] set however its refresh ends.
+struct Claim {
+    refreshing: Arc<Refreshing>,
+    key: LocalKey,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.refreshing
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+/// A fresh local hit, refreshed in the background if it is past the threshold of its TTL;
+/// `Err` with the key back if there is no hit to serve.
+pub(super) fn serve_and_refresh<T, E, F, Fut>(
+    core: &Arc<Core>,
+    invalidator: &Arc<Invalidator>,
+    refreshing: &Arc<Refreshing>,
+    local_key: LocalKey,
+    options: &EntryOptions,
+    threshold: u16,
+    loader: F,
+) -> Result<Fetched<T>, (LocalKey, F)>
+where
+    T: Cacheable,
+    E: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    let Some(hit) = core.lookup::<T>(&local_key).filter(|hit| core.serves(hit)) else {
+        return Err((local_key, loader));
+    };
+    core.stats().l1_hit();
+    let ttl = core.ttl_of(local_key.class, options);
+    let left = hit.fresh_until.saturating_duration_since(Instant::now());
+    let refresh_window = ttl.mul_f64(1.0 - f64::from(threshold) / 1000.0);
+    if left < refresh_window {
+        if let Some(claim) = refreshing.claim(&local_key) {
+            core.stats().eager_refresh();
+            tokio::spawn(refresh(
+                Arc::clone(core),
+                Arc::clone(invalidator),
+                claim,
+                options.clone(),
+                refresh_window,
+                loader,
+            ));
+        }
+    }
+    Ok(Fetched {
+        value: hit.value,
+        origin: Origin::Local,
+    })
+}
+
+/// Reloads `claim`'s key and stores it in both stores, unless another instance did already.
+async fn refresh<T, E, F, Fut>(
+    core: Arc<Core>,
+    invalidator: Arc<Invalidator>,
+    claim: Claim,
+    options: EntryOptions,
+    refresh_window: Duration,
+    loader: F,
+) where
+    T: Cacheable,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let key = &claim.key;
+    let epoch = core.flights().epoch(&key.key);
+    let ttl = core.ttl_of(key.class, &options);
+    let redis = core.redis();
+    let redis_key = redis.map(|r| core.entry_key(r, key));
+    // Among instances, one refresh: skip if another holds the key's lock.
+    let mut lock = None;
+    if let (Some(lock_ttl), Some(redis)) = (options.lock, redis) {
+        let lock_key = core.lock_key(redis, key);
+        match redis
+            .try_lock(&lock_key, lock_ttl, core.command_timeout())
+            .await
+        {
+            Ok(Some(guard)) => lock = Some(guard),
+            Ok(None) => return,
+            Err(_) => {}
+        }
+    }
+    // Another instance may have refreshed it already: then take its value.
+    if let (Some(redis), Some(full_key)) = (redis, redis_key.as_deref()) {
+        if let RedisRead::Fresh(fresh) = core.read_redis::<T>(redis, full_key).await {
+            if fresh.fresh_for >= refresh_window {
+                core.keep_from_redis(key, &fresh, ttl, &options, epoch)
+                    .await;
+                if let Some(lock) = lock {
+                    lock.release(core.command_timeout()).await;
+                }
+                return;
+            }
+        }
+    }
+    core.stats().loader_call();
+    if let Ok(value) = loader().await {
+        let stored = match core.flights().begin_store(epoch).await {
+            Some(_storing) => {
+                let grace = options.stale_for.unwrap_or(Duration::ZERO);
+                core.store(key, redis_key.as_deref(), &value, ttl, grace, &options.tags)
+                    .await;
+                true
+            }
+            None => false,
+        };
+        if stored && redis_key.is_some() {
+            invalidator.announce_write(&core, key.key.clone()).await;
+        }
+    } else {
+        tracing::debug!(key = %key.key, "eager refresh failed; the entry expires as usual");
+    }
+    if let Some(lock) = lock {
+        lock.release(core.command_timeout()).await;
+    }
+}

@@ -1,0 +1,170 @@
+//! The slow path of a read: join or lead the key's flight, then Redis, then the loader.
+//!
+//! Concurrent misses of one key in this process run one load (see the flights in `core`);
+//! with a distributed lock in the options, one load across instances. A value the loader
+//! produced is stored in both stores unless an invalidation began while it was loading:
+//! then it is returned to its own callers but not stored.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::stampede::{self, LockOutcome};
+use crate::core::{wait, Core, Epoch, Join, Outcome, RedisRead};
+use crate::model::{Cacheable, EntryOptions, Fetched, Origin};
+use crate::store::LocalKey;
+
+/// The slow path: join or lead the key's flight.
+pub(super) async fn load_coalesced<T, E, F, Fut>(
+    core: &Core,
+    local_key: LocalKey,
+    options: &EntryOptions,
+    stale: Option<T>,
+    loader: F,
+) -> Result<Fetched<T>, E>
+where
+    T: Cacheable,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    // Loads begun before a later invalidation are neither joined nor stored.
+    let epoch = core.flights().epoch(&local_key.key);
+    let leader = loop {
+        match core.flights().join(&local_key, epoch) {
+            Join::Leader(leader) => break Some(leader),
+            Join::Waiter(rx) => match wait(rx).await {
+                Outcome::Done(value, origin) => match value.downcast_ref::<T>() {
+                    Some(value) => {
+                        return Ok(Fetched {
+                            value: value.clone(),
+                            origin,
+                        })
+                    }
+                    // Same key read as another type: not ours to share.
+                    None => break None,
+                },
+                Outcome::Failed => break None,
+                Outcome::Cancelled => continue,
+            },
+        }
+    };
+    // A flight may have finished between our first look and our joining (or the
+    // cancelled leader's successor may have finished): look again before loading.
+    if let Some(hit) = core.lookup::<T>(&local_key).filter(|h| core.serves(h)) {
+        core.stats().l1_hit();
+        if let Some(leader) = leader {
+            leader.succeed(Arc::new(hit.value.clone()), Origin::Local);
+        }
+        return Ok(Fetched {
+            value: hit.value,
+            origin: Origin::Local,
+        });
+    }
+    let result = load_through(core, &local_key, options, stale, loader, epoch).await;
+    if let Some(leader) = leader {
+        match &result {
+            Ok(fetched) => leader.succeed(Arc::new(fetched.value.clone()), fetched.origin),
+            Err(_) => leader.fail(),
+        }
+    }
+    result
+}
+
+/// Redis, then the loader; fills what missed.
+async fn load_through<T, E, F, Fut>(
+    core: &Core,
+    local_key: &LocalKey,
+    options: &EntryOptions,
+    mut stale: Option<T>,
+    loader: F,
+    epoch: Epoch,
+) -> Result<Fetched<T>, E>
+where
+    T: Cacheable,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let ttl = core.ttl_of(local_key.class, options);
+    let grace = options.stale_for.unwrap_or(Duration::ZERO);
+    // Where to write the loaded value: only if Redis answered the read.
+    let mut redis_key = None;
+    if let Some(redis) = core.redis() {
+        let full_key = core.entry_key(redis, local_key);
+        match core.read_redis::<T>(redis, &full_key).await {
+            RedisRead::Fresh(fresh) => {
+                core.keep_from_redis(local_key, &fresh, ttl, options, epoch)
+                    .await;
+                return Ok(Fetched {
+                    value: fresh.value,
+                    origin: Origin::Redis,
+                });
+            }
+            RedisRead::Expired(value) => {
+                if !grace.is_zero() && stale.is_none() {
+                    stale = Some(value);
+                }
+                redis_key = Some(full_key);
+            }
+            RedisRead::Miss => redis_key = Some(full_key),
+            // Do not write either: a request waits for one deadline at most.
+            RedisRead::Failed => {}
+        }
+    }
+
+    // Across instances, too, one load: wait for the holder of the lock, if asked to.
+    let mut lock = None;
+    if let (Some(lock_ttl), Some(full_key)) = (options.lock, redis_key.as_deref()) {
+        match stampede::lock_or_wait::<T>(core, local_key, full_key, options, lock_ttl, epoch).await
+        {
+            LockOutcome::Held(guard) => lock = Some(guard),
+            LockOutcome::Filled(value) => {
+                return Ok(Fetched {
+                    value,
+                    origin: Origin::Redis,
+                })
+            }
+            LockOutcome::Unavailable => {}
+        }
+    }
+
+    core.stats().miss();
+    core.stats().loader_call();
+    let loaded = loader().await;
+    if let Ok(value) = &loaded {
+        // The loader may have read the origin before a change whose invalidation has
+        // started since: then the value is returned but not stored.
+        if let Some(_storing) = core.flights().begin_store(epoch).await {
+            core.store(
+                local_key,
+                redis_key.as_deref(),
+                value,
+                ttl,
+                grace,
+                &options.tags,
+            )
+            .await;
+        } else {
+            tracing::debug!(key = %local_key.key, "an invalidation ran during the load; its value is not stored");
+        }
+    }
+    if let Some(lock) = lock {
+        lock.release(core.command_timeout()).await;
+    }
+    match loaded {
+        Ok(value) => Ok(Fetched {
+            value,
+            origin: Origin::Loader,
+        }),
+        Err(error) => match stale {
+            Some(value) => {
+                core.stats().stale_served();
+                tracing::warn!(key = %local_key.key, "loader failed; serving the stale value inside its grace");
+                Ok(Fetched {
+                    value,
+                    origin: Origin::Stale,
+                })
+            }
+            None => Err(error),
+        },
+    }
+}

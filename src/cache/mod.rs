@@ -1,0 +1,378 @@
+//! The [`Cache`] handle and its read-through path.
+//!
+//! A read goes local store → Redis → loader, and each level that answers fills the levels
+//! above it. Redis is optional at every step: when it is not configured, not answering, or
+//! answers with bytes that do not decode, the read carries on as if Redis had missed. So a
+//! request never fails because of the cache; at worst it costs one command deadline.
+//!
+//! The hit path is kept short on purpose — one local lookup, a downcast, a clone and a
+//! relaxed counter — and everything else lives in the boxed slow path.
+
+mod builder;
+mod eager_refresh;
+mod global;
+mod load;
+mod stampede;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use self::builder::CacheBuilder;
+use self::eager_refresh::Refreshing;
+pub use self::global::{global, install};
+use crate::coherence::Invalidator;
+use crate::core::Core;
+use crate::key::Key;
+use crate::model::unix_ms;
+use crate::model::{
+    Cacheable, Counters, EntryOptions, Fetched, Invalidation, InvalidationReport, Origin, Status,
+};
+
+/// A read-through cache: a local store in front of an optional Redis.
+///
+/// Cheap to clone (an `Arc`), `Send + Sync`: build one at start-up and share it.
+///
+/// ```
+/// use std::time::Duration;
+/// use stormcache::{Cache, EntryOptions, Key};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), stormcache::Error> {
+/// let cache = Cache::builder("shop").build()?; // add .redis_url(..) for Redis
+///
+/// let user = "alice";
+/// let key = Key::builder("user:groups:").value(user).build();
+/// let opts = EntryOptions::new().ttl(Duration::from_secs(900));
+/// let groups: Vec<String> = cache
+///     .get_or_load(key, &opts, || async { vec!["staff".to_owned()] })
+///     .await;
+/// assert_eq!(groups, ["staff"]);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    core: Arc<Core>,
+    invalidator: Arc<Invalidator>,
+    refreshing: Arc<Refreshing>,
+}
+
+impl Cache {
+    /// Starts building a cache whose keys live under `namespace` (1 to 64 of
+    /// `A-Z a-z 0-9 _ . -`), so several services can share one Redis database.
+    pub fn builder(namespace: impl Into<String>) -> CacheBuilder {
+        CacheBuilder::new(namespace)
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        self.core.namespace()
+    }
+
+    /// Whether a Redis URL was configured.
+    pub fn has_redis(&self) -> bool {
+        self.core.has_redis()
+    }
+
+    /// The counters since the cache was built.
+    pub fn counters(&self) -> Counters {
+        self.core.stats().snapshot()
+    }
+
+    /// Approximate number of entries in the local store.
+    pub fn local_entry_count(&self) -> u64 {
+        self.core.local_entry_count()
+    }
+
+    /// Read-through: the cached value of `key`, or the loader's, which is then cached.
+    ///
+    /// Concurrent misses of one key in this process run the loader once.
+    pub async fn get_or_load<T, F, Fut>(&self, key: Key, options: &EntryOptions, loader: F) -> T
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let loaded = self
+            .fetch(key, options, || async {
+                Ok::<T, Infallible>(loader().await)
+            })
+            .await;
+        match loaded {
+            Ok(fetched) => fetched.value,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Read-through with a fallible loader: only `Ok` values are cached, and the loader's
+    /// own error is returned.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stormcache::Error> {
+    /// use stormcache::{Cache, EntryOptions, Key};
+    ///
+    /// let cache = Cache::builder("docs").build()?;
+    /// let key = Key::literal("config")?;
+    /// let failed: Result<String, &str> =
+    ///     cache.try_get_or_load(key.clone(), &EntryOptions::new(), || async { Err("db down") }).await;
+    /// assert_eq!(failed, Err("db down"));
+    /// let loaded: Result<String, &str> =
+    ///     cache.try_get_or_load(key, &EntryOptions::new(), || async { Ok("v1".into()) }).await;
+    /// assert_eq!(loaded.as_deref(), Ok("v1"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_get_or_load<T, E, F, Fut>(
+        &self,
+        key: Key,
+        options: &EntryOptions,
+        loader: F,
+    ) -> Result<T, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.fetch(key, options, loader).await.map(|f| f.value)
+    }
+
+    /// The synchronous first step of [`fetch`](Cache::fetch): a fresh value of `key` in the
+    /// local store, counted as a local hit, or the key back (`Err`) to go on with `fetch`.
+    ///
+    /// For callers whose hit path must not allocate or await, such as the HTTP layer.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stormcache::Error> {
+    /// use stormcache::{Cache, EntryOptions, Key};
+    ///
+    /// let cache = Cache::builder("docs").build()?;
+    /// let opts = EntryOptions::new();
+    /// let key = Key::literal("answer")?;
+    /// let key = cache.get_local::<u32>(key, &opts).expect_err("nothing yet");
+    /// cache.set(key.clone(), 42u32, &opts).await;
+    /// assert_eq!(cache.get_local::<u32>(key, &opts).ok(), Some(42));
+    /// # Ok(()) }
+    /// ```
+    pub fn get_local<T: Cacheable>(&self, key: Key, options: &EntryOptions) -> Result<T, Key> {
+        let core = &*self.core;
+        let local_key = core.local_key(key, options);
+        match core.lookup::<T>(&local_key) {
+            Some(hit) if core.serves(&hit) => {
+                core.stats().l1_hit();
+                Ok(hit.value)
+            }
+            _ => Err(local_key.key),
+        }
+    }
+
+    /// Read-through that also says where the value came from (the HTTP layer uses it for
+    /// `x-cache`). With `stale_for` in the options, a failing loader is answered with the
+    /// expired value if it is still inside its grace ([`Origin::Stale`]).
+    pub async fn fetch<T, E, F, Fut>(
+        &self,
+        key: Key,
+        options: &EntryOptions,
+        loader: F,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let core = &*self.core;
+        let local_key = core.local_key(key, options);
+        let mut stale = None;
+        if let Some(hit) = core.lookup::<T>(&local_key) {
+            if core.serves(&hit) {
+                core.stats().l1_hit();
+                return Ok(Fetched {
+                    value: hit.value,
+                    origin: Origin::Local,
+                });
+            }
+            // Expired inside its grace, or suspect: kept for a failing loader only.
+            if hit.stale || options.stale_for.is_some() {
+                stale = Some(hit.value);
+            }
+        }
+        // Boxed so the hit path's future stays small.
+        Box::pin(load::load_coalesced(
+            core, local_key, options, stale, loader,
+        ))
+        .await
+    }
+
+    /// The cached value of `key`, if any (local store, then Redis); no loader.
+    pub async fn get<T: Cacheable>(&self, key: &Key, options: &EntryOptions) -> Option<T> {
+        let result: Result<Fetched<T>, ()> =
+            self.fetch(key.clone(), options, || async { Err(()) }).await;
+        result.ok().map(|f| f.value)
+    }
+
+    /// Writes a value to the local store and to Redis; other instances drop their local
+    /// copies of the key (see [multi-instance coherence](crate#multi-instance-coherence)).
+    pub async fn set<T: Cacheable>(&self, key: Key, value: T, options: &EntryOptions) {
+        let core = &*self.core;
+        let local_key = core.local_key(key, options);
+        let redis_key = core.redis().map(|r| core.entry_key(r, &local_key));
+        let ttl = core.ttl_of(local_key.class, options);
+        let grace = options.stale_for.unwrap_or(Duration::ZERO);
+        core.store(
+            &local_key,
+            redis_key.as_deref(),
+            &value,
+            ttl,
+            grace,
+            &options.tags,
+        )
+        .await;
+        if redis_key.is_some() {
+            self.invalidator.announce_write(core, local_key.key).await;
+        }
+    }
+
+    /// [`fetch`](Cache::fetch) with eager refresh: with
+    /// [`EntryOptions::eager_refresh`], a local hit past the threshold of its TTL is served
+    /// and refreshed in the background, once per key at a time.
+    ///
+    /// The loader must own what it uses (`'static`), since it may outlive the call.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use stormcache::{Cache, EntryOptions, Key};
+    ///
+    /// let cache = Cache::builder("docs").build()?;
+    /// let opts = EntryOptions::new().ttl(Duration::from_secs(60)).eager_refresh(0.8);
+    /// let sku = String::from("sku-1");
+    /// let price = cache
+    ///     .fetch_refreshing(Key::builder("price:").value(&sku).build(), &opts, move || async move {
+    ///         Ok::<u32, std::io::Error>(if sku == "sku-1" { 990 } else { 0 })
+    ///     })
+    ///     .await?;
+    /// assert_eq!(price.value, 990);
+    /// # Ok(()) }
+    /// ```
+    pub async fn fetch_refreshing<T, E, F, Fut>(
+        &self,
+        key: Key,
+        options: &EntryOptions,
+        loader: F,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Cacheable,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let Some(threshold) = options.eager_refresh else {
+            return self.fetch(key, options, loader).await;
+        };
+        let local_key = self.core.local_key(key, options);
+        match eager_refresh::serve_and_refresh(
+            &self.core,
+            &self.invalidator,
+            &self.refreshing,
+            local_key,
+            options,
+            threshold,
+            loader,
+        ) {
+            Ok(fetched) => Ok(fetched),
+            Err((local_key, loader)) => self.fetch(local_key.key, options, loader).await,
+        }
+    }
+
+    /// Removes what `inv` names from the local store, then from Redis.
+    ///
+    /// Never fails: if Redis is down or fails, the Redis half goes to the journal and is
+    /// replayed on recovery, before Redis is read again.
+    pub async fn invalidate(&self, inv: &Invalidation) -> InvalidationReport {
+        self.invalidator.invalidate(&self.core, inv).await
+    }
+
+    /// Removes one key, in whichever class it was stored.
+    pub async fn remove(&self, key: &Key) -> InvalidationReport {
+        self.invalidate(&Invalidation::new().key(key.clone())).await
+    }
+
+    /// Removes every entry carrying `tag`.
+    pub async fn invalidate_tag(&self, tag: &Key) -> InvalidationReport {
+        self.invalidate(&Invalidation::new().tag(tag.clone())).await
+    }
+
+    /// Removes every entry of a class.
+    pub async fn flush_class(&self, class: &str) -> InvalidationReport {
+        self.invalidate(&Invalidation::new().class(class)).await
+    }
+
+    /// Removes everything in the namespace (never anything outside it).
+    pub async fn flush_all(&self) -> InvalidationReport {
+        self.invalidate(&Invalidation::new().everything()).await
+    }
+
+    /// The cache's current status.
+    pub fn status(&self) -> Status {
+        let core = &*self.core;
+        let breaker = core.breaker();
+        let journal = self.invalidator.journal();
+        Status {
+            namespace: self.namespace().to_owned(),
+            state: core.health_state(),
+            down_since_ms: breaker.down_since().map(unix_ms),
+            last_outage: breaker.last_outage(),
+            journal_len: journal.len(),
+            journal_overflowed: journal.overflowed(),
+            local_entries: self.local_entry_count(),
+            counters: self.counters(),
+            backplane: self.invalidator.backplane().map(|b| b.status()),
+        }
+    }
+
+    /// Publishes the counters, journal length and health through the `metrics` facade
+    /// (the health monitor does this on every probe when Redis is configured).
+    pub fn publish_metrics(&self) {
+        self.core.publish_metrics(self.invalidator.journal().len());
+    }
+
+    /// Whether requests currently use Redis.
+    pub fn redis_in_use(&self) -> bool {
+        self.core.redis().is_some()
+    }
+
+    /// Whether local entries are served as they are: true without Redis or without the
+    /// backplane, and otherwise once the invalidation channel is confirmed working. While
+    /// it is false and Redis is in use, local entries are revalidated against Redis before
+    /// being served (see [`CacheBuilder::backplane`](crate::CacheBuilder::backplane)).
+    ///
+    /// A service has both `redis_in_use()` and `coherent()` a moment after start (one ping
+    /// over the channel) and again a moment after Redis comes back from an outage.
+    pub fn coherent(&self) -> bool {
+        self.invalidator
+            .backplane()
+            .map_or(true, |b| b.is_connected())
+    }
+}
+
+impl Cache {
+    /// A handle on a built core; the builder has started its background tasks.
+    fn from_parts(core: Arc<Core>, invalidator: Arc<Invalidator>) -> Self {
+        Cache {
+            core,
+            invalidator,
+            refreshing: Arc::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.core.namespace())
+            .field("redis", &self.core.has_redis())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,256 @@
+//! The subscriber task: applies what the other instances publish, pings itself to prove the
+//! channel works, and opens and closes gaps by the reconciliation rule (see the module docs
+//! of `backplane`).
+//!
+//! It holds a `Weak<Core>`, the invalidator and the channel's state, and stops when the last
+//! cache handle is dropped.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::wire::{decode, from_wire, Body};
+use super::{was_an_outage, Backplane};
+use crate::coherence::invalidator::Invalidator;
+use crate::core::{Core, ALL_SHARDS};
+use crate::redis::{RedisSettings, Subscriber, SubscriberEvent};
+
+/// Starts the subscriber of `invalidator`'s backplane, if it has one.
+pub(crate) fn spawn(core: &Arc<Core>, invalidator: &Arc<Invalidator>, settings: &RedisSettings) {
+    let Some(backplane) = invalidator.backplane().cloned() else {
+        return;
+    };
+    // Until the first echo, nothing in the local store has been covered by the channel.
+    core.distrust_local();
+    let subscriber = match Subscriber::connect(settings) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(%error, "backplane subscriber not built; local entries are revalidated against Redis");
+            return;
+        }
+    };
+    let task = Task {
+        core: Arc::downgrade(core),
+        invalidator: Arc::clone(invalidator),
+        backplane,
+        pings: Pings::new(),
+        ever_connected: false,
+    };
+    tokio::spawn(task.run(subscriber));
+}
+
+struct Task {
+    core: Weak<Core>,
+    invalidator: Arc<Invalidator>,
+    backplane: Arc<Backplane>,
+    pings: Pings,
+    ever_connected: bool,
+}
+
+impl Task {
+    async fn run(mut self, mut subscriber: Subscriber) {
+        let interval = self.backplane.ping_interval;
+        // Pings go out every interval; while the channel is not confirmed, much more often,
+        // so that a gap ends (and local entries are trusted again) soon after Redis is back.
+        let unconfirmed_interval = interval.min(Duration::from_millis(25));
+        let subscribe_deadline = self.backplane.command_timeout * 10;
+        let mut subscribed = false;
+        let mut next_tick = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                event = subscriber.next_event() => {
+                    let Some(core) = self.core.upgrade() else { break };
+                    match event {
+                        SubscriberEvent::Message(bytes) => self.on_message(&core, &bytes).await,
+                        SubscriberEvent::Lagged(n) => {
+                            self.gap(&core, &format!("{n} messages lost to a slow reader"));
+                        }
+                        SubscriberEvent::Reconnected => {
+                            self.gap(&core, "subscriber reconnected");
+                            let ok = subscriber.subscribe(&self.backplane.channel, subscribe_deadline).await;
+                            subscribed = self.pings.subscribed(ok);
+                        }
+                        SubscriberEvent::Failed => self.gap(&core, "subscriber connection error"),
+                        SubscriberEvent::Closed => break,
+                    }
+                }
+                _ = tokio::time::sleep_until(next_tick) => {
+                    let Some(core) = self.core.upgrade() else { break };
+                    let connected = self.backplane.is_connected();
+                    next_tick = tokio::time::Instant::now()
+                        + if connected { interval } else { unconfirmed_interval };
+                    if !core.breaker().allows_requests() {
+                        // Pings cannot be sent, so the channel cannot be vouched for.
+                        self.gap(&core, "Redis unavailable");
+                        self.pings.lost();
+                        continue;
+                    }
+                    if !subscribed {
+                        let ok = subscriber.subscribe(&self.backplane.channel, subscribe_deadline).await;
+                        subscribed = self.pings.subscribed(ok);
+                        if !subscribed { continue }
+                    }
+                    match self.pings.due(Instant::now(), self.backplane.echo_timeout, connected) {
+                        Due::Wait => {}
+                        Due::Overdue => {
+                            self.gap(&core, "ping not echoed");
+                            self.pings.lost();
+                            // A silent connection: make a new one (the reconnect resubscribes).
+                            subscriber.force_reconnection(self.backplane.echo_timeout).await;
+                        }
+                        Due::Send => self.ping(&core).await,
+                    }
+                }
+            }
+        }
+        subscriber.quit().await;
+    }
+
+    async fn on_message(&mut self, core: &Core, bytes: &[u8]) {
+        let Some(message) = decode(bytes) else {
+            tracing::debug!("undecodable backplane message ignored");
+            return;
+        };
+        if message.from == self.backplane.id {
+            if let Body::Ping(seq) = message.body {
+                if self.pings.echoed(seq)
+                    && !self.backplane.is_connected()
+                    && core.breaker().allows_requests()
+                {
+                    self.reconcile(core).await;
+                }
+            }
+            return;
+        }
+        if let Some(inv) = from_wire(message.body) {
+            self.invalidator.apply_from_peer(core, &inv).await;
+            self.backplane
+                .received
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    async fn ping(&mut self, core: &Core) {
+        let Some(redis) = core.redis_always() else {
+            return;
+        };
+        let seq = self.pings.next();
+        match self.backplane.send(redis, Body::Ping(seq)).await {
+            Ok(()) => self.pings.sent(seq, Instant::now()),
+            Err(error) => tracing::debug!(%error, "backplane ping not sent"),
+        }
+    }
+
+    /// The channel may have lost messages: every local entry is suspect from now on.
+    fn gap(&self, core: &Core, reason: &str) {
+        if self.backplane.open_gap() {
+            tracing::warn!(
+                reason,
+                "invalidation channel gap: local entries are revalidated against Redis"
+            );
+        }
+        core.distrust_local();
+    }
+
+    /// After an echo on a working subscription: entries written from now on are trusted.
+    async fn reconcile(&mut self, core: &Core) {
+        // A load that read Redis during the gap must not store after this point with a fresh
+        // write time: advance the epoch and let stores already past their check land first.
+        let in_progress = core.flights().begin_invalidation(ALL_SHARDS);
+        in_progress.stores_landed().await;
+        let gap_since = self.backplane.lock_gap().as_ref().copied();
+        let last_outage = core.breaker().last_outage();
+        let outage = gap_since.is_some_and(|since| was_an_outage(last_outage.as_ref(), since));
+        if outage {
+            self.invalidator.catch_up_from_log(core).await;
+            core.trust_local();
+        } else {
+            core.trust_local_from_now();
+        }
+        drop(in_progress);
+        let first = !self.ever_connected;
+        self.ever_connected = true;
+        self.backplane.close_gap(first);
+        if !first {
+            if outage {
+                tracing::info!("invalidation channel back after a Redis outage: the outage tier applied to local entries");
+            } else {
+                tracing::info!("invalidation channel back: entries from before the gap are revalidated on their next read");
+            }
+        }
+    }
+}
+
+/// What the ping schedule asks for at a tick.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    /// Waiting for the first echo on this subscription.
+    Wait,
+    /// A ping went unechoed for too long: the channel has a gap.
+    Overdue,
+    /// Send the next ping.
+    Send,
+}
+
+/// The pings sent and not yet echoed.
+#[derive(Debug)]
+struct Pings {
+    next: u64,
+    /// The oldest ping not echoed yet, and when it was sent.
+    oldest_unechoed: Option<(u64, Instant)>,
+    /// The first ping sent on the current subscription: only its echo, or a later one,
+    /// vouches for the channel (an older one may still arrive from a dropped connection).
+    subscribed_from: u64,
+}
+
+impl Pings {
+    fn new() -> Self {
+        Pings {
+            next: 0,
+            oldest_unechoed: None,
+            subscribed_from: u64::MAX,
+        }
+    }
+
+    /// A (re)subscription happened (`ok`) or failed; returns `ok`.
+    fn subscribed(&mut self, ok: bool) -> bool {
+        self.subscribed_from = if ok { self.next } else { u64::MAX };
+        self.oldest_unechoed = None;
+        ok
+    }
+
+    /// The pings in flight will not be echoed (Redis unusable, connection replaced).
+    fn lost(&mut self) {
+        self.oldest_unechoed = None;
+    }
+
+    /// The sequence number of the next ping.
+    fn next(&mut self) -> u64 {
+        let seq = self.next;
+        self.next += 1;
+        seq
+    }
+
+    /// Ping `seq` went out at `at`.
+    fn sent(&mut self, seq: u64, at: Instant) {
+        self.oldest_unechoed.get_or_insert((seq, at));
+    }
+
+    /// Ping `seq` came back; true if it vouches for the current subscription.
+    fn echoed(&mut self, seq: u64) -> bool {
+        if self
+            .oldest_unechoed
+            .is_some_and(|(oldest, _)| seq >= oldest)
+        {
+            self.oldest_unechoed = None;
+        }
+        seq >= self.subscribed_from
+    }
+
+    fn due(&self, now: Instant, echo_timeout: Duration, connected: bool) -> Due {
+        match self.oldest_unechoed {
+            Some((_, sent)) if now.saturating_duration_since(sent) > echo_timeout => Due::Overdue,
+            Some(_) if !connected => Due::Wait,
+            _ => Due::Send,
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Keeping every instance's view coherent: the invalidator (the one path that applies an
+//! invalidation everywhere), the journal of what Redis has not got yet, the health monitor and
+//! its recovery, the Sentinel watcher, and the backplane between instances.
+//!
+//! Everything here works on a [`Core`](crate::core::Core) it is given; the background tasks
+//! hold a `Weak<Core>` and their own state, and stop when the last cache handle is dropped.
+
+mod backplane;
+mod invalidator;
+mod journal;
+mod monitor;
+mod recovery;
+mod sentinel_watch;
+
+pub(crate) use self::backplane::Backplane;
+pub(crate) use self::invalidator::Invalidator;
+pub(crate) use self::journal::Journal;
+pub(crate) use self::monitor::MonitorConfig;
+
+use std::sync::Arc;
+
+use crate::core::Core;
+use crate::redis::RedisSettings;
+
+/// Starts the background tasks of a cache with Redis: the health monitor, the backplane's
+/// subscriber (if the invalidator has a backplane) and, for a Sentinel URL, the watcher of
+/// master switches.
+pub(crate) fn spawn(
+    core: &Arc<Core>,
+    invalidator: &Arc<Invalidator>,
+    settings: &RedisSettings,
+    monitor: MonitorConfig,
+) {
+    monitor::spawn(core, invalidator, monitor);
+    backplane::spawn(core, invalidator, settings);
+    sentinel_watch::spawn(core, invalidator, &settings.url);
+}

@@ -1,0 +1,217 @@
+//! The health monitor: probes Redis, opens the breaker when it fails, and runs recovery
+//! when it answers again.
+//!
+//! fred alone does not make a cache resilient: with a dead or frozen server each command
+//! waits for its deadline, and nothing says when Redis is back or what it came back with.
+//! The breaker (in `core`) keeps requests off a sick Redis; this task decides when it is
+//! well again. It opens the breaker on two failed probes in a row or a connection error
+//! reported by fred (a closed or unresponsive connection, a Sentinel that names a dead
+//! master), and starts recovery after `recovery_probes` successful PINGs in a row.
+//! Recovery replays the journal and applies the outage tier before requests use Redis
+//! again. While healthy, every probe also writes the heartbeat, whose age tells recovery how
+//! old the data Redis came back with is.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use super::invalidator::Invalidator;
+use super::recovery::{self, Outage};
+use crate::core::Core;
+use crate::model::{unix_ms, FlushScope, HealthState, OutagePolicy, OutageRecord};
+use crate::redis::ConnectionEvent;
+
+/// The monitor's settings. Set through [`CacheBuilder`](crate::CacheBuilder).
+#[derive(Clone, Debug)]
+pub(crate) struct MonitorConfig {
+    pub(crate) probe_interval: Duration,
+    pub(crate) recovery_probes: u32,
+    pub(crate) policy: OutagePolicy,
+}
+
+/// Starts the monitor and the listener of fred's connection events; they stop when the last
+/// cache handle is dropped.
+pub(crate) fn spawn(core: &Arc<Core>, invalidator: &Arc<Invalidator>, config: MonitorConfig) {
+    let Some(redis) = core.redis_always() else {
+        return;
+    };
+    let mut events = redis.events();
+    let weak = Arc::downgrade(core);
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            let Some(core) = weak.upgrade() else { return };
+            match event {
+                ConnectionEvent::Lost(error) => core.breaker().trip(&error.to_string()),
+                ConnectionEvent::Connected => core.breaker().poke(),
+            }
+        }
+    });
+    let monitor = Monitor {
+        core: Arc::downgrade(core),
+        invalidator: Arc::clone(invalidator),
+        config,
+    };
+    tokio::spawn(monitor.run());
+}
+
+struct Monitor {
+    core: Weak<Core>,
+    invalidator: Arc<Invalidator>,
+    config: MonitorConfig,
+}
+
+impl Monitor {
+    async fn run(self) {
+        let mut probe_failures = 0u32;
+        loop {
+            {
+                // Holding the cache for one interval at most: it is dropped right after.
+                let Some(core) = self.core.upgrade() else {
+                    return;
+                };
+                core.breaker()
+                    .wait_for_poke(self.config.probe_interval)
+                    .await;
+            }
+            let Some(core) = self.core.upgrade() else {
+                return;
+            };
+            let Some(redis) = core.redis_always() else {
+                return;
+            };
+            let breaker = core.breaker();
+            core.publish_metrics(self.invalidator.journal().len());
+            match breaker.state() {
+                HealthState::Healthy => match redis.ping().await {
+                    Ok(()) => {
+                        probe_failures = 0;
+                        breaker.record_success();
+                        if let Err(error) = redis.write_heartbeat().await {
+                            tracing::debug!(%error, "heartbeat not written");
+                        }
+                    }
+                    Err(error) => {
+                        probe_failures += 1;
+                        if probe_failures >= 2 {
+                            breaker.trip(&format!("probe failed: {error}"));
+                        }
+                    }
+                },
+                HealthState::Down => {
+                    probe_failures = 0;
+                    if self.consecutive_pings(&core).await {
+                        self.recover(&core).await;
+                    }
+                }
+                HealthState::Recovering | HealthState::LocalOnly => {}
+            }
+        }
+    }
+
+    /// `recovery_probes` PINGs in a row, a few milliseconds apart.
+    async fn consecutive_pings(&self, core: &Core) -> bool {
+        let Some(redis) = core.redis_always() else {
+            return false;
+        };
+        for i in 0..self.config.recovery_probes.max(1) {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if redis.ping().await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Replays the journal and applies the outage tier, then lets requests back onto Redis.
+    async fn recover(&self, core: &Core) {
+        let breaker = core.breaker();
+        let Some(redis) = core.redis_always() else {
+            return;
+        };
+        if !breaker.set_recovering() {
+            return;
+        }
+        let (length, since_wall) = match breaker.outage() {
+            Some((length, since)) => (Some(length), since),
+            None => (None, SystemTime::now()),
+        };
+        // First connection since start: nothing was missed, only the journal (if any) to send.
+        let first_connect = length.is_none();
+        let data_age = if first_connect {
+            None
+        } else {
+            match redis.heartbeat_age().await {
+                Ok(age) => age,
+                Err(error) => {
+                    tracing::debug!(%error, "heartbeat unreadable; recovery postponed");
+                    breaker.back_to_down();
+                    return;
+                }
+            }
+        };
+        let Ok(replayed) = self.invalidator.replay_journal(core).await else {
+            breaker.back_to_down();
+            return;
+        };
+        let scope = recovery::flush_scope(
+            &self.config.policy,
+            Outage {
+                length,
+                data_age,
+                journal_overflowed: replayed.overflowed,
+            },
+        );
+        let mut flushed = 0;
+        if let Some(inv) = scope.to_invalidation() {
+            match self
+                .invalidator
+                .flush_after_outage(core, inv, replayed.overflowed)
+                .await
+            {
+                Ok(n) => flushed = n,
+                Err(_) => {
+                    breaker.back_to_down();
+                    return;
+                }
+            }
+        }
+        if let Err(error) = redis.write_heartbeat().await {
+            tracing::debug!(%error, "heartbeat not written");
+        }
+        let outage_len = length.unwrap_or(Duration::ZERO);
+        let record = (!first_connect || replayed.applied > 0).then(|| OutageRecord {
+            started_at_ms: unix_ms(since_wall),
+            ended_at_ms: unix_ms(SystemTime::now()),
+            outage: outage_len,
+            data_age,
+            scope: scope.clone(),
+            flushed_redis_keys: flushed,
+            replayed: replayed.applied,
+            journal_overflowed: replayed.overflowed,
+        });
+        if first_connect {
+            tracing::info!("Redis connected");
+        } else {
+            log_recovered(outage_len, data_age, &scope, flushed, replayed.applied);
+        }
+        breaker.set_healthy(record);
+    }
+}
+
+fn log_recovered(
+    outage: Duration,
+    data_age: Option<Duration>,
+    scope: &FlushScope,
+    flushed: u64,
+    replayed: usize,
+) {
+    tracing::warn!(
+        outage_ms = outage.as_millis() as u64,
+        data_age_ms = data_age.map(|d| d.as_millis() as u64),
+        ?scope,
+        flushed,
+        replayed,
+        "Redis outage over: tier applied, Redis back in use"
+    );
+}

@@ -1,0 +1,213 @@
+//! The engine under every [`Cache`](crate::Cache) handle: the two stores, the breaker in front
+//! of Redis, the flights that keep loads and invalidations in order, and the counters.
+//!
+//! [`Core`]'s fields are private. The read-through path, the invalidator and the background
+//! tasks (health monitor, backplane, Sentinel watcher) all talk to it through the methods
+//! below, so each behaviour has one owner: reading and keeping values here, applying an
+//! invalidation in `coherence`, the public handle in `cache`. Background tasks hold a
+//! `Weak<Core>` and stop when the last handle is dropped.
+
+mod breaker;
+mod flights;
+mod io;
+mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) use self::breaker::Breaker;
+pub(crate) use self::flights::{mask_of, wait, Epoch, Flights, Join, Outcome, ALL_SHARDS};
+pub(crate) use self::io::RedisRead;
+pub(crate) use self::stats::Stats;
+use crate::key::Key;
+use crate::model::{ClassId, Classes, Counters, EntryOptions, HealthState};
+use crate::redis::RedisStore;
+use crate::store::{Codec, LocalHit, LocalKey, LocalStore};
+
+/// The shared state of one cache; see the module docs.
+pub(crate) struct Core {
+    namespace: Arc<str>,
+    classes: Classes,
+    local: LocalStore,
+    redis: Option<RedisStore>,
+    codec: Codec,
+    flights: Flights,
+    stats: Stats,
+    breaker: Breaker,
+    /// The request deadline of one Redis command.
+    command_timeout: Duration,
+}
+
+/// What a [`Core`] is made of; see [`Core::new`].
+pub(crate) struct Parts {
+    pub(crate) namespace: Arc<str>,
+    pub(crate) classes: Classes,
+    pub(crate) local: LocalStore,
+    pub(crate) redis: Option<RedisStore>,
+    pub(crate) codec: Codec,
+    pub(crate) breaker: Breaker,
+    pub(crate) command_timeout: Duration,
+}
+
+impl Core {
+    pub(crate) fn new(parts: Parts) -> Self {
+        Core {
+            namespace: parts.namespace,
+            classes: parts.classes,
+            local: parts.local,
+            redis: parts.redis,
+            codec: parts.codec,
+            flights: Flights::default(),
+            stats: Stats::default(),
+            breaker: parts.breaker,
+            command_timeout: parts.command_timeout,
+        }
+    }
+
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub(crate) fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.flights
+    }
+
+    pub(crate) fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// The local identity of `key` under `options`' class.
+    #[inline]
+    pub(crate) fn local_key(&self, key: Key, options: &EntryOptions) -> LocalKey {
+        LocalKey {
+            class: self.class_id(options),
+            key,
+        }
+    }
+
+    #[inline]
+    fn class_id(&self, options: &EntryOptions) -> ClassId {
+        match self.classes.resolve(options.class.as_deref()) {
+            Some(id) => id,
+            None => {
+                tracing::warn!(class = ?options.class, "unknown class; using the default class");
+                self.classes.default_id()
+            }
+        }
+    }
+
+    /// The TTL of an entry of `class` written with `options`.
+    pub(crate) fn ttl_of(&self, class: ClassId, options: &EntryOptions) -> Duration {
+        options
+            .ttl
+            .or(self.classes.get(class).default_ttl())
+            .unwrap_or(Duration::from_secs(300))
+    }
+
+    /// A local entry of `key`, if any, whatever its state (see [`Core::serves`]).
+    #[inline]
+    pub(crate) fn lookup<T: Clone + Send + Sync + 'static>(
+        &self,
+        key: &LocalKey,
+    ) -> Option<LocalHit<T>> {
+        self.local.get(key)
+    }
+
+    /// Whether a local hit may be served: fresh, and either trusted or the best there is
+    /// because Redis cannot be asked (see the backplane's reconciliation rule).
+    #[inline]
+    pub(crate) fn serves<T>(&self, hit: &LocalHit<T>) -> bool {
+        !hit.stale && (!hit.suspect || !self.breaker.allows_requests())
+    }
+
+    /// Approximate entries in the local store.
+    pub(crate) fn local_entry_count(&self) -> u64 {
+        self.local.entry_count()
+    }
+
+    /// From now on every local entry is suspect (the invalidation channel has a gap).
+    pub(crate) fn distrust_local(&self) {
+        self.local.distrust_all();
+    }
+
+    /// Local entries written from now on are trusted; older ones stay suspect.
+    pub(crate) fn trust_local_from_now(&self) {
+        self.local.trust_from_now();
+    }
+
+    /// Every local entry is trusted again.
+    pub(crate) fn trust_local(&self) {
+        self.local.trust_all();
+    }
+
+    /// Whether a Redis URL was configured.
+    pub(crate) fn has_redis(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Redis, when configured and the breaker lets requests through.
+    #[inline]
+    pub(crate) fn redis(&self) -> Option<&RedisStore> {
+        self.redis
+            .as_ref()
+            .filter(|_| self.breaker.allows_requests())
+    }
+
+    /// Redis whatever the breaker says: for probes, recovery and maintenance.
+    pub(crate) fn redis_always(&self) -> Option<&RedisStore> {
+        self.redis.as_ref()
+    }
+
+    /// The Redis key of a local entry.
+    pub(crate) fn entry_key(&self, redis: &RedisStore, key: &LocalKey) -> String {
+        redis.entry_key(self.classes.get(key.class).name(), &key.key)
+    }
+
+    /// The Redis key of a local entry's stampede lock.
+    pub(crate) fn lock_key(&self, redis: &RedisStore, key: &LocalKey) -> String {
+        redis.lock_key(self.classes.get(key.class).name(), &key.key)
+    }
+
+    /// The breaker's state, as the status reports it.
+    pub(crate) fn health_state(&self) -> HealthState {
+        if self.redis.is_some() {
+            self.breaker.state()
+        } else {
+            HealthState::LocalOnly
+        }
+    }
+
+    /// Publishes the counters, the journal's length and the breaker through `metrics`.
+    pub(crate) fn publish_metrics(&self, journal_len: usize) {
+        let c: Counters = self.stats.snapshot();
+        let ns = self.namespace.to_string();
+        for (name, value) in [
+            ("stormcache_l1_hits", c.l1_hits),
+            ("stormcache_l2_hits", c.l2_hits),
+            ("stormcache_misses", c.misses),
+            ("stormcache_stale_served", c.stale_served),
+            ("stormcache_loader_calls", c.loader_calls),
+            ("stormcache_redis_errors", c.redis_errors),
+            ("stormcache_decode_errors", c.decode_errors),
+        ] {
+            metrics::counter!(name, "namespace" => ns.clone()).absolute(value);
+        }
+        metrics::gauge!("stormcache_journal_len", "namespace" => ns.clone())
+            .set(journal_len as f64);
+        metrics::gauge!("stormcache_redis_healthy", "namespace" => ns).set(
+            if self.breaker.allows_requests() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+    }
+}

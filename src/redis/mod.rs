@@ -1,0 +1,55 @@
+//! Everything that talks to Redis, and the only module that names fred.
+//!
+//! - `store`: the connection the cache reads, writes and publishes through, with a deadline on
+//!   every command and a bound on commands in flight;
+//! - `bulk_delete`: tag invalidation and pattern flushes in small commands;
+//! - `lock`: the stampede lock; `heartbeat`: how old the data Redis came back with is;
+//! - `pubsub`: the invalidation channel's subscriber; `sentinel`: master switches;
+//! - `error`: fred's errors as the crate's, keeping their kind.
+//!
+//! The `redis` feature is switched here and nowhere else. Without it, `disabled` provides the
+//! same types, uninhabited: no value of them can exist, so every method body is
+//! `match *self {}`, the compiler proves that no Redis path runs, and the layers above need
+//! no `cfg` of their own.
+
+mod settings;
+
+pub(crate) use self::settings::RedisSettings;
+
+#[cfg(feature = "redis")]
+mod bulk_delete;
+#[cfg(feature = "redis")]
+mod error;
+#[cfg(feature = "redis")]
+mod heartbeat;
+#[cfg(feature = "redis")]
+mod lock;
+#[cfg(feature = "redis")]
+mod pubsub;
+#[cfg(feature = "redis")]
+mod sentinel;
+#[cfg(feature = "redis")]
+mod store;
+
+#[cfg(feature = "redis")]
+pub(crate) use self::{
+    lock::LockGuard,
+    pubsub::{Subscriber, SubscriberEvent},
+    sentinel::master_switches,
+    store::{ConnectionEvent, RedisStore},
+};
+
+#[cfg(not(feature = "redis"))]
+mod disabled;
+
+#[cfg(not(feature = "redis"))]
+pub(crate) use self::disabled::{
+    master_switches, ConnectionEvent, LockGuard, RedisStore, Subscriber, SubscriberEvent,
+};
+
+/// What a deletion (keys, a tag, a pattern) removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Removed {
+    /// Keys removed from Redis.
+    pub(crate) keys: u64,
+}

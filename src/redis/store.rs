@@ -1,0 +1,370 @@
+//! The Redis store: the shared L2, on a standalone server, a Sentinel group or a Cluster.
+//!
+//! fred does the protocol work, but its defaults are wrong for a cache (measured with fred
+//! 10.1): no reconnect policy (a dead server is never reconnected), no command
+//! timeout (a GET waits forever on a frozen server), and a bounded command buffer that loses
+//! track of commands under load. So this module always sets a reconnect policy, puts a
+//! deadline on every command, never sets `max_command_buffer_len`, and bounds the number of
+//! commands in flight itself, shedding (treating as a miss) what does not fit.
+//!
+//! Layout of the keys it writes, all under the namespace prefix:
+//! - `ns:class:key` — an entry: its value in an envelope that carries its freshness;
+//! - `ns:~tag:tag` — a set of the full keys that carry a tag.
+//!
+//! - `ns:~lock:class:key` — a stampede lock; `ns:~hb` — the heartbeat; `ns:~inv` — the
+//!   invalidation channel; `ns:~replayed` — the replay log.
+//!
+//! `~` cannot start a class name, so a class's SCAN pattern never meets a tag set, while the
+//! namespace pattern `ns:*` reaches everything. Nothing is ever deleted with KEYS, FLUSHALL or
+//! FLUSHDB, and multi-key commands are grouped by hash slot, so Cluster never answers
+//! CROSSSLOT.
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::prelude::{
+    Builder, ClientLike, Config, EventInterface, Expiration, KeysInterface, ListInterface,
+    PubsubInterface, ReconnectPolicy, SetsInterface,
+};
+use fred::types::config::{Options, UnresponsiveConfig};
+use fred::types::{ExpireOptions, Value};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Semaphore;
+
+use super::RedisSettings;
+use crate::error::Error;
+use crate::key::Key;
+
+/// The connection to Redis the cache reads, writes and invalidates through.
+pub(crate) struct RedisStore {
+    pub(super) client: fred::clients::Client,
+    prefix: Arc<str>,
+    options: Options,
+    command_timeout: Duration,
+    maintenance_timeout: Duration,
+    pub(super) scan_batch: u32,
+    in_flight: Semaphore,
+    /// Whether the Cluster's masters run the per-node UNLINK script; cleared by the first
+    /// refusal.
+    pub(super) node_scripts: AtomicBool,
+}
+
+/// A connection event fred reports.
+#[derive(Debug)]
+pub(crate) enum ConnectionEvent {
+    /// A connection failed or closed.
+    Lost(Error),
+    /// A connection was (re)established.
+    Connected,
+}
+
+/// fred's connection events, as the health monitor needs them.
+pub(crate) struct ConnectionEvents {
+    errors:
+        tokio::sync::broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
+    reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+}
+
+impl ConnectionEvents {
+    /// The next event; `None` once the client is gone. Events missed by a slow reader are
+    /// skipped: only the latest state matters to the monitor.
+    pub(crate) async fn next(&mut self) -> Option<ConnectionEvent> {
+        loop {
+            tokio::select! {
+                error = self.errors.recv() => match error {
+                    Ok((error, _server)) => return Some(ConnectionEvent::Lost(error.into())),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                },
+                reconnect = self.reconnects.recv() => match reconnect {
+                    Ok(_) => return Some(ConnectionEvent::Connected),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                },
+            }
+        }
+    }
+}
+
+impl RedisStore {
+    /// Creates the client and starts connecting in the background.
+    ///
+    /// Fails only on a bad URL or without a runtime: an unreachable Redis is not an error,
+    /// the cache runs on its local store until Redis answers.
+    pub(crate) fn connect(settings: &RedisSettings, namespace: &str) -> Result<Self, Error> {
+        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let config = Config::from_url(&settings.url).map_err(|e| Error::InvalidUrl {
+            url: mask_password(&settings.url),
+            reason: e.details().to_string(),
+        })?;
+        let mut builder = Builder::from_config(config);
+        let delay_ms = u32::try_from(settings.reconnect_delay.as_millis()).unwrap_or(u32::MAX);
+        // 0 attempts = retry forever: a cache must come back by itself.
+        builder.set_policy(ReconnectPolicy::new_constant(0, delay_ms.max(1)));
+        builder.with_performance_config(|perf| {
+            perf.default_command_timeout = settings.command_timeout;
+        });
+        builder.with_connection_config(|conn| {
+            conn.connection_timeout = settings.connect_timeout;
+            conn.internal_command_timeout = settings.connect_timeout;
+            // A frozen server is only noticed if fred is told what "too slow" means.
+            conn.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(settings.connect_timeout),
+                interval: (settings.connect_timeout / 4).max(Duration::from_millis(10)),
+            };
+        });
+        let client = builder.build().map_err(|e| Error::InvalidUrl {
+            url: mask_password(&settings.url),
+            reason: e.details().to_string(),
+        })?;
+        // Runs the connection (and its reconnections) in the background for the client's life.
+        let _connection = client.connect();
+        Ok(RedisStore {
+            client,
+            prefix: Arc::from(format!("{namespace}:")),
+            options: Options {
+                timeout: Some(settings.command_timeout),
+                fail_fast: true,
+                max_attempts: Some(1),
+                ..Options::default()
+            },
+            command_timeout: settings.command_timeout,
+            maintenance_timeout: settings.maintenance_timeout,
+            scan_batch: settings.scan_batch.max(10),
+            in_flight: Semaphore::new(settings.max_in_flight.max(1)),
+            node_scripts: AtomicBool::new(true),
+        })
+    }
+
+    /// The underlying fred client.
+    pub(super) fn client(&self) -> &fred::clients::Client {
+        &self.client
+    }
+
+    /// `ns:`.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `ns:class:key`.
+    pub(crate) fn entry_key(&self, class: &str, key: &Key) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + class.len() + 1 + key.as_str().len());
+        k.push_str(&self.prefix);
+        k.push_str(class);
+        k.push(':');
+        k.push_str(key.as_str());
+        k
+    }
+
+    /// `ns:~tag:tag`.
+    pub(crate) fn tag_key(&self, tag: &Key) -> String {
+        format!("{}~tag:{}", self.prefix, tag.as_str())
+    }
+
+    /// The SCAN pattern of a class.
+    pub(crate) fn class_pattern(&self, class: &str) -> String {
+        format!("{}{class}:*", self.prefix)
+    }
+
+    /// The SCAN pattern of the whole namespace.
+    pub(crate) fn namespace_pattern(&self) -> String {
+        format!("{}*", self.prefix)
+    }
+
+    /// Runs one request-path command under the in-flight bound and the command deadline.
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, Error> {
+        // Shed rather than queue: a request must not wait behind a backlog for its cache.
+        let _permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| Error::Overloaded)?;
+        match tokio::time::timeout(self.command_timeout, fut).await {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::redis_timeout("command", self.command_timeout)),
+        }
+    }
+
+    /// A maintenance step with the longer maintenance deadline.
+    pub(super) async fn maintenance<T>(
+        &self,
+        fut: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.maintenance_timeout, fut).await {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::redis_timeout(
+                "maintenance step",
+                self.maintenance_timeout,
+            )),
+        }
+    }
+
+    pub(crate) async fn get(&self, full_key: &str) -> Result<Option<Bytes>, Error> {
+        let client = self.client.with_options(&self.options);
+        self.bounded(client.get::<Option<Bytes>, _>(full_key)).await
+    }
+
+    /// Writes an entry with its TTL and adds it to its tags' sets.
+    pub(crate) async fn set(
+        &self,
+        full_key: &str,
+        bytes: Vec<u8>,
+        ttl: Duration,
+        tags: &[Key],
+    ) -> Result<(), Error> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        if tags.is_empty() {
+            let client = self.client.with_options(&self.options);
+            return self
+                .bounded(client.set::<(), _, _>(
+                    full_key,
+                    bytes,
+                    Some(Expiration::PX(ttl_ms)),
+                    None,
+                    false,
+                ))
+                .await;
+        }
+        let pipeline = self.client.pipeline();
+        let queue = async {
+            let expiration = Some(Expiration::PX(ttl_ms));
+            if self.client.is_clustered() {
+                // The entry and its tag sets may be on different nodes, whose order is not
+                // kept: the entry must exist before it joins a set (see the module docs).
+                self.client
+                    .with_options(&self.options)
+                    .set::<(), _, _>(full_key, bytes, expiration, None, false)
+                    .await?;
+            } else {
+                pipeline
+                    .set::<(), _, _>(full_key, bytes, expiration, None, false)
+                    .await?;
+            }
+            for tag in tags {
+                let tag_key = self.tag_key(tag);
+                pipeline
+                    .sadd::<(), _, _>(tag_key.as_str(), full_key)
+                    .await?;
+                // A tag set lives as long as its longest-lived member: NX sets a first TTL,
+                // GT only ever extends it.
+                pipeline
+                    .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::NX))
+                    .await?;
+                pipeline
+                    .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::GT))
+                    .await?;
+            }
+            pipeline.all::<Value>().await.map(|_| ())
+        };
+        self.bounded(queue).await
+    }
+
+    /// A PING with the request deadline, for probes.
+    pub(crate) async fn ping(&self) -> Result<(), Error> {
+        let client = self.client.with_options(&self.options);
+        match tokio::time::timeout(self.command_timeout, client.ping::<()>(None)).await {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::redis_timeout("PING", self.command_timeout)),
+        }
+    }
+
+    /// fred's connection events: errors, and (re)connections.
+    pub(crate) fn events(&self) -> ConnectionEvents {
+        ConnectionEvents {
+            errors: self.client.error_rx(),
+            reconnects: self.client.reconnect_rx(),
+        }
+    }
+
+    /// Drops the connections and makes new ones (on Sentinel, asking for the master again).
+    pub(crate) async fn force_reconnection(&self, deadline: Duration) -> Result<(), Error> {
+        match tokio::time::timeout(deadline, self.client.force_reconnection()).await {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::redis_timeout("reconnection", deadline)),
+        }
+    }
+
+    /// PUBLISHes `message` on `channel` with the request deadline.
+    pub(crate) async fn publish(&self, channel: &str, message: Bytes) -> Result<(), Error> {
+        let publish = self.client.publish::<i64, _, _>(channel, message);
+        match tokio::time::timeout(self.command_timeout, publish).await {
+            Ok(result) => result.map(|_| ()).map_err(Error::from),
+            Err(_) => Err(Error::redis_timeout("PUBLISH", self.command_timeout)),
+        }
+    }
+
+    /// Appends `messages` to the list `key`, keeps its last `keep` items and gives it `ttl`.
+    pub(crate) async fn append_log(
+        &self,
+        key: &str,
+        messages: Vec<Bytes>,
+        keep: i64,
+        ttl: Duration,
+    ) -> Result<(), Error> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let client = &self.client;
+        self.maintenance(async {
+            client.rpush::<i64, _, _>(key, messages).await?;
+            client.ltrim::<(), _>(key, -keep, -1).await?;
+            client.pexpire::<(), _>(key, ttl_ms, None).await
+        })
+        .await
+    }
+
+    /// Every item of the list `key`.
+    pub(crate) async fn read_log(&self, key: &str) -> Result<Vec<Bytes>, Error> {
+        self.maintenance(self.client.lrange::<Vec<Bytes>, _>(key, 0, -1))
+            .await
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // Close the connection and stop reconnecting once the last cache handle is gone.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            handle.spawn(async move {
+                let _ = client.quit().await;
+            });
+        }
+    }
+}
+
+/// Hides the password of a URL for error messages and logs.
+pub(crate) fn mask_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => format!("{}***{}", &url[..scheme_end + 3], &url[at..]),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_password("redis://user:secret@127.0.0.1:6379/0"),
+            "redis://user:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(mask_password("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(mask_password("redis://h:1"), "redis://h:1");
+    }
+}

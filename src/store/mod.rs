@@ -1,0 +1,10 @@
+//! The local store and the bytes written to Redis: how values are kept in process, how they
+//! are encoded, and the envelope that carries their freshness.
+
+pub(crate) mod codec;
+pub(crate) mod envelope;
+mod local;
+
+pub use self::codec::Codec;
+pub use self::local::LocalCapacity;
+pub(crate) use self::local::{LocalHit, LocalKey, LocalStore};
