@@ -1,4 +1,5 @@
-//! Seed 002's API as an axum service, cached with stormcache: the README's main command.
+//! A permissions API (resources, users, groups) as an axum service, cached with stormcache:
+//! the README's main command.
 //!
 //! ```text
 //! cargo run --example axum_app                                        # local store only
@@ -16,10 +17,10 @@
 //! | `/admin/status`, `/admin/invalidate`, `/admin/flush` | operator endpoints | bearer token from `ADMIN_TOKEN` |
 //!
 //! Two levels of caching are at work. The handlers read the "database" through
-//! [`Cache::get_or_load`] — the seed's three layers of different volatility — and the GET
+//! [`Cache::get_or_load`] — three layers of different volatility — and the GET
 //! routes also cache their whole HTTP response with [`CacheLayer`] (see `x-cache` and `age`
 //! in the answers). The mutation routes carry an [`InvalidateLayer`] that removes, after a
-//! successful change, the keys of the seed's table and every entry tagged with the user: the
+//! successful change, the keys in the table above and every entry tagged with the user: the
 //! data entries and the cached responses alike.
 //!
 //! Environment: `APP_ADDR` (default `127.0.0.1:3000`; port 0 picks one, logged),
@@ -153,7 +154,8 @@ pub struct AppState {
     pub db: Db,
 }
 
-/// The cache this app uses: seed 002's two classes.
+/// The cache this app uses: two classes, `permissions` (15 min, volatile: group memberships
+/// change and matter for security) and `resources` (12 h, stable metadata).
 pub fn build_cache(redis_url: Option<String>) -> Result<Cache, stormcache::Error> {
     Cache::builder("stormcache-example")
         .redis_url(redis_url)
@@ -170,7 +172,7 @@ fn user_tag(user: &str) -> Key {
     Key::builder("user:").value(user).build()
 }
 
-/// Seed layer 1: every resource (`resources:all`, 12 h).
+/// Layer 1: every resource (`resources:all`, 12 h).
 async fn all_resources(state: &AppState) -> Vec<Resource> {
     let key = Key::builder("resources:all").build();
     let opts = EntryOptions::new().class("resources");
@@ -180,7 +182,7 @@ async fn all_resources(state: &AppState) -> Vec<Resource> {
         .await
 }
 
-/// Seed layer 2: a user's groups (`user:groups:{user}`, 15 min, volatile). `None`: no such
+/// Layer 2: a user's groups (`user:groups:{user}`, 15 min, volatile). `None`: no such
 /// user (not cached, so a user created later is seen at once).
 async fn user_groups(state: &AppState, user: &str) -> Option<BTreeSet<String>> {
     let key = Key::builder("user:groups:").value(user).build();
@@ -194,7 +196,7 @@ async fn user_groups(state: &AppState, user: &str) -> Option<BTreeSet<String>> {
         .ok()
 }
 
-/// Seed layer 3: what a user may see (`resources:{user}`), derived from the two others.
+/// Layer 3: what a user may see (`resources:{user}`), derived from the two others.
 async fn visible_resources(state: &AppState, user: &str) -> Option<Vec<Resource>> {
     let key = Key::builder("resources:").value(user).build();
     let opts = EntryOptions::new().class("permissions").tag(user_tag(user));
@@ -261,7 +263,8 @@ async fn remove_member(
     }
 }
 
-/// The whole application: the seed's routes over `db`, the admin router under `/admin`.
+/// The whole application: the routes listed in the module docs over `db`, the admin router
+/// under `/admin`.
 pub fn app(cache: Cache, db: Db, admin_token: Option<String>) -> Result<Router, stormcache::Error> {
     let template = KeyTemplate::parse;
     // Per-user responses: volatile like the data they show, tagged with the user.
@@ -269,7 +272,8 @@ pub fn app(cache: Cache, db: Db, admin_token: Option<String>) -> Result<Router, 
         .class("permissions")
         .ttl(Duration::from_secs(15 * 60))
         .tag_template(template("user:{id}")?);
-    // After a membership change: the seed's table, plus everything tagged with the user.
+    // After a membership change the user's groups and the resources derived from them are
+    // stale, and so is everything tagged with the user (the cached responses included).
     let membership_changed = InvalidateLayer::new(cache.clone())
         .key(template("user:groups:{u}")?)
         .key(template("resources:{u}")?)

@@ -1,4 +1,4 @@
-//! Seed 002's multi-layer case, written with the attribute macros.
+//! Three cache layers over one permissions model, written with the attribute macros.
 //!
 //! Three cached layers of different volatility feed one answer:
 //!
@@ -9,7 +9,8 @@
 //! | `user_resources(user)` | `resources:{user}` | 15 min | `permissions`, derived from both |
 //!
 //! and `remove_user_from_group(user, group)` declares what it makes stale with two reusable
-//! rules, `UserResources` and `UserGroups`, stacked like the seed's decorators.
+//! rules, `UserResources` and `UserGroups`, stacked as two `#[invalidate]` attributes: removing
+//! a user from a group makes the user's groups *and* the user's resources stale.
 //!
 //! ```text
 //! cargo run --example service_functions                                   # local store only
@@ -171,14 +172,16 @@ pub struct UserResources<'a> {
     pub user_id: &'a str,
 }
 
-/// Seed 002's mutation: the two rules, stacked, run when it returns `Ok`.
+/// The mutation: it makes the user's groups and the resources derived from them stale, so
+/// the two rules, stacked, run when it returns `Ok`.
 #[invalidate(UserResources { user_id })]
 #[invalidate(UserGroups { user_id })]
 pub async fn remove_user_from_group(user_id: &str, group_id: &str) -> Result<bool, DbError> {
     db::remove_membership(user_id, group_id)
 }
 
-/// The cache the example installs: the seed's two volatilities as classes.
+/// The cache the example installs: the two volatilities as classes, `permissions` (15 min,
+/// volatile) and `resources` (12 h, stable).
 pub fn build_cache(redis_url: Option<String>) -> Result<Cache, stormcache::Error> {
     Cache::builder("service-functions")
         .redis_url(redis_url)

@@ -4,9 +4,12 @@
 //! Use them through the `stormcache` crate (feature `macros`, on by default), not directly:
 //! the expansions name `::stormcache`.
 //!
-//! The crate is laid out like `tracing-attributes`: the `parse` module reads the arguments
-//! (every error points at the offending token), `template` checks key templates at compile
-//! time with the core's rules, and `expand` writes the code.
+//! The crate is laid out like `tracing-attributes`: this file holds only the entry points,
+//! which parse their input and hand it to the matching expansion. The `parse` module reads
+//! the arguments (every error points at the offending token), `template` checks key
+//! templates at compile time with the core's rules, and `expand` writes the code: helpers
+//! shared by several macros in `expand` itself, and one submodule per macro (`cached`,
+//! `invalidate`, `rule`, `key`).
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -227,8 +230,8 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Invalidation after a mutating `async fn`: when it succeeds, the entries it made stale
 /// are removed from the local store and from Redis. Stack it as often as you like.
 ///
-/// Seed 002's example — removing a user from a group makes the user's groups *and* the
-/// resources derived from them stale — with two reusable rules, each stated once:
+/// Removing a user from a group makes the user's groups *and* the resources derived from
+/// them stale. Two reusable rules, each stated once, say so:
 ///
 /// ```
 /// use stormcache::{invalidate, InvalidationRule};
@@ -331,8 +334,9 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 ///   }
 ///   ```
 /// - **`double_delete`** (or `double_delete = true`) — invalidate before the function runs
-///   as well as after it. A reader that misses between the two may load the old value and
-///   cache it; the second delete removes it (seed 002's read race).
+///   as well as after it. A reader that misses between the two deletes may load the old
+///   value (the write is not committed yet) and cache it; the second delete removes it, so
+///   that stale value does not outlive the call.
 ///
 ///   ```
 ///   # use stormcache::invalidate;
