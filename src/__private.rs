@@ -7,10 +7,9 @@
 use std::fmt::Display;
 use std::future::Future;
 
-use crate::cache::{Cache, Cacheable};
-use crate::invalidation::{Invalidation, InvalidationRule, RedisOutcome};
-use crate::key::{Key, KeyBuilder};
-use crate::options::EntryOptions;
+use crate::{
+    Cache, Cacheable, EntryOptions, Invalidation, InvalidationRule, Key, KeyBuilder, RedisOutcome,
+};
 
 /// The process-wide cache for a function given no `cache = …`.
 ///
@@ -19,7 +18,7 @@ use crate::options::EntryOptions;
 /// first call with what to do about it.
 #[inline]
 pub fn global_cache(function: &'static str) -> &'static Cache {
-    match crate::global::global() {
+    match crate::global() {
         Ok(cache) => cache,
         Err(error) => not_installed(function, &error),
     }

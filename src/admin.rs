@@ -1,8 +1,9 @@
 //! The authenticated admin router: status, manual invalidation and flushes.
 //!
-//! Seed 002 asks for "admin endpoints for manual cache invalidation when automated strategies
-//! aren't sufficient". [`router`] gives an axum [`Router`] to nest wherever the application
-//! keeps its operator endpoints:
+//! When the automatic invalidation falls short (a rule that was missed, data changed
+//! outside the application, an incident), an operator needs to remove entries by hand.
+//! [`router`] gives an axum [`Router`] to nest wherever the application keeps its operator
+//! endpoints:
 //!
 //! | request | does |
 //! | --- | --- |
@@ -63,9 +64,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::Cache;
-use crate::invalidation::{Invalidation, InvalidationReport, RedisOutcome};
-use crate::key::{Key, KeyBuilder};
+use crate::{Cache, Invalidation, InvalidationReport, Key, KeyBuilder, RedisOutcome};
 
 /// The largest request body the admin router reads: 64 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -7,8 +7,7 @@ use axum::extract::{MatchedPath, OriginalUri, RawPathParams};
 use http::request::Parts;
 use http::{Extensions, HeaderMap, Method, Uri};
 
-use crate::error::Error;
-use crate::key::{Key, KeyTemplate};
+use crate::{Error, Key, KeyTemplate};
 
 /// What a key, tag or invalidation function may read of a request: method, original URI,
 /// headers, extensions, the matched route, path parameters and the principal.

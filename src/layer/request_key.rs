@@ -21,7 +21,7 @@
 use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderMap, HeaderName};
 
-use crate::key::{Key, KeyBuilder};
+use crate::{Key, KeyBuilder};
 
 /// The prefix of every key and tag the HTTP layers write.
 pub(crate) const PREFIX: &str = "http:";
