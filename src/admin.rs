@@ -1,8 +1,9 @@
 //! The authenticated admin router: status, manual invalidation and flushes.
 //!
-//! Seed 002 asks for "admin endpoints for manual cache invalidation when automated strategies
-//! aren't sufficient". [`router`] gives an axum [`Router`] to nest wherever the application
-//! keeps its operator endpoints:
+//! When the automatic invalidation falls short (a rule that was missed, data changed
+//! outside the application, an incident), an operator needs to remove entries by hand.
+//! [`router`] gives an axum [`Router`] to nest wherever the application keeps its operator
+//! endpoints:
 //!
 //! | request | does |
 //! | --- | --- |

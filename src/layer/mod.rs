@@ -53,36 +53,10 @@ mod inner_service;
 pub mod invalidate_layer;
 mod request_info;
 mod request_key;
+mod x_cache;
 
 pub use body::ResponseBody;
 pub use cache_layer::{CacheLayer, CacheService, DEFAULT_MAX_BODY_SIZE};
 pub use invalidate_layer::{InvalidateLayer, InvalidateService};
 pub use request_info::RequestInfo;
-
-use http::HeaderValue;
-
-/// The name of the header that says how the cache layer answered.
-pub const X_CACHE: &str = "x-cache";
-
-#[allow(clippy::declare_interior_mutable_const)]
-const X_CACHE_HEADER: http::HeaderName = http::HeaderName::from_static(X_CACHE);
-
-/// How a response got its answer, as told in `x-cache`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum XCache {
-    Hit,
-    Miss,
-    Stale,
-    Bypass,
-}
-
-impl XCache {
-    fn header_value(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
-            XCache::Hit => "hit",
-            XCache::Miss => "miss",
-            XCache::Stale => "stale",
-            XCache::Bypass => "bypass",
-        })
-    }
-}
+pub use x_cache::X_CACHE;

@@ -1,28 +1,25 @@
-//! [`InvalidateLayer`]: invalidation after successful mutations, the HTTP twin of
-//! `#[invalidate]`.
+//! [`InvalidateLayer`] and its configuration: the builder methods, `impl Layer`, and the
+//! rendering of what a request invalidates.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::extract::FromRequestParts;
 use axum::response::IntoResponse;
 use http::request::Parts;
-use http::{Method, Request, Response};
-use pin_project_lite::pin_project;
+use http::Method;
 use tower_layer::Layer;
-use tower_service::Service;
 
-use super::inner_service::{define_inner_service_accessors, take_ready, Drive};
-use super::request_info::{original_uri, path_params, RequestInfo};
-use super::request_key::path_tag;
-use crate::{Cache, Invalidation, KeyTemplate, RedisOutcome};
+use super::InvalidateService;
+use crate::layer::request_info::RequestInfo;
+use crate::layer::request_key::path_tag;
+use crate::{Cache, Invalidation, KeyTemplate};
 
-type RuleFn = Arc<dyn Fn(&RequestInfo<'_>) -> Invalidation + Send + Sync>;
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-type ExtractFn =
+pub(super) type RuleFn = Arc<dyn Fn(&RequestInfo<'_>) -> Invalidation + Send + Sync>;
+pub(super) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(super) type ExtractFn =
     Arc<dyn for<'a> Fn(&'a mut Parts) -> BoxFuture<'a, Option<Invalidation>> + Send + Sync>;
 
 /// Invalidates cache entries after a mutating request (`POST`, `PUT`, `PATCH`, `DELETE`)
@@ -31,7 +28,7 @@ type ExtractFn =
 /// What goes is computed from the request before the handler runs: key and tag
 /// [templates](KeyTemplate) rendered with the path parameters, rule functions over a
 /// [`RequestInfo`], and rules fed by any axum extractor. By default the layer also removes
-/// the responses a [`CacheLayer`](super::CacheLayer) cached for the same path (a `PUT
+/// the responses a [`CacheLayer`](crate::layer::CacheLayer) cached for the same path (a `PUT
 /// /items/7` refreshes `GET /items/7`, a `POST /items` refreshes `GET /items`).
 ///
 /// The invalidation finishes before the response is returned, so the client that made the
@@ -80,15 +77,16 @@ pub struct InvalidateLayer {
     config: Arc<Config>,
 }
 
+/// What an [`InvalidateLayer`] was configured with, shared by every service it builds.
 #[derive(Clone)]
-struct Config {
-    fixed: Invalidation,
-    keys: Vec<KeyTemplate>,
-    tags: Vec<KeyTemplate>,
-    rules: Vec<RuleFn>,
-    extractors: Vec<ExtractFn>,
-    same_path: bool,
-    methods: Vec<Method>,
+pub(super) struct Config {
+    pub(super) fixed: Invalidation,
+    pub(super) keys: Vec<KeyTemplate>,
+    pub(super) tags: Vec<KeyTemplate>,
+    pub(super) rules: Vec<RuleFn>,
+    pub(super) extractors: Vec<ExtractFn>,
+    pub(super) same_path: bool,
+    pub(super) methods: Vec<Method>,
 }
 
 impl InvalidateLayer {
@@ -230,7 +228,7 @@ impl<S> Layer<S> for InvalidateLayer {
 }
 
 impl Config {
-    fn fmt_fields(&self, d: &mut fmt::DebugStruct<'_, '_>) -> fmt::Result {
+    pub(super) fn fmt_fields(&self, d: &mut fmt::DebugStruct<'_, '_>) -> fmt::Result {
         d.field("fixed", &self.fixed)
             .field("keys", &self.keys)
             .field("tags", &self.tags)
@@ -242,7 +240,7 @@ impl Config {
     }
 
     /// The part of the invalidation that needs no extractor.
-    fn sync_part(&self, info: &RequestInfo<'_>) -> Invalidation {
+    pub(super) fn sync_part(&self, info: &RequestInfo<'_>) -> Invalidation {
         let mut inv = self.fixed.clone();
         if self.same_path {
             inv = inv.tag(path_tag(info.path()));
@@ -271,142 +269,5 @@ impl fmt::Debug for InvalidateLayer {
             f.debug_struct("InvalidateLayer")
                 .field("cache", &self.cache),
         )
-    }
-}
-
-/// The service [`InvalidateLayer`] wraps around an inner service.
-///
-/// ```
-/// use axum::body::Body;
-/// use axum::http::{Request, Response, StatusCode};
-/// use stormcache::layer::InvalidateLayer;
-/// use stormcache::{Cache, Invalidation, Key};
-/// use tower::{service_fn, ServiceBuilder, ServiceExt};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let cache = Cache::builder("docs").build()?;
-/// let key = Key::literal("resources:all")?;
-/// cache.set(key.clone(), 1u32, &Default::default()).await;
-///
-/// let svc = ServiceBuilder::new()
-///     .layer(InvalidateLayer::new(cache.clone()).invalidation(&Invalidation::new().key(key.clone())))
-///     .service(service_fn(|_req: Request<Body>| async {
-///         Ok::<_, std::convert::Infallible>(Response::new(Body::from("created")))
-///     }));
-/// let res = svc.oneshot(Request::post("/resources").body(Body::empty())?).await?;
-/// assert_eq!(res.status(), StatusCode::OK);
-/// assert_eq!(cache.get::<u32>(&key, &Default::default()).await, None);
-/// # Ok(()) }
-/// ```
-#[derive(Clone)]
-pub struct InvalidateService<S> {
-    inner: S,
-    cache: Cache,
-    config: Arc<Config>,
-}
-
-impl<S> InvalidateService<S> {
-    define_inner_service_accessors!();
-}
-
-impl<S: fmt::Debug> fmt::Debug for InvalidateService<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.config.fmt_fields(
-            f.debug_struct("InvalidateService")
-                .field("inner", &self.inner)
-                .field("cache", &self.cache),
-        )
-    }
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for InvalidateService<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: Send + 'static,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if !self.config.methods.contains(req.method()) {
-            return ResponseFuture {
-                kind: Drive::Inner {
-                    fut: self.inner.call(req),
-                },
-            };
-        }
-        let (mut parts, body) = req.into_parts();
-        let params = path_params(&mut parts);
-        let inv = self
-            .config
-            .sync_part(&RequestInfo::with(&parts, params.as_ref(), None));
-        let mut inner = take_ready(&mut self.inner);
-        let cache = self.cache.clone();
-        let config = Arc::clone(&self.config);
-        let fut = async move {
-            let mut inv = inv;
-            for extractor in &config.extractors {
-                if let Some(more) = extractor(&mut parts).await {
-                    inv.merge(&more);
-                }
-            }
-            let path = original_uri(&parts).path().to_owned();
-            let res = inner.call(Request::from_parts(parts, body)).await?;
-            if res.status().is_success() && !inv.is_empty() {
-                let report = cache.invalidate(&inv).await;
-                match &report.redis {
-                    RedisOutcome::Journaled { overflowed } => {
-                        tracing::warn!(%path, overflowed, "invalidated locally; Redis is down, the rest is journaled");
-                    }
-                    _ => {
-                        tracing::debug!(%path, removed = report.redis_keys_removed, "invalidated after a successful mutation")
-                    }
-                }
-            }
-            Ok(res)
-        };
-        ResponseFuture {
-            kind: Drive::Boxed { fut: Box::pin(fut) },
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`InvalidateService`].
-    pub struct ResponseFuture<F, B, E> {
-        #[pin]
-        kind: Drive<F, Result<Response<B>, E>>,
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B, E>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().kind.poll_map(cx, |out| out)
-    }
-}
-
-impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field(
-                "kind",
-                &self.kind.label(["passthrough", "invalidating", "ready"]),
-            )
-            .finish()
     }
 }

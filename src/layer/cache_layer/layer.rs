@@ -1,0 +1,343 @@
+//! [`CacheLayer`] and its configuration: the builder methods and `impl Layer`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode};
+use tower_layer::Layer;
+
+use super::CacheService;
+use crate::layer::RequestInfo;
+use crate::{Cache, EntryOptions, Key, KeyTemplate};
+
+pub(super) type KeyFn = Arc<dyn Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync>;
+pub(super) type TagsFn = Arc<dyn Fn(&RequestInfo<'_>) -> Vec<Key> + Send + Sync>;
+pub(super) type PrincipalFn = Arc<dyn Fn(&RequestInfo<'_>) -> Option<String> + Send + Sync>;
+
+/// The default largest body stored: 1 MiB. Larger bodies stream through uncached.
+pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
+
+/// Caches responses to `GET` and `HEAD` requests in a [`Cache`].
+///
+/// A request is answered from the cache when it can be, otherwise by the inner service,
+/// whose response is stored when it may be. The cache is the same read-through [`Cache`] the
+/// rest of the application uses, so its behaviour during a Redis outage applies: Redis down
+/// means the local store answers, and when it cannot, the handler does.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{routing::get, Router};
+/// use stormcache::layer::CacheLayer;
+/// use stormcache::Cache;
+/// use tower::ServiceExt; // for `oneshot`
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache = Cache::builder("docs").build()?;
+/// let app = Router::new()
+///     .route("/resources", get(|| async { "[\"wiki\",\"ci\"]" }))
+///     .layer(CacheLayer::new(cache).ttl(Duration::from_secs(60)));
+///
+/// let request = || axum::http::Request::get("/resources").body(axum::body::Body::empty());
+/// let first = app.clone().oneshot(request()?).await?;
+/// assert_eq!(first.headers()["x-cache"], "miss");
+/// let second = app.oneshot(request()?).await?;
+/// assert_eq!(second.headers()["x-cache"], "hit");
+/// assert_eq!(second.headers()["age"], "0");
+/// # Ok(()) }
+/// ```
+///
+/// # What is cached, under which key
+///
+/// - Only `GET` responses are stored; `HEAD` is answered from `GET`'s entry and passed to
+///   the handler on a miss. Other methods pass through (`x-cache: bypass`).
+/// - The key is built from the path (the full one, even under `nest`), the query with its
+///   pairs sorted by name, the values of the headers declared with
+///   [`vary`](CacheLayer::vary), and the principal (see below). A
+///   [`key_fn`](CacheLayer::key_fn) replaces the path-and-query part.
+/// - Keys and tags live in the cache's namespace under `http:`, apart from the keys the
+///   application uses directly.
+///
+/// # Credentials: the secure default
+///
+/// A request with `Authorization` or `Cookie` is neither answered from nor stored into an
+/// entry shared with other clients: it bypasses the cache, unless a
+/// [`principal`](CacheLayer::principal) function names who is asking, in which case the
+/// principal becomes part of the key. [`shared_with_credentials`](CacheLayer::shared_with_credentials)
+/// turns the rule off for routes whose answer does not depend on who asks.
+///
+/// # HTTP rules
+///
+/// - Request `Cache-Control: no-store`: bypass. `no-cache` (or `Pragma: no-cache`): the
+///   handler answers and a storable response replaces the entry.
+/// - A response is stored only when its status is one of
+///   [`statuses`](CacheLayer::statuses) (default `200`), it has no `Set-Cookie`, no
+///   `Cache-Control: no-store`, `private`, `no-cache` or zero `max-age`/`s-maxage`, every
+///   header of its `Vary` is declared, and its body is at most
+///   [`max_body_size`](CacheLayer::max_body_size) (default [`DEFAULT_MAX_BODY_SIZE`]);
+///   a larger body streams through as it is read.
+/// - Every response gets `x-cache: hit | miss | stale | bypass`; responses from the cache
+///   get `age` (seconds since stored, across processes: the time travels with the entry).
+/// - With [`stale_for`](CacheLayer::stale_for), an expired entry inside its grace answers
+///   when the handler fails (a 5xx status or an error of the inner service) — `x-cache:
+///   stale`. A non-5xx answer that is not storable is passed on instead.
+///
+/// # Placement
+///
+/// `Router::layer` caches every route; `route_layer` (or a layer on a `MethodRouter`) runs
+/// after routing, which is what [`RequestInfo::param`] and
+/// [`RequestInfo::matched_path`] need, and gives each route its own TTL, class and tags.
+#[derive(Clone)]
+#[must_use]
+pub struct CacheLayer {
+    cache: Cache,
+    config: Arc<Config>,
+}
+
+/// What a [`CacheLayer`] was configured with, shared by every service it builds.
+#[derive(Clone)]
+pub(super) struct Config {
+    pub(super) options: EntryOptions,
+    pub(super) statuses: Vec<StatusCode>,
+    pub(super) max_body: usize,
+    pub(super) vary: Vec<HeaderName>,
+    pub(super) key_fn: Option<KeyFn>,
+    pub(super) tag_templates: Vec<KeyTemplate>,
+    pub(super) tags_fn: Option<TagsFn>,
+    pub(super) principal_fn: Option<PrincipalFn>,
+    pub(super) shared_with_credentials: bool,
+    pub(super) tag_path: bool,
+}
+
+impl Config {
+    /// Whether the functions need the path parameters (their extraction allocates).
+    pub(super) fn needs_params(&self) -> bool {
+        self.key_fn.is_some() || !self.tag_templates.is_empty() || self.tags_fn.is_some()
+    }
+
+    pub(super) fn has_dynamic_tags(&self) -> bool {
+        self.tag_path || !self.tag_templates.is_empty() || self.tags_fn.is_some()
+    }
+}
+
+impl CacheLayer {
+    /// A layer storing responses in `cache`: TTL of the cache's default class, status 200
+    /// only, bodies up to 1 MiB, no `Vary` headers, no principal.
+    pub fn new(cache: Cache) -> Self {
+        CacheLayer {
+            cache,
+            config: Arc::new(Config {
+                options: EntryOptions::new(),
+                statuses: vec![StatusCode::OK],
+                max_body: DEFAULT_MAX_BODY_SIZE,
+                vary: Vec::new(),
+                key_fn: None,
+                tag_templates: Vec::new(),
+                tags_fn: None,
+                principal_fn: None,
+                shared_with_credentials: false,
+                tag_path: true,
+            }),
+        }
+    }
+
+    fn config(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// How long a stored response is fresh (default: the class's TTL).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        let options = std::mem::take(&mut self.config().options);
+        self.config().options = options.ttl(ttl);
+        self
+    }
+
+    /// The class entries go to (a class declared on the cache; the outage policy flushes
+    /// volatile classes).
+    pub fn class(mut self, class: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        let options = std::mem::take(&mut self.config().options);
+        self.config().options = options.class(class);
+        self
+    }
+
+    /// A fixed tag on every entry this layer stores.
+    pub fn tag(mut self, tag: Key) -> Self {
+        let options = std::mem::take(&mut self.config().options);
+        self.config().options = options.tag(tag);
+        self
+    }
+
+    /// A tag rendered per request from the path parameters (and `{principal}`), e.g.
+    /// `user:{id}`. A request whose tag cannot be rendered is not cached, so that no entry
+    /// escapes its invalidation.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use stormcache::layer::CacheLayer;
+    /// use stormcache::{Cache, KeyTemplate};
+    ///
+    /// # fn main() -> Result<(), stormcache::Error> {
+    /// let cache = Cache::builder("docs").build()?;
+    /// let per_user = CacheLayer::new(cache).tag_template(KeyTemplate::parse("user:{id}")?);
+    /// let app: Router = Router::new()
+    ///     .route("/users/{id}/groups", get(|| async { "[]" }).route_layer(per_user));
+    /// # let _ = app; Ok(()) }
+    /// ```
+    pub fn tag_template(mut self, template: KeyTemplate) -> Self {
+        self.config().tag_templates.push(template);
+        self
+    }
+
+    /// Tags computed per request by a function.
+    pub fn tags_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&RequestInfo<'_>) -> Vec<Key> + Send + Sync + 'static,
+    {
+        self.config().tags_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// Whether every entry is tagged with its path (`http:path:<path>`), which the
+    /// [`InvalidateLayer`](crate::layer::InvalidateLayer) removes after a successful mutation
+    /// of the same path (default `true`). Turning it off saves a tag per request.
+    pub fn tag_path(mut self, enabled: bool) -> Self {
+        self.config().tag_path = enabled;
+        self
+    }
+
+    /// Fail-safe grace: an expired response is kept this long and served (`x-cache: stale`)
+    /// when the handler fails.
+    pub fn stale_for(mut self, grace: Duration) -> Self {
+        let options = std::mem::take(&mut self.config().options);
+        self.config().options = options.stale_for(grace);
+        self
+    }
+
+    /// Replaces the entry options (TTL, class, fixed tags, grace) at once.
+    pub fn options(mut self, options: EntryOptions) -> Self {
+        self.config().options = options;
+        self
+    }
+
+    /// The statuses whose responses are stored (default: `200` only).
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.config().statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// The largest body stored, in bytes (default [`DEFAULT_MAX_BODY_SIZE`]). A larger body
+    /// streams through to the client uncached.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.config().max_body = bytes;
+        self
+    }
+
+    /// Declares a request header the response depends on: its value becomes part of the key.
+    /// A response whose `Vary` names a header not declared here is not stored.
+    pub fn vary(mut self, header: HeaderName) -> Self {
+        self.config().vary.push(header);
+        self
+    }
+
+    /// Replaces the path-and-query part of the key. Returning `None` passes the request
+    /// through uncached. Declared `Vary` headers and the principal are still appended, so
+    /// a key function cannot make a credentialed request shared by accident.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use stormcache::layer::{CacheLayer, RequestInfo};
+    /// use stormcache::{Cache, Key};
+    ///
+    /// # fn main() -> Result<(), stormcache::Error> {
+    /// let cache = Cache::builder("docs").build()?;
+    /// // Ignore tracking parameters: key on the route and the `id` parameter only.
+    /// let layer = CacheLayer::new(cache).key_fn(|req: &RequestInfo<'_>| {
+    ///     Some(
+    ///         Key::builder("route:")
+    ///             .value(req.matched_path()?)
+    ///             .literal(":")
+    ///             .value(req.param("id")?)
+    ///             .build(),
+    ///     )
+    /// });
+    /// let app: Router = Router::new().route("/items/{id}", get(|| async { "item" }).route_layer(layer));
+    /// # let _ = app; Ok(()) }
+    /// ```
+    pub fn key_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync + 'static,
+    {
+        self.config().key_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// Names who is asking (a user id from an authentication extension, a token's
+    /// subject…). When it returns `Some`, the principal is part of the key, so a request
+    /// with credentials gets its own entry instead of bypassing the cache.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use stormcache::layer::{CacheLayer, RequestInfo};
+    /// use stormcache::Cache;
+    ///
+    /// #[derive(Clone)]
+    /// struct User(String); // inserted by an authentication middleware
+    ///
+    /// # fn main() -> Result<(), stormcache::Error> {
+    /// let cache = Cache::builder("docs").build()?;
+    /// let layer = CacheLayer::new(cache)
+    ///     .principal(|req: &RequestInfo<'_>| req.extensions().get::<User>().map(|u| u.0.clone()));
+    /// let app: Router = Router::new().route("/me", get(|| async { "me" })).layer(layer);
+    /// # let _ = app; Ok(()) }
+    /// ```
+    pub fn principal<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&RequestInfo<'_>) -> Option<String> + Send + Sync + 'static,
+    {
+        self.config().principal_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// Lets requests with `Authorization` or `Cookie` and no principal share entries with
+    /// everyone (default `false`). Only for routes whose answer is the same whoever asks.
+    pub fn shared_with_credentials(mut self, enabled: bool) -> Self {
+        self.config().shared_with_credentials = enabled;
+        self
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService {
+            inner,
+            cache: self.cache.clone(),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config
+            .fmt_fields(f.debug_struct("CacheLayer").field("cache", &self.cache))
+    }
+}
+
+impl Config {
+    pub(super) fn fmt_fields(&self, d: &mut fmt::DebugStruct<'_, '_>) -> fmt::Result {
+        d.field("options", &self.options)
+            .field("statuses", &self.statuses)
+            .field("max_body_size", &self.max_body)
+            .field("vary", &self.vary)
+            .field("key_fn", &self.key_fn.is_some())
+            .field("tag_templates", &self.tag_templates)
+            .field("tags_fn", &self.tags_fn.is_some())
+            .field("principal", &self.principal_fn.is_some())
+            .field("shared_with_credentials", &self.shared_with_credentials)
+            .field("tag_path", &self.tag_path);
+        d.finish()
+    }
+}

@@ -1,0 +1,230 @@
+//! The miss path of the cache layer: [`Run`] loads the response through the [`Cache`] (one
+//! load per key, the stale entry on failure), `Cache-Control: no-cache` refreshes the entry,
+//! and [`capture`] reads a storable response's body up to the size limit.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tower_service::Service;
+
+use super::layer::Config;
+use super::rules::{mark_nested, not_storable, respond, with_x_cache};
+use crate::layer::body::ResponseBody;
+use crate::layer::cached_response::CachedResponse;
+use crate::layer::x_cache::XCache;
+use crate::{Cache, EntryOptions, Fetched, Key, Origin};
+
+/// Everything the cached path needs once the request has left `call`.
+pub(super) struct Run {
+    pub(super) cache: Cache,
+    pub(super) config: Arc<Config>,
+    pub(super) key: Key,
+    pub(super) options: Option<EntryOptions>,
+    pub(super) head: bool,
+    pub(super) refresh: bool,
+}
+
+/// The result of the inner service, when it is not stored.
+type Passed<B, E> = Result<Response<ResponseBody<B>>, E>;
+
+impl Run {
+    /// The cached path. Kept small on a hit (its future is boxed per request): the refresh
+    /// path and the loader, which hold the inner service's future and the body reader, are
+    /// boxed on their own, only when they run.
+    pub(super) async fn run<S, ReqBody, ResBody>(
+        self,
+        mut inner: S,
+        req: Request<ReqBody>,
+    ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+        S::Future: Send,
+        S::Error: Send,
+        ReqBody: Send + 'static,
+        ResBody: Body + Send + 'static,
+        ResBody::Data: Send,
+        ResBody::Error: Send,
+    {
+        let Run {
+            cache,
+            config,
+            key,
+            options,
+            head,
+            refresh,
+        } = self;
+        let options = options.as_ref().unwrap_or(&config.options);
+
+        if refresh {
+            return Box::pin(refresh_entry(
+                &cache, &config, key, options, head, inner, req,
+            ))
+            .await;
+        }
+
+        let mut passed: Option<Passed<ResBody, S::Error>> = None;
+        let mut ran = false;
+        let (passed_slot, ran_flag, config_ref) = (&mut passed, &mut ran, &*config);
+        let fetched = cache
+            .fetch(key, options, move || -> LoadFuture<'_> {
+                Box::pin(async move {
+                    *ran_flag = true;
+                    let res = match inner.call(mark_nested(req)).await {
+                        Ok(res) => res,
+                        Err(e) => {
+                            *passed_slot = Some(Err(e));
+                            return Err(());
+                        }
+                    };
+                    if head {
+                        // A HEAD response has no body to store; GET will fill the entry.
+                        *passed_slot = Some(Ok(res.map(ResponseBody::inner)));
+                        return Err(());
+                    }
+                    match capture(res, config_ref).await {
+                        Ok(stored) => Ok(stored),
+                        Err(res) => {
+                            *passed_slot = Some(Ok(res));
+                            Err(())
+                        }
+                    }
+                })
+            })
+            .await;
+
+        match fetched {
+            Ok(Fetched { value, origin }) => Ok(match origin {
+                // Our loader ran and the response was stored.
+                Origin::Loader if ran => respond(&value, head, XCache::Miss),
+                Origin::Stale => match passed {
+                    // The handler answered with something not storable but not a failure:
+                    // that answer wins over the stale entry.
+                    Some(Ok(res)) if !res.status().is_server_error() => {
+                        with_x_cache(res, XCache::Miss)
+                    }
+                    _ => respond(&value, head, XCache::Stale),
+                },
+                // The local store, Redis, or another request's load of the same key.
+                _ => respond(&value, head, XCache::Hit),
+            }),
+            Err(()) => match passed {
+                Some(Ok(res)) => Ok(with_x_cache(res, XCache::Miss)),
+                Some(Err(e)) => Err(e),
+                None => {
+                    // Unreachable: the loader fills the slot before every `Err`.
+                    tracing::error!("cache layer lost the inner response; answering 502");
+                    let mut res = Response::new(ResponseBody::empty());
+                    *res.status_mut() = StatusCode::BAD_GATEWAY;
+                    Ok(with_x_cache(res, XCache::Miss))
+                }
+            },
+        }
+    }
+}
+
+/// The loader's future, boxed: it only exists on a miss.
+type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<CachedResponse, ()>> + Send + 'a>>;
+
+/// `Cache-Control: no-cache`: the handler answers, and what it says replaces the entry when
+/// it may be stored.
+async fn refresh_entry<S, ReqBody, ResBody>(
+    cache: &Cache,
+    config: &Config,
+    key: Key,
+    options: &EntryOptions,
+    head: bool,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
+{
+    let res = inner.call(mark_nested(req)).await?;
+    Ok(match capture(res, config).await {
+        Ok(stored) => {
+            if !head {
+                cache.set(key, stored.clone(), options).await;
+            }
+            respond(&stored, head, XCache::Miss)
+        }
+        Err(passed) => with_x_cache(passed, XCache::Miss),
+    })
+}
+
+/// Reads a response whose headers allow storing it, up to the size limit. `Ok`: the whole
+/// response, to store. `Err`: the response to pass on (with what was read of its body).
+async fn capture<B: Body>(
+    res: Response<B>,
+    config: &Config,
+) -> Result<CachedResponse, Response<ResponseBody<B>>> {
+    if let Some(reason) = not_storable(&res, config) {
+        tracing::debug!(status = %res.status(), %reason, "response not stored");
+        return Err(res.map(ResponseBody::inner));
+    }
+    let (parts, body) = res.into_parts();
+    let mut body = Box::pin(body);
+    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+    let mut len = 0usize;
+    let mut trailers = false;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
+                if let Some(data) = frame.data_ref() {
+                    len += data.len();
+                } else {
+                    trailers = true;
+                }
+                frames.push_back(frame);
+                if len > config.max_body {
+                    tracing::debug!(
+                        limit = config.max_body,
+                        "response body over the size limit; streaming it uncached"
+                    );
+                    let res =
+                        Response::from_parts(parts, ResponseBody::replay(frames, Ok(Some(body))));
+                    return Err(res);
+                }
+            }
+            Some(Err(error)) => {
+                tracing::debug!("response body failed while being read; not stored");
+                return Err(Response::from_parts(
+                    parts,
+                    ResponseBody::replay(frames, Err(error)),
+                ));
+            }
+        }
+    }
+    if trailers {
+        tracing::debug!("response has trailers; not stored");
+        return Err(Response::from_parts(
+            parts,
+            ResponseBody::replay(frames, Ok(None)),
+        ));
+    }
+    let body = match frames.len() {
+        0 => Bytes::new(),
+        1 => frames
+            .pop_front()
+            .and_then(|f| f.into_data().ok())
+            .unwrap_or_default(),
+        _ => {
+            let mut all = BytesMut::with_capacity(len);
+            for frame in frames {
+                if let Ok(data) = frame.into_data() {
+                    all.extend_from_slice(&data);
+                }
+            }
+            all.freeze()
+        }
+    };
+    Ok(CachedResponse::new(parts.status, &parts.headers, body))
+}

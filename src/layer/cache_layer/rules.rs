@@ -1,0 +1,120 @@
+//! The HTTP rules of the cache layer: which requests may share an entry and under which key
+//! (credentials, `Vary`, principal, nested layers), which responses may be stored, and how
+//! an answer from the cache is written (`age`, `HEAD`, `x-cache`).
+
+use http::header::{HeaderValue, AGE, CONTENT_LENGTH, SET_COOKIE};
+use http::{Request, Response};
+use http_body::Body;
+
+use super::layer::Config;
+use crate::layer::body::ResponseBody;
+use crate::layer::cache_control::{response_forbids_storing, vary_is_covered};
+use crate::layer::cached_response::CachedResponse;
+use crate::layer::request_info::{original_uri, RequestInfo};
+use crate::layer::request_key::{custom_base, default_base, finish, has_credentials};
+use crate::layer::x_cache::{XCache, X_CACHE_HEADER};
+use crate::Key;
+
+/// Marks a request that a `CacheLayer` passes on to its inner service without answering it
+/// from the cache, so that a `CacheLayer` further in (a `route_layer` under a router-wide
+/// layer) keys it apart instead of joining the outer layer's load of the same key.
+#[derive(Clone, Copy, Debug)]
+struct Nested;
+
+pub(super) fn mark_nested<B>(mut req: Request<B>) -> Request<B> {
+    req.extensions_mut().insert(Nested);
+    req
+}
+
+/// The key of a request, or `None` to bypass the cache.
+pub(super) fn plan_key(
+    config: &Config,
+    parts: &http::request::Parts,
+    params: Option<&axum::extract::RawPathParams>,
+    principal: Option<&str>,
+) -> Option<Key> {
+    if principal.is_none() && !config.shared_with_credentials && has_credentials(&parts.headers) {
+        tracing::trace!("request with credentials and no principal; bypassing the cache");
+        return None;
+    }
+    let uri = original_uri(parts);
+    let mut base = match &config.key_fn {
+        None => default_base(uri.path(), uri.query()),
+        Some(f) => custom_base(&f(&RequestInfo::with(parts, params, principal))?),
+    };
+    if parts.extensions.get::<Nested>().is_some() {
+        // Under another CacheLayer, which is loading this very request: the same key in
+        // the same class would join the outer layer's load and wait for itself.
+        base = base.literal("|n:");
+    }
+    finish(base, &parts.headers, &config.vary, principal)
+}
+
+/// Why the response's head forbids storing it, if it does.
+pub(super) fn not_storable<B: Body>(res: &Response<B>, config: &Config) -> Option<String> {
+    if !config.statuses.contains(&res.status()) {
+        return Some(format!("status {} is not cached", res.status().as_u16()));
+    }
+    let headers = res.headers();
+    if headers.contains_key(X_CACHE_HEADER) {
+        // A `route_layer` cache inside a router-wide one: the inner, more specific layer
+        // owns the entry (its TTL, class and tags); storing it again here would keep a copy
+        // its invalidation cannot reach.
+        return Some("answered by an inner CacheLayer".to_owned());
+    }
+    if headers.contains_key(SET_COOKIE) {
+        return Some("set-cookie".to_owned());
+    }
+    if let Some(reason) = response_forbids_storing(headers) {
+        return Some(reason.to_owned());
+    }
+    if let Err(reason) = vary_is_covered(headers, &config.vary) {
+        return Some(reason);
+    }
+    let declared_len = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let hinted = res.body().size_hint().lower();
+    let limit = config.max_body as u64;
+    if declared_len.is_some_and(|n| n > limit) || hinted > limit {
+        return Some(format!("body larger than {limit} bytes"));
+    }
+    None
+}
+
+/// Builds the response for a stored entry.
+pub(super) fn respond<B: Body>(
+    stored: &CachedResponse,
+    head: bool,
+    x_cache: XCache,
+) -> Response<ResponseBody<B>> {
+    let body = if head {
+        ResponseBody::empty()
+    } else {
+        ResponseBody::full(stored.body().clone())
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = stored.status();
+    let headers = res.headers_mut();
+    stored.write_headers(headers);
+    if head {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(stored.body().len()));
+    }
+    if x_cache != XCache::Miss {
+        headers.insert(AGE, HeaderValue::from(stored.age()));
+    }
+    headers.insert(X_CACHE_HEADER, x_cache.header_value());
+    res
+}
+
+pub(super) fn with_x_cache<B: Body>(
+    mut res: Response<ResponseBody<B>>,
+    x_cache: XCache,
+) -> Response<ResponseBody<B>> {
+    // An inner `CacheLayer` already said how it answered: its word stands.
+    res.headers_mut()
+        .entry(X_CACHE_HEADER)
+        .or_insert_with(|| x_cache.header_value());
+    res
+}

@@ -1,0 +1,175 @@
+//! [`CacheService`]: the decisions taken in `call` — bypass, the hit path answered from the
+//! local store without a future boxed — and the hand-over of a miss to the load.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Method, Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::layer::Config;
+use super::load::Run;
+use super::rules::{mark_nested, plan_key, respond};
+use super::ResponseFuture;
+use crate::layer::body::ResponseBody;
+use crate::layer::cache_control::request_directives;
+use crate::layer::cached_response::CachedResponse;
+use crate::layer::inner_service::{define_inner_service_accessors, take_ready, Drive};
+use crate::layer::request_info::{path_params, RequestInfo};
+use crate::layer::request_key::path_tag;
+use crate::layer::x_cache::XCache;
+use crate::{Cache, EntryOptions};
+
+/// The service [`CacheLayer`](super::CacheLayer) wraps around an inner service.
+///
+/// ```
+/// use axum::body::Body;
+/// use axum::http::{Request, Response};
+/// use stormcache::layer::CacheLayer;
+/// use stormcache::Cache;
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache = Cache::builder("docs").build()?;
+/// let svc = ServiceBuilder::new()
+///     .layer(CacheLayer::new(cache))
+///     .service(service_fn(|_req: Request<Body>| async {
+///         Ok::<_, std::convert::Infallible>(Response::new(Body::from("hello")))
+///     }));
+/// let res = svc.oneshot(Request::get("/").body(Body::empty())?).await?;
+/// assert_eq!(res.headers()["x-cache"], "miss");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct CacheService<S> {
+    pub(super) inner: S,
+    pub(super) cache: Cache,
+    pub(super) config: Arc<Config>,
+}
+
+impl<S> CacheService<S> {
+    define_inner_service_accessors!();
+}
+
+impl<S: fmt::Debug> fmt::Debug for CacheService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config.fmt_fields(
+            f.debug_struct("CacheService")
+                .field("inner", &self.inner)
+                .field("cache", &self.cache),
+        )
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Send,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let head = req.method() == Method::HEAD;
+        if !(head || req.method() == Method::GET) {
+            return ResponseFuture::bypass(self.inner.call(req));
+        }
+        let directives = request_directives(req.headers());
+        if directives.no_store {
+            tracing::trace!("request cache-control: no-store; bypassing the cache");
+            return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
+        }
+        let config = &*self.config;
+        let (mut parts, body) = req.into_parts();
+        let params = if config.needs_params() {
+            path_params(&mut parts)
+        } else {
+            None
+        };
+        let principal = config
+            .principal_fn
+            .as_ref()
+            .and_then(|f| f(&RequestInfo::with(&parts, params.as_ref(), None)));
+        let Some(key) = plan_key(config, &parts, params.as_ref(), principal.as_deref()) else {
+            let req = Request::from_parts(parts, body);
+            return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
+        };
+        // The hit path: a synchronous look in the local store, no allocation but the key's,
+        // no future boxed, the inner service left alone.
+        let key = if directives.no_cache {
+            key
+        } else {
+            match self.cache.get_local::<CachedResponse>(key, &config.options) {
+                Ok(stored) => {
+                    return ResponseFuture::ready(respond(&stored, head, XCache::Hit));
+                }
+                Err(key) => key,
+            }
+        };
+        let planned = plan_options(config, &parts, params.as_ref(), principal.as_deref());
+        let req = Request::from_parts(parts, body);
+        let Some(options) = planned else {
+            return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
+        };
+
+        let inner = take_ready(&mut self.inner);
+        let run = Run {
+            cache: self.cache.clone(),
+            config: Arc::clone(&self.config),
+            key,
+            options,
+            head,
+            refresh: directives.no_cache,
+        };
+        ResponseFuture {
+            kind: Drive::Boxed {
+                fut: Box::pin(run.run(inner, req)),
+            },
+        }
+    }
+}
+
+/// The options of a request that missed: `Some(None)` for the layer's own, `Some(Some(_))`
+/// when tags vary per request; `None` to bypass (a tag that cannot be rendered).
+fn plan_options(
+    config: &Config,
+    parts: &http::request::Parts,
+    params: Option<&axum::extract::RawPathParams>,
+    principal: Option<&str>,
+) -> Option<Option<EntryOptions>> {
+    if !config.has_dynamic_tags() {
+        return Some(None);
+    }
+    let info = RequestInfo::with(parts, params, principal);
+    let mut tags = Vec::with_capacity(1 + config.tag_templates.len());
+    if config.tag_path {
+        tags.push(path_tag(info.path()));
+    }
+    for template in &config.tag_templates {
+        match info.render(template) {
+            Ok(tag) => tags.push(tag),
+            Err(error) => {
+                tracing::warn!(%error, "tag template cannot be rendered for this request; not caching it");
+                return None;
+            }
+        }
+    }
+    if let Some(f) = &config.tags_fn {
+        tags.extend(f(&info));
+    }
+    Some(Some(config.options.clone().tags(tags)))
+}
