@@ -150,3 +150,210 @@ impl Breaker {
         self.wake.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FlushScope;
+
+    /// A breaker that has been through recovery: requests use Redis.
+    fn healthy(failure_threshold: u32) -> Breaker {
+        let breaker = Breaker::new(failure_threshold);
+        assert!(breaker.set_recovering());
+        breaker.set_healthy(None);
+        breaker
+    }
+
+    fn record(started_at_ms: u64) -> OutageRecord {
+        OutageRecord {
+            started_at_ms,
+            ended_at_ms: started_at_ms + 1_000,
+            outage: Duration::from_secs(1),
+            data_age: None,
+            scope: FlushScope::Nothing,
+            flushed_redis_keys: 0,
+            replayed: 0,
+            journal_overflowed: false,
+        }
+    }
+
+    fn assert_down(breaker: &Breaker) {
+        assert_eq!(breaker.state(), HealthState::Down);
+        assert!(!breaker.allows_requests());
+        assert!(breaker.outage().is_some(), "an outage is under way");
+        assert!(breaker.down_since().is_some());
+    }
+
+    #[test]
+    fn it_starts_down_with_no_outage_since_redis_was_never_up() {
+        let breaker = Breaker::new(3);
+        assert_eq!(breaker.state(), HealthState::Down);
+        assert!(!breaker.allows_requests());
+        assert!(breaker.outage().is_none());
+        assert!(breaker.down_since().is_none());
+        assert!(breaker.last_outage().is_none());
+    }
+
+    #[test]
+    fn failures_below_the_threshold_keep_it_healthy() {
+        let breaker = healthy(3);
+        breaker.record_failure("test");
+        breaker.record_failure("test");
+        assert_eq!(breaker.state(), HealthState::Healthy);
+        assert!(breaker.allows_requests());
+        assert!(breaker.outage().is_none());
+    }
+
+    #[test]
+    fn failures_at_the_threshold_trip_it() {
+        let breaker = healthy(3);
+        for _ in 0..3 {
+            breaker.record_failure("test");
+        }
+        assert_down(&breaker);
+    }
+
+    #[test]
+    fn failures_not_in_a_row_do_not_trip_it() {
+        let breaker = healthy(3);
+        breaker.record_failure("test");
+        breaker.record_failure("test");
+        breaker.record_success();
+        breaker.record_failure("test");
+        breaker.record_failure("test");
+        assert!(
+            breaker.allows_requests(),
+            "a success starts the count again"
+        );
+        breaker.record_failure("test");
+        assert_down(&breaker);
+    }
+
+    #[test]
+    fn recovery_starts_the_failure_count_afresh() {
+        let breaker = healthy(3);
+        breaker.record_failure("test");
+        breaker.record_failure("test");
+        breaker.trip("probe failed");
+        assert!(breaker.set_recovering());
+        breaker.set_healthy(None);
+        breaker.record_failure("test");
+        breaker.record_failure("test");
+        assert!(breaker.allows_requests());
+    }
+
+    #[test]
+    fn tripping_it_again_keeps_the_start_of_the_outage() {
+        let breaker = healthy(3);
+        breaker.trip("first");
+        let since = breaker.down_since().expect("down");
+        // Let the wall clock move on, so that a second start would be told apart.
+        while SystemTime::now() <= since {
+            std::hint::spin_loop();
+        }
+        breaker.trip("second");
+        assert_eq!(breaker.down_since(), Some(since));
+        assert!(breaker.set_recovering());
+        breaker.trip("failed while recovering");
+        assert_eq!(breaker.down_since(), Some(since));
+        assert_down(&breaker);
+    }
+
+    #[test]
+    fn it_recovers_only_from_down() {
+        let breaker = Breaker::new(3);
+        assert!(breaker.set_recovering());
+        assert_eq!(breaker.state(), HealthState::Recovering);
+        assert!(
+            !breaker.allows_requests(),
+            "requests keep off Redis while recovering"
+        );
+        assert!(!breaker.set_recovering(), "already recovering");
+        breaker.set_healthy(None);
+        assert!(!breaker.set_recovering(), "healthy");
+        assert_eq!(breaker.state(), HealthState::Healthy);
+    }
+
+    #[test]
+    fn a_failed_recovery_goes_back_to_down() {
+        let breaker = Breaker::new(3);
+        assert!(breaker.set_recovering());
+        breaker.back_to_down();
+        assert_eq!(breaker.state(), HealthState::Down);
+        assert!(!breaker.allows_requests());
+        assert!(breaker.set_recovering(), "recovery may start again");
+    }
+
+    #[test]
+    fn healthy_with_a_record_keeps_it_as_the_last_outage_and_ends_the_outage() {
+        let breaker = healthy(3);
+        breaker.trip("test");
+        assert!(breaker.set_recovering());
+        assert!(breaker.outage().is_some(), "still out while recovering");
+        breaker.set_healthy(Some(record(1_000)));
+        assert_eq!(breaker.state(), HealthState::Healthy);
+        assert!(breaker.allows_requests());
+        assert_eq!(breaker.last_outage(), Some(record(1_000)));
+        assert!(breaker.outage().is_none());
+        assert!(breaker.down_since().is_none());
+    }
+
+    #[test]
+    fn healthy_without_a_record_keeps_the_previous_last_outage() {
+        let breaker = healthy(3);
+        breaker.trip("test");
+        assert!(breaker.set_recovering());
+        breaker.set_healthy(Some(record(1_000)));
+        breaker.trip("test");
+        assert!(breaker.set_recovering());
+        breaker.set_healthy(None);
+        assert_eq!(breaker.last_outage(), Some(record(1_000)));
+        assert!(breaker.outage().is_none());
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poke_wakes_the_waiter_before_its_timeout() {
+        let breaker = Breaker::new(3);
+        let start = tokio::time::Instant::now();
+        tokio::join!(breaker.wait_for_poke(WAIT), async {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            breaker.poke();
+        });
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_secs(1), "it did wait: {waited:?}");
+        assert!(
+            waited < WAIT,
+            "woken by the poke, not the timeout: {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poke_while_nobody_waits_wakes_the_next_wait() {
+        let breaker = Breaker::new(3);
+        breaker.poke();
+        let start = tokio::time::Instant::now();
+        breaker.wait_for_poke(WAIT).await;
+        assert!(start.elapsed() < WAIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tripping_a_healthy_breaker_wakes_the_waiter() {
+        let breaker = healthy(3);
+        let start = tokio::time::Instant::now();
+        tokio::join!(breaker.wait_for_poke(WAIT), async {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            breaker.trip("connection lost");
+        });
+        assert!(start.elapsed() < WAIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_poke_the_wait_ends_at_its_timeout() {
+        let breaker = Breaker::new(3);
+        let start = tokio::time::Instant::now();
+        breaker.wait_for_poke(WAIT).await;
+        assert!(start.elapsed() >= WAIT);
+    }
+}

@@ -254,3 +254,138 @@ impl Pings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ECHO_TIMEOUT: Duration = Duration::from_secs(3);
+
+    /// Sends the next ping at `at`; its sequence number.
+    fn send(pings: &mut Pings, at: Instant) -> u64 {
+        let seq = pings.next();
+        pings.sent(seq, at);
+        seq
+    }
+
+    #[test]
+    fn an_echo_of_a_ping_from_before_the_subscription_does_not_vouch() {
+        let t0 = Instant::now();
+        let mut pings = Pings::new();
+        assert!(pings.subscribed(true));
+        let old = send(&mut pings, t0);
+        // The connection was replaced: the old ping may still come back on the old one.
+        assert!(pings.subscribed(true));
+        let new = send(&mut pings, t0);
+        assert!(!pings.echoed(old));
+        assert!(pings.echoed(new));
+    }
+
+    #[test]
+    fn an_echo_of_a_later_ping_vouches_too() {
+        let t0 = Instant::now();
+        let mut pings = Pings::new();
+        assert!(pings.subscribed(true));
+        send(&mut pings, t0);
+        let later = send(&mut pings, t0);
+        assert!(pings.echoed(later));
+    }
+
+    #[test]
+    fn a_failed_subscription_vouches_for_nothing() {
+        let t0 = Instant::now();
+        let mut pings = Pings::new();
+        let before_any = send(&mut pings, t0);
+        assert!(!pings.echoed(before_any), "not subscribed yet");
+        assert!(pings.subscribed(true));
+        let vouching = send(&mut pings, t0);
+        assert!(!pings.subscribed(false));
+        let after = send(&mut pings, t0);
+        assert!(!pings.echoed(vouching));
+        assert!(!pings.echoed(after));
+    }
+
+    #[test]
+    fn the_first_ping_is_awaited_until_the_channel_is_confirmed() {
+        let t0 = Instant::now();
+        let mut pings = Pings::new();
+        pings.subscribed(true);
+        assert_eq!(pings.due(t0, ECHO_TIMEOUT, false), Due::Send);
+        send(&mut pings, t0);
+        let soon = t0 + ECHO_TIMEOUT / 2;
+        assert_eq!(pings.due(soon, ECHO_TIMEOUT, false), Due::Wait);
+        assert_eq!(
+            pings.due(soon, ECHO_TIMEOUT, true),
+            Due::Send,
+            "a confirmed channel keeps pinging"
+        );
+    }
+
+    #[test]
+    fn a_ping_unechoed_past_the_echo_timeout_is_overdue() {
+        let t0 = Instant::now();
+        let mut pings = Pings::new();
+        pings.subscribed(true);
+        send(&mut pings, t0);
+        let late = t0 + ECHO_TIMEOUT + Duration::from_millis(1);
+        assert_eq!(pings.due(late, ECHO_TIMEOUT, false), Due::Overdue);
+        assert_eq!(pings.due(late, ECHO_TIMEOUT, true), Due::Overdue);
+    }
+
+    #[test]
+    fn the_echo_timeout_runs_from_the_oldest_unechoed_ping() {
+        let t0 = Instant::now();
+        let mut pings = Pings::new();
+        pings.subscribed(true);
+        send(&mut pings, t0);
+        send(&mut pings, t0 + ECHO_TIMEOUT / 2);
+        let late = t0 + ECHO_TIMEOUT + Duration::from_millis(1);
+        assert_eq!(pings.due(late, ECHO_TIMEOUT, true), Due::Overdue);
+    }
+
+    #[test]
+    fn lost_pings_are_no_longer_awaited() {
+        let t0 = Instant::now();
+        let mut pings = Pings::new();
+        pings.subscribed(true);
+        send(&mut pings, t0);
+        pings.lost();
+        let late = t0 + 2 * ECHO_TIMEOUT;
+        assert_eq!(pings.due(late, ECHO_TIMEOUT, false), Due::Send);
+    }
+
+    #[test]
+    fn a_new_subscription_no_longer_awaits_pings_in_flight() {
+        let t0 = Instant::now();
+        let mut pings = Pings::new();
+        pings.subscribed(true);
+        send(&mut pings, t0);
+        pings.subscribed(true);
+        let late = t0 + 2 * ECHO_TIMEOUT;
+        assert_eq!(pings.due(late, ECHO_TIMEOUT, false), Due::Send);
+    }
+
+    #[test]
+    fn an_echo_of_a_later_ping_clears_an_older_pending_one() {
+        let t0 = Instant::now();
+        let mut pings = Pings::new();
+        pings.subscribed(true);
+        send(&mut pings, t0);
+        let later = send(&mut pings, t0 + Duration::from_millis(10));
+        pings.echoed(later);
+        let late = t0 + 2 * ECHO_TIMEOUT;
+        assert_eq!(pings.due(late, ECHO_TIMEOUT, false), Due::Send);
+    }
+
+    #[test]
+    fn an_echo_of_an_earlier_ping_leaves_a_pending_one_pending() {
+        let t0 = Instant::now();
+        let mut pings = Pings::new();
+        pings.subscribed(true);
+        let unsent = pings.next(); // its publish failed
+        send(&mut pings, t0);
+        pings.echoed(unsent);
+        let late = t0 + 2 * ECHO_TIMEOUT;
+        assert_eq!(pings.due(late, ECHO_TIMEOUT, false), Due::Overdue);
+    }
+}
