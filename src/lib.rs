@@ -34,10 +34,15 @@
 //! ```
 //!
 //! ## Where things are
+//! - [`Cache`] and [`CacheBuilder`]: the handle every read, write and invalidation goes
+//!   through;
 //! - [`key`](mod@key): keys, templates and the escaping of values spliced into them;
-//! - [`Codec`] and the envelope: how values are stored in Redis;
-//! - the local store and the Redis store: the two levels, in files named after them;
-//! - [`Cache`]: the read-through path; [`Invalidation`]: what a mutation makes stale.
+//! - [`EntryOptions`], [`Class`], [`Invalidation`], [`OutagePolicy`], [`Status`]: the data you
+//!   configure a cache with and read back from it;
+//! - [`layer`] and [`admin`] (feature `axum`): tower layers for axum routers, and the admin
+//!   router for invalidating by hand;
+//! - [`cached`], [`invalidate`] and [`key!`] (feature `macros`): the same on service
+//!   functions.
 //!
 //! ## Multi-instance coherence
 //! Every replica has its own local store, so an invalidation must reach all of them:
@@ -96,8 +101,10 @@ mod store;
 #[doc(hidden)]
 pub mod __private;
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod admin;
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod layer;
 
 pub use crate::cache::{global, install, Cache, CacheBuilder};
@@ -110,6 +117,7 @@ pub use crate::model::{
 };
 pub use crate::store::{Codec, LocalCapacity};
 #[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use stormcache_macros::{cached, invalidate, key, InvalidationRule};
 
 mod error;

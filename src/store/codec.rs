@@ -31,6 +31,7 @@ pub enum Codec {
     MessagePack,
     /// JSON (feature `json`).
     #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     Json,
 }
 

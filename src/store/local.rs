@@ -10,7 +10,7 @@
 //!
 //! Each entry also records when it was written. With several instances, an entry is only as
 //! good as the invalidation messages this instance received since it was written (see the
-//! [backplane](crate::backplane)); when the channel has a gap, every entry written before the
+//! backplane in `coherence`); when the channel has a gap, every entry written before the
 //! gap ended is *suspect*. Marking them is one atomic store of a watermark — no sweep — and a
 //! read compares the entry's write time with it.
 
