@@ -165,8 +165,25 @@ pub async fn invalidate_quietly(cache: &Cache, inv: Invalidation, function: &'st
     }
 }
 
+/// The first delete of `double_delete`, before the function runs: the local store is
+/// cleaned and the Redis half started, without waiting for it, so that with the second delete
+/// the call waits for Redis once at most.
+pub async fn invalidate_first(cache: &Cache, inv: Invalidation, function: &'static str) {
+    if inv.is_empty() {
+        return;
+    }
+    let report = cache
+        .invalidate_within(&inv, std::time::Duration::ZERO)
+        .await;
+    log(&report, function);
+}
+
 async fn apply(cache: &Cache, inv: &Invalidation, function: &'static str) {
-    let report = cache.invalidate(inv).await;
+    let report = cache.invalidate_promptly(inv).await;
+    log(&report, function);
+}
+
+fn log(report: &crate::InvalidationReport, function: &'static str) {
     if let RedisOutcome::Journaled { overflowed } = report.redis {
         tracing::debug!(
             function,

@@ -255,7 +255,7 @@ struct FlushRequest {
 /// What an invalidation or a flush did.
 #[derive(Debug, Default, Serialize)]
 struct Done {
-    /// `applied`, `not_configured` or `journaled`.
+    /// `applied`, `not_configured`, `journaled` or `pending`.
     redis: &'static str,
     redis_keys_removed: u64,
     journal_overflowed: bool,
@@ -268,16 +268,21 @@ impl Done {
             RedisOutcome::NotConfigured => ("not_configured", false),
             RedisOutcome::Applied => ("applied", false),
             RedisOutcome::Journaled { overflowed } => ("journaled", overflowed),
+            RedisOutcome::Pending => ("pending", false),
         };
         // The worst outcome of the parts wins.
-        if self.redis.is_empty() || self.redis == "applied" || redis == "journaled" {
+        if self.redis.is_empty()
+            || self.redis == "applied"
+            || redis == "journaled"
+            || (redis == "pending" && self.redis != "journaled")
+        {
             self.redis = redis;
         }
         self.journal_overflowed |= overflowed;
     }
 
     fn into_response(self) -> Response {
-        let status = if self.redis == "journaled" {
+        let status = if self.redis == "journaled" || self.redis == "pending" {
             StatusCode::ACCEPTED
         } else {
             StatusCode::OK

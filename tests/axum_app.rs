@@ -241,9 +241,14 @@ impl Load {
     }
 }
 
+/// The namespace's data keys: entries, tag sets, locks — not its bookkeeping (the heartbeat
+/// and the replay log), which a flush keeps.
 fn namespace_keys(server: &RedisServer) -> usize {
-    let keys = server.cmd(&["KEYS", &format!("{NAMESPACE}:*")]);
-    keys.as_array().map_or(0, <[_]>::len)
+    let bookkeeping = [format!("{NAMESPACE}:~hb"), format!("{NAMESPACE}:~replayed")];
+    support::resp::scan_keys(&[server.port()], &format!("{NAMESPACE}:*"))
+        .into_iter()
+        .filter(|key| !bookkeeping.iter().any(|b| key.starts_with(b.as_str())))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,9 +86,11 @@ where
 {
     let ttl = core.ttl_of(local_key.class, options);
     let grace = options.stale_for.unwrap_or(Duration::ZERO);
-    // Where to write the loaded value: only if Redis answered the read.
+    // Where to write the loaded value: only if Redis answered the read. While this process
+    // is removing this key's shard from Redis, Redis may still hold what it removes, so the
+    // load goes to the loader (and, as any load begun then, stores nothing).
     let mut redis_key = None;
-    if let Some(redis) = core.redis() {
+    if let Some(redis) = core.redis().filter(|_| epoch.redis_is_current()) {
         let full_key = core.entry_key(redis, local_key);
         match core.read_redis::<T>(redis, &full_key).await {
             RedisRead::Fresh(fresh) => {

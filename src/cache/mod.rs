@@ -286,12 +286,50 @@ impl Cache {
         }
     }
 
-    /// Removes what `inv` names from the local store, then from Redis.
+    /// Removes what `inv` names from the local store, then from Redis, and tells the other
+    /// instances; returns when all of it is done.
     ///
     /// Never fails: if Redis is down or fails, the Redis half goes to the journal and is
-    /// replayed on recovery, before Redis is read again.
+    /// replayed as soon as Redis answers, before Redis is read again after an outage. Once
+    /// started it finishes even if this future is dropped. A large tag or class can take a
+    /// while; on a request path use [`invalidate_promptly`](Cache::invalidate_promptly).
     pub async fn invalidate(&self, inv: &Invalidation) -> InvalidationReport {
-        self.invalidator.invalidate(&self.core, inv).await
+        self.invalidator.invalidate(&self.core, inv, None).await
+    }
+
+    /// [`invalidate`](Cache::invalidate) for request paths: waits for the local store, and
+    /// for Redis and the other instances no longer than one command deadline
+    /// ([`CacheBuilder::command_timeout`]). Past it the report says
+    /// [`RedisOutcome::Pending`](crate::RedisOutcome::Pending) and the invalidation carries
+    /// on in the background, journaled and retried if Redis fails. `InvalidateLayer` and
+    /// `#[invalidate]` use it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stormcache::Error> {
+    /// use stormcache::{Cache, Invalidation, Key};
+    ///
+    /// let cache = Cache::builder("docs").build()?;
+    /// let report = cache
+    ///     .invalidate_promptly(&Invalidation::new().tag(Key::literal("user:alice")?))
+    ///     .await;
+    /// assert_eq!(report.redis, stormcache::RedisOutcome::NotConfigured);
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_promptly(&self, inv: &Invalidation) -> InvalidationReport {
+        self.invalidate_within(inv, self.core.command_timeout())
+            .await
+    }
+
+    /// [`invalidate`](Cache::invalidate), waiting for Redis no longer than `wait`.
+    pub(crate) async fn invalidate_within(
+        &self,
+        inv: &Invalidation,
+        wait: Duration,
+    ) -> InvalidationReport {
+        self.invalidator
+            .invalidate(&self.core, inv, Some(wait))
+            .await
     }
 
     /// Removes one key, in whichever class it was stored.

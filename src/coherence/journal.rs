@@ -136,6 +136,12 @@ impl Journal {
         self.lock().pending_ops
     }
 
+    /// Whether anything waits for Redis: invalidations, or an overflow's namespace flush.
+    pub(crate) fn has_pending(&self) -> bool {
+        let s = self.lock();
+        !s.pending.is_empty() || s.overflowed
+    }
+
     pub(crate) fn overflowed(&self) -> bool {
         self.lock().overflowed
     }

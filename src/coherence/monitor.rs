@@ -8,7 +8,9 @@
 //! reported by fred (a closed or unresponsive connection, a Sentinel that names a dead
 //! master), and starts recovery after `recovery_probes` successful PINGs in a row.
 //! Recovery replays the journal and applies the outage tier before requests use Redis
-//! again. While healthy, every probe also writes the heartbeat, whose age tells recovery how
+//! again. While Redis is healthy, each probe also drains what the journal holds (an
+//! invalidation that missed its deadline, or was made while recovery ran); journaling one
+//! wakes the monitor at once. While healthy, every probe also writes the heartbeat, whose age tells recovery how
 //! old the data Redis came back with is.
 
 use std::sync::{Arc, Weak};
@@ -88,6 +90,11 @@ impl Monitor {
                         if let Err(error) = redis.write_heartbeat().await {
                             tracing::debug!(%error, "heartbeat not written");
                         }
+                        if self.invalidator.journal().has_pending() {
+                            if let Err(error) = self.invalidator.drain_journal(&core).await {
+                                tracing::debug!(%error, "journal not drained; retried at the next probe");
+                            }
+                        }
                     }
                     Err(error) => {
                         probe_failures += 1;
@@ -136,20 +143,23 @@ impl Monitor {
             Some((length, since)) => (Some(length), since),
             None => (None, SystemTime::now()),
         };
-        // First connection since start: nothing was missed, only the journal (if any) to send.
+        // First connection since start: this process missed nothing, but Redis may hold
+        // old data all the same (restored from a snapshot while the service restarted), so
+        // its age is read before anything writes a fresh heartbeat.
         let first_connect = length.is_none();
-        let data_age = if first_connect {
-            None
-        } else {
-            match redis.heartbeat_age().await {
-                Ok(age) => age,
-                Err(error) => {
-                    tracing::debug!(%error, "heartbeat unreadable; recovery postponed");
-                    breaker.back_to_down();
-                    return;
-                }
+        let data_age = match redis.heartbeat_age().await {
+            Ok(age) => age,
+            Err(error) => {
+                tracing::debug!(%error, "heartbeat unreadable; recovery postponed");
+                breaker.back_to_down();
+                return;
             }
         };
+        // Redis may have come back without writes it had acknowledged (a restart from a
+        // snapshot, a failover that lost the old master's last writes): the invalidations of
+        // the remembered window go again before Redis is read. What fails is journaled and
+        // replayed right below.
+        let reapplied = self.invalidator.reapply_recent(core).await;
         let Ok(replayed) = self.invalidator.replay_journal(core).await else {
             breaker.back_to_down();
             return;
@@ -180,18 +190,31 @@ impl Monitor {
             tracing::debug!(%error, "heartbeat not written");
         }
         let outage_len = length.unwrap_or(Duration::ZERO);
-        let record = (!first_connect || replayed.applied > 0).then(|| OutageRecord {
-            started_at_ms: unix_ms(since_wall),
-            ended_at_ms: unix_ms(SystemTime::now()),
-            outage: outage_len,
-            data_age,
-            scope: scope.clone(),
-            flushed_redis_keys: flushed,
-            replayed: replayed.applied,
-            journal_overflowed: replayed.overflowed,
-        });
+        let record =
+            (!first_connect || replayed.applied > 0 || scope != FlushScope::Nothing).then(|| {
+                OutageRecord {
+                    started_at_ms: unix_ms(since_wall),
+                    ended_at_ms: unix_ms(SystemTime::now()),
+                    outage: outage_len,
+                    data_age,
+                    scope: scope.clone(),
+                    flushed_redis_keys: flushed,
+                    replayed: replayed.applied,
+                    journal_overflowed: replayed.overflowed,
+                }
+            });
+        if reapplied > 0 {
+            tracing::info!(
+                reapplied,
+                "recent invalidations applied again after the outage"
+            );
+        }
         if first_connect {
-            tracing::info!("Redis connected");
+            tracing::info!(
+                data_age_ms = data_age.map(|d| d.as_millis() as u64),
+                ?scope,
+                "Redis connected"
+            );
         } else {
             log_recovered(outage_len, data_age, &scope, flushed, replayed.applied);
         }

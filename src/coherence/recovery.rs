@@ -1,9 +1,10 @@
 //! What recovery flushes after an outage: the decision, apart from the doing.
 //!
 //! The tier comes from the larger of how long this process saw Redis gone and how old the
-//! data Redis came back with is (see [`OutagePolicy`]). Two cases override it: the first
-//! connection since start has missed nothing (there was no data to go stale), and a journal
-//! that overflowed lost invalidations that only a namespace flush is certain to cover.
+//! data Redis came back with is (see [`OutagePolicy`]). On the first connection since start
+//! this process missed nothing, so the data's age alone decides: Redis may have been
+//! restored from an old snapshot while the service restarted. A journal that overflowed lost
+//! invalidations that only a namespace flush is certain to cover.
 
 use std::time::Duration;
 
@@ -25,11 +26,8 @@ pub(crate) fn flush_scope(policy: &OutagePolicy, outage: Outage) -> FlushScope {
     if outage.journal_overflowed {
         return FlushScope::All;
     }
-    let Some(length) = outage.length else {
-        return FlushScope::Nothing;
-    };
     policy
-        .decide(length, outage.data_age)
+        .decide(outage.length.unwrap_or(Duration::ZERO), outage.data_age)
         .map_or(FlushScope::Nothing, |tier| tier.scope.clone())
 }
 
@@ -69,11 +67,16 @@ mod tests {
     }
 
     #[test]
-    fn the_first_connection_flushes_nothing() {
+    fn the_first_connection_is_decided_by_the_data_age() {
         let p = OutagePolicy::default();
+        assert_eq!(flush_scope(&p, outage(None, None)), FlushScope::Nothing);
+        assert_eq!(
+            flush_scope(&p, outage(None, Some(MIN))),
+            FlushScope::Nothing
+        );
         assert_eq!(
             flush_scope(&p, outage(None, Some(180 * MIN))),
-            FlushScope::Nothing
+            FlushScope::All
         );
     }
 

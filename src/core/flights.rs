@@ -86,6 +86,9 @@ pub(crate) const ALL_SHARDS: ShardMask = u64::MAX;
 struct Shard {
     epoch: AtomicU64,
     active: AtomicU64,
+    /// Of the active invalidations, those of this process whose Redis half is not done:
+    /// Redis may still hold what they remove.
+    redis_pending: AtomicU64,
 }
 
 /// The shard of a key, in whichever class.
@@ -111,6 +114,18 @@ pub(crate) struct Epoch {
     value: u64,
     /// No invalidation was active: what the load reads is at least as new as the last one.
     quiet: bool,
+    /// No invalidation of this process was removing from Redis: Redis is as current as the
+    /// local store.
+    redis_current: bool,
+}
+
+impl Epoch {
+    /// Whether Redis may be read: no invalidation of this process was removing from Redis
+    /// when the load began. While one is (its Redis half may run in the background), Redis
+    /// may still hold what it removes, so such a load goes to the loader.
+    pub(crate) fn redis_is_current(&self) -> bool {
+        self.redis_current
+    }
 }
 
 /// Held while a load writes its value; see [`Flights::begin_store`].
@@ -118,25 +133,32 @@ pub(crate) type StoreGuard<'a> = tokio::sync::RwLockReadGuard<'a, ()>;
 
 /// An invalidation in progress; ends (advancing the epoch again) when dropped, however the
 /// invalidation returns or is cancelled.
-pub(crate) struct InvalidationInProgress<'a>(&'a Flights, ShardMask);
+pub(crate) struct InvalidationInProgress<'a> {
+    flights: &'a Flights,
+    mask: ShardMask,
+    redis_pending: bool,
+}
 
 impl InvalidationInProgress<'_> {
     /// Waits for the stores that passed their check before this invalidation began.
     pub(crate) async fn stores_landed(&self) {
-        drop(self.0.stores.write().await);
+        drop(self.flights.stores.write().await);
     }
 
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     /// Whether no store is in progress right now (then there is nothing to wait for).
     pub(crate) fn stores_idle(&self) -> bool {
-        self.0.stores.try_write().is_ok()
+        self.flights.stores.try_write().is_ok()
     }
 }
 
 impl Drop for InvalidationInProgress<'_> {
     fn drop(&mut self) {
-        for shard in self.0.shards_in(self.1) {
+        for shard in self.flights.shards_in(self.mask) {
             shard.epoch.fetch_add(1, Ordering::SeqCst);
+            if self.redis_pending {
+                shard.redis_pending.fetch_sub(1, Ordering::SeqCst);
+            }
             shard.active.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -166,21 +188,43 @@ impl Flights {
         // pairs a pre-invalidation epoch with "quiet".
         let value = shard.epoch.load(Ordering::SeqCst);
         let quiet = shard.active.load(Ordering::SeqCst) == 0;
+        let redis_current = quiet || shard.redis_pending.load(Ordering::SeqCst) == 0;
         Epoch {
             shard: index,
             value,
             quiet,
+            redis_current,
         }
     }
 
     /// Starts an invalidation of the keys in `mask`'s shards: their loads begun before now
     /// will not be joined nor stored.
     pub(crate) fn begin_invalidation(&self, mask: ShardMask) -> InvalidationInProgress<'_> {
+        self.begin(mask, false)
+    }
+
+    /// [`begin_invalidation`](Self::begin_invalidation) for an invalidation that will also
+    /// remove from Redis: until it is done, loads of its shards do not read Redis.
+    pub(crate) fn begin_invalidation_of_redis(
+        &self,
+        mask: ShardMask,
+    ) -> InvalidationInProgress<'_> {
+        self.begin(mask, true)
+    }
+
+    fn begin(&self, mask: ShardMask, redis_pending: bool) -> InvalidationInProgress<'_> {
         for shard in self.shards_in(mask) {
             shard.active.fetch_add(1, Ordering::SeqCst);
+            if redis_pending {
+                shard.redis_pending.fetch_add(1, Ordering::SeqCst);
+            }
             shard.epoch.fetch_add(1, Ordering::SeqCst);
         }
-        InvalidationInProgress(self, mask)
+        InvalidationInProgress {
+            flights: self,
+            mask,
+            redis_pending,
+        }
     }
 
     /// Permission for a load begun in `epoch` to store its value: `None` if an invalidation

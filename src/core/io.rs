@@ -207,7 +207,7 @@ impl Core {
             return Ok(0);
         };
         if inv.everything {
-            let removed = redis.flush_pattern(&redis.namespace_pattern()).await?.keys;
+            let removed = redis.flush_namespace().await?.keys;
             return Ok(removed);
         }
         let mut removed = 0;

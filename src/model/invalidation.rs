@@ -145,12 +145,17 @@ pub enum RedisOutcome {
     /// Applied to Redis.
     Applied,
     /// Redis is down (or failed): the local store was cleaned and the Redis half is in the
-    /// journal, replayed on recovery before Redis is read again. `overflowed` means the
-    /// journal was full and recovery will flush the whole namespace instead.
+    /// journal, replayed as soon as Redis answers (and on recovery, before Redis is read
+    /// again). `overflowed` means the journal was full and the whole namespace will be
+    /// flushed instead.
     Journaled {
         /// The journal overflowed.
         overflowed: bool,
     },
+    /// The local store was cleaned; Redis and the other instances had not confirmed within
+    /// the caller's wait (see [`Cache::invalidate_promptly`](crate::Cache::invalidate_promptly)).
+    /// The invalidation carries on in the background and is journaled if it fails.
+    Pending,
 }
 
 /// What an invalidation did.

@@ -206,18 +206,42 @@ impl RedisStore {
 
     /// Deletes every key that matches `pattern` on every master: SCAN + UNLINK in batches.
     pub(crate) async fn flush_pattern(&self, pattern: &str) -> Result<Removed, Error> {
+        self.flush_matching(pattern, |_| true).await
+    }
+
+    /// Deletes everything in the namespace except its bookkeeping: the replay log, which
+    /// the other instances reconcile from after this very flush, and the heartbeats, which
+    /// date the data for the next recovery.
+    pub(crate) async fn flush_namespace(&self) -> Result<Removed, Error> {
+        let replay_log = self.replay_log_key();
+        let heartbeat = format!("{}~hb", self.prefix());
+        self.flush_matching(&self.namespace_pattern(), move |key| {
+            key != replay_log && !key.starts_with(&heartbeat)
+        })
+        .await
+    }
+
+    async fn flush_matching(
+        &self,
+        pattern: &str,
+        keep_if: impl Fn(&str) -> bool,
+    ) -> Result<Removed, Error> {
+        let select = |mut keys: Vec<String>| {
+            keys.retain(|key| keep_if(key));
+            keys
+        };
         // A plain SCAN on a Cluster client sees one node only.
         if self.client.is_clustered() {
             let pages = self
                 .client
                 .scan_cluster(pattern.to_owned(), Some(self.scan_batch), None)
-                .map_ok(|mut page| key_strings(page.take_results()));
+                .map_ok(|mut page| select(key_strings(page.take_results())));
             self.unlink_pages(pages).await
         } else {
             let pages = self
                 .client
                 .scan(pattern.to_owned(), Some(self.scan_batch), None)
-                .map_ok(|mut page| key_strings(page.take_results()));
+                .map_ok(|mut page| select(key_strings(page.take_results())));
             self.unlink_pages(pages).await
         }
     }

@@ -54,6 +54,12 @@ impl RedisStore {
     pub(crate) async fn flush_pattern(&self, _: &str) -> Result<Removed, Error> {
         match *self {}
     }
+    pub(crate) async fn flush_namespace(&self) -> Result<Removed, Error> {
+        match *self {}
+    }
+    pub(crate) fn replay_log_key(&self) -> String {
+        match *self {}
+    }
     pub(crate) async fn ping(&self) -> Result<(), Error> {
         match *self {}
     }

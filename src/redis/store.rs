@@ -169,6 +169,11 @@ impl RedisStore {
         format!("{}{class}:*", self.prefix)
     }
 
+    /// `ns:~replayed`: the replay log of journaled invalidations.
+    pub(crate) fn replay_log_key(&self) -> String {
+        format!("{}~replayed", self.prefix)
+    }
+
     /// The SCAN pattern of the whole namespace.
     pub(crate) fn namespace_pattern(&self) -> String {
         format!("{}*", self.prefix)

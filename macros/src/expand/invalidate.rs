@@ -161,7 +161,7 @@ pub(crate) fn invalidate(first: InvalidateArgs, mut item: ItemFn) -> syn::Result
         });
         if group.double {
             run_before.extend(quote! {
-                ::stormcache::__private::invalidate_quietly(&#cache, #before, #name).await;
+                ::stormcache::__private::invalidate_first(&#cache, #before, #name).await;
             });
         }
         run_after.extend(quote! {

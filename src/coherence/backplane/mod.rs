@@ -64,8 +64,6 @@ pub(crate) struct Backplane {
     /// This instance's id: messages carrying it are our own echoes.
     id: u64,
     channel: String,
-    /// The replay log: journaled invalidations replayed after an outage.
-    replay_log: String,
     command_timeout: Duration,
     ping_interval: Duration,
     /// A ping not echoed within this is a gap.
@@ -86,7 +84,6 @@ impl Backplane {
         Backplane {
             id: instance_id(),
             channel: format!("{namespace}:~inv"),
-            replay_log: format!("{namespace}:~replayed"),
             command_timeout,
             ping_interval,
             echo_timeout: (ping_interval * 3).max(Duration::from_millis(300)),
@@ -165,13 +162,18 @@ impl Backplane {
             })
             .collect::<Result<Vec<_>, _>>()?;
         redis
-            .append_log(&self.replay_log, messages, REPLAY_LOG_LEN, REPLAY_LOG_TTL)
+            .append_log(
+                &redis.replay_log_key(),
+                messages,
+                REPLAY_LOG_LEN,
+                REPLAY_LOG_TTL,
+            )
             .await
     }
 
     /// The other instances' replayed invalidations still in the replay log.
     pub(crate) async fn read_replay_log(&self, redis: &RedisStore) -> Vec<Invalidation> {
-        match redis.read_log(&self.replay_log).await {
+        match redis.read_log(&redis.replay_log_key()).await {
             Ok(messages) => messages
                 .iter()
                 .filter_map(|bytes| decode(bytes))

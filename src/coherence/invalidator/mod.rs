@@ -1,0 +1,388 @@
+//! The one path that applies an invalidation: local store, Redis, the journal until Redis
+//! has it, the other instances, and the replay log.
+//!
+//! Every invalidation goes through here — the public calls, the layers and macros (through
+//! them), outage recovery, the Sentinel re-apply and what peers publish — so its order is
+//! decided in one place:
+//!
+//! 1. loads in progress that may hold what it removes are fenced off (they are neither
+//!    joined nor stored), and stores that passed their check land first;
+//! 2. the **local store** is cleaned, so this process never serves what it was just told
+//!    is stale;
+//! 3. **Redis** follows, if the breaker lets requests through; then the invalidation is
+//!    **published** to the other instances, since they must not re-read a value Redis
+//!    still has;
+//! 4. if Redis is down or either step fails, the invalidation goes to the **journal**, and
+//!    recovery applies and publishes it before Redis is read again. Recovery first appends
+//!    what it replays to the **replay log**, so an instance whose channel comes back later
+//!    still finds it.
+//!
+//! Applied invalidations are also remembered for a short window, since a Sentinel failover
+//! can lose writes acknowledged by the old master; they are re-applied to the new one.
+//!
+//! Redis and the channel are reached through [`Remote`], so the order above is tested
+//! against an in-memory stand-in as well as against real servers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::backplane::Backplane;
+use super::journal::{Journal, Replay};
+use crate::core::{mask_of, Core};
+use crate::error::Error;
+use crate::key::Key;
+use crate::model::{Invalidation, InvalidationReport, RedisOutcome};
+
+/// Where an invalidation goes besides this process's local store.
+pub(crate) trait Remote {
+    /// Whether there is a shared store at all (no Redis URL: the local store is all).
+    fn configured(&self) -> bool;
+    /// Removes what `inv` names from the shared store; keys removed.
+    async fn remove(&self, inv: &Invalidation) -> Result<u64, Error>;
+    /// Tells the other instances.
+    async fn publish(&self, inv: &Invalidation) -> Result<(), Error>;
+    /// Appends invalidations about to be replayed to the replay log.
+    async fn log_replay(&self, invalidations: &[Invalidation]) -> Result<(), Error>;
+    /// The other instances' replayed invalidations still in the replay log.
+    async fn read_replay_log(&self) -> Vec<Invalidation>;
+}
+
+/// Redis and the backplane, as the running cache has them.
+struct RedisRemote<'a> {
+    core: &'a Core,
+    backplane: Option<&'a Backplane>,
+}
+
+impl Remote for RedisRemote<'_> {
+    fn configured(&self) -> bool {
+        self.core.has_redis()
+    }
+
+    async fn remove(&self, inv: &Invalidation) -> Result<u64, Error> {
+        self.core.apply_redis(inv).await
+    }
+
+    async fn publish(&self, inv: &Invalidation) -> Result<(), Error> {
+        match (self.backplane, self.core.redis_always()) {
+            (Some(backplane), Some(redis)) => backplane.publish(redis, inv).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn log_replay(&self, invalidations: &[Invalidation]) -> Result<(), Error> {
+        match (self.backplane, self.core.redis_always()) {
+            (Some(backplane), Some(redis)) => backplane.log_replay(redis, invalidations).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn read_replay_log(&self) -> Vec<Invalidation> {
+        match (self.backplane, self.core.redis_always()) {
+            (Some(backplane), Some(redis)) => backplane.read_replay_log(redis).await,
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// What a journal replay did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    /// Invalidations applied to Redis and published.
+    pub(crate) applied: usize,
+    /// The journal had overflowed: only a namespace flush covers what it lost.
+    pub(crate) overflowed: bool,
+}
+
+/// Applies invalidations everywhere; see the module docs. Holds no [`Core`]: each call is
+/// given one, so background tasks can hold this and a `Weak<Core>` without keeping the cache
+/// alive.
+pub(crate) struct Invalidator {
+    journal: Journal,
+    backplane: Option<Arc<Backplane>>,
+}
+
+impl Invalidator {
+    pub(crate) fn new(journal: Journal, backplane: Option<Arc<Backplane>>) -> Self {
+        Invalidator { journal, backplane }
+    }
+
+    pub(crate) fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub(crate) fn backplane(&self) -> Option<&Arc<Backplane>> {
+        self.backplane.as_ref()
+    }
+
+    fn remote<'a>(&'a self, core: &'a Core) -> RedisRemote<'a> {
+        RedisRemote {
+            core,
+            backplane: self.backplane.as_deref(),
+        }
+    }
+
+    /// An invalidation asked for by this process (the public API, the layers, the macros).
+    ///
+    /// With Redis it runs as a task of its own, so a caller that gives up — a request
+    /// timeout, a client gone — cannot cut it short between the local store and Redis and the
+    /// other instances. The caller waits for the local store, then for the rest up to
+    /// `redis_wait` (`None`: until it is done); past that the report says
+    /// [`RedisOutcome::Pending`] and the task carries on, journaling what fails.
+    pub(crate) async fn invalidate(
+        self: &Arc<Self>,
+        core: &Arc<Core>,
+        inv: &Invalidation,
+        redis_wait: Option<Duration>,
+    ) -> InvalidationReport {
+        if !core.has_redis() {
+            return self
+                .invalidate_via(core, &self.remote(core), inv, || {})
+                .await;
+        }
+        let (local_done, local_cleaned) = oneshot::channel();
+        let task = tokio::spawn({
+            let this = Arc::clone(self);
+            let core = Arc::clone(core);
+            let inv = inv.clone();
+            async move {
+                let remote = this.remote(&core);
+                this.invalidate_via(&core, &remote, &inv, move || {
+                    let _ = local_done.send(());
+                })
+                .await
+            }
+        });
+        // This process must not serve what it was just told is stale: the local half is
+        // always waited for (it waits only for stores already past their check).
+        let _ = local_cleaned.await;
+        let finished = match redis_wait {
+            Some(wait) => tokio::time::timeout(wait, task).await.ok(),
+            None => Some(task.await),
+        };
+        match finished {
+            Some(Ok(report)) => report,
+            Some(Err(error)) => {
+                // The task panicked: whatever it did, the journal will do it again.
+                tracing::error!(%error, "invalidation task failed; journaled");
+                let kept = self.journal.push(inv.clone());
+                core.breaker().poke();
+                InvalidationReport {
+                    redis_keys_removed: 0,
+                    redis: RedisOutcome::Journaled { overflowed: !kept },
+                    unknown_classes: core.class_ids(inv).1,
+                }
+            }
+            None => InvalidationReport {
+                redis_keys_removed: 0,
+                redis: RedisOutcome::Pending,
+                unknown_classes: core.class_ids(inv).1,
+            },
+        }
+    }
+
+    async fn invalidate_via(
+        &self,
+        core: &Core,
+        remote: &impl Remote,
+        inv: &Invalidation,
+        local_done: impl FnOnce(),
+    ) -> InvalidationReport {
+        // Loads in progress may hold what this removes: they must not be joined or stored,
+        // neither now nor until the Redis half is done (dropping `in_progress` ends it); and
+        // until then no load reads Redis, which may still hold it.
+        let in_progress = if remote.configured() {
+            core.flights().begin_invalidation_of_redis(mask_of(inv))
+        } else {
+            core.flights().begin_invalidation(mask_of(inv))
+        };
+        in_progress.stores_landed().await;
+        let unknown_classes = core.class_ids(inv).1;
+        core.apply_local(inv);
+        local_done();
+        let mut report = InvalidationReport {
+            redis_keys_removed: 0,
+            redis: RedisOutcome::NotConfigured,
+            unknown_classes,
+        };
+        if !remote.configured() {
+            return report;
+        }
+        if core.breaker().allows_requests() {
+            match apply_remote(remote, inv).await {
+                Ok(removed) => {
+                    core.breaker().record_success();
+                    self.journal.remember(inv);
+                    report.redis_keys_removed = removed;
+                    report.redis = RedisOutcome::Applied;
+                    return report;
+                }
+                Err(error) => {
+                    core.stats().redis_error();
+                    core.breaker().record_failure("invalidation failed");
+                    tracing::warn!(%error, "invalidation not applied to Redis; journaled");
+                }
+            }
+        }
+        let kept = self.journal.push(inv.clone());
+        // Redis may be answering (a deadline missed, a publish lost): the monitor drains the
+        // journal as soon as a probe succeeds, not only after an outage.
+        core.breaker().poke();
+        report.redis = RedisOutcome::Journaled { overflowed: !kept };
+        report
+    }
+
+    /// Tells the other instances that `key` has a new value in Redis: they drop their local
+    /// copies and read it from Redis next time.
+    pub(crate) async fn announce_write(&self, core: &Core, key: Key) {
+        if self.backplane.is_none() {
+            return;
+        }
+        let changed = Invalidation::new().key(key);
+        if let Err(error) = self.remote(core).publish(&changed).await {
+            tracing::warn!(%error, "other instances not told of the new value; their copies expire with their TTL");
+        }
+    }
+
+    /// An invalidation another instance published: the local store only, behind the same
+    /// fence as this process's own.
+    pub(crate) async fn apply_from_peer(&self, core: &Core, inv: &Invalidation) {
+        // Remove at once for a prompt effect; if stores were already past their check, let
+        // them land and remove again.
+        let in_progress = core.flights().begin_invalidation(mask_of(inv));
+        core.apply_local(inv);
+        if !in_progress.stores_idle() {
+            in_progress.stores_landed().await;
+            core.apply_local(inv);
+        }
+    }
+
+    /// Recovery: logs the journal for the other instances, then applies and publishes it in
+    /// order. `Err` if Redis failed again; what was not replayed is back in the journal.
+    pub(crate) async fn replay_journal(&self, core: &Core) -> Result<Replayed, Error> {
+        self.replay_journal_via(&self.remote(core)).await
+    }
+
+    async fn replay_journal_via(&self, remote: &impl Remote) -> Result<Replayed, Error> {
+        let replay = self.journal.take();
+        // Logged before it is published: an instance still resubscribing after this outage
+        // reads the log when its channel is back (see the backplane's reconciliation).
+        if !replay.invalidations.is_empty() {
+            if let Err(error) = remote.log_replay(&replay.invalidations).await {
+                tracing::debug!(%error, "replayed invalidations not logged for the other instances");
+            }
+        }
+        let mut applied = 0;
+        for inv in &replay.invalidations {
+            if let Err(error) = apply_remote(remote, inv).await {
+                tracing::warn!(%error, "journal replay interrupted; Redis is down again");
+                self.journal.restore(Replay {
+                    invalidations: replay.invalidations[applied..].to_vec(),
+                    overflowed: replay.overflowed,
+                });
+                return Err(error);
+            }
+            applied += 1;
+        }
+        if applied > 0 {
+            tracing::info!(applied, "journaled invalidations replayed to Redis");
+        }
+        Ok(Replayed {
+            applied,
+            overflowed: replay.overflowed,
+        })
+    }
+
+    /// Replays the journal while Redis is in use: what missed a deadline or lost its publish
+    /// with the breaker closed, and what was made while recovery ran, reaches Redis and the
+    /// other instances as soon as Redis answers, not at the next outage. A journal that
+    /// overflowed flushes the namespace, as after an outage.
+    pub(crate) async fn drain_journal(&self, core: &Core) -> Result<Replayed, Error> {
+        let replayed = self.replay_journal(core).await?;
+        if replayed.overflowed {
+            let everything = Invalidation::new().everything();
+            self.flush_after_outage(core, everything, true).await?;
+        }
+        Ok(replayed)
+    }
+
+    /// Recovery: flushes the outage tier's scope locally and in Redis. If Redis fails again
+    /// the flush is journaled (an overflow stays an overflow, which flushes everything).
+    pub(crate) async fn flush_after_outage(
+        &self,
+        core: &Core,
+        inv: Invalidation,
+        overflowed: bool,
+    ) -> Result<u64, Error> {
+        self.flush_after_outage_via(core, &self.remote(core), inv, overflowed)
+            .await
+    }
+
+    async fn flush_after_outage_via(
+        &self,
+        core: &Core,
+        remote: &impl Remote,
+        inv: Invalidation,
+        overflowed: bool,
+    ) -> Result<u64, Error> {
+        core.apply_local(&inv);
+        match apply_remote(remote, &inv).await {
+            Ok(removed) => Ok(removed),
+            Err(error) => {
+                tracing::warn!(%error, "outage flush interrupted; Redis is down again");
+                if overflowed {
+                    self.journal.restore(Replay {
+                        invalidations: Vec::new(),
+                        overflowed: true,
+                    });
+                } else {
+                    self.journal.push(inv);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// After a Sentinel master switch: re-applies the invalidations of the replay window,
+    /// since the old master may have lost them; a failure goes to the journal. Returns how
+    /// many were re-applied.
+    pub(crate) async fn reapply_recent(&self, core: &Core) -> usize {
+        self.reapply_recent_via(&self.remote(core)).await
+    }
+
+    async fn reapply_recent_via(&self, remote: &impl Remote) -> usize {
+        let mut reapplied = 0;
+        for inv in self.journal.recent() {
+            match apply_remote(remote, &inv).await {
+                Ok(_) => reapplied += 1,
+                Err(_) => {
+                    self.journal.push(inv);
+                }
+            }
+        }
+        reapplied
+    }
+
+    /// After a gap in the channel that was a Redis outage: applies, to the local store, what
+    /// the others replayed while this instance's channel was still down.
+    pub(crate) async fn catch_up_from_log(&self, core: &Core) {
+        self.catch_up_from_log_via(core, &self.remote(core)).await;
+    }
+
+    async fn catch_up_from_log_via(&self, core: &Core, remote: &impl Remote) {
+        for inv in remote.read_replay_log().await {
+            core.apply_local(&inv);
+        }
+    }
+}
+
+/// Redis first, then the other instances: they must not re-read what Redis still has.
+async fn apply_remote(remote: &impl Remote, inv: &Invalidation) -> Result<u64, Error> {
+    let removed = remote.remove(inv).await?;
+    remote.publish(inv).await?;
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,332 @@
+//! Partial faults on real Redis: one command, one connection or one request goes wrong while
+//! the rest of the system looks healthy. Each test pins a promise a user relies on:
+//!
+//! - an invalidation whose PUBLISH missed its deadline, with the breaker still closed, reaches
+//!   the other instances as soon as Redis answers again — not at the next full outage;
+//! - a mutation on a request path waits for Redis no longer than one command deadline, even
+//!   when Redis froze a moment ago and the breaker has not opened yet;
+//! - a mutation whose response future is dropped halfway (a timeout, a client gone) still
+//!   invalidates everywhere;
+//! - flushing the namespace keeps the replay log the other instances reconcile from;
+//! - a restart from a snapshot taken before an invalidation does not bring the invalidated
+//!   value back.
+
+#![cfg(all(feature = "redis", feature = "axum", feature = "macros"))]
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use stormcache::layer::InvalidateLayer;
+use stormcache::{Cache, EntryOptions, Invalidation, Key, KeyTemplate, RedisOutcome};
+use support::caches::{fast_redis_builder, wait_redis_ready};
+use support::{scaled, FaultProxy, RedisServer, TempDir};
+use tower::ServiceExt;
+
+const DEADLINE: Duration = Duration::from_millis(100);
+
+/// An origin whose value is a version that every mutation bumps.
+#[derive(Clone, Default)]
+struct Origin(Arc<AtomicU64>);
+
+impl Origin {
+    fn read(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn bump(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+fn key() -> Key {
+    Key::literal("user:groups:alice").expect("valid key")
+}
+
+/// The user's groups, tagged with the user.
+async fn read(cache: &Cache, origin: &Origin) -> u64 {
+    let origin = origin.clone();
+    let options = EntryOptions::new().tag(Key::literal("user:alice").expect("valid tag"));
+    cache
+        .get_or_load(key(), &options, || async move { origin.read() })
+        .await
+}
+
+/// Reads through `cache` until it returns `want`; fails after `limit`. Returns how long it
+/// took.
+async fn reads_eventually(cache: &Cache, origin: &Origin, want: u64, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = read(cache, origin).await;
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < scaled(limit),
+            "still reads version {got} {limit:?} after version {want} was invalidated: {:?}",
+            cache.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Keys matching `pattern` on `server`, by SCAN.
+fn keys(server: &RedisServer, pattern: &str) -> Vec<String> {
+    support::resp::scan_keys(&[server.port()], pattern)
+}
+
+async fn ready(cache: Cache) -> Cache {
+    wait_redis_ready(&cache, scaled(Duration::from_secs(10))).await;
+    cache
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invalidation_whose_publish_missed_its_deadline_reaches_the_peers_once_redis_answers() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    // A's probes are 1 s apart and its breaker needs many failures: the slow moment below
+    // stays a partial fault, never an outage with a recovery.
+    let a = ready(
+        fast_redis_builder("pubmiss", proxy.url(), DEADLINE)
+            .probe_interval(Duration::from_secs(1))
+            .failure_threshold(100)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let b = ready(
+        fast_redis_builder("pubmiss", server.url(), DEADLINE)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let origin = Origin::default();
+    assert_eq!(read(&b, &origin).await, 0);
+    assert_eq!(read(&a, &origin).await, 0);
+
+    // A's connection turns slow: the UNLINK still lands (its deadline is the maintenance
+    // one), the PUBLISH misses its 100 ms.
+    proxy.delay(Duration::from_millis(300));
+    let v1 = origin.bump();
+    let report = a.invalidate(&Invalidation::new().key(key())).await;
+    proxy.pass();
+    assert!(
+        matches!(report.redis, RedisOutcome::Journaled { .. }),
+        "the lost publish is journaled: {report:?}"
+    );
+    assert!(a.status().last_outage.is_none(), "no outage was seen");
+
+    let took = reads_eventually(&b, &origin, v1, Duration::from_secs(5)).await;
+    println!("peer reads the new version {took:?} after the invalidation");
+    assert_eq!(a.status().journal_len, 0, "the journal drained");
+    assert!(
+        a.status().last_outage.is_none(),
+        "still no outage: drained while healthy"
+    );
+}
+
+/// An axum app whose `POST /users/alice/groups` mutates the origin and invalidates the
+/// user's key (`with_key`) and tag through `InvalidateLayer`.
+fn membership_app(cache: &Cache, origin: &Origin, with_key: bool) -> Router {
+    let mut layer =
+        InvalidateLayer::new(cache.clone()).tag(KeyTemplate::parse("user:{u}").expect("template"));
+    if with_key {
+        layer = layer.key(KeyTemplate::parse("user:groups:{u}").expect("template"));
+    }
+    let origin = origin.clone();
+    Router::new()
+        .route(
+            "/users/{u}/groups",
+            post(move || {
+                let origin = origin.clone();
+                async move {
+                    origin.bump();
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        )
+        .layer(layer)
+}
+
+fn mutation() -> Request<Body> {
+    Request::post("/users/alice/groups")
+        .body(Body::empty())
+        .expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mutation_waits_one_command_deadline_when_redis_just_froze() {
+    let server = RedisServer::start();
+    let cache = ready(
+        fast_redis_builder("frozen", server.url(), DEADLINE)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let origin = Origin::default();
+    assert_eq!(read(&cache, &origin).await, 0);
+    // A tag only: its first step is an SSCAN page, which has no deadline of fred's own.
+    let app = membership_app(&cache, &origin, false);
+
+    server.freeze();
+    let start = Instant::now();
+    let res = app.oneshot(mutation()).await.expect("infallible");
+    let waited = start.elapsed();
+    server.resume();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    println!("the mutation's response took {waited:?} with Redis frozen");
+    assert!(
+        waited < DEADLINE + scaled(Duration::from_millis(300)),
+        "a request waited {waited:?} for a frozen Redis; one command deadline is {DEADLINE:?}"
+    );
+    // The local store was cleaned before the response, and Redis gets it once it thaws.
+    assert_eq!(read(&cache, &origin).await, 1);
+    support::wait_until(
+        scaled(Duration::from_secs(10)),
+        "the key leaves Redis",
+        || keys(&server, "frozen:*user:groups:alice").is_empty(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mutation_whose_response_is_dropped_still_invalidates_every_instance() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let a = ready(
+        fast_redis_builder("dropped", proxy.url(), Duration::from_secs(1))
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let b = ready(
+        fast_redis_builder("dropped", server.url(), DEADLINE)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let origin = Origin::default();
+    assert_eq!(read(&a, &origin).await, 0);
+    assert_eq!(read(&b, &origin).await, 0);
+    let app = membership_app(&a, &origin, true);
+
+    // Each of A's commands takes 200 ms: the caller gives up while the invalidation is
+    // between Redis and the publish.
+    proxy.delay(Duration::from_millis(200));
+    let gave_up = tokio::time::timeout(Duration::from_millis(250), app.oneshot(mutation())).await;
+    assert!(gave_up.is_err(), "the caller gave up before the response");
+    assert_eq!(origin.read(), 1, "the mutation was committed");
+    proxy.pass();
+
+    let took = reads_eventually(&b, &origin, 1, Duration::from_secs(5)).await;
+    println!("the other instance reads the new version {took:?} after the caller gave up");
+    assert_eq!(read(&a, &origin).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flushing_the_namespace_keeps_the_replay_log() {
+    let server = RedisServer::start();
+    let cache = ready(
+        fast_redis_builder("keeplog", server.url(), DEADLINE)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let origin = Origin::default();
+    read(&cache, &origin).await;
+    server.cmd(&[
+        "RPUSH",
+        "keeplog:~replayed",
+        "an entry another instance reads",
+    ]);
+    let report = cache.flush_all().await;
+    assert_eq!(report.redis, RedisOutcome::Applied);
+    assert!(
+        keys(&server, "keeplog:user*").is_empty() && keys(&server, "keeplog:default:*").is_empty(),
+        "the entries are flushed"
+    );
+    assert_eq!(
+        keys(&server, "keeplog:~replayed"),
+        ["keeplog:~replayed"],
+        "the replay log survives the flush"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_from_an_older_snapshot_does_not_bring_an_invalidated_value_back() {
+    let server = RedisServer::builder().save(true).start();
+    let a = ready(
+        fast_redis_builder("restore", server.url(), DEADLINE)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let origin = Origin::default();
+    assert_eq!(read(&a, &origin).await, 0);
+    // The snapshot holds version 0; then the value changes and is invalidated.
+    server.bgsave_and_wait();
+    let snapshot = TempDir::new("restore-rdb");
+    let rdb = snapshot.path().join("old.rdb");
+    server.copy_rdb(&rdb);
+    let v1 = origin.bump();
+    assert_eq!(
+        a.invalidate(&Invalidation::new().key(key())).await.redis,
+        RedisOutcome::Applied
+    );
+    assert_eq!(read(&a, &origin).await, v1);
+
+    // Redis crashes and comes back from the snapshot, seconds old.
+    server.restart_from_rdb(&rdb);
+    assert!(
+        !keys(&server, "restore:*user:groups:alice").is_empty(),
+        "the snapshot brought the old entry back"
+    );
+    // A second instance, started after the restore, reads through Redis.
+    let b = ready(
+        fast_redis_builder("restore", server.url(), DEADLINE)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    wait_redis_ready(&a, scaled(Duration::from_secs(10))).await;
+    let took = reads_eventually(&b, &origin, v1, Duration::from_secs(5)).await;
+    println!("the new instance reads the new version {took:?} after both are ready");
+    assert_eq!(read(&a, &origin).await, v1);
+}
+
+/// A tag only: the first step of its Redis half is an SSCAN page, which has no deadline of
+/// fred's own.
+#[stormcache::invalidate(tags = ["user:{user}"], cache = cache, double_delete)]
+async fn remove_from_group(cache: &Cache, origin: &Origin, user: &str) {
+    let _ = user;
+    origin.bump();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_double_delete_waits_one_command_deadline_when_redis_just_froze() {
+    let server = RedisServer::start();
+    let cache = ready(
+        fast_redis_builder("frozen2", server.url(), DEADLINE)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let origin = Origin::default();
+    assert_eq!(read(&cache, &origin).await, 0);
+
+    server.freeze();
+    let start = Instant::now();
+    remove_from_group(&cache, &origin, "alice").await;
+    let waited = start.elapsed();
+    server.resume();
+    println!("the double delete took {waited:?} with Redis frozen");
+    assert!(
+        waited < DEADLINE + scaled(Duration::from_millis(300)),
+        "a call waited {waited:?} for a frozen Redis; one command deadline is {DEADLINE:?}"
+    );
+    assert_eq!(read(&cache, &origin).await, 1);
+}
