@@ -433,7 +433,7 @@ async fn eager_refresh_serves_at_once_and_refreshes_once() {
 }
 
 /// An invalidation made while Redis is down is journaled and replayed after the outage,
-/// maybe before the other instances have resubscribed: they read it from the replay log.
+/// maybe before the other instances have resubscribed: they read it from the invalidation log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_journaled_during_an_outage_reaches_the_other_instances() {
     let t = Topology::standalone();
@@ -448,7 +448,7 @@ async fn an_invalidation_journaled_during_an_outage_reaches_the_other_instances(
             .expect("valid")
     };
     // A is back within 50 ms and replays at once; B's channel comes back long after A
-    // published, so only the replay log can tell B.
+    // published, so only the invalidation log can tell B.
     let a = ready(with_reconnect_delay(Duration::from_millis(50))).await;
     let b = ready(with_reconnect_delay(Duration::from_millis(1500))).await;
     let opts = EntryOptions::new().class("resources");

@@ -7,7 +7,7 @@
 //!   when Redis froze a moment ago and the breaker has not opened yet;
 //! - a mutation whose response future is dropped halfway (a timeout, a client gone) still
 //!   invalidates everywhere;
-//! - flushing the namespace keeps the replay log the other instances reconcile from;
+//! - flushing the namespace keeps the invalidation log the other instances reconcile from;
 //! - a restart from a snapshot taken before an invalidation does not bring the invalidated
 //!   value back.
 
@@ -228,7 +228,7 @@ async fn a_mutation_whose_response_is_dropped_still_invalidates_every_instance()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn flushing_the_namespace_keeps_the_replay_log() {
+async fn flushing_the_namespace_keeps_the_invalidation_log() {
     let server = RedisServer::start();
     let cache = ready(
         fast_redis_builder("keeplog", server.url(), DEADLINE)
@@ -240,7 +240,7 @@ async fn flushing_the_namespace_keeps_the_replay_log() {
     read(&cache, &origin).await;
     server.cmd(&[
         "RPUSH",
-        "keeplog:~replayed",
+        "keeplog:~invlog",
         "an entry another instance reads",
     ]);
     let report = cache.flush_all().await;
@@ -250,9 +250,9 @@ async fn flushing_the_namespace_keeps_the_replay_log() {
         "the entries are flushed"
     );
     assert_eq!(
-        keys(&server, "keeplog:~replayed"),
-        ["keeplog:~replayed"],
-        "the replay log survives the flush"
+        keys(&server, "keeplog:~invlog"),
+        ["keeplog:~invlog"],
+        "the invalidation log survives the flush"
     );
 }
 
@@ -329,4 +329,75 @@ async fn a_double_delete_waits_one_command_deadline_when_redis_just_froze() {
         "a call waited {waited:?} for a frozen Redis; one command deadline is {DEADLINE:?}"
     );
     assert_eq!(read(&cache, &origin).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalidations_published_while_an_instance_was_cut_off_reach_it_when_it_is_back() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let a = ready(
+        fast_redis_builder("cutoff", server.url(), DEADLINE)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    // B reaches Redis, its subscriber included, through the proxy.
+    let b = ready(
+        fast_redis_builder("cutoff", proxy.url(), DEADLINE)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let origin = Origin::default();
+    assert_eq!(read(&a, &origin).await, 0);
+    assert_eq!(read(&b, &origin).await, 0);
+
+    // B is cut off (its connections reset, new ones refused): its breaker opens and its
+    // channel goes down. A, healthy, invalidates meanwhile.
+    proxy.reset();
+    let deadline = Instant::now() + scaled(Duration::from_secs(5));
+    while b.redis_in_use() {
+        assert!(
+            Instant::now() < deadline,
+            "B never noticed: {:?}",
+            b.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let v1 = origin.bump();
+    assert_eq!(
+        a.invalidate(&Invalidation::new().key(key())).await.redis,
+        RedisOutcome::Applied
+    );
+    proxy.pass();
+    wait_redis_ready(&b, scaled(Duration::from_secs(10))).await;
+    let took = reads_eventually(&b, &origin, v1, Duration::from_secs(3)).await;
+    println!("B reads the new version {took:?} after its channel is back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invalidation_made_during_a_master_switch_reaches_every_instance() {
+    let group = tokio::task::block_in_place(support::SentinelGroup::start);
+    let builder = || {
+        fast_redis_builder("switch", group.url(), Duration::from_millis(250))
+            .build()
+            .expect("valid")
+    };
+    let a = ready(builder()).await;
+    let b = ready(builder()).await;
+    let origin = Origin::default();
+    assert_eq!(read(&a, &origin).await, 0);
+    assert_eq!(read(&b, &origin).await, 0);
+
+    // A manual failover with the old master alive; A invalidates while the instances move.
+    tokio::task::block_in_place(|| group.failover());
+    let v1 = origin.bump();
+    a.invalidate(&Invalidation::new().key(key())).await;
+    let took = reads_eventually(&b, &origin, v1, Duration::from_secs(5)).await;
+    println!("B reads the new version {took:?} after the invalidation");
+    // And it stays new once both have settled on the new master.
+    wait_redis_ready(&a, scaled(Duration::from_secs(20))).await;
+    wait_redis_ready(&b, scaled(Duration::from_secs(20))).await;
+    assert_eq!(read(&b, &origin).await, v1);
+    assert_eq!(read(&a, &origin).await, v1);
 }

@@ -47,6 +47,12 @@ async fn on_switch(core: &Weak<Core>, invalidator: &Invalidator, new_master: &st
         new_master,
         "Sentinel switched masters; moving to the new master"
     );
+    // Until the channel echoes on the new master, what the others publish may not reach
+    // this instance: its local entries are revalidated against Redis meanwhile.
+    core.distrust_local();
+    if let Some(backplane) = invalidator.backplane() {
+        backplane.restart();
+    }
     if redis
         .force_reconnection(Duration::from_secs(2))
         .await

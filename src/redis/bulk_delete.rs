@@ -209,11 +209,11 @@ impl RedisStore {
         self.flush_matching(pattern, |_| true).await
     }
 
-    /// Deletes everything in the namespace except its bookkeeping: the replay log, which
-    /// the other instances reconcile from after this very flush, and the heartbeats, which
-    /// date the data for the next recovery.
+    /// Deletes everything in the namespace except its bookkeeping: the invalidation log,
+    /// which the other instances reconcile from after this very flush, and the heartbeats,
+    /// which date the data for the next recovery.
     pub(crate) async fn flush_namespace(&self) -> Result<Removed, Error> {
-        let replay_log = self.replay_log_key();
+        let replay_log = self.invalidation_log_key();
         let heartbeat = format!("{}~hb", self.prefix());
         self.flush_matching(&self.namespace_pattern(), move |key| {
             key != replay_log && !key.starts_with(&heartbeat)

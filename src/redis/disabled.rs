@@ -57,7 +57,7 @@ impl RedisStore {
     pub(crate) async fn flush_namespace(&self) -> Result<Removed, Error> {
         match *self {}
     }
-    pub(crate) fn replay_log_key(&self) -> String {
+    pub(crate) fn invalidation_log_key(&self) -> String {
         match *self {}
     }
     pub(crate) async fn ping(&self) -> Result<(), Error> {
@@ -78,10 +78,11 @@ impl RedisStore {
     pub(crate) async fn publish(&self, _: &str, _: Bytes) -> Result<(), Error> {
         match *self {}
     }
-    pub(crate) async fn append_log(
+    pub(crate) async fn publish_logged(
         &self,
         _: &str,
-        _: Vec<Bytes>,
+        _: &str,
+        _: Bytes,
         _: i64,
         _: Duration,
     ) -> Result<(), Error> {

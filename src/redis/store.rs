@@ -12,7 +12,7 @@
 //! - `ns:~tag:tag` — a set of the full keys that carry a tag.
 //!
 //! - `ns:~lock:class:key` — a stampede lock; `ns:~hb` — the heartbeat; `ns:~inv` — the
-//!   invalidation channel; `ns:~replayed` — the replay log.
+//!   invalidation channel; `ns:~invlog` — the log of what was published on it.
 //!
 //! `~` cannot start a class name, so a class's SCAN pattern never meets a tag set, while the
 //! namespace pattern `ns:*` reaches everything. Nothing is ever deleted with KEYS, FLUSHALL or
@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::{
     Builder, ClientLike, Config, EventInterface, Expiration, KeysInterface, ListInterface,
-    PubsubInterface, ReconnectPolicy, SetsInterface,
+    LuaInterface, PubsubInterface, ReconnectPolicy, SetsInterface,
 };
 use fred::types::config::{Options, UnresponsiveConfig};
 use fred::types::{ExpireOptions, Value};
@@ -37,6 +37,17 @@ use tokio::sync::Semaphore;
 use super::RedisSettings;
 use crate::error::Error;
 use crate::key::Key;
+
+/// Appends ARGV[1] to the log KEYS[1] as `<ms>:<message>` (Redis's own clock, so instances
+/// whose clocks differ agree on the order), trims it to the last ARGV[3] entries, gives it a
+/// TTL of ARGV[4] ms, and PUBLISHes ARGV[1] on the channel ARGV[2]. One script, so a message
+/// is never published without being logged.
+const PUBLISH_LOGGED: &str = "local t = redis.call('TIME')
+local at = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('RPUSH', KEYS[1], at .. ':' .. ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return redis.call('PUBLISH', ARGV[2], ARGV[1])";
 
 /// The connection to Redis the cache reads, writes and invalidates through.
 pub(crate) struct RedisStore {
@@ -169,9 +180,9 @@ impl RedisStore {
         format!("{}{class}:*", self.prefix)
     }
 
-    /// `ns:~replayed`: the replay log of journaled invalidations.
-    pub(crate) fn replay_log_key(&self) -> String {
-        format!("{}~replayed", self.prefix)
+    /// `ns:~invlog`: the log of recently published invalidations.
+    pub(crate) fn invalidation_log_key(&self) -> String {
+        format!("{}~invlog", self.prefix)
     }
 
     /// The SCAN pattern of the whole namespace.
@@ -303,22 +314,30 @@ impl RedisStore {
         }
     }
 
-    /// Appends `messages` to the list `key`, keeps its last `keep` items and gives it `ttl`.
-    pub(crate) async fn append_log(
+    /// PUBLISHes `message` on `channel` and appends it, stamped with Redis's clock, to the
+    /// list `log`, in one script: a subscriber that missed the message finds it in the log.
+    /// The log keeps its last `keep` entries and lives `ttl` after the last one. An entry is
+    /// `<unix ms>:<message>`. Runs with the request deadline.
+    pub(crate) async fn publish_logged(
         &self,
-        key: &str,
-        messages: Vec<Bytes>,
+        channel: &str,
+        log: &str,
+        message: Bytes,
         keep: i64,
         ttl: Duration,
     ) -> Result<(), Error> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let client = &self.client;
-        self.maintenance(async {
-            client.rpush::<i64, _, _>(key, messages).await?;
-            client.ltrim::<(), _>(key, -keep, -1).await?;
-            client.pexpire::<(), _>(key, ttl_ms, None).await
-        })
-        .await
+        let args: Vec<Value> = vec![
+            Value::Bytes(message),
+            channel.into(),
+            keep.into(),
+            ttl_ms.into(),
+        ];
+        let script = self.client.eval::<i64, _, _, _>(PUBLISH_LOGGED, log, args);
+        match tokio::time::timeout(self.command_timeout, script).await {
+            Ok(result) => result.map(|_| ()).map_err(Error::from),
+            Err(_) => Err(Error::redis_timeout("logged PUBLISH", self.command_timeout)),
+        }
     }
 
     /// Every item of the list `key`.

@@ -14,26 +14,24 @@
 //! time, messages lost to a slow reader, or Redis itself unusable — until a ping is echoed
 //! again on a fresh subscription.
 //!
+//! **The invalidation log.** Every invalidation is published together with an append to a
+//! list in Redis (`<namespace>:~invlog`, one script, stamped with Redis's clock; the last
+//! 10,000 for ten minutes after the last), so what a subscriber missed can be read back.
+//!
 //! **The reconciliation rule.** While there is a gap, every L1 entry is suspect: it may have
 //! missed an invalidation. A suspect entry is never served while Redis can be asked; the
 //! read goes to Redis instead, and the entry is replaced by what Redis holds now. Only while
 //! Redis is down is a suspect entry served, as the fallback it is there to be. When the gap
-//! ends (an echo on a fresh subscription):
+//! ends (an echo on a fresh subscription), whatever the gap was — a killed connection, a
+//! Redis outage, a master switch — the instance reads the log from a few seconds before the
+//! gap began and applies to its L1 every invalidation the others published since:
 //!
-//! - **the channel alone failed** (Redis was usable; say the subscriber connection was
-//!   killed): every entry written before the gap *ended* stays suspect, so it is revalidated
-//!   against Redis on its next read. Entries written during the gap are included: they may
-//!   have been read from Redis just before a missed invalidation removed them there. The
-//!   cost is one Redis read per key, not an origin load, since Redis still holds the data.
-//! - **Redis itself was down** (an outage began within two seconds of the gap): the outage
-//!   tier policy decides, for L1 as for Redis. Recovery has already flushed the tier's
-//!   scope from the local store (nothing under the first tier, the volatile classes, or
-//!   everything), and what is left is trusted again. Invalidations the other instances made
-//!   during the outage were journaled; an instance that replays its journal first appends it
-//!   to a replay log in Redis (`<namespace>:~replayed`, kept 10 minutes), then publishes it.
-//!   So an instance whose channel comes back after that publication finds it in the log,
-//!   which it reads before trusting its entries again, and one whose channel came back
-//!   before gets the message.
+//! - if the log reaches back that far, every entry is trusted again: nothing it missed is
+//!   left. After an outage the tier policy has also run (recovery flushes the tier's scope
+//!   locally and in Redis, and re-applies the recent invalidations Redis may have lost);
+//! - if it does not (over 10,000 invalidations, or a gap longer than the log lives), every
+//!   entry written before the gap *ended* stays suspect and is revalidated against Redis on
+//!   its next read: one Redis read per key, not an origin load.
 //!
 //! Marking is one atomic store of a watermark, not a sweep, so a gap costs nothing up front.
 //!
@@ -52,12 +50,15 @@ use bytes::Bytes;
 pub(crate) use self::task::spawn;
 use self::wire::{decode, encode, from_wire, instance_id, to_wire, Body, Message};
 use crate::error::Error;
-use crate::model::{unix_ms, BackplaneStatus, Invalidation, OutageRecord};
+use crate::model::{unix_ms, BackplaneStatus, Invalidation};
 use crate::redis::RedisStore;
 
-/// Replayed invalidations kept in the replay log: the last ones, for ten minutes.
-const REPLAY_LOG_LEN: i64 = 10_000;
-const REPLAY_LOG_TTL: Duration = Duration::from_secs(600);
+/// Published invalidations kept in the log: the last ones, for ten minutes after the last.
+const LOG_LEN: i64 = 10_000;
+const LOG_TTL: Duration = Duration::from_secs(600);
+/// How far before a gap the log is read: the log is stamped with Redis's clock, the gap with
+/// this host's, and the two may differ a little.
+const LOG_CLOCK_MARGIN: Duration = Duration::from_secs(5);
 
 /// One instance's end of the channel: its identity, the channel's state and its counters.
 pub(crate) struct Backplane {
@@ -76,6 +77,8 @@ pub(crate) struct Backplane {
     published: AtomicU64,
     /// Gaps reconciled (the first subscription is not counted).
     reconciliations: AtomicU64,
+    /// Asks the task for a new subscription (see [`Backplane::restart`]).
+    restart: tokio::sync::Notify,
 }
 
 impl Backplane {
@@ -92,6 +95,7 @@ impl Backplane {
             received: AtomicU64::new(0),
             published: AtomicU64::new(0),
             reconciliations: AtomicU64::new(0),
+            restart: tokio::sync::Notify::new(),
         }
     }
 
@@ -115,6 +119,17 @@ impl Backplane {
         }
     }
 
+    /// Opens a gap now and has the task subscribe anew, as after a Sentinel master switch:
+    /// the subscription may be on the demoted master.
+    pub(crate) fn restart(&self) {
+        self.open_gap();
+        self.restart.notify_one();
+    }
+
+    async fn restart_requested(&self) {
+        self.restart.notified().await;
+    }
+
     /// Marks the start of a gap; true if the channel was connected until now.
     fn open_gap(&self) -> bool {
         let was_connected = self.connected.swap(false, Ordering::SeqCst);
@@ -134,55 +149,40 @@ impl Backplane {
         since
     }
 
-    /// Tells the other instances about an invalidation that reached Redis.
+    /// Tells the other instances about an invalidation that reached Redis, and logs it for
+    /// those whose channel is down (see [`Backplane::missed_since`]).
     pub(crate) async fn publish(
         &self,
         redis: &RedisStore,
         inv: &Invalidation,
     ) -> Result<(), Error> {
-        self.send(redis, to_wire(inv)).await?;
+        let message = Bytes::from(encode(&Message {
+            from: self.id,
+            body: to_wire(inv),
+        })?);
+        let log = redis.invalidation_log_key();
+        redis
+            .publish_logged(&self.channel, &log, message, LOG_LEN, LOG_TTL)
+            .await?;
         self.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Appends journaled invalidations about to be replayed to the replay log.
-    pub(crate) async fn log_replay(
+    /// What the other instances published since `since`, from the log; `None` if the log
+    /// cannot tell (unreadable, or it no longer reaches back that far).
+    pub(crate) async fn missed_since(
         &self,
         redis: &RedisStore,
-        invalidations: &[Invalidation],
-    ) -> Result<(), Error> {
-        let messages = invalidations
-            .iter()
-            .map(|inv| {
-                encode(&Message {
-                    from: self.id,
-                    body: to_wire(inv),
-                })
-                .map(Bytes::from)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        redis
-            .append_log(
-                &redis.replay_log_key(),
-                messages,
-                REPLAY_LOG_LEN,
-                REPLAY_LOG_TTL,
-            )
-            .await
-    }
-
-    /// The other instances' replayed invalidations still in the replay log.
-    pub(crate) async fn read_replay_log(&self, redis: &RedisStore) -> Vec<Invalidation> {
-        match redis.read_log(&redis.replay_log_key()).await {
-            Ok(messages) => messages
-                .iter()
-                .filter_map(|bytes| decode(bytes))
-                .filter(|m| m.from != self.id)
-                .filter_map(|m| from_wire(m.body))
-                .collect(),
+        since: SystemTime,
+    ) -> Option<Vec<Invalidation>> {
+        if since.elapsed().unwrap_or_default() + LOG_CLOCK_MARGIN >= LOG_TTL {
+            return None;
+        }
+        match redis.read_log(&redis.invalidation_log_key()).await {
+            Ok(entries) => missed(&entries, since, self.id),
             Err(error) => {
-                tracing::warn!(%error, "replay log unreadable");
-                Vec::new()
+                tracing::warn!(%error, "invalidation log unreadable");
+                None
             }
         }
     }
@@ -196,17 +196,32 @@ impl Backplane {
     }
 }
 
-/// Whether a Redis outage, now over, began within two seconds of a gap that began at
-/// `gap_since`: then the gap was the outage, and the outage policy has dealt with the local
-/// store.
-fn was_an_outage(last_outage: Option<&OutageRecord>, gap_since: SystemTime) -> bool {
-    let Some(record) = last_outage else {
-        return false;
-    };
-    let gap_ms = unix_ms(gap_since);
-    let began_near_the_gap =
-        record.started_at_ms + 2_000 >= gap_ms && record.started_at_ms <= gap_ms + 2_000;
-    began_near_the_gap && record.ended_at_ms >= gap_ms
+/// The invalidations other than `own_id`'s in the log `entries` (oldest first, each
+/// `<unix ms>:<message>`) stamped at or after `since` less [`LOG_CLOCK_MARGIN`]; `None` if
+/// the log was trimmed past that point, so that some may be missing.
+fn missed(entries: &[Bytes], since: SystemTime, own_id: u64) -> Option<Vec<Invalidation>> {
+    let from_ms = unix_ms(since).saturating_sub(LOG_CLOCK_MARGIN.as_millis() as u64);
+    let stamped: Vec<(u64, &[u8])> = entries.iter().filter_map(|e| parse_entry(e)).collect();
+    let trimmed = entries.len() as i64 >= LOG_LEN;
+    if trimmed && !stamped.first().is_some_and(|(at, _)| *at <= from_ms) {
+        return None;
+    }
+    Some(
+        stamped
+            .into_iter()
+            .filter(|(at, _)| *at >= from_ms)
+            .filter_map(|(_, message)| decode(message))
+            .filter(|m| m.from != own_id)
+            .filter_map(|m| from_wire(m.body))
+            .collect(),
+    )
+}
+
+/// `<unix ms>:<message>` → (ms, message).
+fn parse_entry(entry: &[u8]) -> Option<(u64, &[u8])> {
+    let colon = entry.iter().position(|&b| b == b':')?;
+    let at = std::str::from_utf8(&entry[..colon]).ok()?.parse().ok()?;
+    Some((at, &entry[colon + 1..]))
 }
 
 #[cfg(test)]
@@ -214,73 +229,87 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
-    use crate::model::FlushScope;
 
     /// When the gap began, in Unix milliseconds.
     const GAP_MS: u64 = 1_700_000_000_000;
+    const ME: u64 = 1;
+    const PEER: u64 = 2;
 
     fn gap_since() -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(GAP_MS)
     }
 
-    /// An outage from `GAP_MS + started` to `GAP_MS + ended` (milliseconds, may be negative).
-    fn outage(started: i64, ended: i64) -> OutageRecord {
-        let at = |offset: i64| GAP_MS.checked_add_signed(offset).expect("in range");
-        OutageRecord {
-            started_at_ms: at(started),
-            ended_at_ms: at(ended),
-            outage: Duration::from_millis(ended.abs_diff(started)),
-            data_age: None,
-            scope: FlushScope::Nothing,
-            flushed_redis_keys: 0,
-            replayed: 0,
-            journal_overflowed: false,
-        }
+    fn inv(key: &str) -> Invalidation {
+        Invalidation::new().key(crate::key::Key::literal(key).expect("valid"))
+    }
+
+    /// A log entry published by `from`, `offset` ms from the gap's start.
+    fn entry(offset: i64, from: u64, key: &str) -> Bytes {
+        let at = GAP_MS.checked_add_signed(offset).expect("in range");
+        let message = encode(&Message {
+            from,
+            body: to_wire(&inv(key)),
+        })
+        .expect("encodes");
+        let mut bytes = format!("{at}:").into_bytes();
+        bytes.extend_from_slice(&message);
+        Bytes::from(bytes)
     }
 
     #[test]
-    fn an_outage_that_began_just_before_the_gap_and_ended_after_it_was_the_gap() {
-        for started in [-2_000, -1_000, 0] {
-            assert!(
-                was_an_outage(Some(&outage(started, 30_000)), gap_since()),
-                "began {started} ms from the gap"
-            );
-        }
+    fn what_the_peers_published_during_the_gap_is_found() {
+        let log = [
+            entry(-60_000, PEER, "long-before"),
+            entry(1_000, PEER, "during"),
+            entry(2_000, ME, "mine"),
+            entry(3_000, PEER, "later"),
+        ];
+        assert_eq!(
+            missed(&log, gap_since(), ME),
+            Some(vec![inv("during"), inv("later")])
+        );
     }
 
     #[test]
-    fn an_outage_that_began_just_after_the_gap_was_the_gap() {
-        // The subscriber may notice a dead server before the breaker trips.
-        for started in [1, 1_500, 2_000] {
-            assert!(
-                was_an_outage(Some(&outage(started, 30_000)), gap_since()),
-                "began {started} ms after the gap"
-            );
-        }
+    fn the_log_is_read_from_a_little_before_the_gap() {
+        // Redis's clock and this host's may differ: a margin before the gap is included.
+        let log = [
+            entry(
+                -(LOG_CLOCK_MARGIN.as_millis() as i64) - 1,
+                PEER,
+                "too-early",
+            ),
+            entry(-1_000, PEER, "just-before"),
+        ];
+        assert_eq!(
+            missed(&log, gap_since(), ME),
+            Some(vec![inv("just-before")])
+        );
     }
 
     #[test]
-    fn an_outage_that_began_well_before_the_gap_was_not_the_gap() {
-        assert!(!was_an_outage(Some(&outage(-2_001, 30_000)), gap_since()));
-        assert!(!was_an_outage(Some(&outage(-60_000, 30_000)), gap_since()));
+    fn an_empty_log_means_nothing_was_missed() {
+        assert_eq!(missed(&[], gap_since(), ME), Some(Vec::new()));
     }
 
     #[test]
-    fn an_outage_that_ended_before_the_gap_was_not_the_gap() {
-        assert!(!was_an_outage(Some(&outage(-1_500, -1)), gap_since()));
+    fn a_log_trimmed_past_the_gap_cannot_tell() {
+        let full: Vec<Bytes> = (0..LOG_LEN).map(|i| entry(i, PEER, "k")).collect();
+        assert_eq!(missed(&full, gap_since(), ME), None);
+        // Trimmed, but it still reaches back before the gap: complete.
+        let mut reaching: Vec<Bytes> = vec![entry(-10_000, PEER, "old")];
+        reaching.extend((1..LOG_LEN).map(|i| entry(i, PEER, "k")));
+        assert!(missed(&reaching, gap_since(), ME).is_some());
     }
 
     #[test]
-    fn an_outage_that_began_well_after_the_gap_was_not_the_gap() {
-        // The channel failed alone first: what it missed before Redis went down is not
-        // covered by the outage policy.
-        assert!(!was_an_outage(Some(&outage(2_001, 30_000)), gap_since()));
-        assert!(!was_an_outage(Some(&outage(60_000, 90_000)), gap_since()));
-    }
-
-    #[test]
-    fn no_outage_means_the_channel_failed_alone() {
-        assert!(!was_an_outage(None, gap_since()));
+    fn entries_that_do_not_parse_are_skipped() {
+        let log = [
+            Bytes::from_static(b"garbage"),
+            Bytes::from_static(b"12:\x02nope"),
+            entry(1, PEER, "good"),
+        ];
+        assert_eq!(missed(&log, gap_since(), ME), Some(vec![inv("good")]));
     }
 
     fn backplane() -> Backplane {

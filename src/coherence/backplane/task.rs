@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::wire::{decode, from_wire, Body};
-use super::{was_an_outage, Backplane};
+use super::Backplane;
 use crate::coherence::invalidator::Invalidator;
 use crate::core::{Core, ALL_SHARDS};
 use crate::redis::{RedisSettings, Subscriber, SubscriberEvent};
@@ -72,6 +72,10 @@ impl Task {
                         SubscriberEvent::Failed => self.gap(&core, "subscriber connection error"),
                         SubscriberEvent::Closed => break,
                     }
+                }
+                _ = self.backplane.restart_requested() => {
+                    let Some(core) = self.core.upgrade() else { break };
+                    self.restart(&core, &subscriber).await;
                 }
                 _ = tokio::time::sleep_until(next_tick) => {
                     let Some(core) = self.core.upgrade() else { break };
@@ -151,17 +155,21 @@ impl Task {
         core.distrust_local();
     }
 
-    /// After an echo on a working subscription: entries written from now on are trusted.
+    /// After an echo on a working subscription: what the other instances published during
+    /// the gap is applied from the invalidation log, and the local store is trusted again —
+    /// all of it if the log covered the gap, otherwise only what is written from now on.
     async fn reconcile(&mut self, core: &Core) {
         // A load that read Redis during the gap must not store after this point with a fresh
         // write time: advance the epoch and let stores already past their check land first.
         let in_progress = core.flights().begin_invalidation(ALL_SHARDS);
         in_progress.stores_landed().await;
         let gap_since = self.backplane.lock_gap().as_ref().copied();
-        let last_outage = core.breaker().last_outage();
-        let outage = gap_since.is_some_and(|since| was_an_outage(last_outage.as_ref(), since));
-        if outage {
-            self.invalidator.catch_up_from_log(core).await;
+        let covered = match gap_since {
+            Some(since) => self.invalidator.catch_up_since(core, since).await,
+            // Never connected before: entries from before the first echo were never covered.
+            None => false,
+        };
+        if covered {
             core.trust_local();
         } else {
             core.trust_local_from_now();
@@ -171,12 +179,24 @@ impl Task {
         self.ever_connected = true;
         self.backplane.close_gap(first);
         if !first {
-            if outage {
-                tracing::info!("invalidation channel back after a Redis outage: the outage tier applied to local entries");
+            if covered {
+                tracing::info!(
+                    "invalidation channel back: what it missed was applied from the log"
+                );
             } else {
-                tracing::info!("invalidation channel back: entries from before the gap are revalidated on their next read");
+                tracing::info!("invalidation channel back, the log does not cover the gap: entries from before it are revalidated on their next read");
             }
         }
+    }
+
+    /// Sentinel switched masters: the subscription may be on the demoted master, whose
+    /// messages the others no longer see. A gap until a new subscription echoes.
+    async fn restart(&mut self, core: &Core, subscriber: &Subscriber) {
+        self.gap(core, "Redis master switched");
+        self.pings.lost();
+        subscriber
+            .force_reconnection(self.backplane.echo_timeout)
+            .await;
     }
 }
 

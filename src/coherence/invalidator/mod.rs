@@ -1,5 +1,5 @@
 //! The one path that applies an invalidation: local store, Redis, the journal until Redis
-//! has it, the other instances, and the replay log.
+//! has it, the other instances, and the invalidation log they catch up from.
 //!
 //! Every invalidation goes through here — the public calls, the layers and macros (through
 //! them), outage recovery, the Sentinel re-apply and what peers publish — so its order is
@@ -12,10 +12,11 @@
 //! 3. **Redis** follows, if the breaker lets requests through; then the invalidation is
 //!    **published** to the other instances, since they must not re-read a value Redis
 //!    still has;
-//! 4. if Redis is down or either step fails, the invalidation goes to the **journal**, and
-//!    recovery applies and publishes it before Redis is read again. Recovery first appends
-//!    what it replays to the **replay log**, so an instance whose channel comes back later
-//!    still finds it.
+//! 4. if Redis is down or either step fails, the invalidation goes to the **journal**, which
+//!    is replayed as soon as Redis answers (after an outage, before Redis is read again).
+//!
+//! Every publish is also appended, in the same script, to the **invalidation log** in Redis,
+//! so an instance whose channel had a gap applies what it missed when the gap ends.
 //!
 //! Applied invalidations are also remembered for a short window, since a Sentinel failover
 //! can lose writes acknowledged by the old master; they are re-applied to the new one.
@@ -24,7 +25,7 @@
 //! against an in-memory stand-in as well as against real servers.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
@@ -41,12 +42,10 @@ pub(crate) trait Remote {
     fn configured(&self) -> bool;
     /// Removes what `inv` names from the shared store; keys removed.
     async fn remove(&self, inv: &Invalidation) -> Result<u64, Error>;
-    /// Tells the other instances.
+    /// Tells the other instances, and logs it for those whose channel is down.
     async fn publish(&self, inv: &Invalidation) -> Result<(), Error>;
-    /// Appends invalidations about to be replayed to the replay log.
-    async fn log_replay(&self, invalidations: &[Invalidation]) -> Result<(), Error>;
-    /// The other instances' replayed invalidations still in the replay log.
-    async fn read_replay_log(&self) -> Vec<Invalidation>;
+    /// What the other instances published since `since`; `None` if that cannot be told.
+    async fn missed_since(&self, since: SystemTime) -> Option<Vec<Invalidation>>;
 }
 
 /// Redis and the backplane, as the running cache has them.
@@ -71,17 +70,10 @@ impl Remote for RedisRemote<'_> {
         }
     }
 
-    async fn log_replay(&self, invalidations: &[Invalidation]) -> Result<(), Error> {
+    async fn missed_since(&self, since: SystemTime) -> Option<Vec<Invalidation>> {
         match (self.backplane, self.core.redis_always()) {
-            (Some(backplane), Some(redis)) => backplane.log_replay(redis, invalidations).await,
-            _ => Ok(()),
-        }
-    }
-
-    async fn read_replay_log(&self) -> Vec<Invalidation> {
-        match (self.backplane, self.core.redis_always()) {
-            (Some(backplane), Some(redis)) => backplane.read_replay_log(redis).await,
-            _ => Vec::new(),
+            (Some(backplane), Some(redis)) => backplane.missed_since(redis, since).await,
+            _ => None,
         }
     }
 }
@@ -258,21 +250,14 @@ impl Invalidator {
         }
     }
 
-    /// Recovery: logs the journal for the other instances, then applies and publishes it in
-    /// order. `Err` if Redis failed again; what was not replayed is back in the journal.
+    /// Applies and publishes the journal in order (each publish is logged for the
+    /// instances whose channel is still down). `Err` if Redis failed again; what was not replayed is back in the journal.
     pub(crate) async fn replay_journal(&self, core: &Core) -> Result<Replayed, Error> {
         self.replay_journal_via(&self.remote(core)).await
     }
 
     async fn replay_journal_via(&self, remote: &impl Remote) -> Result<Replayed, Error> {
         let replay = self.journal.take();
-        // Logged before it is published: an instance still resubscribing after this outage
-        // reads the log when its channel is back (see the backplane's reconciliation).
-        if !replay.invalidations.is_empty() {
-            if let Err(error) = remote.log_replay(&replay.invalidations).await {
-                tracing::debug!(%error, "replayed invalidations not logged for the other instances");
-            }
-        }
         let mut applied = 0;
         for inv in &replay.invalidations {
             if let Err(error) = apply_remote(remote, inv).await {
@@ -364,15 +349,34 @@ impl Invalidator {
         reapplied
     }
 
-    /// After a gap in the channel that was a Redis outage: applies, to the local store, what
-    /// the others replayed while this instance's channel was still down.
-    pub(crate) async fn catch_up_from_log(&self, core: &Core) {
-        self.catch_up_from_log_via(core, &self.remote(core)).await;
+    /// At the end of a gap in this instance's channel: applies to the local store what the
+    /// other instances published since `since`, from the invalidation log. False if the log
+    /// cannot tell (then the caller must not trust entries from before the gap).
+    pub(crate) async fn catch_up_since(&self, core: &Core, since: SystemTime) -> bool {
+        self.catch_up_since_via(core, &self.remote(core), since)
+            .await
     }
 
-    async fn catch_up_from_log_via(&self, core: &Core, remote: &impl Remote) {
-        for inv in remote.read_replay_log().await {
-            core.apply_local(&inv);
+    async fn catch_up_since_via(
+        &self,
+        core: &Core,
+        remote: &impl Remote,
+        since: SystemTime,
+    ) -> bool {
+        match remote.missed_since(since).await {
+            Some(missed) => {
+                if !missed.is_empty() {
+                    tracing::info!(
+                        missed = missed.len(),
+                        "invalidations published during the channel's gap applied from the log"
+                    );
+                }
+                for inv in &missed {
+                    core.apply_local(inv);
+                }
+                true
+            }
+            None => false,
         }
     }
 }

@@ -14,7 +14,6 @@ use crate::store::{Codec, LocalCapacity, LocalKey, LocalStore};
 enum Step {
     Remove(Invalidation),
     Publish(Invalidation),
-    LogReplay(Vec<Invalidation>),
 }
 
 /// Redis and the channel in memory: records every call, fails when told to.
@@ -27,7 +26,8 @@ struct FakeRemote<'a> {
     fail_publish: Cell<bool>,
     /// What `remove` reports as removed.
     removed: u64,
-    replay_log: Vec<Invalidation>,
+    /// What `missed_since` answers.
+    missed: Option<Vec<Invalidation>>,
     /// Runs at the start of each `remove`.
     on_remove: Option<Box<dyn Fn() + 'a>>,
 }
@@ -41,7 +41,7 @@ impl<'a> FakeRemote<'a> {
             fail_removes_from: Cell::new(None),
             fail_publish: Cell::new(false),
             removed: 2,
-            replay_log: Vec::new(),
+            missed: Some(Vec::new()),
             on_remove: None,
         }
     }
@@ -95,15 +95,8 @@ impl Remote for FakeRemote<'_> {
         }
     }
 
-    async fn log_replay(&self, invalidations: &[Invalidation]) -> Result<(), Error> {
-        self.steps
-            .borrow_mut()
-            .push(Step::LogReplay(invalidations.to_vec()));
-        Ok(())
-    }
-
-    async fn read_replay_log(&self) -> Vec<Invalidation> {
-        self.replay_log.clone()
+    async fn missed_since(&self, _since: std::time::SystemTime) -> Option<Vec<Invalidation>> {
+        self.missed.clone()
     }
 }
 
@@ -329,7 +322,7 @@ async fn a_full_journal_reports_the_overflow() {
 // replay_journal
 
 #[tokio::test]
-async fn a_replay_is_logged_before_it_is_applied_in_journal_order() {
+async fn a_replay_is_applied_and_published_in_journal_order() {
     let invalidator = invalidator();
     for name in ["a", "b", "c"] {
         invalidator.journal().push(inv(name));
@@ -349,7 +342,6 @@ async fn a_replay_is_logged_before_it_is_applied_in_journal_order() {
     assert_eq!(
         remote.steps(),
         [
-            Step::LogReplay(vec![inv("a"), inv("b"), inv("c")]),
             Step::Remove(inv("a")),
             Step::Publish(inv("a")),
             Step::Remove(inv("b")),
@@ -362,7 +354,7 @@ async fn a_replay_is_logged_before_it_is_applied_in_journal_order() {
 }
 
 #[tokio::test]
-async fn an_empty_replay_logs_nothing() {
+async fn an_empty_journal_replays_nothing() {
     let remote = FakeRemote::new();
     let replayed = invalidator()
         .replay_journal_via(&remote)
@@ -404,7 +396,6 @@ async fn an_interrupted_replay_puts_the_rest_back_ahead_of_newer_entries() {
     assert_eq!(
         remote.steps(),
         [
-            Step::LogReplay(vec![inv("a"), inv("b"), inv("c")]),
             Step::Remove(inv("a")),
             Step::Publish(inv("a")),
             Step::Remove(inv("b")),
@@ -479,7 +470,7 @@ async fn a_failed_flush_after_an_overflow_restores_the_overflow() {
     assert_eq!(invalidator.journal().len(), 0);
 }
 
-// reapply_recent, catch_up_from_log
+// reapply_recent, catch_up_since
 
 #[tokio::test]
 async fn after_a_failover_recent_invalidations_are_applied_again_in_order() {
@@ -521,16 +512,34 @@ async fn a_failed_reapply_goes_to_the_journal() {
 }
 
 #[tokio::test]
-async fn catching_up_applies_the_replay_log_locally_only() {
+async fn catching_up_applies_what_was_missed_locally_only() {
     let core = healthy_core();
     let a = put(&core, "a").await;
     let b = put(&core, "b").await;
     let remote = FakeRemote {
-        replay_log: vec![inv("a")],
+        missed: Some(vec![inv("a")]),
         ..FakeRemote::new()
     };
-    invalidator().catch_up_from_log_via(&core, &remote).await;
+    let caught_up = invalidator()
+        .catch_up_since_via(&core, &remote, std::time::SystemTime::now())
+        .await;
+    assert!(caught_up);
     assert!(!cached(&core, &a));
     assert!(cached(&core, &b));
     assert!(remote.steps().is_empty());
+}
+
+#[tokio::test]
+async fn a_log_that_cannot_tell_is_reported() {
+    let core = healthy_core();
+    let a = put(&core, "a").await;
+    let remote = FakeRemote {
+        missed: None,
+        ..FakeRemote::new()
+    };
+    let caught_up = invalidator()
+        .catch_up_since_via(&core, &remote, std::time::SystemTime::now())
+        .await;
+    assert!(!caught_up, "the caller must keep the entries suspect");
+    assert!(cached(&core, &a));
 }
