@@ -53,6 +53,14 @@ use crate::model::{
 /// ```
 #[derive(Clone)]
 pub struct Cache {
+    // One `Arc`, so that a clone is one atomic increment: tower and axum clone services, and
+    // so their caches, per request.
+    shared: Arc<Shared>,
+}
+
+/// What every handle on one cache shares. The core and the invalidator have `Arc`s of their
+/// own because background tasks hold them (the core weakly) without the handle.
+struct Shared {
     core: Arc<Core>,
     invalidator: Arc<Invalidator>,
     refreshing: Arc<Refreshing>,
@@ -67,22 +75,22 @@ impl Cache {
 
     /// The namespace.
     pub fn namespace(&self) -> &str {
-        self.core.namespace()
+        self.shared.core.namespace()
     }
 
     /// Whether a Redis URL was configured.
     pub fn has_redis(&self) -> bool {
-        self.core.has_redis()
+        self.shared.core.has_redis()
     }
 
     /// The counters since the cache was built.
     pub fn counters(&self) -> Counters {
-        self.core.stats().snapshot()
+        self.shared.core.stats().snapshot()
     }
 
     /// Approximate number of entries in the local store.
     pub fn local_entry_count(&self) -> u64 {
-        self.core.local_entry_count()
+        self.shared.core.local_entry_count()
     }
 
     /// Read-through: the cached value of `key`, or the loader's, which is then cached.
@@ -156,7 +164,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub fn get_local<T: Cacheable>(&self, key: Key, options: &EntryOptions) -> Result<T, Key> {
-        let core = &*self.core;
+        let core = &*self.shared.core;
         let local_key = core.local_key(key, options);
         match core.lookup::<T>(&local_key) {
             Some(hit) if core.serves(&hit) => {
@@ -181,7 +189,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let core = &*self.core;
+        let core = &*self.shared.core;
         let local_key = core.local_key(key, options);
         let mut stale = None;
         if let Some(hit) = core.lookup::<T>(&local_key) {
@@ -214,7 +222,7 @@ impl Cache {
     /// Writes a value to the local store and to Redis; other instances drop their local
     /// copies of the key (see [multi-instance coherence](crate#multi-instance-coherence)).
     pub async fn set<T: Cacheable>(&self, key: Key, value: T, options: &EntryOptions) {
-        let core = &*self.core;
+        let core = &*self.shared.core;
         let local_key = core.local_key(key, options);
         let redis_key = core.redis().map(|r| core.entry_key(r, &local_key));
         let ttl = core.ttl_of(local_key.class, options);
@@ -229,7 +237,10 @@ impl Cache {
         )
         .await;
         if redis_key.is_some() {
-            self.invalidator.announce_write(core, local_key.key).await;
+            self.shared
+                .invalidator
+                .announce_write(core, local_key.key)
+                .await;
         }
     }
 
@@ -271,11 +282,11 @@ impl Cache {
         let Some(threshold) = options.eager_refresh else {
             return self.fetch(key, options, loader).await;
         };
-        let local_key = self.core.local_key(key, options);
+        let local_key = self.shared.core.local_key(key, options);
         match eager_refresh::serve_and_refresh(
-            &self.core,
-            &self.invalidator,
-            &self.refreshing,
+            &self.shared.core,
+            &self.shared.invalidator,
+            &self.shared.refreshing,
             local_key,
             options,
             threshold,
@@ -294,7 +305,10 @@ impl Cache {
     /// started it finishes even if this future is dropped. A large tag or class can take a
     /// while; on a request path use [`invalidate_promptly`](Cache::invalidate_promptly).
     pub async fn invalidate(&self, inv: &Invalidation) -> InvalidationReport {
-        self.invalidator.invalidate(&self.core, inv, None).await
+        self.shared
+            .invalidator
+            .invalidate(&self.shared.core, inv, None)
+            .await
     }
 
     /// [`invalidate`](Cache::invalidate) for request paths: waits for the local store, and
@@ -317,7 +331,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn invalidate_promptly(&self, inv: &Invalidation) -> InvalidationReport {
-        self.invalidate_within(inv, self.core.command_timeout())
+        self.invalidate_within(inv, self.shared.core.command_timeout())
             .await
     }
 
@@ -327,8 +341,9 @@ impl Cache {
         inv: &Invalidation,
         wait: Duration,
     ) -> InvalidationReport {
-        self.invalidator
-            .invalidate(&self.core, inv, Some(wait))
+        self.shared
+            .invalidator
+            .invalidate(&self.shared.core, inv, Some(wait))
             .await
     }
 
@@ -354,9 +369,9 @@ impl Cache {
 
     /// The cache's current status.
     pub fn status(&self) -> Status {
-        let core = &*self.core;
+        let core = &*self.shared.core;
         let breaker = core.breaker();
-        let journal = self.invalidator.journal();
+        let journal = self.shared.invalidator.journal();
         Status {
             namespace: self.namespace().to_owned(),
             state: core.health_state(),
@@ -366,19 +381,21 @@ impl Cache {
             journal_overflowed: journal.overflowed(),
             local_entries: self.local_entry_count(),
             counters: self.counters(),
-            backplane: self.invalidator.backplane().map(|b| b.status()),
+            backplane: self.shared.invalidator.backplane().map(|b| b.status()),
         }
     }
 
     /// Publishes the counters, journal length and health through the `metrics` facade
     /// (the health monitor does this on every probe when Redis is configured).
     pub fn publish_metrics(&self) {
-        self.core.publish_metrics(self.invalidator.journal().len());
+        self.shared
+            .core
+            .publish_metrics(self.shared.invalidator.journal().len());
     }
 
     /// Whether requests currently use Redis.
     pub fn redis_in_use(&self) -> bool {
-        self.core.redis().is_some()
+        self.shared.core.redis().is_some()
     }
 
     /// Whether local entries are served as they are: true without Redis or without the
@@ -389,7 +406,8 @@ impl Cache {
     /// A service has both `redis_in_use()` and `coherent()` a moment after start (one ping
     /// over the channel) and again a moment after Redis comes back from an outage.
     pub fn coherent(&self) -> bool {
-        self.invalidator
+        self.shared
+            .invalidator
             .backplane()
             .map_or(true, |b| b.is_connected())
     }
@@ -399,9 +417,11 @@ impl Cache {
     /// A handle on a built core; the builder has started its background tasks.
     fn from_parts(core: Arc<Core>, invalidator: Arc<Invalidator>) -> Self {
         Cache {
-            core,
-            invalidator,
-            refreshing: Arc::default(),
+            shared: Arc::new(Shared {
+                core,
+                invalidator,
+                refreshing: Arc::default(),
+            }),
         }
     }
 }
@@ -409,8 +429,8 @@ impl Cache {
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
-            .field("namespace", &self.core.namespace())
-            .field("redis", &self.core.has_redis())
+            .field("namespace", &self.shared.core.namespace())
+            .field("redis", &self.shared.core.has_redis())
             .finish_non_exhaustive()
     }
 }
