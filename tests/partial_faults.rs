@@ -401,3 +401,75 @@ async fn an_invalidation_made_during_a_master_switch_reaches_every_instance() {
     assert_eq!(read(&b, &origin).await, v1);
     assert_eq!(read(&a, &origin).await, v1);
 }
+
+/// Writes the origin's next version through `cache.set`, as a write-through service does.
+async fn write_through(cache: &Cache, origin: &Origin) -> u64 {
+    let v = origin.bump();
+    let options = EntryOptions::new().tag(Key::literal("user:alice").expect("valid tag"));
+    cache.set(key(), v, &options).await;
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_that_redis_refused_does_not_leave_the_old_value_to_the_peers() {
+    let server = RedisServer::start();
+    let builder = || {
+        fast_redis_builder("setrefused", server.url(), DEADLINE)
+            .failure_threshold(100)
+            .build()
+            .expect("valid")
+    };
+    let a = ready(builder()).await;
+    let b = ready(builder()).await;
+    let origin = Origin::default();
+    assert_eq!(read(&a, &origin).await, 0);
+    assert_eq!(read(&b, &origin).await, 0);
+
+    // Redis refuses writes for a moment (out of memory): A's SET fails, its PUBLISH does not.
+    server.cmd(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    server.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+    let v1 = write_through(&a, &origin).await;
+    server.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    assert_eq!(read(&a, &origin).await, v1);
+    let took = reads_eventually(&b, &origin, v1, Duration::from_secs(5)).await;
+    println!("the peer reads the written version {took:?} after the write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_made_while_redis_was_down_does_not_lose_to_the_old_value() {
+    let server = RedisServer::builder().save(true).start();
+    let a = ready(
+        fast_redis_builder("setdown", server.url(), DEADLINE)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let origin = Origin::default();
+    assert_eq!(read(&a, &origin).await, 0);
+    // Redis goes down with version 0 on disk; A writes version 1 meanwhile.
+    server.bgsave_and_wait();
+    server.kill();
+    let deadline = Instant::now() + scaled(Duration::from_secs(5));
+    while a.redis_in_use() {
+        assert!(
+            Instant::now() < deadline,
+            "A never noticed: {:?}",
+            a.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let v1 = write_through(&a, &origin).await;
+    assert_eq!(read(&a, &origin).await, v1);
+    tokio::task::block_in_place(|| server.restart());
+    wait_redis_ready(&a, scaled(Duration::from_secs(10))).await;
+    // A second instance reads through Redis, which came back with version 0.
+    let b = ready(
+        fast_redis_builder("setdown", server.url(), DEADLINE)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let took = reads_eventually(&b, &origin, v1, Duration::from_secs(5)).await;
+    println!("a new instance reads the written version {took:?} after both are ready");
+    assert_eq!(read(&a, &origin).await, v1);
+}

@@ -221,27 +221,20 @@ impl Cache {
 
     /// Writes a value to the local store and to Redis; other instances drop their local
     /// copies of the key (see [multi-instance coherence](crate#multi-instance-coherence)).
+    ///
+    /// Loads of the key begun before the write do not store over it. If Redis is down, or
+    /// the write or the announcement fails, an invalidation of the key is journaled: Redis's
+    /// old value and the other instances' copies go as soon as Redis answers, while this
+    /// instance serves the new value.
     pub async fn set<T: Cacheable>(&self, key: Key, value: T, options: &EntryOptions) {
         let core = &*self.shared.core;
         let local_key = core.local_key(key, options);
-        let redis_key = core.redis().map(|r| core.entry_key(r, &local_key));
         let ttl = core.ttl_of(local_key.class, options);
         let grace = options.stale_for.unwrap_or(Duration::ZERO);
-        core.store(
-            &local_key,
-            redis_key.as_deref(),
-            &value,
-            ttl,
-            grace,
-            &options.tags,
-        )
-        .await;
-        if redis_key.is_some() {
-            self.shared
-                .invalidator
-                .announce_write(core, local_key.key)
-                .await;
-        }
+        self.shared
+            .invalidator
+            .write(core, &local_key, &value, ttl, grace, &options.tags)
+            .await;
     }
 
     /// [`fetch`](Cache::fetch) with eager refresh: with

@@ -110,6 +110,8 @@ impl Core {
     }
 
     /// Writes a loaded value to Redis (if `redis_key`) and to the local store.
+    /// Returns whether Redis has the value now: false without a Redis key, or if the write
+    /// failed, was shed, or the value did not encode.
     pub(crate) async fn store<T: Cacheable>(
         &self,
         local_key: &LocalKey,
@@ -118,7 +120,8 @@ impl Core {
         ttl: Duration,
         grace: Duration,
         tags: &[Key],
-    ) {
+    ) -> bool {
+        let mut in_redis = false;
         let mut encoded_len = 0;
         if redis_key.is_some() || self.local.weighs_bytes() {
             match self.codec.encode(value) {
@@ -127,7 +130,8 @@ impl Core {
                     if let (Some(redis), Some(full_key)) = (self.redis(), redis_key) {
                         let sealed = envelope::seal(self.codec, SystemTime::now() + ttl, &payload);
                         match redis.set(full_key, sealed, ttl + grace, tags).await {
-                            Ok(()) | Err(Error::Overloaded) => {}
+                            Ok(()) => in_redis = true,
+                            Err(Error::Overloaded) => {}
                             Err(error) => {
                                 self.stats.redis_error();
                                 self.breaker.record_failure("write failed");
@@ -149,6 +153,7 @@ impl Core {
             tags,
             encoded_len,
         );
+        in_redis
     }
 
     /// The classes an invalidation names, and the names this cache does not declare.

@@ -34,7 +34,8 @@ use super::journal::{Journal, Replay};
 use crate::core::{mask_of, Core};
 use crate::error::Error;
 use crate::key::Key;
-use crate::model::{Invalidation, InvalidationReport, RedisOutcome};
+use crate::model::{Cacheable, Invalidation, InvalidationReport, RedisOutcome};
+use crate::store::LocalKey;
 
 /// Where an invalidation goes besides this process's local store.
 pub(crate) trait Remote {
@@ -223,6 +224,50 @@ impl Invalidator {
         core.breaker().poke();
         report.redis = RedisOutcome::Journaled { overflowed: !kept };
         report
+    }
+
+    /// A write (`Cache::set`): the value in both stores, and the other instances told to
+    /// drop their copies. It is ordered like an invalidation: loads begun before it neither
+    /// store over it nor are joined. If Redis did not take the value (down, failed, shed) or
+    /// the others were not told, an invalidation of the key is journaled, so Redis's old value
+    /// and the others' copies go as soon as Redis answers; this process keeps the new value.
+    pub(crate) async fn write<T: Cacheable>(
+        &self,
+        core: &Core,
+        local_key: &LocalKey,
+        value: &T,
+        ttl: Duration,
+        grace: Duration,
+        tags: &[Key],
+    ) {
+        let changed = Invalidation::new().key(local_key.key.clone());
+        let configured = core.has_redis();
+        let in_progress = if configured {
+            core.flights()
+                .begin_invalidation_of_redis(mask_of(&changed))
+        } else {
+            core.flights().begin_invalidation(mask_of(&changed))
+        };
+        in_progress.stores_landed().await;
+        let redis_key = core.redis().map(|redis| core.entry_key(redis, local_key));
+        let in_redis = core
+            .store(local_key, redis_key.as_deref(), value, ttl, grace, tags)
+            .await;
+        if !configured {
+            return;
+        }
+        let told = in_redis
+            && match self.remote(core).publish(&changed).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "other instances not told of the new value; journaled");
+                    false
+                }
+            };
+        if !told {
+            self.journal.push(changed);
+            core.breaker().poke();
+        }
     }
 
     /// Tells the other instances that `key` has a new value in Redis: they drop their local
