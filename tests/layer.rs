@@ -879,3 +879,9 @@ async fn a_load_started_before_an_invalidation_does_not_outlive_it() {
     let later = send(&app, get_req("/v")).await;
     assert_eq!((later.x_cache(), later.body.as_str()), ("hit", "new"));
 }
+
+#[test]
+#[should_panic(expected = "the cache declares no class `permisions`")]
+fn a_layer_refuses_a_class_the_cache_does_not_declare() {
+    let _ = CacheLayer::new(cache()).class("permisions");
+}

@@ -473,3 +473,39 @@ async fn a_write_made_while_redis_was_down_does_not_lose_to_the_old_value() {
     println!("a new instance reads the written version {took:?} after both are ready");
     assert_eq!(read(&a, &origin).await, v1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_undeclared_class_is_not_cached_in_another_class() {
+    let server = RedisServer::start();
+    let cache = ready(
+        support::caches::with_permissions_and_resources(fast_redis_builder(
+            "typo",
+            server.url(),
+            DEADLINE,
+        ))
+        .build()
+        .expect("valid"),
+    )
+    .await;
+    let loads = Arc::new(AtomicU64::new(0));
+    // "permisions": a typo for the volatile class the outage flush empties.
+    let options = EntryOptions::new().class("permisions");
+    for _ in 0..2 {
+        let loads = Arc::clone(&loads);
+        let v: u64 = cache
+            .get_or_load(key(), &options, || async move {
+                loads.fetch_add(1, Ordering::SeqCst) + 1
+            })
+            .await;
+        assert!(v >= 1);
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 2, "not cached");
+    assert!(
+        keys(&server, "typo:*")
+            .iter()
+            .all(|k| !k.ends_with("user:groups:alice")),
+        "nothing stored in Redis under another class: {:?}",
+        keys(&server, "typo:*")
+    );
+    assert!(cache.has_class("permissions") && !cache.has_class("permisions"));
+}

@@ -83,6 +83,13 @@ impl Cache {
         self.shared.core.has_redis()
     }
 
+    /// Whether the cache declares the class `name` (`default` always is). Entries of an
+    /// undeclared class are not cached: the mistake is logged as an error, and
+    /// `CacheLayer::class` refuses it when the router is built.
+    pub fn has_class(&self, name: &str) -> bool {
+        self.shared.core.declares(name)
+    }
+
     /// The counters since the cache was built.
     pub fn counters(&self) -> Counters {
         self.shared.core.stats().snapshot()
@@ -165,7 +172,7 @@ impl Cache {
     /// ```
     pub fn get_local<T: Cacheable>(&self, key: Key, options: &EntryOptions) -> Result<T, Key> {
         let core = &*self.shared.core;
-        let local_key = core.local_key(key, options);
+        let local_key = core.local_key(key, options)?;
         match core.lookup::<T>(&local_key) {
             Some(hit) if core.serves(&hit) => {
                 core.stats().l1_hit();
@@ -190,7 +197,18 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         let core = &*self.shared.core;
-        let local_key = core.local_key(key, options);
+        let local_key = match core.local_key(key, options) {
+            Ok(local_key) => local_key,
+            // An undeclared class: not cached (the core has logged why).
+            Err(_) => {
+                core.stats().miss();
+                core.stats().loader_call();
+                return loader().await.map(|value| Fetched {
+                    value,
+                    origin: Origin::Loader,
+                });
+            }
+        };
         let mut stale = None;
         if let Some(hit) = core.lookup::<T>(&local_key) {
             if core.serves(&hit) {
@@ -228,7 +246,10 @@ impl Cache {
     /// instance serves the new value.
     pub async fn set<T: Cacheable>(&self, key: Key, value: T, options: &EntryOptions) {
         let core = &*self.shared.core;
-        let local_key = core.local_key(key, options);
+        // An undeclared class: not cached (the core has logged why).
+        let Ok(local_key) = core.local_key(key, options) else {
+            return;
+        };
         let ttl = core.ttl_of(local_key.class, options);
         let grace = options.stale_for.unwrap_or(Duration::ZERO);
         self.shared
@@ -275,7 +296,10 @@ impl Cache {
         let Some(threshold) = options.eager_refresh else {
             return self.fetch(key, options, loader).await;
         };
-        let local_key = self.shared.core.local_key(key, options);
+        let local_key = match self.shared.core.local_key(key, options) {
+            Ok(local_key) => local_key,
+            Err(key) => return self.fetch(key, options, loader).await,
+        };
         match eager_refresh::serve_and_refresh(
             &self.shared.core,
             &self.shared.invalidator,

@@ -36,6 +36,8 @@ pub(crate) struct Core {
     breaker: Breaker,
     /// The request deadline of one Redis command.
     command_timeout: Duration,
+    /// Undeclared class names already reported.
+    unknown_classes: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
 }
 
 /// What a [`Core`] is made of; see [`Core::new`].
@@ -61,6 +63,7 @@ impl Core {
             stats: Stats::default(),
             breaker: parts.breaker,
             command_timeout: parts.command_timeout,
+            unknown_classes: Default::default(),
         }
     }
 
@@ -84,24 +87,48 @@ impl Core {
         &self.breaker
     }
 
-    /// The local identity of `key` under `options`' class.
+    /// The local identity of `key` under `options`' class; the key back if the class is not
+    /// declared (see [`Core::class_id`]).
     #[inline]
-    pub(crate) fn local_key(&self, key: Key, options: &EntryOptions) -> LocalKey {
-        LocalKey {
-            class: self.class_id(options),
-            key,
+    pub(crate) fn local_key(&self, key: Key, options: &EntryOptions) -> Result<LocalKey, Key> {
+        match self.class_id(options) {
+            Some(class) => Ok(LocalKey { class, key }),
+            None => Err(key),
         }
     }
 
+    /// The class `options` name, `None` if this cache does not declare it. An undeclared
+    /// class is a configuration mistake, and guessing would hide it where it hurts: in the
+    /// default class a volatile entry (a permission, a session) would outlive the outage
+    /// flush meant for it. So such entries are not cached at all, and the mistake is
+    /// logged as an error, once per name.
     #[inline]
-    fn class_id(&self, options: &EntryOptions) -> ClassId {
-        match self.classes.resolve(options.class.as_deref()) {
-            Some(id) => id,
-            None => {
-                tracing::warn!(class = ?options.class, "unknown class; using the default class");
-                self.classes.default_id()
-            }
+    fn class_id(&self, options: &EntryOptions) -> Option<ClassId> {
+        let id = self.classes.resolve(options.class.as_deref());
+        if id.is_none() {
+            self.report_unknown_class(options.class.as_deref().unwrap_or_default());
         }
+        id
+    }
+
+    #[cold]
+    fn report_unknown_class(&self, name: &str) {
+        let mut reported = self
+            .unknown_classes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if reported.insert(name.into()) {
+            tracing::error!(
+                class = name,
+                declared = ?self.classes.iter().map(|(_, c)| c.name()).collect::<Vec<_>>(),
+                "entries of a class this cache does not declare are not cached; declare it on the builder"
+            );
+        }
+    }
+
+    /// Whether the cache declares the class `name`.
+    pub(crate) fn declares(&self, name: &str) -> bool {
+        self.classes.resolve(Some(name)).is_some()
     }
 
     /// The TTL of an entry of `class` written with `options`.

@@ -128,10 +128,6 @@ impl Classes {
         &self.list[usize::from(id)]
     }
 
-    pub(crate) fn default_id(&self) -> ClassId {
-        self.resolve(None).unwrap_or(0)
-    }
-
     pub(crate) fn iter(&self) -> impl Iterator<Item = (ClassId, &Class)> {
         self.list.iter().enumerate().map(|(i, c)| (i as ClassId, c))
     }
@@ -146,7 +142,10 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let classes =
             Classes::new(vec![Class::new("sessions").volatile()], day).expect("valid classes");
-        assert_eq!(classes.get(classes.default_id()).name(), DEFAULT_CLASS);
+        assert_eq!(
+            classes.get(classes.resolve(None).expect("default")).name(),
+            DEFAULT_CLASS
+        );
         let sessions = classes.resolve(Some("sessions")).expect("declared");
         assert!(classes.get(sessions).is_volatile());
         assert_eq!(classes.get(sessions).default_ttl(), Some(day));

@@ -135,7 +135,9 @@ fn inv(name: &str) -> Invalidation {
 
 /// Puts `name` in the local store.
 async fn put(core: &Core, name: &str) -> LocalKey {
-    let local_key = core.local_key(key(name), &EntryOptions::new());
+    let local_key = core
+        .local_key(key(name), &EntryOptions::new())
+        .expect("the default class");
     core.store(
         &local_key,
         None,

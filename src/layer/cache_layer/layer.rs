@@ -155,10 +155,24 @@ impl CacheLayer {
 
     /// The class entries go to (a class declared on the cache; the outage policy flushes
     /// volatile classes).
+    ///
+    /// # Panics
+    /// If the cache declares no such class: a typo would otherwise leave the entries
+    /// uncached, and this is configuration, checked when the router is built.
     pub fn class(mut self, class: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         let options = std::mem::take(&mut self.config().options);
         self.config().options = options.class(class);
+        self.check_class();
         self
+    }
+
+    fn check_class(&self) {
+        if let Some(class) = self.config.options.class_name() {
+            assert!(
+                self.cache.has_class(class),
+                "CacheLayer: the cache declares no class `{class}`; declare it with CacheBuilder::class"
+            );
+        }
     }
 
     /// A fixed tag on every entry this layer stores.
@@ -215,8 +229,12 @@ impl CacheLayer {
     }
 
     /// Replaces the entry options (TTL, class, fixed tags, grace) at once.
+    ///
+    /// # Panics
+    /// If they name a class the cache does not declare (see [`class`](Self::class)).
     pub fn options(mut self, options: EntryOptions) -> Self {
         self.config().options = options;
+        self.check_class();
         self
     }
 
