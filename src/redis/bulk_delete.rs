@@ -19,17 +19,18 @@
 //!
 //! # Tag invalidation removes members, it never deletes the set
 //!
-//! [`RedisStore::invalidate_tag`] walks the tag set with SSCAN and, for each page, first
-//! SREMs the page's members from the set, then UNLINKs those entries. It never deletes the
-//! set itself (Redis drops a set once it is empty). So an entry written while the
-//! invalidation runs either had its membership removed before it was deleted, or keeps it
+//! [`RedisStore::invalidate_tag`] walks the tag set with SSCAN and, for each page, UNLINKs
+//! the page's entries, SREMs them from the set, then UNLINKs them once more. It never deletes
+//! the set itself (Redis drops a set once it is empty). So an entry written while the
+//! invalidation runs either had its membership removed before its last deletion, or keeps it
 //! and stays reachable by the next invalidation of the tag; deleting the set at the end
 //! instead would forget entries added behind the scan, and they would outlive every later
 //! invalidation of the tag until their TTL. An invalidation cut short (a deadline, an outage)
 //! leaves the members it did not reach in the set, so running it again (the journal does)
-//! finishes the job; only the pages in progress when it failed, at most [`PAGES_IN_FLIGHT`]
-//! × `scan_batch` entries, may have lost their membership before their deletion and then
-//! live on to their TTL. Two invalidations running at once only repeat each other's
+//! finishes the job; and since a page's entries are deleted before their membership is
+//! removed, a cut between the two steps — the SREM may land although its reply timed out —
+//! leaves nothing alive outside the set. Two invalidations running at once only repeat each
+//! other's
 //! idempotent deletes. This needs an entry to be
 //! written before it joins its tag sets: one connection keeps that order on a standalone
 //! server, while on a Cluster, where the entry and a set can live on different nodes,
@@ -191,12 +192,13 @@ impl RedisStore {
                 if members.is_empty() {
                     return Ok(0);
                 }
-                // Membership first: a write racing this one then either loses its entry
-                // (deleted next) or keeps its membership, never ends up untracked.
+                // Entries, membership, entries again (see the module docs): a deadline or an
+                // outage between two steps never leaves an entry alive outside its set.
+                let removed = self.unlink(members.clone()).await?.keys;
                 let _: i64 = self
                     .maintenance(self.client.srem(tag_key, members.clone()))
                     .await?;
-                Ok(self.unlink(members).await?.keys)
+                Ok(removed + self.unlink(members).await?.keys)
             })
             .try_buffer_unordered(PAGES_IN_FLIGHT)
             .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
