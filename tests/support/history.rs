@@ -292,9 +292,15 @@ pub struct Violation {
     pub ack_outcome: &'static str,
     /// How long after that acknowledgement the read began.
     pub late: Duration,
-    /// Faults active at some moment between the acknowledgement and the read's end.
+    /// The latest acknowledged invalidation, past the bound, of a version newer than the read
+    /// (the same as the earliest when there was only one): the tightest window on the cause.
+    pub latest_ack_instance: usize,
+    pub latest_ack_version: u64,
+    pub latest_ack_at: u64,
+    /// Faults active at some moment between the latest acknowledgement and the read's end.
     pub faults: Vec<FaultSpan>,
-    /// With no fault in that window: the last fault healed before the acknowledgement.
+    /// The last fault healed before the latest acknowledgement (a cause can come before it:
+    /// an invalidation half-applied, a value resurrected).
     pub preceding_fault: Option<FaultSpan>,
     /// The read began more than the bound after every fault had healed: the stale value
     /// outlived the fault, not just the invalidation.
@@ -302,8 +308,8 @@ pub struct Violation {
 }
 
 impl Violation {
-    /// The fault this violation is counted under in summaries: the first one active in its
-    /// window, else the last one before it, else `none`.
+    /// The fault this violation is counted under in summaries: the first one active between
+    /// the latest acknowledgement and the read, else the last one before, else `none`.
     pub fn attributed_to(&self) -> &'static str {
         self.faults
             .first()
@@ -312,17 +318,38 @@ impl Violation {
     }
 
     pub fn describe(&self) -> String {
-        let faults: Vec<String> = self.faults.iter().map(FaultSpan::describe).collect();
+        const SHOWN: usize = 3;
+        let mut faults: Vec<String> = self
+            .faults
+            .iter()
+            .take(SHOWN)
+            .map(FaultSpan::describe)
+            .collect();
+        if self.faults.len() > SHOWN {
+            faults.push(format!("{} more", self.faults.len() - SHOWN));
+        }
         let faults = if faults.is_empty() {
-            match &self.preceding_fault {
-                Some(f) => format!("none active; last before: {}", f.describe()),
-                None => "none".to_owned(),
-            }
+            "none".to_owned()
         } else {
             faults.join("; ")
         };
+        let before = self
+            .preceding_fault
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), FaultSpan::describe);
+        let latest = if self.latest_ack_at == self.ack_at {
+            String::new()
+        } else {
+            format!(
+                "; latest newer ack: i{} v{} at {}, {} ms before",
+                self.latest_ack_instance,
+                self.latest_ack_version,
+                ms(self.latest_ack_at),
+                (self.read_start - self.latest_ack_at) / 1_000_000
+            )
+        };
         format!(
-            "i{} read k{} -> v{} at {} ({}{}{}{}), {} ms after i{} acked v{} at {} ({}); faults: {}",
+            "i{} read k{} -> v{} at {} ({}{}{}{}), {} ms after i{} acked v{} at {} ({}){latest}; faults since: {}; last before: {}",
             self.instance,
             self.key,
             self.read_version,
@@ -336,7 +363,8 @@ impl Violation {
             self.ack_version,
             ms(self.ack_at),
             self.ack_outcome,
-            faults
+            faults,
+            before
         )
     }
 }
@@ -412,19 +440,20 @@ pub fn check(history: &[Event], bound: Duration) -> Vec<Violation> {
         let Some(ack) = list[..due].iter().find(|a| a.version > *version) else {
             continue;
         };
+        let latest = list[..due]
+            .iter()
+            .rev()
+            .find(|a| a.version > *version)
+            .unwrap_or(ack);
         let faults: Vec<FaultSpan> = spans
             .iter()
-            .filter(|s| s.overlaps(ack.at, *end))
+            .filter(|s| s.overlaps(latest.at, *end))
             .cloned()
             .collect();
-        let preceding_fault = if faults.is_empty() {
-            spans
-                .iter()
-                .rfind(|s| s.end.is_some_and(|e| e < ack.at))
-                .cloned()
-        } else {
-            None
-        };
+        let preceding_fault = spans
+            .iter()
+            .rfind(|s| s.end.is_some_and(|e| e < latest.at))
+            .cloned();
         let after_heal = !spans.iter().any(|s| {
             s.start <= *start && s.end.map_or(true, |e| e.saturating_add(bound) >= *start)
         });
@@ -442,6 +471,9 @@ pub fn check(history: &[Event], bound: Duration) -> Vec<Violation> {
             ack_at: ack.at,
             ack_outcome: ack.outcome,
             late: Duration::from_nanos(start - ack.at),
+            latest_ack_instance: latest.instance,
+            latest_ack_version: latest.version,
+            latest_ack_at: latest.at,
             faults,
             preceding_fault,
             after_heal,
@@ -459,6 +491,7 @@ pub fn summarize(violations: &[Violation]) -> String {
         max_late_ms: u128,
         finals: usize,
         after_heal: usize,
+        after_heal_redis_on: usize,
         redis_off: usize,
         origins: BTreeMap<&'static str, usize>,
         outcomes: BTreeMap<&'static str, usize>,
@@ -470,6 +503,7 @@ pub fn summarize(violations: &[Violation]) -> String {
         row.max_late_ms = row.max_late_ms.max(v.late.as_millis());
         row.finals += usize::from(v.final_read);
         row.after_heal += usize::from(v.after_heal);
+        row.after_heal_redis_on += usize::from(v.after_heal && v.redis_in_use);
         row.redis_off += usize::from(!v.redis_in_use);
         *row.origins.entry(v.origin).or_default() += 1;
         *row.outcomes.entry(v.ack_outcome).or_default() += 1;
@@ -478,15 +512,15 @@ pub fn summarize(violations: &[Violation]) -> String {
     for (kind, row) in rows {
         let _ = writeln!(
             out,
-            "  {kind}: {} violations, max {} ms late; {} began past the bound after every fault had healed, {} final reads, {} with the reader's Redis off; origins {:?}, acks {:?}",
-            row.count, row.max_late_ms, row.after_heal, row.finals, row.redis_off, row.origins, row.outcomes
+            "  {kind}: {} violations, max {} ms late; {} began past the bound after every fault had healed ({} of them with the reader on Redis), {} final reads, {} with the reader's Redis off; origins {:?}, acks {:?}",
+            row.count, row.max_late_ms, row.after_heal, row.after_heal_redis_on, row.finals, row.redis_off, row.origins, row.outcomes
         );
     }
     out
 }
 
 /// The events around a violation: faults, and the mutations, acks and reads of its key
-/// from `before` ahead of its ack to `after` past its read (at most `limit` lines; reads of
+/// from `before` ahead of its latest ack to `after` past its read (at most `limit` lines; reads of
 /// the key by other instances are left out when there are too many).
 pub fn context(
     history: &[Event],
@@ -496,7 +530,7 @@ pub fn context(
     limit: usize,
 ) -> String {
     let from = v
-        .ack_at
+        .latest_ack_at
         .saturating_sub(u64::try_from(before.as_nanos()).unwrap_or(u64::MAX));
     let to = v
         .read_end
