@@ -44,6 +44,7 @@
 //! * [`FaultProxy`]: TCP proxy with pass / blackhole / reset / delay modes on its own thread.
 //! * [`topology`]: one interface over the three deployments, so a scenario is written once.
 //! * [`slowlog_start`] / [`slowlog_entries`]: how long single commands held a server.
+//! * [`history`]: the history a randomized fault run records, and the stale-read checker.
 //!
 //! Each part lives in its own file (`child.rs`, `resp.rs`, `redis_server.rs`, `sentinel.rs`,
 //! `cluster.rs`, `fault_proxy.rs`, `slowlog.rs`, `topology.rs`) and is re-exported here, so
@@ -336,6 +337,8 @@ pub mod caches;
 mod child;
 mod cluster;
 mod fault_proxy;
+/// The randomized fault checker's history: events, the stale-read checker, reports.
+pub mod history;
 /// A real HTTP client to an app listening on a socket.
 #[cfg(feature = "axum")]
 pub mod http;
