@@ -99,6 +99,10 @@ const BOUND: Duration = Duration::from_millis(
         + COMMAND_TIMEOUT.as_millis() as u64
         + ECHO_TIMEOUT.as_millis() as u64,
 );
+/// How long after every fault has healed a read may still return an older version: the
+/// bound plus the recovery of the slowest instance (a probe, three PINGs, the heartbeats,
+/// its journal replayed, the recent invalidations applied again), 1 s here.
+const RECOVERY_BOUND: Duration = Duration::from_millis(BOUND.as_millis() as u64 + 1_000);
 /// The longest a read may take: one command deadline plus a scheduling allowance.
 const READ_LATENCY_LIMIT: Duration = Duration::from_millis(100 + 250);
 /// A read still running after this is recorded as hung.
@@ -119,46 +123,31 @@ const DEFAULT_SEED: u64 = 0x5eed_2026;
 /// How long the nemesis runs in the CI mode.
 const CI_RUN: Duration = Duration::from_secs(18);
 
-/// Fault kinds of the CI run on a standalone server: those for which [`DEFAULT_SEED`] passes
-/// today (3 runs in 3; `pubsub_kill` alone also passed 67 kills in a 60 s run with seed 7).
+/// Fault kinds of the CI run on a standalone server. The run fails on a stale read that
+/// breaks the promise: with no fault active, no instance using Redis returns a version older
+/// than an invalidation applied to Redis more than [`BOUND`] after it; after a fault, none
+/// more than [`RECOVERY_BOUND`] after every fault has healed. Stale reads during a fault (an
+/// instance serving its local store while it cannot use Redis, or before a journaled
+/// invalidation reaches Redis) are reported, not failed.
 ///
-/// Excluded, with the stale reads the fixed seed finds (the long runs find the same):
-/// - `blackhole`, `outage`, `freeze`, `kill`: while an instance cannot use Redis, its
-///   invalidations are journaled and the others keep serving the old version from their
-///   local store (the documented fallback) or from Redis. After the heal, an invalidation
-///   journaled during recovery, after the monitor took the journal to replay it, stays in the
-///   journal until the next outage: even the instance that made it re-reads the old version
-///   from Redis (seconds after the heal).
-/// - `delay`: an invalidation through the slow proxy times out and is journaled while the
-///   breaker stays closed; a tag invalidation cut after its SREM (which still lands) and
-///   before its UNLINK leaves the entry in Redis outside its tag set, where no later tag
-///   invalidation, nor the journal's replay of this one, finds it: stale until the entry's
-///   TTL or an invalidation of the key itself, seen up to the final reads.
-/// - `old_rdb`: the snapshot is younger than the first outage tier (5 minutes), so nothing is
-///   flushed and every entry invalidated since the snapshot comes back from Redis; instances
-///   whose local copy was newer revalidate it against Redis after the gap and take the old
-///   one too. Stale until the TTL or the key's next invalidation.
-const CI_FAULTS_STANDALONE: &[Fault] = &[Fault::PubsubKill];
-/// Fault kinds of the CI run on a Sentinel group (see [`CI_FAULTS_STANDALONE`]).
-///
-/// Excluded:
-/// - `kill_master`: until the promotion (≈ 1–3 s) every instance's breaker is open,
-///   invalidations are journaled and the local stores serve the old versions.
-/// - `failover`: flaky (1 run in 3 with the fixed seed): the promoted replica lacks the last
-///   DELs made on the old master; a read right after the switch takes the resurrected value
-///   from the new master into its local store before the re-apply of recent invalidations
-///   has removed it from Redis, and the re-apply neither cleans the local store nor fences
-///   loads, so that instance serves it until the key's next invalidation.
-const CI_FAULTS_SENTINEL: &[Fault] = &[Fault::PubsubKill];
-/// Fault kinds of the CI run on a Cluster (see [`CI_FAULTS_STANDALONE`]).
-///
-/// Excluded: `kill_master` and `freeze_master`. While a master is gone (until its replica is
-/// promoted, or the freeze ends) the breakers of the instances that hit its slots open (the
-/// breaker is per instance, not per node), their invalidations are journaled, and the others
-/// read the old version from their local store or from Redis; after a freeze the instances
-/// recover at different times, and those back first read from Redis what a slower one still
-/// holds in its journal (1–2 s past the heal).
-const CI_FAULTS_CLUSTER: &[Fault] = &[Fault::PubsubKill];
+/// Excluded: `old_rdb`. After a restart from a snapshot the caches are cold, and loads race
+/// invalidations: an instance that read the origin just before another instance's change
+/// stores the old version in Redis just after that instance's DEL (the cache-aside race
+/// across instances), and every instance then serves it until the key's next invalidation
+/// (seed 11, 40 s: 29 such reads, up to 858 ms after the heal plus the bound). Fixing it
+/// needs a lease (a marker an invalidation leaves that an older load's SET cannot pass).
+const CI_FAULTS_STANDALONE: &[Fault] = &[
+    Fault::Delay,
+    Fault::Blackhole,
+    Fault::Outage,
+    Fault::Freeze,
+    Fault::Kill,
+    Fault::PubsubKill,
+];
+/// Fault kinds of the CI run on a Sentinel group (see [`CI_FAULTS_STANDALONE`]): all.
+const CI_FAULTS_SENTINEL: &[Fault] = &[Fault::PubsubKill, Fault::KillMaster, Fault::Failover];
+/// Fault kinds of the CI run on a Cluster (see [`CI_FAULTS_STANDALONE`]): all.
+const CI_FAULTS_CLUSTER: &[Fault] = &[Fault::PubsubKill, Fault::KillMaster, Fault::FreezeMaster];
 
 // ---------------------------------------------------------------------------------------------
 // A seeded RNG (SplitMix64): no dependency, the same sequence for the same seed.
@@ -993,13 +982,29 @@ async fn run(kind: Kind, config: RunConfig) {
         config.seed,
         report.text
     );
+    // The promise, as the README's "Guarantees" states it: in a healthy stretch, within
+    // BOUND of an invalidation applied to Redis; after a fault, within RECOVERY_BOUND of the
+    // heal. Stale reads during a fault are reported above, not failed.
+    let after_heal = check(&history, RECOVERY_BOUND);
+    let broken: Vec<&Violation> = report
+        .violations
+        .iter()
+        .filter(|v| v.breaks_the_healthy_promise())
+        .chain(
+            after_heal
+                .iter()
+                .filter(|v| v.breaks_the_promise_after_heal()),
+        )
+        .collect();
     assert!(
-        report.violations.is_empty() && report.slow_reads.is_empty(),
-        "{} stale reads and {} reads slower than {READ_LATENCY_LIMIT:?} (seed {:#x}{}); see the report above",
+        broken.is_empty() && report.slow_reads.is_empty(),
+        "{} stale reads that break the promise (of {} stale reads in all) and {} reads slower than {READ_LATENCY_LIMIT:?} (seed {:#x}{}); see the report above; the first: {}",
+        broken.len(),
         report.violations.len(),
         report.slow_reads.len(),
         config.seed,
-        if config.long { ", long mode" } else { "" }
+        if config.long { ", long mode" } else { "" },
+        broken.first().map_or_else(String::new, |v| v.describe())
     );
 }
 

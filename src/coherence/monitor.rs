@@ -155,15 +155,22 @@ impl Monitor {
                 return;
             }
         };
-        // Redis may have come back without writes it had acknowledged (a restart from a
-        // snapshot, a failover that lost the old master's last writes): the invalidations of
-        // the remembered window go again before Redis is read. What fails is journaled and
-        // replayed right below.
-        let reapplied = self.invalidator.reapply_recent(core).await;
+        // The journal first: the other instances are waiting for it.
         let Ok(replayed) = self.invalidator.replay_journal(core).await else {
             breaker.back_to_down();
             return;
         };
+        // Redis may have come back without writes it had acknowledged (a restart from a
+        // snapshot, a failover that lost the old master's last writes): the invalidations of
+        // the remembered window go again before Redis is read. What fails is journaled, and
+        // then recovery waits for the next probe.
+        let reapplied = self.invalidator.reapply_recent(core).await;
+        if self.invalidator.journal().has_pending()
+            && self.invalidator.replay_journal(core).await.is_err()
+        {
+            breaker.back_to_down();
+            return;
+        }
         let scope = recovery::flush_scope(
             &self.config.policy,
             Outage {

@@ -308,6 +308,19 @@ pub struct Violation {
 }
 
 impl Violation {
+    /// Whether the read breaks the promise of a healthy system: the reader was using Redis,
+    /// no fault was active between an invalidation applied to Redis and the read, and the
+    /// read began more than the bound after it.
+    pub fn breaks_the_healthy_promise(&self) -> bool {
+        self.redis_in_use && self.faults.is_empty() && self.ack_outcome == "Applied"
+    }
+
+    /// Whether the read breaks the promise after a fault: the reader was using Redis and the
+    /// read began more than the bound (given to [`check`]) after every fault had healed.
+    pub fn breaks_the_promise_after_heal(&self) -> bool {
+        self.redis_in_use && self.after_heal
+    }
+
     /// The fault this violation is counted under in summaries: the first one active between
     /// the latest acknowledgement and the read, else the last one before, else `none`.
     pub fn attributed_to(&self) -> &'static str {

@@ -298,14 +298,18 @@ impl Invalidator {
     /// Applies and publishes the journal in order (each publish is logged for the
     /// instances whose channel is still down). `Err` if Redis failed again; what was not replayed is back in the journal.
     pub(crate) async fn replay_journal(&self, core: &Core) -> Result<Replayed, Error> {
-        self.replay_journal_via(&self.remote(core)).await
+        self.replay_journal_via(core, &self.remote(core)).await
     }
 
-    async fn replay_journal_via(&self, remote: &impl Remote) -> Result<Replayed, Error> {
+    async fn replay_journal_via(
+        &self,
+        core: &Core,
+        remote: &impl Remote,
+    ) -> Result<Replayed, Error> {
         let replay = self.journal.take();
         let mut applied = 0;
         for inv in &replay.invalidations {
-            if let Err(error) = apply_remote(remote, inv).await {
+            if let Err(error) = apply_again(core, remote, inv).await {
                 tracing::warn!(%error, "journal replay interrupted; Redis is down again");
                 self.journal.restore(Replay {
                     invalidations: replay.invalidations[applied..].to_vec(),
@@ -378,13 +382,13 @@ impl Invalidator {
     /// since the old master may have lost them; a failure goes to the journal. Returns how
     /// many were re-applied.
     pub(crate) async fn reapply_recent(&self, core: &Core) -> usize {
-        self.reapply_recent_via(&self.remote(core)).await
+        self.reapply_recent_via(core, &self.remote(core)).await
     }
 
-    async fn reapply_recent_via(&self, remote: &impl Remote) -> usize {
+    async fn reapply_recent_via(&self, core: &Core, remote: &impl Remote) -> usize {
         let mut reapplied = 0;
         for inv in self.journal.recent() {
-            match apply_remote(remote, &inv).await {
+            match apply_again(core, remote, &inv).await {
                 Ok(_) => reapplied += 1,
                 Err(_) => {
                     self.journal.push(inv);
@@ -424,6 +428,18 @@ impl Invalidator {
             None => false,
         }
     }
+}
+
+/// An invalidation applied once more (a journal replay, a re-apply after a failover or a
+/// restore): while it was waiting, this instance may have read the old value back from Redis
+/// into its local store, and it skips its own published messages. So it is fenced like a new
+/// one and cleaned locally too, after Redis.
+async fn apply_again(core: &Core, remote: &impl Remote, inv: &Invalidation) -> Result<u64, Error> {
+    let in_progress = core.flights().begin_invalidation_of_redis(mask_of(inv));
+    in_progress.stores_landed().await;
+    let removed = apply_remote(remote, inv).await?;
+    core.apply_local(inv);
+    Ok(removed)
 }
 
 /// Redis first, then the other instances: they must not re-read what Redis still has.

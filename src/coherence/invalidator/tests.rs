@@ -331,7 +331,7 @@ async fn a_replay_is_applied_and_published_in_journal_order() {
     }
     let remote = FakeRemote::new();
     let replayed = invalidator
-        .replay_journal_via(&remote)
+        .replay_journal_via(&healthy_core(), &remote)
         .await
         .expect("replayed");
     assert_eq!(
@@ -359,7 +359,7 @@ async fn a_replay_is_applied_and_published_in_journal_order() {
 async fn an_empty_journal_replays_nothing() {
     let remote = FakeRemote::new();
     let replayed = invalidator()
-        .replay_journal_via(&remote)
+        .replay_journal_via(&healthy_core(), &remote)
         .await
         .expect("replayed");
     assert_eq!(replayed, Replayed::default());
@@ -372,7 +372,7 @@ async fn a_replay_reports_an_overflowed_journal() {
     invalidator.journal().push(inv("a"));
     invalidator.journal().push(inv("b"));
     let replayed = invalidator
-        .replay_journal_via(&FakeRemote::new())
+        .replay_journal_via(&healthy_core(), &FakeRemote::new())
         .await
         .expect("replayed");
     assert!(replayed.overflowed);
@@ -393,7 +393,9 @@ async fn an_interrupted_replay_puts_the_rest_back_ahead_of_newer_entries() {
         }
     });
     remote.fail_removes_from.set(Some(1));
-    let result = invalidator.replay_journal_via(&remote).await;
+    let result = invalidator
+        .replay_journal_via(&healthy_core(), &remote)
+        .await;
     assert!(result.is_err());
     assert_eq!(
         remote.steps(),
@@ -485,7 +487,7 @@ async fn after_a_failover_recent_invalidations_are_applied_again_in_order() {
         .invalidate_via(&core, &FakeRemote::new(), &inv("b"), || {})
         .await;
     let remote = FakeRemote::new();
-    assert_eq!(invalidator.reapply_recent_via(&remote).await, 2);
+    assert_eq!(invalidator.reapply_recent_via(&core, &remote).await, 2);
     assert_eq!(
         remote.steps(),
         [
@@ -509,7 +511,7 @@ async fn a_failed_reapply_goes_to_the_journal() {
     }
     let remote = FakeRemote::new();
     remote.fail_removes_from.set(Some(1));
-    assert_eq!(invalidator.reapply_recent_via(&remote).await, 1);
+    assert_eq!(invalidator.reapply_recent_via(&core, &remote).await, 1);
     assert_eq!(invalidator.journal().take().invalidations, [inv("b")]);
 }
 
