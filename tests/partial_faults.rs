@@ -80,6 +80,16 @@ fn keys(server: &RedisServer, pattern: &str) -> Vec<String> {
     support::resp::scan_keys(&[server.port()], pattern)
 }
 
+/// A cache on `url` with the tests' deadline, once it uses Redis and its channel.
+async fn instance(namespace: &str, url: String) -> Cache {
+    ready(
+        fast_redis_builder(namespace, url, DEADLINE)
+            .build()
+            .expect("valid"),
+    )
+    .await
+}
+
 async fn ready(cache: Cache) -> Cache {
     wait_redis_ready(&cache, scaled(Duration::from_secs(10))).await;
     cache
@@ -99,12 +109,7 @@ async fn an_invalidation_whose_publish_missed_its_deadline_reaches_the_peers_onc
             .expect("valid"),
     )
     .await;
-    let b = ready(
-        fast_redis_builder("pubmiss", server.url(), DEADLINE)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let b = instance("pubmiss", server.url()).await;
     let origin = Origin::default();
     assert_eq!(read(&b, &origin).await, 0);
     assert_eq!(read(&a, &origin).await, 0);
@@ -162,12 +167,7 @@ fn mutation() -> Request<Body> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mutation_waits_one_command_deadline_when_redis_just_froze() {
     let server = RedisServer::start();
-    let cache = ready(
-        fast_redis_builder("frozen", server.url(), DEADLINE)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let cache = instance("frozen", server.url()).await;
     let origin = Origin::default();
     assert_eq!(read(&cache, &origin).await, 0);
     // A tag only: its first step is an SSCAN page, which has no deadline of fred's own.
@@ -203,12 +203,7 @@ async fn a_mutation_whose_response_is_dropped_still_invalidates_every_instance()
             .expect("valid"),
     )
     .await;
-    let b = ready(
-        fast_redis_builder("dropped", server.url(), DEADLINE)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let b = instance("dropped", server.url()).await;
     let origin = Origin::default();
     assert_eq!(read(&a, &origin).await, 0);
     assert_eq!(read(&b, &origin).await, 0);
@@ -230,12 +225,7 @@ async fn a_mutation_whose_response_is_dropped_still_invalidates_every_instance()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flushing_the_namespace_keeps_the_invalidation_log() {
     let server = RedisServer::start();
-    let cache = ready(
-        fast_redis_builder("keeplog", server.url(), DEADLINE)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let cache = instance("keeplog", server.url()).await;
     let origin = Origin::default();
     read(&cache, &origin).await;
     server.cmd(&[
@@ -259,12 +249,7 @@ async fn flushing_the_namespace_keeps_the_invalidation_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_from_an_older_snapshot_does_not_bring_an_invalidated_value_back() {
     let server = RedisServer::builder().save(true).start();
-    let a = ready(
-        fast_redis_builder("restore", server.url(), DEADLINE)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let a = instance("restore", server.url()).await;
     let origin = Origin::default();
     assert_eq!(read(&a, &origin).await, 0);
     // The snapshot holds version 0; then the value changes and is invalidated.
@@ -286,12 +271,7 @@ async fn a_restart_from_an_older_snapshot_does_not_bring_an_invalidated_value_ba
         "the snapshot brought the old entry back"
     );
     // A second instance, started after the restore, reads through Redis.
-    let b = ready(
-        fast_redis_builder("restore", server.url(), DEADLINE)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let b = instance("restore", server.url()).await;
     wait_redis_ready(&a, scaled(Duration::from_secs(10))).await;
     let took = reads_eventually(&b, &origin, v1, Duration::from_secs(5)).await;
     println!("the new instance reads the new version {took:?} after both are ready");
@@ -309,12 +289,7 @@ async fn remove_from_group(cache: &Cache, origin: &Origin, user: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_double_delete_waits_one_command_deadline_when_redis_just_froze() {
     let server = RedisServer::start();
-    let cache = ready(
-        fast_redis_builder("frozen2", server.url(), DEADLINE)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let cache = instance("frozen2", server.url()).await;
     let origin = Origin::default();
     assert_eq!(read(&cache, &origin).await, 0);
 
@@ -335,19 +310,9 @@ async fn a_double_delete_waits_one_command_deadline_when_redis_just_froze() {
 async fn invalidations_published_while_an_instance_was_cut_off_reach_it_when_it_is_back() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.port());
-    let a = ready(
-        fast_redis_builder("cutoff", server.url(), DEADLINE)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let a = instance("cutoff", server.url()).await;
     // B reaches Redis, its subscriber included, through the proxy.
-    let b = ready(
-        fast_redis_builder("cutoff", proxy.url(), DEADLINE)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let b = instance("cutoff", proxy.url()).await;
     let origin = Origin::default();
     assert_eq!(read(&a, &origin).await, 0);
     assert_eq!(read(&b, &origin).await, 0);
@@ -438,12 +403,7 @@ async fn a_write_that_redis_refused_does_not_leave_the_old_value_to_the_peers() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_made_while_redis_was_down_does_not_lose_to_the_old_value() {
     let server = RedisServer::builder().save(true).start();
-    let a = ready(
-        fast_redis_builder("setdown", server.url(), DEADLINE)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let a = instance("setdown", server.url()).await;
     let origin = Origin::default();
     assert_eq!(read(&a, &origin).await, 0);
     // Redis goes down with version 0 on disk; A writes version 1 meanwhile.
@@ -463,12 +423,7 @@ async fn a_write_made_while_redis_was_down_does_not_lose_to_the_old_value() {
     tokio::task::block_in_place(|| server.restart());
     wait_redis_ready(&a, scaled(Duration::from_secs(10))).await;
     // A second instance reads through Redis, which came back with version 0.
-    let b = ready(
-        fast_redis_builder("setdown", server.url(), DEADLINE)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let b = instance("setdown", server.url()).await;
     let took = reads_eventually(&b, &origin, v1, Duration::from_secs(5)).await;
     println!("a new instance reads the written version {took:?} after both are ready");
     assert_eq!(read(&a, &origin).await, v1);
