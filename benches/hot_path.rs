@@ -220,6 +220,65 @@ fn main() {
         "x",
     );
 
+    // --- a miss: read Redis, load, write back under the lease --------------------------------
+    // Beside a raw GET then SET of the same bytes. The write is a script that checks the key
+    // still holds what the read saw; a tagged entry also reads its tags' generations with the
+    // entry and again after joining its sets.
+    let mut run = 0u64;
+    let mut next_run = || {
+        run += 1;
+        run
+    };
+    let raw_miss = repeat(RUNS, || {
+        let r = next_run();
+        rt.block_on(async {
+            let mut d = Vec::with_capacity(samples as usize);
+            for i in 0..samples {
+                let key = format!("rawmiss:{r}:{i}");
+                let started = Instant::now();
+                let v: Option<Bytes> = fred.get(key.as_str()).await.expect("get");
+                let _: () = fred
+                    .set(key.as_str(), payload.as_str(), None, None, false)
+                    .await
+                    .expect("set");
+                d.push(started.elapsed());
+                std::hint::black_box(v);
+            }
+            percentile_us(&mut d, 50.0)
+        })
+    });
+    let miss = |tagged: bool, r: u64| {
+        let c = reader();
+        let options = if tagged {
+            opts.clone().tag(Key::literal("bench:tag").expect("tag"))
+        } else {
+            opts.clone()
+        };
+        rt.block_on(async {
+            let mut d = Vec::with_capacity(samples as usize);
+            for i in 0..samples {
+                let key = Key::builder("miss:").value(r).value(i).build();
+                let started = Instant::now();
+                let v: String = c
+                    .get_or_load(key, &options, || async { payload.clone() })
+                    .await;
+                d.push(started.elapsed());
+                std::hint::black_box(v);
+            }
+            percentile_us(&mut d, 50.0)
+        })
+    };
+    let miss_p50 = repeat(RUNS, || miss(false, next_run()));
+    let miss_tagged_p50 = repeat(RUNS, || miss(true, next_run()));
+    figure("raw_fred_get_set_p50_us", raw_miss, "us");
+    figure("miss_store_p50_us", miss_p50, "us");
+    figure("miss_store_tagged_p50_us", miss_tagged_p50, "us");
+    figure1(
+        "miss_store_vs_raw_get_set",
+        miss_p50.median / raw_miss.median,
+        "x",
+    );
+
     // --- 64 concurrent tasks, each reading its share of the 64k keys once ---------------------
     let raw_c64 = repeat(3, || {
         rt.block_on(read_all_c64({

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::coherence::Invalidator;
-use crate::core::{Core, RedisRead};
+use crate::core::{Core, RedisRead, WriteIf};
 use crate::model::{Cacheable, EntryOptions, Fetched, Origin};
 use crate::store::LocalKey;
 
@@ -129,31 +129,38 @@ async fn refresh<T, E, F, Fut>(
             Err(_) => {}
         }
     }
-    // Another instance may have refreshed it already: then take its value.
-    if let (Some(redis), Some(full_key)) = (redis, redis_key.as_deref()) {
-        if let RedisRead::Fresh(fresh) = core.read_redis::<T>(redis, full_key).await {
-            if fresh.fresh_for >= refresh_window {
-                core.keep_from_redis(key, &fresh, ttl, &options, epoch)
-                    .await;
-                if let Some(lock) = lock {
-                    lock.release(core.command_timeout()).await;
+    // Another instance may have refreshed it already: then take its value. The refreshed
+    // value is written over what this read saw only (the lease), never over a newer one.
+    let mut leased: Option<(String, WriteIf)> = None;
+    if let (Some(redis), Some(full_key)) = (redis, redis_key) {
+        let lease = match core.read_redis::<T>(redis, &full_key, &options.tags).await {
+            RedisRead::Fresh(fresh, lease) => {
+                if fresh.fresh_for >= refresh_window {
+                    core.keep_from_redis(key, &fresh, ttl, &options, epoch)
+                        .await;
+                    if let Some(lock) = lock {
+                        lock.release(core.command_timeout()).await;
+                    }
+                    return;
                 }
-                return;
+                Some(lease)
             }
-        }
+            RedisRead::Expired(_, lease) | RedisRead::Miss(lease) => Some(lease),
+            RedisRead::Failed => None,
+        };
+        leased = lease.map(|lease| (full_key, WriteIf::Unchanged(lease)));
     }
     core.stats().loader_call();
     if let Ok(value) = loader().await {
-        let stored = match core.flights().begin_store(epoch).await {
+        let in_redis = match core.flights().begin_store(epoch).await {
             Some(_storing) => {
                 let grace = options.stale_for.unwrap_or(Duration::ZERO);
-                core.store(key, redis_key.as_deref(), &value, ttl, grace, &options.tags)
-                    .await;
-                true
+                core.store(key, leased, &value, ttl, grace, &options.tags)
+                    .await
             }
             None => false,
         };
-        if stored && redis_key.is_some() {
+        if in_redis {
             invalidator.announce_write(&core, key.key.clone()).await;
         }
     } else {

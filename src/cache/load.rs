@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::stampede::{self, LockOutcome};
-use crate::core::{wait, Core, Epoch, Join, Outcome, RedisRead};
+use crate::core::{wait, Core, Epoch, Join, Outcome, RedisRead, WriteIf};
 use crate::model::{Cacheable, EntryOptions, Fetched, Origin};
 use crate::store::LocalKey;
 
@@ -89,11 +89,13 @@ where
     // Where to write the loaded value: only if Redis answered the read. While this process
     // is removing this key's shard from Redis, Redis may still hold what it removes, so the
     // load goes to the loader (and, as any load begun then, stores nothing).
+    // The write is conditional on what the read saw (the lease): an invalidation by any
+    // instance between the two makes Redis refuse it.
     let mut redis_key = None;
     if let Some(redis) = core.redis().filter(|_| epoch.redis_is_current()) {
         let full_key = core.entry_key(redis, local_key);
-        match core.read_redis::<T>(redis, &full_key).await {
-            RedisRead::Fresh(fresh) => {
+        match core.read_redis::<T>(redis, &full_key, &options.tags).await {
+            RedisRead::Fresh(fresh, _) => {
                 core.keep_from_redis(local_key, &fresh, ttl, options, epoch)
                     .await;
                 return Ok(Fetched {
@@ -101,13 +103,13 @@ where
                     origin: Origin::Redis,
                 });
             }
-            RedisRead::Expired(value) => {
+            RedisRead::Expired(value, lease) => {
                 if !grace.is_zero() && stale.is_none() {
                     stale = Some(value);
                 }
-                redis_key = Some(full_key);
+                redis_key = Some((full_key, lease));
             }
-            RedisRead::Miss => redis_key = Some(full_key),
+            RedisRead::Miss(lease) => redis_key = Some((full_key, lease)),
             // Do not write either: a request waits for one deadline at most.
             RedisRead::Failed => {}
         }
@@ -115,10 +117,16 @@ where
 
     // Across instances, too, one load: wait for the holder of the lock, if asked to.
     let mut lock = None;
-    if let (Some(lock_ttl), Some(full_key)) = (options.lock, redis_key.as_deref()) {
+    if let (Some(lock_ttl), Some((full_key, _))) = (options.lock, redis_key.as_ref()) {
         match stampede::lock_or_wait::<T>(core, local_key, full_key, options, lock_ttl, epoch).await
         {
-            LockOutcome::Held(guard) => lock = Some(guard),
+            LockOutcome::Held(guard, lease) => {
+                lock = Some(guard);
+                // What Redis held when the lock was taken is the newer observation.
+                if let (Some(lease), Some((_, old))) = (lease, redis_key.as_mut()) {
+                    *old = lease;
+                }
+            }
             LockOutcome::Filled(value) => {
                 return Ok(Fetched {
                     value,
@@ -138,7 +146,7 @@ where
         if let Some(_storing) = core.flights().begin_store(epoch).await {
             core.store(
                 local_key,
-                redis_key.as_deref(),
+                redis_key.map(|(key, lease)| (key, WriteIf::Unchanged(lease))),
                 value,
                 ttl,
                 grace,

@@ -14,15 +14,16 @@
 
 use std::time::{Duration, Instant};
 
-use crate::core::{Core, Epoch, RedisRead};
+use crate::core::{Core, Epoch, Lease, RedisRead};
 use crate::model::{Cacheable, EntryOptions};
 use crate::redis::LockGuard;
 use crate::store::LocalKey;
 
 /// How a distributed miss ended up.
 pub(crate) enum LockOutcome<T> {
-    /// This instance holds the lock: load, store, release.
-    Held(LockGuard),
+    /// This instance holds the lock: load, store, release. With what Redis held once the lock
+    /// was taken, if it answered.
+    Held(LockGuard, Option<Lease>),
     /// Another instance loaded it; here is its value (already kept locally).
     Filled(T),
     /// No lock to be had (Redis down, slow or failing): load without it.
@@ -54,15 +55,18 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
             .await
         {
             Ok(Some(guard)) => {
-                return match core.read_redis::<T>(redis, full_key).await {
-                    RedisRead::Fresh(fresh) => {
+                return match core.read_redis::<T>(redis, full_key, &options.tags).await {
+                    RedisRead::Fresh(fresh, _) => {
                         guard.release(core.command_timeout()).await;
                         core.keep_from_redis(local_key, &fresh, ttl, options, epoch)
                             .await;
                         core.stats().lock_wait();
                         LockOutcome::Filled(fresh.value)
                     }
-                    _ => LockOutcome::Held(guard),
+                    RedisRead::Expired(_, lease) | RedisRead::Miss(lease) => {
+                        LockOutcome::Held(guard, Some(lease))
+                    }
+                    RedisRead::Failed => LockOutcome::Held(guard, None),
                 };
             }
             Ok(None) => {}
@@ -77,15 +81,15 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
         }
         tokio::time::sleep(poll).await;
         poll = (poll * 2).min(MAX_POLL);
-        match core.read_redis::<T>(redis, full_key).await {
-            RedisRead::Fresh(fresh) => {
+        match core.read_redis::<T>(redis, full_key, &options.tags).await {
+            RedisRead::Fresh(fresh, _) => {
                 core.keep_from_redis(local_key, &fresh, ttl, options, epoch)
                     .await;
                 core.stats().lock_wait();
                 return LockOutcome::Filled(fresh.value);
             }
             RedisRead::Failed => return LockOutcome::Unavailable,
-            RedisRead::Expired(_) | RedisRead::Miss => {}
+            RedisRead::Expired(..) | RedisRead::Miss(_) => {}
         }
     }
 }

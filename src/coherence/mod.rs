@@ -11,6 +11,7 @@ mod journal;
 mod monitor;
 mod recovery;
 mod sentinel_watch;
+mod suspect_writes;
 
 pub(crate) use self::backplane::Backplane;
 pub(crate) use self::invalidator::Invalidator;
@@ -23,8 +24,8 @@ use crate::core::Core;
 use crate::redis::RedisSettings;
 
 /// Starts the background tasks of a cache with Redis: the health monitor, the backplane's
-/// subscriber (if the invalidator has a backplane) and, for a Sentinel URL, the watcher of
-/// master switches.
+/// subscriber (if the invalidator has a backplane), for a Sentinel URL the watcher of master
+/// switches, and the invalidator of writes that may be stale.
 pub(crate) fn spawn(
     core: &Arc<Core>,
     invalidator: &Arc<Invalidator>,
@@ -34,4 +35,5 @@ pub(crate) fn spawn(
     monitor::spawn(core, invalidator, monitor);
     backplane::spawn(core, invalidator, settings);
     sentinel_watch::spawn(core, invalidator, &settings.url);
+    suspect_writes::spawn(core, invalidator);
 }

@@ -6,25 +6,44 @@
 //! leaves the value in the local store only. A failure counts against the breaker; shedding
 //! (too many commands in flight) does not.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Core, Epoch};
 use crate::error::Error;
 use crate::key::Key;
 use crate::model::{Cacheable, ClassId, EntryOptions, Invalidation};
-use crate::redis::RedisStore;
+use crate::redis::{RedisStore, Seen, WriteOutcome, LEASE_TTL};
 use crate::store::{envelope, LocalKey};
 
-/// What a Redis read found.
+/// What a Redis read found. Each answer carries the [`Lease`] a write of a newly loaded
+/// value needs.
 pub(crate) enum RedisRead<T> {
     /// A fresh value.
-    Fresh(Fresh<T>),
+    Fresh(Fresh<T>, Lease),
     /// A value past its TTL (usable as a fail-safe fallback only).
-    Expired(T),
-    /// Nothing usable: absent, undecodable, or the read was shed.
-    Miss,
-    /// Redis failed to answer.
+    Expired(T, Lease),
+    /// Nothing usable: absent, a tombstone, or undecodable.
+    Miss(Lease),
+    /// Redis failed to answer, or the read was shed: nothing may be written back either.
     Failed,
+}
+
+/// What a read of Redis saw, so that the value loaded after it is written only if no
+/// invalidation ran in between (see `Seen` and the lease script in `redis`).
+#[derive(Debug)]
+pub(crate) struct Lease {
+    seen: Seen,
+    /// The generations of the entry's tags at the read.
+    generations: Vec<Option<i64>>,
+    read_at: Instant,
+}
+
+/// Under which condition a value is written to Redis.
+pub(crate) enum WriteIf {
+    /// Only if nothing was invalidated since the read that gave this lease.
+    Unchanged(Lease),
+    /// Always: an explicit write is the newest value.
+    Always,
 }
 
 /// A fresh value read from Redis.
@@ -39,37 +58,62 @@ pub(crate) struct Fresh<T> {
 impl Core {
     /// Reads an entry from Redis. Undecodable bytes are a miss (and get overwritten); a
     /// failure is counted against Redis's health, shedding is not.
+    /// `tags` are the entry's: their generations are read along, for the lease.
     pub(crate) async fn read_redis<T: Cacheable>(
         &self,
         redis: &RedisStore,
         full_key: &str,
+        tags: &[Key],
     ) -> RedisRead<T> {
-        match redis.get(full_key).await {
-            Ok(Some(bytes)) => {
+        let read_at = Instant::now();
+        match redis.get_leased(full_key, tags).await {
+            Ok((Some(bytes), generations)) => {
                 self.breaker.record_success();
-                match self.decode::<T>(&bytes) {
-                    Ok((value, fresh_until)) => match fresh_until.duration_since(SystemTime::now())
-                    {
-                        Ok(fresh_for) if !fresh_for.is_zero() => RedisRead::Fresh(Fresh {
-                            value,
-                            fresh_for,
-                            len: bytes.len(),
-                        }),
-                        _ => RedisRead::Expired(value),
-                    },
-                    Err(error) => {
-                        self.stats.decode_error();
-                        tracing::warn!(key = %full_key, %error, "undecodable cached bytes; treating as a miss");
-                        RedisRead::Miss
+                let decoded = if envelope::is_tombstone(&bytes) {
+                    None
+                } else {
+                    match self.decode::<T>(&bytes) {
+                        Ok(decoded) => Some(decoded),
+                        Err(error) => {
+                            self.stats.decode_error();
+                            tracing::warn!(key = %full_key, %error, "undecodable cached bytes; treating as a miss");
+                            None
+                        }
                     }
+                };
+                let len = bytes.len();
+                let lease = Lease {
+                    seen: Seen::Bytes(bytes),
+                    generations,
+                    read_at,
+                };
+                match decoded {
+                    Some((value, fresh_until)) => {
+                        match fresh_until.duration_since(SystemTime::now()) {
+                            Ok(fresh_for) if !fresh_for.is_zero() => RedisRead::Fresh(
+                                Fresh {
+                                    value,
+                                    fresh_for,
+                                    len,
+                                },
+                                lease,
+                            ),
+                            _ => RedisRead::Expired(value, lease),
+                        }
+                    }
+                    None => RedisRead::Miss(lease),
                 }
             }
-            Ok(None) => {
+            Ok((None, generations)) => {
                 self.breaker.record_success();
-                RedisRead::Miss
+                RedisRead::Miss(Lease {
+                    seen: Seen::Absent,
+                    generations,
+                    read_at,
+                })
             }
             // Shedding load is not a sign of a sick Redis.
-            Err(Error::Overloaded) => RedisRead::Miss,
+            Err(Error::Overloaded) => RedisRead::Failed,
             Err(error) => {
                 self.stats.redis_error();
                 self.breaker.record_failure("read failed");
@@ -109,13 +153,13 @@ impl Core {
         Ok((value, opened.fresh_until))
     }
 
-    /// Writes a loaded value to Redis (if `redis_key`) and to the local store.
-    /// Returns whether Redis has the value now: false without a Redis key, or if the write
-    /// failed, was shed, or the value did not encode.
+    /// Writes a loaded value to Redis (if `redis_key`, under its condition) and to the local
+    /// store. Returns whether Redis has the value now: false without a Redis key, or if the
+    /// write failed, was shed or refused, or the value did not encode.
     pub(crate) async fn store<T: Cacheable>(
         &self,
         local_key: &LocalKey,
-        redis_key: Option<&str>,
+        redis_key: Option<(String, WriteIf)>,
         value: &T,
         ttl: Duration,
         grace: Duration,
@@ -127,17 +171,11 @@ impl Core {
             match self.codec.encode(value) {
                 Ok(payload) => {
                     encoded_len = payload.len();
-                    if let (Some(redis), Some(full_key)) = (self.redis(), redis_key) {
+                    if let Some((full_key, write_if)) = redis_key {
                         let sealed = envelope::seal(self.codec, SystemTime::now() + ttl, &payload);
-                        match redis.set(full_key, sealed, ttl + grace, tags).await {
-                            Ok(()) => in_redis = true,
-                            Err(Error::Overloaded) => {}
-                            Err(error) => {
-                                self.stats.redis_error();
-                                self.breaker.record_failure("write failed");
-                                tracing::debug!(key = %full_key, %error, "Redis write failed; kept locally");
-                            }
-                        }
+                        in_redis = self
+                            .write_redis(local_key, &full_key, sealed, ttl + grace, tags, write_if)
+                            .await;
                     }
                 }
                 Err(error) => {
@@ -154,6 +192,59 @@ impl Core {
             encoded_len,
         );
         in_redis
+    }
+
+    async fn write_redis(
+        &self,
+        local_key: &LocalKey,
+        full_key: &str,
+        sealed: Vec<u8>,
+        ttl: Duration,
+        tags: &[Key],
+        write_if: WriteIf,
+    ) -> bool {
+        let Some(redis) = self.redis() else {
+            return false;
+        };
+        let lease = match write_if {
+            // Past half its life, the lease's tombstones and generations may have expired
+            // and could no longer tell an invalidation happened.
+            WriteIf::Unchanged(lease) if lease.read_at.elapsed() > LEASE_TTL / 2 => {
+                tracing::debug!(key = %full_key, "load outlived its lease; not written to Redis");
+                return false;
+            }
+            WriteIf::Unchanged(lease) => Some(lease),
+            WriteIf::Always => None,
+        };
+        let seen = lease.as_ref().map(|l| &l.seen);
+        let generations = lease.as_ref().map(|l| l.generations.as_slice());
+        match redis
+            .set_if(full_key, sealed, ttl, seen, tags, generations)
+            .await
+        {
+            Ok(WriteOutcome::Stored) => true,
+            Ok(WriteOutcome::Refused) => {
+                tracing::debug!(key = %full_key, "invalidated since it was read; not written to Redis");
+                false
+            }
+            Ok(WriteOutcome::TagsMoved) => {
+                tracing::debug!(key = %full_key, "a tag was invalidated while it loaded; invalidating it");
+                self.suspect_writes.report(local_key);
+                false
+            }
+            Err(Error::Overloaded) => false,
+            Err(error) => {
+                self.stats.redis_error();
+                self.breaker.record_failure("write failed");
+                tracing::debug!(key = %full_key, %error, "Redis write failed; kept locally");
+                if lease.is_some() {
+                    // It may have reached Redis all the same, or still land, after an
+                    // invalidation this process has not heard of.
+                    self.suspect_writes.report(local_key);
+                }
+                false
+            }
+        }
     }
 
     /// The classes an invalidation names, and the names this cache does not declare.
@@ -226,7 +317,12 @@ impl Core {
                         .map(move |(_, c)| redis.entry_key(c.name(), key))
                 })
                 .collect();
-            removed += redis.unlink(full_keys).await?.keys;
+            // Tombstones, not deletions: a load on another instance that read before this
+            // cannot write its older value back.
+            removed += redis
+                .bury(full_keys, envelope::tombstone(), envelope::is_tombstone)
+                .await?
+                .keys;
         }
         for tag in &inv.tags {
             removed += redis.invalidate_tag(tag).await?.keys;

@@ -11,14 +11,16 @@ mod breaker;
 mod flights;
 mod io;
 mod stats;
+mod suspect_writes;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use self::breaker::Breaker;
 pub(crate) use self::flights::{mask_of, wait, Epoch, Flights, Join, Outcome, ALL_SHARDS};
-pub(crate) use self::io::RedisRead;
+pub(crate) use self::io::{Lease, RedisRead, WriteIf};
 pub(crate) use self::stats::Stats;
+use self::suspect_writes::SuspectWrites;
 use crate::key::Key;
 use crate::model::{ClassId, Classes, Counters, EntryOptions, HealthState};
 use crate::redis::RedisStore;
@@ -38,6 +40,8 @@ pub(crate) struct Core {
     command_timeout: Duration,
     /// Undeclared class names already reported.
     unknown_classes: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
+    /// Keys whose write may have left a stale value in Redis.
+    suspect_writes: SuspectWrites,
 }
 
 /// What a [`Core`] is made of; see [`Core::new`].
@@ -64,11 +68,18 @@ impl Core {
             breaker: parts.breaker,
             command_timeout: parts.command_timeout,
             unknown_classes: Default::default(),
+            suspect_writes: SuspectWrites::default(),
         }
     }
 
     pub(crate) fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// The keys whose write may have left a stale value in Redis, for the one task that
+    /// invalidates them; `None` once taken.
+    pub(crate) fn take_suspect_writes(&self) -> Option<tokio::sync::mpsc::Receiver<Key>> {
+        self.suspect_writes.take()
     }
 
     pub(crate) fn command_timeout(&self) -> Duration {

@@ -180,6 +180,9 @@ impl RedisStore {
     /// Deletes every entry that carries `tag`, in batches, emptying the tag's set as it
     /// goes (see the module docs).
     pub(crate) async fn invalidate_tag(&self, tag: &Key) -> Result<Removed, Error> {
+        // First: a load of a tagged entry that read the old generation will check it again
+        // after its write (see `lease`).
+        self.bump_tag_generation(tag).await?;
         let tag_key = self.tag_key(tag);
         let tag_key = tag_key.as_str();
         let pages = self

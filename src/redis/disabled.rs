@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{RedisSettings, Removed};
+use super::{RedisSettings, Removed, Seen, WriteOutcome};
 use crate::error::Error;
 use crate::key::Key;
 
@@ -36,15 +36,33 @@ impl RedisStore {
     pub(crate) async fn get(&self, _: &str) -> Result<Option<Bytes>, Error> {
         match *self {}
     }
-    pub(crate) async fn set(
+    pub(crate) async fn set_if(
         &self,
         _: &str,
         _: Vec<u8>,
         _: Duration,
+        _: Option<&Seen>,
         _: &[Key],
-    ) -> Result<(), Error> {
+        _: Option<&[Option<i64>]>,
+    ) -> Result<WriteOutcome, Error> {
         match *self {}
     }
+    pub(crate) async fn get_leased(
+        &self,
+        _: &str,
+        _: &[Key],
+    ) -> Result<(Option<Bytes>, Vec<Option<i64>>), Error> {
+        match *self {}
+    }
+    pub(crate) async fn bury(
+        &self,
+        _: Vec<String>,
+        _: Bytes,
+        _: fn(&[u8]) -> bool,
+    ) -> Result<Removed, Error> {
+        match *self {}
+    }
+
     pub(crate) async fn unlink(&self, _: Vec<String>) -> Result<Removed, Error> {
         match *self {}
     }

@@ -23,6 +23,8 @@ mod error;
 #[cfg(feature = "redis")]
 mod heartbeat;
 #[cfg(feature = "redis")]
+mod lease;
+#[cfg(feature = "redis")]
 mod lock;
 #[cfg(feature = "redis")]
 mod pubsub;
@@ -52,4 +54,29 @@ pub(crate) use self::disabled::{
 pub(crate) struct Removed {
     /// Keys removed from Redis.
     pub(crate) keys: u64,
+}
+
+/// How long tombstones and tag generations live (see `lease`); a load's write is only
+/// attempted within half of it.
+pub(crate) const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a load's read found at an entry's key: its write is made only if it is still so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Nothing.
+    Absent,
+    /// These exact bytes: a tombstone, or a value no longer fresh or not ours.
+    Bytes(bytes::Bytes),
+}
+
+/// What a conditional write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteOutcome {
+    /// Stored.
+    Stored,
+    /// Not stored: the key changed since it was read.
+    Refused,
+    /// Stored, but one of its tags was invalidated since it was read: the caller must
+    /// invalidate it.
+    TagsMoved,
 }

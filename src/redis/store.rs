@@ -9,7 +9,9 @@
 //!
 //! Layout of the keys it writes, all under the namespace prefix:
 //! - `ns:class:key` — an entry: its value in an envelope that carries its freshness;
-//! - `ns:~tag:tag` — a set of the full keys that carry a tag.
+//! - `ns:~tag:tag` — a set of the full keys that carry a tag; `ns:~tagv:tag` — how often
+//!   the tag was invalidated lately (see `lease`). An entry's key may also hold a short-lived
+//!   tombstone left by a key invalidation.
 //!
 //! - `ns:~lock:class:key` — a stampede lock; `ns:~hb` — the heartbeat; `ns:~inv` — the
 //!   invalidation channel; `ns:~invlog` — the log of what was published on it.
@@ -26,11 +28,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::{
-    Builder, ClientLike, Config, EventInterface, Expiration, KeysInterface, ListInterface,
-    LuaInterface, PubsubInterface, ReconnectPolicy, SetsInterface,
+    Builder, ClientLike, Config, EventInterface, KeysInterface, ListInterface, LuaInterface,
+    PubsubInterface, ReconnectPolicy,
 };
 use fred::types::config::{Options, UnresponsiveConfig};
-use fred::types::{ExpireOptions, Value};
+use fred::types::Value;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Semaphore;
 
@@ -190,8 +192,13 @@ impl RedisStore {
         format!("{}*", self.prefix)
     }
 
+    /// The options of request-path commands: the command deadline, no retries.
+    pub(super) fn request_options(&self) -> &Options {
+        &self.options
+    }
+
     /// Runs one request-path command under the in-flight bound and the command deadline.
-    async fn bounded<T>(
+    pub(super) async fn bounded<T>(
         &self,
         fut: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, Error> {
@@ -223,61 +230,6 @@ impl RedisStore {
     pub(crate) async fn get(&self, full_key: &str) -> Result<Option<Bytes>, Error> {
         let client = self.client.with_options(&self.options);
         self.bounded(client.get::<Option<Bytes>, _>(full_key)).await
-    }
-
-    /// Writes an entry with its TTL and adds it to its tags' sets.
-    pub(crate) async fn set(
-        &self,
-        full_key: &str,
-        bytes: Vec<u8>,
-        ttl: Duration,
-        tags: &[Key],
-    ) -> Result<(), Error> {
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        if tags.is_empty() {
-            let client = self.client.with_options(&self.options);
-            return self
-                .bounded(client.set::<(), _, _>(
-                    full_key,
-                    bytes,
-                    Some(Expiration::PX(ttl_ms)),
-                    None,
-                    false,
-                ))
-                .await;
-        }
-        let pipeline = self.client.pipeline();
-        let queue = async {
-            let expiration = Some(Expiration::PX(ttl_ms));
-            if self.client.is_clustered() {
-                // The entry and its tag sets may be on different nodes, whose order is not
-                // kept: the entry must exist before it joins a set (see the module docs).
-                self.client
-                    .with_options(&self.options)
-                    .set::<(), _, _>(full_key, bytes, expiration, None, false)
-                    .await?;
-            } else {
-                pipeline
-                    .set::<(), _, _>(full_key, bytes, expiration, None, false)
-                    .await?;
-            }
-            for tag in tags {
-                let tag_key = self.tag_key(tag);
-                pipeline
-                    .sadd::<(), _, _>(tag_key.as_str(), full_key)
-                    .await?;
-                // A tag set lives as long as its longest-lived member: NX sets a first TTL,
-                // GT only ever extends it.
-                pipeline
-                    .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::NX))
-                    .await?;
-                pipeline
-                    .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::GT))
-                    .await?;
-            }
-            pipeline.all::<Value>().await.map(|_| ())
-        };
-        self.bounded(queue).await
     }
 
     /// A PING with the request deadline, for probes.

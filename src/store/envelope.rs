@@ -7,6 +7,10 @@
 //!
 //! Layout (little-endian): `b"SC"`, format version (1), codec id, fresh-until as Unix
 //! milliseconds (u64), then the payload.
+//!
+//! A key invalidation leaves a *tombstone* in the entry's place for a few seconds:
+//! `b"SC"`, version 0, then 8 bytes unique to that invalidation. Readers take it for a miss;
+//! a load whose read came before it cannot write over it (Redis compares the exact bytes).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +21,32 @@ use crate::model::unix_ms;
 const MAGIC: &[u8; 2] = b"SC";
 const VERSION: u8 = 1;
 pub(crate) const HEADER_LEN: usize = 2 + 1 + 1 + 8;
+
+const TOMBSTONE: u8 = 0;
+const TOMBSTONE_LEN: usize = 2 + 1 + 8;
+
+/// A tombstone no other invalidation, in any process, leaves.
+pub(crate) fn tombstone() -> bytes::Bytes {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    // A random seed per process, and a counter within it.
+    static SEED: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nonce = SEED
+        .get_or_init(Default::default)
+        .hash_one(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let mut out = Vec::with_capacity(TOMBSTONE_LEN);
+    out.extend_from_slice(MAGIC);
+    out.push(TOMBSTONE);
+    out.extend_from_slice(&nonce.to_le_bytes());
+    out.into()
+}
+
+/// Whether `bytes` is a tombstone.
+pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
+    bytes.len() == TOMBSTONE_LEN && &bytes[..2] == MAGIC && bytes[2] == TOMBSTONE
+}
 
 /// Wraps an encoded payload.
 pub(crate) fn seal(codec: Codec, fresh_until: SystemTime, payload: &[u8]) -> Vec<u8> {
@@ -67,6 +97,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tombstones_are_unique_and_never_open_as_values() {
+        let (a, b) = (tombstone(), tombstone());
+        assert_ne!(a, b);
+        assert!(is_tombstone(&a) && is_tombstone(&b));
+        assert!(open(Codec::MessagePack, &a).is_err());
+    }
+
+    #[test]
     fn round_trip_and_rejections() {
         let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let sealed = seal(Codec::MessagePack, t, b"abc");
@@ -78,5 +116,6 @@ mod tests {
         let mut other_version = sealed.clone();
         other_version[2] = 9;
         assert!(open(Codec::MessagePack, &other_version).is_err());
+        assert!(!is_tombstone(&sealed));
     }
 }

@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 use super::backplane::Backplane;
 use super::journal::{Journal, Replay};
-use crate::core::{mask_of, Core};
+use crate::core::{mask_of, Core, WriteIf};
 use crate::error::Error;
 use crate::key::Key;
 use crate::model::{Cacheable, Invalidation, InvalidationReport, RedisOutcome};
@@ -249,9 +249,13 @@ impl Invalidator {
             core.flights().begin_invalidation(mask_of(&changed))
         };
         in_progress.stores_landed().await;
-        let redis_key = core.redis().map(|redis| core.entry_key(redis, local_key));
+        // Unconditional: an explicit write is the newest value, and loads that read before it
+        // cannot write over it (their leases saw something else).
+        let redis_key = core
+            .redis()
+            .map(|redis| (core.entry_key(redis, local_key), WriteIf::Always));
         let in_redis = core
-            .store(local_key, redis_key.as_deref(), value, ttl, grace, tags)
+            .store(local_key, redis_key, value, ttl, grace, tags)
             .await;
         if !configured {
             return;

@@ -1,0 +1,225 @@
+//! Leases: a load's write cannot bring back what an invalidation removed after the load read.
+//!
+//! The race: instance A misses key K, reads the origin, and is slow to write back; meanwhile
+//! instance B changes the origin and invalidates K. If A's write lands after B's removal, the
+//! old value sits in Redis until its TTL, and A's own process may not have heard of B's
+//! invalidation in time to stop it. A write that times out is worse: it may still land
+//! seconds later. So, as memcache leases do, a load's write is made conditional on what the
+//! load saw, and checked by Redis itself when the write is executed:
+//!
+//! - removing a key by a *key* invalidation leaves a short-lived **tombstone** in its place
+//!   (a unique value per invalidation, made by the caller) instead of deleting it;
+//! - a load remembers what its read found — nothing, a tombstone, or a value past its TTL —
+//!   and its write is a script that stores only if the key still holds exactly that
+//!   ([`LEASE_SET`]). Any invalidation since then changed it, so the write is refused;
+//! - a *tag* invalidation cannot leave tombstones for entries that are not in the tag's set
+//!   yet, so it bumps the tag's **generation** (`ns:~tagv:tag`) before it deletes anything.
+//!   A load of a tagged entry reads its tags' generations with the entry, and after writing
+//!   reads them again: if one moved, the caller invalidates the entry. Either the
+//!   invalidation's scan saw the entry's membership, or the load's second read sees the
+//!   moved generation.
+//!
+//! Tombstones and generations live [`LEASE_TTL`]; a load that took longer than half of that
+//! does not write to Redis at all, so an expired lease can never pass for an untouched one.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::prelude::{ClientLike, Expiration, KeysInterface, LuaInterface, SetsInterface};
+use fred::types::{ExpireOptions, Value};
+
+use super::{RedisStore, Removed, Seen, WriteOutcome, LEASE_TTL};
+use crate::error::Error;
+use crate::key::Key;
+
+/// KEYS[1] = entry; ARGV[1] = value, ARGV[2] = TTL in ms, ARGV[3] = "0" if the load saw no
+/// value and "1" if it saw ARGV[4]. Returns 1 if written, 0 if the key changed since.
+const LEASE_SET: &str = "local cur = redis.call('GET', KEYS[1])
+if ARGV[3] == '0' then
+  if cur then return 0 end
+elseif cur ~= ARGV[4] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1";
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+impl RedisStore {
+    /// `ns:~tagv:tag`: how many times `tag` was invalidated lately.
+    pub(crate) fn tag_generation_key(&self, tag: &Key) -> String {
+        format!("{}~tagv:{}", self.prefix(), tag.as_str())
+    }
+
+    /// Writes an entry if its key still holds what `seen` says (unconditionally without
+    /// it), adds it to its tags' sets and, given the generations its tags had when it was
+    /// read, checks they have not moved since. One deadline for all of it.
+    pub(crate) async fn set_if(
+        &self,
+        full_key: &str,
+        bytes: Vec<u8>,
+        ttl: Duration,
+        seen: Option<&Seen>,
+        tags: &[Key],
+        generations: Option<&[Option<i64>]>,
+    ) -> Result<WriteOutcome, Error> {
+        let ttl_ms = ttl_ms(ttl);
+        let write = async {
+            let client = self.client().with_options(self.request_options());
+            let written = match seen {
+                None => {
+                    client
+                        .set::<(), _, _>(full_key, bytes, Some(Expiration::PX(ttl_ms)), None, false)
+                        .await?;
+                    true
+                }
+                Some(seen) => {
+                    let (flag, expected) = match seen {
+                        Seen::Absent => ("0", Bytes::new()),
+                        Seen::Bytes(b) => ("1", b.clone()),
+                    };
+                    let args: Vec<Value> = vec![
+                        Value::Bytes(Bytes::from(bytes)),
+                        Value::Integer(ttl_ms),
+                        Value::from(flag),
+                        Value::Bytes(expected),
+                    ];
+                    client
+                        .eval::<i64, _, _, _>(LEASE_SET, full_key, args)
+                        .await?
+                        == 1
+                }
+            };
+            if !written {
+                return Ok(WriteOutcome::Refused);
+            }
+            if tags.is_empty() {
+                return Ok(WriteOutcome::Stored);
+            }
+            // The entry exists before it joins its sets (on a Cluster they may be on other
+            // nodes, so the write is awaited first): a tag invalidation that finds the
+            // membership also finds the entry (see `bulk_delete`).
+            let pipeline = self.client().pipeline();
+            for tag in tags {
+                let tag_key = self.tag_key(tag);
+                pipeline
+                    .sadd::<(), _, _>(tag_key.as_str(), full_key)
+                    .await?;
+                // A tag set lives as long as its longest-lived member: NX sets a first TTL,
+                // GT only ever extends it.
+                pipeline
+                    .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::NX))
+                    .await?;
+                pipeline
+                    .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::GT))
+                    .await?;
+            }
+            pipeline.all::<Value>().await?;
+            let Some(seen_generations) = generations else {
+                return Ok(WriteOutcome::Stored);
+            };
+            // After the membership: an invalidation whose scan missed it bumped the
+            // generation before scanning, so this read sees the bump.
+            let pipeline = self.client().pipeline();
+            for tag in tags {
+                pipeline.get::<(), _>(self.tag_generation_key(tag)).await?;
+            }
+            let now: Vec<Option<i64>> = each(pipeline.all::<Vec<Value>>().await?)?;
+            Ok(if now == seen_generations {
+                WriteOutcome::Stored
+            } else {
+                WriteOutcome::TagsMoved
+            })
+        };
+        self.bounded(write).await
+    }
+
+    /// Reads an entry and, in the same round trip, the generations of its `tags`, in order
+    /// (`None`: not invalidated lately).
+    pub(crate) async fn get_leased(
+        &self,
+        full_key: &str,
+        tags: &[Key],
+    ) -> Result<(Option<Bytes>, Vec<Option<i64>>), Error> {
+        if tags.is_empty() {
+            return Ok((self.get(full_key).await?, Vec::new()));
+        }
+        let pipeline = self.client().pipeline();
+        let read = async {
+            pipeline.get::<(), _>(full_key).await?;
+            for tag in tags {
+                pipeline.get::<(), _>(self.tag_generation_key(tag)).await?;
+            }
+            let mut replies = pipeline.all::<Vec<Value>>().await?.into_iter();
+            let entry = replies.next().unwrap_or(Value::Null).convert()?;
+            Ok((entry, each(replies.collect())?))
+        };
+        self.bounded(read).await
+    }
+
+    /// Moves `tag`'s generation, before its entries are deleted.
+    pub(crate) async fn bump_tag_generation(&self, tag: &Key) -> Result<(), Error> {
+        let key = self.tag_generation_key(tag);
+        let pipeline = self.client().pipeline();
+        let bump = async {
+            pipeline.incr::<(), _>(key.as_str()).await?;
+            pipeline
+                .pexpire::<(), _>(key.as_str(), ttl_ms(LEASE_TTL), None)
+                .await?;
+            pipeline.all::<Value>().await.map(|_| ())
+        };
+        self.maintenance(bump).await
+    }
+
+    /// Replaces each of `keys` by `tombstone` for [`LEASE_TTL`]: removed for readers, and a
+    /// load that read before this cannot write its value back. Counts the keys that held
+    /// something other than a tombstone.
+    pub(crate) async fn bury(
+        &self,
+        keys: Vec<String>,
+        tombstone: Bytes,
+        is_tombstone: fn(&[u8]) -> bool,
+    ) -> Result<Removed, Error> {
+        if keys.is_empty() {
+            return Ok(Removed::default());
+        }
+        let previous = self
+            .maintenance(bury(self.client(), &keys, tombstone))
+            .await?;
+        let keys = previous
+            .iter()
+            .flatten()
+            .filter(|old| !is_tombstone(old))
+            .count() as u64;
+        Ok(Removed { keys })
+    }
+}
+
+/// SET each key to `tombstone` for [`LEASE_TTL`], returning what each held.
+async fn bury(
+    client: &fred::clients::Client,
+    keys: &[String],
+    tombstone: Bytes,
+) -> Result<Vec<Option<Bytes>>, fred::error::Error> {
+    let pipeline = client.pipeline();
+    let ttl = ttl_ms(LEASE_TTL);
+    for key in keys {
+        pipeline
+            .set::<(), _, _>(
+                key.as_str(),
+                tombstone.clone(),
+                Some(Expiration::PX(ttl)),
+                None,
+                true,
+            )
+            .await?;
+    }
+    each(pipeline.all::<Vec<Value>>().await?)
+}
+
+/// Converts each reply of a pipeline.
+fn each<T: fred::types::FromValue>(replies: Vec<Value>) -> Result<Vec<T>, fred::error::Error> {
+    replies.into_iter().map(Value::convert).collect()
+}
