@@ -112,7 +112,7 @@ async fn refresh<T, E, F, Fut>(
     Fut: Future<Output = Result<T, E>>,
 {
     let key = &claim.key;
-    let epoch = core.flights().epoch(&key.key);
+    let epoch = core.flights().epoch(key, &options.tags);
     let ttl = core.ttl_of(key.class, &options);
     let redis = core.redis();
     let redis_key = redis.map(|r| core.entry_key(r, key));
@@ -133,8 +133,7 @@ async fn refresh<T, E, F, Fut>(
     if let (Some(redis), Some(full_key)) = (redis, redis_key.as_deref()) {
         if let RedisRead::Fresh(fresh) = core.read_redis::<T>(redis, full_key).await {
             if fresh.fresh_for >= refresh_window {
-                core.keep_from_redis(key, &fresh, ttl, &options, epoch)
-                    .await;
+                core.keep_from_redis(key, &fresh, ttl, &options, epoch);
                 if let Some(lock) = lock {
                     lock.release(core.command_timeout()).await;
                 }
@@ -144,7 +143,7 @@ async fn refresh<T, E, F, Fut>(
     }
     core.stats().loader_call();
     if let Ok(value) = loader().await {
-        let stored = match core.flights().begin_store(epoch).await {
+        let stored = match core.flights().begin_store(epoch) {
             Some(_storing) => {
                 let grace = options.stale_for.unwrap_or(Duration::ZERO);
                 core.store(key, redis_key.as_deref(), &value, ttl, grace, &options.tags)

@@ -57,8 +57,7 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
                 return match core.read_redis::<T>(redis, full_key).await {
                     RedisRead::Fresh(fresh) => {
                         guard.release(core.command_timeout()).await;
-                        core.keep_from_redis(local_key, &fresh, ttl, options, epoch)
-                            .await;
+                        core.keep_from_redis(local_key, &fresh, ttl, options, epoch);
                         core.stats().lock_wait();
                         LockOutcome::Filled(fresh.value)
                     }
@@ -79,8 +78,7 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
         poll = (poll * 2).min(MAX_POLL);
         match core.read_redis::<T>(redis, full_key).await {
             RedisRead::Fresh(fresh) => {
-                core.keep_from_redis(local_key, &fresh, ttl, options, epoch)
-                    .await;
+                core.keep_from_redis(local_key, &fresh, ttl, options, epoch);
                 core.stats().lock_wait();
                 return LockOutcome::Filled(fresh.value);
             }
