@@ -464,3 +464,110 @@ async fn an_undeclared_class_is_not_cached_in_another_class() {
     );
     assert!(cache.has_class("permissions") && !cache.has_class("permisions"));
 }
+
+fn tagged(name: &str, i: usize) -> (Key, EntryOptions) {
+    let key = Key::literal(&format!("{name}:{i}")).expect("valid key");
+    let tag = Key::literal(&format!("user:{i}")).expect("valid tag");
+    (key, EntryOptions::new().tag(tag))
+}
+
+/// Waits until `cache`'s backplane has received more than `count` messages.
+async fn received_beyond(cache: &Cache, count: u64) {
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
+    while cache.status().backplane.expect("on").received <= count {
+        assert!(Instant::now() < deadline, "{:?}", cache.status());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_peer_tag_invalidations_leaves_the_other_local_entries_trusted() {
+    // Far beyond the 32 messages fred buffers by default for a reader that is behind.
+    const BURST: usize = 200;
+    let server = RedisServer::start();
+    let a = instance("burst", server.url()).await;
+    let b = instance("burst", server.url()).await;
+    for i in 0..BURST {
+        let (key, options) = tagged("groups", i);
+        b.get_or_load(key, &options, || async { 1u64 }).await;
+    }
+    let others: Vec<_> = (0..20).map(|i| tagged("profile", BURST + i)).collect();
+    for (key, options) in &others {
+        b.get_or_load(key.clone(), options, || async { 1u64 }).await;
+    }
+    let before = b.status().backplane.expect("on");
+
+    // A invalidates every user's tag at once: B gets the messages as one burst.
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..BURST {
+        let (a, (_, options)) = (a.clone(), tagged("groups", i));
+        let inv = Invalidation::new().tag(options.tag_list()[0].clone());
+        burst.spawn(async move { a.invalidate(&inv).await });
+    }
+    while burst.join_next().await.is_some() {}
+    // Every invalidated entry is gone from B's local store.
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
+    while (0..BURST).any(|i| {
+        let (key, options) = tagged("groups", i);
+        b.get_local::<u64>(key, &options).is_ok()
+    }) {
+        assert!(Instant::now() < deadline, "{:?}", b.status());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let after = b.status().backplane.expect("on");
+    assert!(after.connected, "{after:?}");
+    assert_eq!(
+        after.reconciliations, before.reconciliations,
+        "no gap: B never distrusted its local store"
+    );
+    let counted = b.counters();
+    for (key, options) in &others {
+        let got = b.get_or_load(key.clone(), options, || async { 2u64 }).await;
+        assert_eq!(got, 1, "an entry no invalidation named is kept");
+    }
+    let now = b.counters();
+    assert_eq!(now.l1_hits - counted.l1_hits, others.len() as u64);
+    assert_eq!(
+        (now.l2_hits, now.loader_calls),
+        (counted.l2_hits, counted.loader_calls)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_in_flight_is_stored_while_a_peer_invalidates_a_tag_it_does_not_carry() {
+    let server = RedisServer::start();
+    let a = instance("inflight", server.url()).await;
+    let b = instance("inflight", server.url()).await;
+    // Their shards differ (a shared one would only cost this store).
+    let (key, options) = tagged("profile", 1);
+    let (_, invalidated) = tagged("groups", 2);
+    let (started, loading) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let load = tokio::spawn({
+        let (b, key, options) = (b.clone(), key.clone(), options.clone());
+        async move {
+            let loader = || async move {
+                let _ = started.send(());
+                let _ = released.await;
+                1u64
+            };
+            b.get_or_load(key, &options, loader).await
+        }
+    });
+    loading.await.expect("the load started");
+    let received = b.status().backplane.expect("on").received;
+    let inv = Invalidation::new().tag(invalidated.tag_list()[0].clone());
+    a.invalidate(&inv).await;
+    received_beyond(&b, received).await;
+    release.send(()).expect("the load waits");
+    assert_eq!(load.await.expect("no panic"), 1);
+
+    let counted = b.counters();
+    assert_eq!(b.get_or_load(key, &options, || async { 2u64 }).await, 1);
+    assert_eq!(
+        b.counters().l1_hits,
+        counted.l1_hits + 1,
+        "stored: an L1 hit"
+    );
+}

@@ -112,7 +112,7 @@ async fn refresh<T, E, F, Fut>(
     Fut: Future<Output = Result<T, E>>,
 {
     let key = &claim.key;
-    let epoch = core.flights().epoch(&key.key);
+    let epoch = core.flights().epoch(key, &options.tags);
     let ttl = core.ttl_of(key.class, &options);
     let redis = core.redis();
     let redis_key = redis.map(|r| core.entry_key(r, key));
@@ -136,8 +136,7 @@ async fn refresh<T, E, F, Fut>(
         let lease = match core.read_redis::<T>(redis, &full_key, &options.tags).await {
             RedisRead::Fresh(fresh, lease) => {
                 if fresh.fresh_for >= refresh_window {
-                    core.keep_from_redis(key, &fresh, ttl, &options, epoch)
-                        .await;
+                    core.keep_from_redis(key, &fresh, ttl, &options, epoch);
                     if let Some(lock) = lock {
                         lock.release(core.command_timeout()).await;
                     }
@@ -152,7 +151,7 @@ async fn refresh<T, E, F, Fut>(
     }
     core.stats().loader_call();
     if let Ok(value) = loader().await {
-        let in_redis = match core.flights().begin_store(epoch).await {
+        let in_redis = match core.flights().begin_store(epoch) {
             Some(_storing) => {
                 let grace = options.stale_for.unwrap_or(Duration::ZERO);
                 core.store(key, leased, &value, ttl, grace, &options.tags)

@@ -28,7 +28,7 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     // Loads begun before a later invalidation are neither joined nor stored.
-    let epoch = core.flights().epoch(&local_key.key);
+    let epoch = core.flights().epoch(&local_key, &options.tags);
     let leader = loop {
         match core.flights().join(&local_key, epoch) {
             Join::Leader(leader) => break Some(leader),
@@ -87,17 +87,16 @@ where
     let ttl = core.ttl_of(local_key.class, options);
     let grace = options.stale_for.unwrap_or(Duration::ZERO);
     // Where to write the loaded value: only if Redis answered the read. While this process
-    // is removing this key's shard from Redis, Redis may still hold what it removes, so the
-    // load goes to the loader (and, as any load begun then, stores nothing).
-    // The write is conditional on what the read saw (the lease): an invalidation by any
-    // instance between the two makes Redis refuse it.
+    // is removing from Redis something that can reach this entry (its key, a tag, its
+    // class), Redis may still hold what it removes, so the load goes to the loader (and, as
+    // any load begun then, stores nothing). The write is conditional on what the read saw
+    // (the lease): an invalidation by any instance between the two makes Redis refuse it.
     let mut redis_key = None;
     if let Some(redis) = core.redis().filter(|_| epoch.redis_is_current()) {
         let full_key = core.entry_key(redis, local_key);
         match core.read_redis::<T>(redis, &full_key, &options.tags).await {
             RedisRead::Fresh(fresh, _) => {
-                core.keep_from_redis(local_key, &fresh, ttl, options, epoch)
-                    .await;
+                core.keep_from_redis(local_key, &fresh, ttl, options, epoch);
                 return Ok(Fetched {
                     value: fresh.value,
                     origin: Origin::Redis,
@@ -143,7 +142,7 @@ where
     if let Ok(value) = &loaded {
         // The loader may have read the origin before a change whose invalidation has
         // started since: then the value is returned but not stored.
-        if let Some(_storing) = core.flights().begin_store(epoch).await {
+        if let Some(_storing) = core.flights().begin_store(epoch) {
             core.store(
                 local_key,
                 redis_key.map(|(key, lease)| (key, WriteIf::Unchanged(lease))),

@@ -58,8 +58,7 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
                 return match core.read_redis::<T>(redis, full_key, &options.tags).await {
                     RedisRead::Fresh(fresh, _) => {
                         guard.release(core.command_timeout()).await;
-                        core.keep_from_redis(local_key, &fresh, ttl, options, epoch)
-                            .await;
+                        core.keep_from_redis(local_key, &fresh, ttl, options, epoch);
                         core.stats().lock_wait();
                         LockOutcome::Filled(fresh.value)
                     }
@@ -83,8 +82,7 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
         poll = (poll * 2).min(MAX_POLL);
         match core.read_redis::<T>(redis, full_key, &options.tags).await {
             RedisRead::Fresh(fresh, _) => {
-                core.keep_from_redis(local_key, &fresh, ttl, options, epoch)
-                    .await;
+                core.keep_from_redis(local_key, &fresh, ttl, options, epoch);
                 core.stats().lock_wait();
                 return LockOutcome::Filled(fresh.value);
             }

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Core, Epoch};
+use super::{flights, Core, Epoch, ShardMask, ALL_SHARDS};
 use crate::error::Error;
 use crate::key::Key;
 use crate::model::{Cacheable, ClassId, EntryOptions, Invalidation};
@@ -126,7 +126,7 @@ impl Core {
     /// Keeps a value read from Redis in the local store, for what is left of its freshness
     /// but no longer than `ttl` — unless it was read before an invalidation that has started
     /// since: then it is served but not kept.
-    pub(crate) async fn keep_from_redis<T: Cacheable>(
+    pub(crate) fn keep_from_redis<T: Cacheable>(
         &self,
         local_key: &LocalKey,
         fresh: &Fresh<T>,
@@ -134,7 +134,7 @@ impl Core {
         options: &EntryOptions,
         epoch: Epoch,
     ) {
-        if let Some(_storing) = self.flights.begin_store(epoch).await {
+        if let Some(_storing) = self.flights.begin_store(epoch) {
             self.local.insert(
                 local_key.clone(),
                 fresh.value.clone(),
@@ -272,6 +272,15 @@ impl Core {
         ids.sort_unstable();
         ids.dedup();
         (ids, unknown)
+    }
+
+    /// The shards of what `inv` names, for the flights (see their docs): an invalidation
+    /// fences off only the loads it can reach.
+    pub(crate) fn mask_of(&self, inv: &Invalidation) -> ShardMask {
+        if inv.everything {
+            return ALL_SHARDS;
+        }
+        flights::mask_of(inv, &self.class_ids(inv).0)
     }
 
     /// Removes what `inv` names from the local store.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use self::breaker::Breaker;
-pub(crate) use self::flights::{mask_of, wait, Epoch, Flights, Join, Outcome, ALL_SHARDS};
+pub(crate) use self::flights::{wait, Epoch, Flights, Join, Outcome, ShardMask, ALL_SHARDS};
 pub(crate) use self::io::{Lease, RedisRead, WriteIf};
 pub(crate) use self::stats::Stats;
 use self::suspect_writes::SuspectWrites;

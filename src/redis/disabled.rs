@@ -164,6 +164,9 @@ impl Subscriber {
     pub(crate) async fn next_event(&mut self) -> SubscriberEvent {
         match *self {}
     }
+    pub(crate) fn caught_up(&self) -> bool {
+        match *self {}
+    }
     pub(crate) async fn subscribe(&self, _: &str, _: Duration) -> bool {
         match *self {}
     }

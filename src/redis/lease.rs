@@ -29,7 +29,7 @@ use fred::prelude::{ClientLike, Expiration, KeysInterface, LuaInterface, SetsInt
 use fred::types::{ExpireOptions, Value};
 
 use super::{RedisStore, Removed, Seen, WriteOutcome, LEASE_TTL};
-use crate::error::Error;
+use crate::error::{Error, RedisErrorKind};
 use crate::key::Key;
 
 /// KEYS[1] = entry; ARGV[1] = value, ARGV[2] = TTL in ms, ARGV[3] = "0" if the load saw no
@@ -42,6 +42,11 @@ elseif cur ~= ARGV[4] then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1";
+
+/// KEYS[1] = a tag's generation; ARGV[1] = its TTL in ms.
+const BUMP: &str = "local n = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return n";
 
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
@@ -159,18 +164,25 @@ impl RedisStore {
         self.bounded(read).await
     }
 
-    /// Moves `tag`'s generation, before its entries are deleted.
+    /// Moves `tag`'s generation, before its entries are deleted. fred gives up on a
+    /// command after the request deadline whatever it is told, so a frozen server is waited
+    /// for by asking again (a repeated bump is harmless) until the maintenance deadline.
     pub(crate) async fn bump_tag_generation(&self, tag: &Key) -> Result<(), Error> {
         let key = self.tag_generation_key(tag);
-        let pipeline = self.client().pipeline();
-        let bump = async {
-            pipeline.incr::<(), _>(key.as_str()).await?;
-            pipeline
-                .pexpire::<(), _>(key.as_str(), ttl_ms(LEASE_TTL), None)
-                .await?;
-            pipeline.all::<Value>().await.map(|_| ())
-        };
-        self.maintenance(bump).await
+        let give_up = tokio::time::Instant::now() + self.maintenance_deadline();
+        loop {
+            let bump =
+                self.client()
+                    .eval::<i64, _, _, _>(BUMP, key.as_str(), vec![ttl_ms(LEASE_TTL)]);
+            match self.maintenance(bump).await {
+                Ok(_) => return Ok(()),
+                Err(Error::Redis {
+                    kind: RedisErrorKind::Timeout,
+                    ..
+                }) if tokio::time::Instant::now() < give_up => continue,
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Replaces each of `keys` by `tombstone` for [`LEASE_TTL`]: removed for readers, and a

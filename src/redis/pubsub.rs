@@ -34,6 +34,9 @@ pub(crate) enum SubscriberEvent {
     Closed,
 }
 
+/// Messages fred keeps for a reader that is behind.
+const MESSAGE_BUFFER: usize = 4096;
+
 /// One subscriber connection.
 pub(crate) struct Subscriber {
     client: SubscriberClient,
@@ -53,6 +56,14 @@ impl Subscriber {
         builder.with_connection_config(|conn| {
             conn.connection_timeout = settings.connect_timeout;
             conn.internal_command_timeout = settings.connect_timeout;
+        });
+        // fred hands messages over on a broadcast channel of 32 by default: a burst of peer
+        // invalidations (a membership change invalidates a tag on every instance) outruns the
+        // reader while it applies them, and what overflows is lost. The owner catches up from
+        // the invalidation log when that happens, but that reads the whole log: a few thousand
+        // make it rare, at a few pointers each.
+        builder.with_performance_config(|perf| {
+            perf.broadcast_channel_capacity = MESSAGE_BUFFER;
         });
         let client = builder.build_subscriber_client()?;
         let messages = client.message_rx();
@@ -90,6 +101,11 @@ impl Subscriber {
                 },
             }
         }
+    }
+
+    /// Whether every message received so far has been read: none waits in the buffer.
+    pub(crate) fn caught_up(&self) -> bool {
+        self.messages.is_empty()
     }
 
     /// SUBSCRIBEs to `channel`; false if it failed or took longer than `deadline`.

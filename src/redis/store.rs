@@ -197,6 +197,11 @@ impl RedisStore {
         &self.options
     }
 
+    /// The deadline of a maintenance step.
+    pub(super) fn maintenance_deadline(&self) -> Duration {
+        self.maintenance_timeout
+    }
+
     /// Runs one request-path command under the in-flight bound and the command deadline.
     pub(super) async fn bounded<T>(
         &self,

@@ -11,12 +11,15 @@
 //! never gets it. So the channel is watched end to end: every probe interval each instance
 //! publishes a *ping* and expects its own echo back. The channel has a **gap** from the first
 //! sign of trouble — the subscriber's connection dropped or reconnected, a ping not echoed in
-//! time, messages lost to a slow reader, or Redis itself unusable — until a ping is echoed
-//! again on a fresh subscription.
+//! time, or Redis itself unusable — until a ping is echoed again on a fresh subscription.
 //!
 //! **The invalidation log.** Every invalidation is published together with an append to a
 //! list in Redis (`<namespace>:~invlog`, one script, stamped with Redis's clock; the last
 //! 10,000 for ten minutes after the last), so what a subscriber missed can be read back.
+//!
+//! Messages lost to a slow reader (a burst beyond fred's buffer) are not a gap: the
+//! connection is fine, and the lost messages are read back from the log at once; only if
+//! the log cannot tell is it a gap.
 //!
 //! **The reconciliation rule.** While there is a gap, every L1 entry is suspect: it may have
 //! missed an invalidation. A suspect entry is never served while Redis can be asked; the

@@ -6,7 +6,7 @@
 //! cache handle is dropped.
 
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::wire::{decode, from_wire, Body};
 use super::Backplane;
@@ -34,6 +34,7 @@ pub(crate) fn spawn(core: &Arc<Core>, invalidator: &Arc<Invalidator>, settings: 
         backplane,
         pings: Pings::new(),
         ever_connected: false,
+        caught_up_at: None,
     };
     tokio::spawn(task.run(subscriber));
 }
@@ -44,6 +45,9 @@ struct Task {
     backplane: Arc<Backplane>,
     pings: Pings,
     ever_connected: bool,
+    /// When the reader last had every message fred received: messages lost to a lag arrived
+    /// after it (see [`Task::lagged`]).
+    caught_up_at: Option<SystemTime>,
 }
 
 impl Task {
@@ -60,10 +64,11 @@ impl Task {
                 event = subscriber.next_event() => {
                     let Some(core) = self.core.upgrade() else { break };
                     match event {
-                        SubscriberEvent::Message(bytes) => self.on_message(&core, &bytes).await,
-                        SubscriberEvent::Lagged(n) => {
-                            self.gap(&core, &format!("{n} messages lost to a slow reader"));
+                        SubscriberEvent::Message(bytes) => {
+                            self.note_caught_up(&subscriber);
+                            self.on_message(&core, &bytes).await;
                         }
+                        SubscriberEvent::Lagged(n) => self.lagged(&core, n).await,
                         SubscriberEvent::Reconnected => {
                             self.gap(&core, "subscriber reconnected");
                             let ok = subscriber.subscribe(&self.backplane.channel, subscribe_deadline).await;
@@ -79,6 +84,7 @@ impl Task {
                 }
                 _ = tokio::time::sleep_until(next_tick) => {
                     let Some(core) = self.core.upgrade() else { break };
+                    self.note_caught_up(&subscriber);
                     let connected = self.backplane.is_connected();
                     next_tick = tokio::time::Instant::now()
                         + if connected { interval } else { unconfirmed_interval };
@@ -142,6 +148,62 @@ impl Task {
             Ok(()) => self.pings.sent(seq, Instant::now()),
             Err(error) => tracing::debug!(%error, "backplane ping not sent"),
         }
+    }
+
+    /// Records that the reader is caught up, if it is (nothing waits in fred's buffer).
+    fn note_caught_up(&mut self, subscriber: &Subscriber) {
+        // The time is taken before the buffer is looked at: every message that arrived
+        // before it was read by then.
+        let now = SystemTime::now();
+        if subscriber.caught_up() {
+            self.caught_up_at = Some(now);
+        }
+    }
+
+    /// `lost` messages overflowed fred's buffer while this task was applying earlier ones.
+    ///
+    /// That is not a broken connection: what the other instances published is all in the
+    /// invalidation log, so the lost ones are read back from it and applied, and the local
+    /// store stays trusted. Only if the log cannot tell (trimmed past that point, unreadable)
+    /// is it a gap, with every local entry revalidated.
+    ///
+    /// Read from when? The lost messages were not in the buffer when the reader was last
+    /// caught up (it had read all that were), so they arrived after `caught_up_at`; and a
+    /// message arrives a network hop after Redis stamped it in the log, since fred's reader
+    /// runs on its own task and never waits for this one. The log is read from
+    /// `caught_up_at` less its clock margin (5 s, far above such a hop plus the clocks'
+    /// skew). Not from when the last message before the lag was *read*: that message may
+    /// have sat in the buffer behind thousands of others, each applied within a deadline
+    /// but all together for longer than the margin. `caught_up_at` stays recent while the
+    /// channel is healthy: this task's own pings echo every interval, and each await in its
+    /// loop is bounded by a deadline, so it comes back to the buffer soon enough.
+    async fn lagged(&mut self, core: &Core, lost: u64) {
+        // Our own echoes may be among the lost: an unechoed ping here is not a silent channel.
+        self.pings.lost();
+        let since = match self.caught_up_at {
+            Some(since) if self.backplane.is_connected() => since,
+            // In a gap already, or never caught up: the gap's reconciliation covers it.
+            _ => {
+                self.gap(core, &format!("{lost} messages lost to a slow reader"));
+                return;
+            }
+        };
+        // As in a reconciliation: a load that read before the catch-up must not store after
+        // it, and stores already past their check land before it.
+        let in_progress = core.flights().begin_invalidation(ALL_SHARDS);
+        in_progress.stores_landed().await;
+        if self.invalidator.catch_up_since(core, since).await {
+            tracing::info!(
+                lost,
+                "invalidation messages lost to a slow reader were applied from the log"
+            );
+        } else {
+            self.gap(
+                core,
+                &format!("{lost} messages lost to a slow reader, and the log cannot tell which"),
+            );
+        }
+        drop(in_progress);
     }
 
     /// The channel may have lost messages: every local entry is suspect from now on.

@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 use super::backplane::Backplane;
 use super::journal::{Journal, Replay};
-use crate::core::{mask_of, Core, WriteIf};
+use crate::core::{Core, WriteIf};
 use crate::error::Error;
 use crate::key::Key;
 use crate::model::{Cacheable, Invalidation, InvalidationReport, RedisOutcome};
@@ -186,9 +186,10 @@ impl Invalidator {
         // neither now nor until the Redis half is done (dropping `in_progress` ends it); and
         // until then no load reads Redis, which may still hold it.
         let in_progress = if remote.configured() {
-            core.flights().begin_invalidation_of_redis(mask_of(inv))
+            core.flights()
+                .begin_invalidation_of_redis(core.mask_of(inv))
         } else {
-            core.flights().begin_invalidation(mask_of(inv))
+            core.flights().begin_invalidation(core.mask_of(inv))
         };
         in_progress.stores_landed().await;
         let unknown_classes = core.class_ids(inv).1;
@@ -244,9 +245,9 @@ impl Invalidator {
         let configured = core.has_redis();
         let in_progress = if configured {
             core.flights()
-                .begin_invalidation_of_redis(mask_of(&changed))
+                .begin_invalidation_of_redis(core.mask_of(&changed))
         } else {
-            core.flights().begin_invalidation(mask_of(&changed))
+            core.flights().begin_invalidation(core.mask_of(&changed))
         };
         in_progress.stores_landed().await;
         // Unconditional: an explicit write is the newest value, and loads that read before it
@@ -291,7 +292,7 @@ impl Invalidator {
     pub(crate) async fn apply_from_peer(&self, core: &Core, inv: &Invalidation) {
         // Remove at once for a prompt effect; if stores were already past their check, let
         // them land and remove again.
-        let in_progress = core.flights().begin_invalidation(mask_of(inv));
+        let in_progress = core.flights().begin_invalidation(core.mask_of(inv));
         core.apply_local(inv);
         if !in_progress.stores_idle() {
             in_progress.stores_landed().await;
@@ -402,9 +403,10 @@ impl Invalidator {
         reapplied
     }
 
-    /// At the end of a gap in this instance's channel: applies to the local store what the
-    /// other instances published since `since`, from the invalidation log. False if the log
-    /// cannot tell (then the caller must not trust entries from before the gap).
+    /// At the end of a gap in this instance's channel, or after messages were lost to a slow
+    /// reader: applies to the local store what the other instances published since `since`,
+    /// from the invalidation log. False if the log cannot tell (then the caller must not
+    /// trust entries from before `since`).
     pub(crate) async fn catch_up_since(&self, core: &Core, since: SystemTime) -> bool {
         self.catch_up_since_via(core, &self.remote(core), since)
             .await
@@ -421,7 +423,7 @@ impl Invalidator {
                 if !missed.is_empty() {
                     tracing::info!(
                         missed = missed.len(),
-                        "invalidations published during the channel's gap applied from the log"
+                        "invalidations the channel did not deliver applied from the log"
                     );
                 }
                 for inv in &missed {
@@ -439,7 +441,9 @@ impl Invalidator {
 /// into its local store, and it skips its own published messages. So it is fenced like a new
 /// one and cleaned locally too, after Redis.
 async fn apply_again(core: &Core, remote: &impl Remote, inv: &Invalidation) -> Result<u64, Error> {
-    let in_progress = core.flights().begin_invalidation_of_redis(mask_of(inv));
+    let in_progress = core
+        .flights()
+        .begin_invalidation_of_redis(core.mask_of(inv));
     in_progress.stores_landed().await;
     let removed = apply_remote(remote, inv).await?;
     core.apply_local(inv);
