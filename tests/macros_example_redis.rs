@@ -21,7 +21,7 @@ async fn in_use(cache: &Cache) {
 }
 
 fn exists(server: &RedisServer, key: &str) -> bool {
-    server.cmd(&["EXISTS", key]).as_int() == Some(1)
+    server.holds_entry(key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,7 +85,7 @@ impl Groups {
 }
 
 fn exists(server: &RedisServer, key: &str) -> bool {
-    server.cmd(&["EXISTS", key]).as_int() == Some(1)
+    server.holds_entry(key)
 }
 
 const ANN: &str = "macros-redis:permissions:user:groups:ann";

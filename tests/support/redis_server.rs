@@ -577,6 +577,15 @@ impl RedisServer {
     }
 
     /// Runs a command; panics on a transport error (an error reply is returned).
+    /// Whether `key` holds a cache entry: present, and not the short tombstone a key
+    /// invalidation leaves in an entry's place (`SC`, version 0, 8 bytes).
+    pub fn holds_entry(&self, key: &str) -> bool {
+        match self.cmd(&["GET", key]).as_bytes() {
+            Some(bytes) => !(bytes.len() == 11 && bytes.starts_with(b"SC\0")),
+            None => false,
+        }
+    }
+
     pub fn cmd<A: AsRef<[u8]>>(&self, args: &[A]) -> RespValue {
         self.try_cmd(args).unwrap_or_else(|e| panic!("{e}"))
     }
