@@ -331,6 +331,22 @@ async fn sentinel_master_sigkill() {
     let c = cache(group.url(), "sk");
     in_use(&c).await;
     fill(&c).await;
+    // Writes newer than the last heartbeat that reached the replicas count as possibly lost
+    // in a failover (and are undone); these must not be, so a heartbeat goes first.
+    let filled = start_ms();
+    until(
+        "a heartbeat after the writes",
+        Duration::from_secs(5),
+        || {
+            group
+                .master()
+                .cmd(&["GET", "sk:~hb"])
+                .as_text()
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|hb| hb > filled)
+        },
+    )
+    .await;
     group.wait_for_replicas(2, Duration::from_secs(10));
     let traffic = Traffic::start(&c);
     let old = group.kill_master();

@@ -8,7 +8,7 @@ use crate::coherence::{self, Backplane, Invalidator, Journal, MonitorConfig};
 use crate::core::{self, Breaker, Core};
 use crate::error::Error;
 use crate::key::check_name;
-use crate::model::{Class, Classes, OutagePolicy};
+use crate::model::{Class, Classes, FlushScope, OutagePolicy};
 use crate::redis::{RedisSettings, RedisStore};
 use crate::store::{Codec, LocalCapacity, LocalStore};
 
@@ -178,13 +178,21 @@ impl CacheBuilder {
 
     /// Most invalidation operations kept while Redis is down (default 10,000); past it,
     /// recovery flushes the whole namespace.
+    ///
+    /// As many applied ones are remembered, so that when Redis comes back without writes it
+    /// had acknowledged (restarted from a snapshot, or a failover) every invalidation made
+    /// since the data's age is applied again. If the data is older than the oldest
+    /// remembered one, and invalidations were forgotten since, recovery flushes the whole
+    /// namespace too: it is the only scope certain to cover them.
     pub fn journal_capacity(mut self, n: usize) -> Self {
         self.journal_capacity = n;
         self
     }
 
-    /// How far back invalidations are re-applied after a Sentinel master switch, since
-    /// writes to the old master may be lost (default 30 s).
+    /// How far back invalidations are re-applied at least, after a Sentinel master switch
+    /// or any recovery, since writes acknowledged by an old master may be lost (default
+    /// 30 s). After a restart from a snapshot older than this, they are re-applied from the
+    /// snapshot's age (see [`journal_capacity`](Self::journal_capacity)).
     pub fn failover_replay_window(mut self, window: Duration) -> Self {
         self.failover_replay_window = window;
         self
@@ -251,8 +259,16 @@ impl CacheBuilder {
             breaker: Breaker::new(self.failure_threshold),
             command_timeout: self.command_timeout,
         }));
+        // Past the age at which recovery flushes everything, a remembered invalidation is of
+        // no more use.
+        let memory_horizon = self
+            .policy
+            .tiers()
+            .iter()
+            .find(|t| t.scope == FlushScope::All)
+            .map(|t| t.from.max(self.failover_replay_window));
         let invalidator = Arc::new(Invalidator::new(
-            Journal::new(self.journal_capacity, self.failover_replay_window),
+            Journal::new(self.journal_capacity, memory_horizon),
             backplane,
         ));
         if let Some(settings) = &settings {
@@ -260,6 +276,7 @@ impl CacheBuilder {
                 probe_interval: self.probe_interval,
                 recovery_probes: self.recovery_probes.max(1),
                 policy: self.policy,
+                reapply_window: self.failover_replay_window,
             };
             coherence::spawn(&core, &invalidator, settings, monitor);
         }

@@ -32,8 +32,9 @@ pub(crate) fn spawn(
     settings: &RedisSettings,
     monitor: MonitorConfig,
 ) {
+    let reapply_window = monitor.reapply_window;
     monitor::spawn(core, invalidator, monitor);
     backplane::spawn(core, invalidator, settings);
-    sentinel_watch::spawn(core, invalidator, &settings.url);
+    sentinel_watch::spawn(core, invalidator, &settings.url, reapply_window);
     suspect_writes::spawn(core, invalidator);
 }

@@ -28,6 +28,8 @@ pub(crate) struct MonitorConfig {
     pub(crate) probe_interval: Duration,
     pub(crate) recovery_probes: u32,
     pub(crate) policy: OutagePolicy,
+    /// The least window of invalidations re-applied after any recovery.
+    pub(crate) reapply_window: Duration,
 }
 
 /// Starts the monitor and the listener of fred's connection events; they stop when the last
@@ -87,8 +89,16 @@ impl Monitor {
                     Ok(()) => {
                         probe_failures = 0;
                         breaker.record_success();
-                        if let Err(error) = redis.write_heartbeat().await {
-                            tracing::debug!(%error, "heartbeat not written");
+                        match redis.write_heartbeat(true).await {
+                            Ok(true) => {}
+                            // Not an outage as seen from here, but Redis came back without
+                            // what it had acknowledged: recovered like one.
+                            Ok(false) => breaker.trip(
+                                "Redis lost acknowledged writes (this instance's heartbeat \
+                                 went back in time): restarted from a snapshot, or failed over \
+                                 to a lagging replica",
+                            ),
+                            Err(error) => tracing::debug!(%error, "heartbeat not written"),
                         }
                         if self.invalidator.journal().has_pending() {
                             if let Err(error) = self.invalidator.drain_journal(&core).await {
@@ -147,24 +157,32 @@ impl Monitor {
         // old data all the same (restored from a snapshot while the service restarted), so
         // its age is read before anything writes a fresh heartbeat.
         let first_connect = length.is_none();
-        let data_age = match redis.heartbeat_age().await {
-            Ok(age) => age,
+        let heartbeats = match redis.heartbeats().await {
+            Ok(found) => found,
             Err(error) => {
                 tracing::debug!(%error, "heartbeat unreadable; recovery postponed");
                 breaker.back_to_down();
                 return;
             }
         };
+        // Redis may have come back without writes it had acknowledged (a restart from a
+        // snapshot, a failover that lost the old master's last writes): every invalidation
+        // made since the data's age goes again before Redis is read. Taken before the journal
+        // replay, which remembers what it applies.
+        let (invalidations_since, writes_since) =
+            recovery::reapply_window(self.config.reapply_window, heartbeats);
+        let remembered = self
+            .invalidator
+            .journal()
+            .remembered(invalidations_since, writes_since);
+        let data_age = heartbeats.data_age;
         // The journal first: the other instances are waiting for it.
         let Ok(replayed) = self.invalidator.replay_journal(core).await else {
             breaker.back_to_down();
             return;
         };
-        // Redis may have come back without writes it had acknowledged (a restart from a
-        // snapshot, a failover that lost the old master's last writes): the invalidations of
-        // the remembered window go again before Redis is read. What fails is journaled, and
-        // then recovery waits for the next probe.
-        let reapplied = self.invalidator.reapply_recent(core).await;
+        // What fails is journaled, and then recovery waits for the next probe.
+        let reapplied = self.invalidator.reapply(core, remembered).await;
         if self.invalidator.journal().has_pending()
             && self.invalidator.replay_journal(core).await.is_err()
         {
@@ -177,6 +195,7 @@ impl Monitor {
                 length,
                 data_age,
                 journal_overflowed: replayed.overflowed,
+                memory_incomplete: !reapplied.complete,
             },
         );
         let mut flushed = 0;
@@ -193,7 +212,7 @@ impl Monitor {
                 }
             }
         }
-        if let Err(error) = redis.write_heartbeat().await {
+        if let Err(error) = redis.write_heartbeat(false).await {
             tracing::debug!(%error, "heartbeat not written");
         }
         let outage_len = length.unwrap_or(Duration::ZERO);
@@ -210,10 +229,17 @@ impl Monitor {
                     journal_overflowed: replayed.overflowed,
                 }
             });
-        if reapplied > 0 {
+        if reapplied.count > 0 {
             tracing::info!(
-                reapplied,
+                reapplied = reapplied.count,
                 "recent invalidations applied again after the outage"
+            );
+        }
+        if !reapplied.complete {
+            tracing::warn!(
+                data_age_ms = data_age.map(|d| d.as_millis() as u64),
+                "Redis came back older than the invalidations this process still remembers; \
+                 the whole namespace is flushed"
             );
         }
         if first_connect {

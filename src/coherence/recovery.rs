@@ -4,11 +4,13 @@
 //! data Redis came back with is (see [`OutagePolicy`]). On the first connection since start
 //! this process missed nothing, so the data's age alone decides: Redis may have been
 //! restored from an old snapshot while the service restarted. A journal that overflowed lost
-//! invalidations that only a namespace flush is certain to cover.
+//! invalidations that only a namespace flush is certain to cover, and so did a memory of
+//! applied invalidations that no longer reaches back to the data's age.
 
 use std::time::Duration;
 
 use crate::model::{FlushScope, OutagePolicy};
+use crate::redis::Heartbeats;
 
 /// What recovery knows when it decides.
 #[derive(Clone, Copy, Debug)]
@@ -19,11 +21,38 @@ pub(crate) struct Outage {
     pub(crate) data_age: Option<Duration>,
     /// The journal overflowed during the outage.
     pub(crate) journal_overflowed: bool,
+    /// Invalidations made since the data's age were no longer remembered, so they could not
+    /// be applied again.
+    pub(crate) memory_incomplete: bool,
+}
+
+/// How far back the remembered invalidations, and the remembered writes, are applied again.
+///
+/// Everything since this instance's own heartbeat in the data Redis came back with (what was
+/// applied before that heartbeat was written is in the data, as it went first on the same
+/// connection; a little more, for the wall clock the heartbeat carries against the monotonic
+/// one the memory uses), all of them if the data predates its first
+/// heartbeat, nothing if Redis came back empty. Invalidations go at least `least` back (a
+/// failover's lost writes are not always visible in a heartbeat); writes only as far as the
+/// heartbeat shows, since re-applying one removes the value written.
+pub(crate) fn reapply_window(least: Duration, heartbeats: Heartbeats) -> (Duration, Duration) {
+    if heartbeats.data_age.is_none() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    match heartbeats.own_age {
+        None => (Duration::MAX, Duration::MAX),
+        Some(age) => {
+            let since_own = age
+                .saturating_add(age / 1000)
+                .saturating_add(Duration::from_millis(20));
+            (least.max(since_own), since_own)
+        }
+    }
 }
 
 /// The scope recovery flushes, locally and in Redis, before Redis is read again.
 pub(crate) fn flush_scope(policy: &OutagePolicy, outage: Outage) -> FlushScope {
-    if outage.journal_overflowed {
+    if outage.journal_overflowed || outage.memory_incomplete {
         return FlushScope::All;
     }
     policy
@@ -42,6 +71,7 @@ mod tests {
             length,
             data_age,
             journal_overflowed: false,
+            memory_incomplete: false,
         }
     }
 
@@ -81,16 +111,40 @@ mod tests {
     }
 
     #[test]
-    fn an_overflowed_journal_flushes_everything() {
+    fn an_overflowed_journal_or_a_forgetful_memory_flushes_everything() {
         let p = OutagePolicy::default();
         for length in [None, Some(Duration::from_secs(1))] {
             let o = Outage {
                 length,
                 data_age: None,
                 journal_overflowed: true,
+                memory_incomplete: false,
+            };
+            assert_eq!(flush_scope(&p, o), FlushScope::All);
+            let o = Outage {
+                journal_overflowed: false,
+                memory_incomplete: true,
+                ..o
             };
             assert_eq!(flush_scope(&p, o), FlushScope::All);
         }
+    }
+
+    #[test]
+    fn everything_since_the_own_heartbeat_is_applied_again() {
+        let least = Duration::from_secs(30);
+        let window = |data_age, own_age| reapply_window(least, Heartbeats { data_age, own_age });
+        let (second, now) = (Some(Duration::from_secs(1)), Some(Duration::ZERO));
+        let (s2, s40) = (Duration::from_secs(2), Duration::from_secs(40));
+        let slack = |age: Duration| age + age / 1000 + Duration::from_millis(20);
+        assert_eq!(window(None, now), (Duration::ZERO, Duration::ZERO), "empty");
+        assert_eq!(window(second, Some(s2)), (least, slack(s2)));
+        assert_eq!(window(second, Some(s40)), (slack(s40), slack(s40)));
+        assert_eq!(
+            window(second, None),
+            (Duration::MAX, Duration::MAX),
+            "older than this process's first heartbeat"
+        );
     }
 
     #[test]

@@ -17,7 +17,12 @@ use crate::redis::master_switches;
 
 /// Starts the watcher for a `redis-sentinel://` URL; nothing for other URLs. It stops within
 /// a second of the last cache handle being dropped.
-pub(crate) fn spawn(core: &Arc<Core>, invalidator: &Arc<Invalidator>, url: &str) {
+pub(crate) fn spawn(
+    core: &Arc<Core>,
+    invalidator: &Arc<Invalidator>,
+    url: &str,
+    reapply_window: Duration,
+) {
     let Some(mut switches) = master_switches(url) else {
         return;
     };
@@ -30,7 +35,9 @@ pub(crate) fn spawn(core: &Arc<Core>, invalidator: &Arc<Invalidator>, url: &str)
                 break;
             }
             match switch {
-                Ok(Some(new_master)) => on_switch(&core, &invalidator, &new_master).await,
+                Ok(Some(new_master)) => {
+                    on_switch(&core, &invalidator, &new_master, reapply_window).await;
+                }
                 Ok(None) => break,
                 Err(_) => continue,
             }
@@ -38,7 +45,12 @@ pub(crate) fn spawn(core: &Arc<Core>, invalidator: &Arc<Invalidator>, url: &str)
     });
 }
 
-async fn on_switch(core: &Weak<Core>, invalidator: &Invalidator, new_master: &str) {
+async fn on_switch(
+    core: &Weak<Core>,
+    invalidator: &Invalidator,
+    new_master: &str,
+    reapply_window: Duration,
+) {
     let Some(core) = core.upgrade() else { return };
     let Some(redis) = core.redis_always() else {
         return;
@@ -60,9 +72,9 @@ async fn on_switch(core: &Weak<Core>, invalidator: &Invalidator, new_master: &st
     {
         core.breaker().trip("reconnecting to the new master failed");
     }
-    let reapplied = invalidator.reapply_recent(&core).await;
+    let reapplied = invalidator.reapply_recent(&core, reapply_window).await;
     tracing::info!(
-        reapplied,
+        reapplied = reapplied.count,
         "recent invalidations re-applied to the new master"
     );
     core.breaker().poke();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{RedisSettings, Removed, Seen, WriteOutcome};
+use super::{Heartbeats, RedisSettings, Removed, Seen, WriteOutcome};
 use crate::error::Error;
 use crate::key::Key;
 
@@ -81,10 +81,10 @@ impl RedisStore {
     pub(crate) async fn ping(&self) -> Result<(), Error> {
         match *self {}
     }
-    pub(crate) async fn write_heartbeat(&self) -> Result<(), Error> {
+    pub(crate) async fn write_heartbeat(&self, _: bool) -> Result<bool, Error> {
         match *self {}
     }
-    pub(crate) async fn heartbeat_age(&self) -> Result<Option<Duration>, Error> {
+    pub(crate) async fn heartbeats(&self) -> Result<Heartbeats, Error> {
         match *self {}
     }
     pub(crate) fn events(&self) -> ConnectionEvents {

@@ -69,6 +69,18 @@ pub(crate) enum Seen {
     Bytes(bytes::Bytes),
 }
 
+/// What the heartbeats in Redis say after an outage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Heartbeats {
+    /// The age of the oldest shared heartbeat: how old the data is (`None`: Redis came back
+    /// empty).
+    pub(crate) data_age: Option<std::time::Duration>,
+    /// The age of this instance's own oldest heartbeat: every invalidation it made since may
+    /// be missing. `None` if the data predates this instance's first heartbeat, so that any
+    /// of them may be; `Some(ZERO)` if Redis came back empty.
+    pub(crate) own_age: Option<std::time::Duration>,
+}
+
 /// What a conditional write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WriteOutcome {

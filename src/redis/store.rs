@@ -13,7 +13,8 @@
 //!   the tag was invalidated lately (see `lease`). An entry's key may also hold a short-lived
 //!   tombstone left by a key invalidation.
 //!
-//! - `ns:~lock:class:key` — a stampede lock; `ns:~hb` — the heartbeat; `ns:~inv` — the
+//! - `ns:~lock:class:key` — a stampede lock; `ns:~hb` — the heartbeat, `ns:~hb:<instance>`
+//!   each instance's own; `ns:~inv` — the
 //!   invalidation channel; `ns:~invlog` — the log of what was published on it.
 //!
 //! `~` cannot start a class name, so a class's SCAN pattern never meets a tag set, while the
@@ -63,6 +64,11 @@ pub(crate) struct RedisStore {
     /// Whether the Cluster's masters run the per-node UNLINK script; cleared by the first
     /// refusal.
     pub(super) node_scripts: AtomicBool,
+    /// A random id for this process's own keys (its heartbeat).
+    instance: u64,
+    /// Per own heartbeat key: the last value this process saw written, and the last it
+    /// tried to write.
+    own_heartbeats: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
 }
 
 /// A connection event fred reports.
@@ -149,12 +155,31 @@ impl RedisStore {
             scan_batch: settings.scan_batch.max(10),
             in_flight: Semaphore::new(settings.max_in_flight.max(1)),
             node_scripts: AtomicBool::new(true),
+            own_heartbeats: std::sync::Mutex::default(),
+            instance: {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+            },
         })
     }
 
     /// The underlying fred client.
     pub(super) fn client(&self) -> &fred::clients::Client {
         &self.client
+    }
+
+    /// What this process wrote to its own heartbeat keys.
+    pub(super) fn own_heartbeats(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, String)>> {
+        self.own_heartbeats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// This process's id in key names, as 16 hex digits.
+    pub(super) fn instance(&self) -> String {
+        format!("{:016x}", self.instance)
     }
 
     /// `ns:`.

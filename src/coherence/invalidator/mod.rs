@@ -18,8 +18,9 @@
 //! Every publish is also appended, in the same script, to the **invalidation log** in Redis,
 //! so an instance whose channel had a gap applies what it missed when the gap ends.
 //!
-//! Applied invalidations are also remembered for a short window, since a Sentinel failover
-//! can lose writes acknowledged by the old master; they are re-applied to the new one.
+//! Applied invalidations are also remembered, since Redis can lose writes it acknowledged (a
+//! Sentinel failover, the old master's last writes; a restart from a snapshot, everything
+//! since the snapshot); after either they are applied again.
 //!
 //! Redis and the channel are reached through [`Remote`], so the order above is tested
 //! against an in-memory stand-in as well as against real servers.
@@ -30,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 
 use super::backplane::Backplane;
-use super::journal::{Journal, Replay};
+use super::journal::{Journal, Remembered, Replay};
 use crate::core::{Core, WriteIf};
 use crate::error::Error;
 use crate::key::Key;
@@ -86,6 +87,16 @@ pub(crate) struct Replayed {
     pub(crate) applied: usize,
     /// The journal had overflowed: only a namespace flush covers what it lost.
     pub(crate) overflowed: bool,
+}
+
+/// What re-applying the remembered invalidations did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reapplied {
+    /// Invalidations applied to Redis again and published.
+    pub(crate) count: usize,
+    /// False if some made in the window were no longer remembered: only a namespace flush
+    /// covers those.
+    pub(crate) complete: bool,
 }
 
 /// Applies invalidations everywhere; see the module docs. Holds no [`Core`]: each call is
@@ -269,7 +280,10 @@ impl Invalidator {
                     false
                 }
             };
-        if !told {
+        if told {
+            // A restore from a snapshot would bring the old value back.
+            self.journal.remember_write(&changed);
+        } else {
             self.journal.push(changed);
             core.breaker().poke();
         }
@@ -322,6 +336,7 @@ impl Invalidator {
                 });
                 return Err(error);
             }
+            self.journal.remember(inv);
             applied += 1;
         }
         if applied > 0 {
@@ -367,7 +382,10 @@ impl Invalidator {
     ) -> Result<u64, Error> {
         core.apply_local(&inv);
         match apply_remote(remote, &inv).await {
-            Ok(removed) => Ok(removed),
+            Ok(removed) => {
+                self.journal.remember(&inv);
+                Ok(removed)
+            }
             Err(error) => {
                 tracing::warn!(%error, "outage flush interrupted; Redis is down again");
                 if overflowed {
@@ -383,16 +401,30 @@ impl Invalidator {
         }
     }
 
-    /// After a Sentinel master switch: re-applies the invalidations of the replay window,
-    /// since the old master may have lost them; a failure goes to the journal. Returns how
-    /// many were re-applied.
-    pub(crate) async fn reapply_recent(&self, core: &Core) -> usize {
-        self.reapply_recent_via(core, &self.remote(core)).await
+    /// Re-applies the invalidations made in the last `age`, since Redis may have lost them
+    /// (a Sentinel master switch loses the old master's last writes). A failure goes to the
+    /// journal.
+    pub(crate) async fn reapply_recent(&self, core: &Core, age: Duration) -> Reapplied {
+        // Writes are not re-applied on a switch alone: nothing says they were lost, and
+        // re-applying one removes the value written.
+        self.reapply(core, self.journal.remembered(age, Duration::ZERO))
+            .await
     }
 
-    async fn reapply_recent_via(&self, core: &Core, remote: &impl Remote) -> usize {
+    /// Re-applies `remembered` (taken from [`Journal::remembered`] before a journal replay,
+    /// so that what the replay applies is not applied twice).
+    pub(crate) async fn reapply(&self, core: &Core, remembered: Remembered) -> Reapplied {
+        self.reapply_via(core, &self.remote(core), remembered).await
+    }
+
+    async fn reapply_via(
+        &self,
+        core: &Core,
+        remote: &impl Remote,
+        remembered: Remembered,
+    ) -> Reapplied {
         let mut reapplied = 0;
-        for inv in self.journal.recent() {
+        for inv in remembered.invalidations {
             match apply_again(core, remote, &inv).await {
                 Ok(_) => reapplied += 1,
                 Err(_) => {
@@ -400,7 +432,10 @@ impl Invalidator {
                 }
             }
         }
-        reapplied
+        Reapplied {
+            count: reapplied,
+            complete: remembered.complete,
+        }
     }
 
     /// At the end of a gap in this instance's channel, or after messages were lost to a slow

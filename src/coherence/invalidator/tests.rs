@@ -122,7 +122,7 @@ fn healthy_core() -> Core {
 }
 
 fn invalidator() -> Invalidator {
-    Invalidator::new(Journal::new(100, Duration::from_secs(30)), None)
+    Invalidator::new(Journal::new(100, None), None)
 }
 
 fn key(name: &str) -> Key {
@@ -206,7 +206,13 @@ async fn an_applied_invalidation_is_remembered_not_journaled() {
     assert_eq!(report.redis_keys_removed, 2, "what the remote removed");
     assert!(!cached(&core, &a));
     assert_eq!(invalidator.journal().len(), 0);
-    assert_eq!(invalidator.journal().recent(), [inv("a")]);
+    assert_eq!(
+        invalidator
+            .journal()
+            .remembered(Duration::from_secs(30), Duration::ZERO)
+            .invalidations,
+        [inv("a")]
+    );
 }
 
 #[tokio::test]
@@ -238,7 +244,11 @@ async fn a_failed_remove_journals_and_counts_against_the_breaker() {
         "the local store is cleaned all the same"
     );
     assert_eq!(invalidator.journal().len(), 1);
-    assert!(invalidator.journal().recent().is_empty());
+    assert!(invalidator
+        .journal()
+        .remembered(Duration::from_secs(30), Duration::ZERO)
+        .invalidations
+        .is_empty());
     assert_eq!(core.stats().snapshot().redis_errors, 1);
     assert!(core.breaker().allows_requests(), "one failure of three");
     invalidator
@@ -269,7 +279,11 @@ async fn a_failed_publish_journals_too() {
     );
     assert_eq!(report.redis, RedisOutcome::Journaled { overflowed: false });
     assert_eq!(invalidator.journal().take().invalidations, [inv("a")]);
-    assert!(invalidator.journal().recent().is_empty());
+    assert!(invalidator
+        .journal()
+        .remembered(Duration::from_secs(30), Duration::ZERO)
+        .invalidations
+        .is_empty());
 }
 
 #[tokio::test]
@@ -308,7 +322,7 @@ async fn without_redis_only_the_local_store_is_cleaned() {
 #[tokio::test]
 async fn a_full_journal_reports_the_overflow() {
     let core = core();
-    let invalidator = Invalidator::new(Journal::new(1, Duration::from_secs(30)), None);
+    let invalidator = Invalidator::new(Journal::new(1, None), None);
     let remote = FakeRemote::new();
     let first = invalidator
         .invalidate_via(&core, &remote, &inv("a"), || {})
@@ -368,7 +382,7 @@ async fn an_empty_journal_replays_nothing() {
 
 #[tokio::test]
 async fn a_replay_reports_an_overflowed_journal() {
-    let invalidator = Invalidator::new(Journal::new(1, Duration::from_secs(30)), None);
+    let invalidator = Invalidator::new(Journal::new(1, None), None);
     invalidator.journal().push(inv("a"));
     invalidator.journal().push(inv("b"));
     let replayed = invalidator
@@ -487,7 +501,22 @@ async fn after_a_failover_recent_invalidations_are_applied_again_in_order() {
         .invalidate_via(&core, &FakeRemote::new(), &inv("b"), || {})
         .await;
     let remote = FakeRemote::new();
-    assert_eq!(invalidator.reapply_recent_via(&core, &remote).await, 2);
+    let reapplied = invalidator
+        .reapply_via(
+            &core,
+            &remote,
+            invalidator
+                .journal()
+                .remembered(Duration::from_secs(30), Duration::ZERO),
+        )
+        .await;
+    assert_eq!(
+        reapplied,
+        Reapplied {
+            count: 2,
+            complete: true
+        }
+    );
     assert_eq!(
         remote.steps(),
         [
@@ -511,7 +540,16 @@ async fn a_failed_reapply_goes_to_the_journal() {
     }
     let remote = FakeRemote::new();
     remote.fail_removes_from.set(Some(1));
-    assert_eq!(invalidator.reapply_recent_via(&core, &remote).await, 1);
+    let reapplied = invalidator
+        .reapply_via(
+            &core,
+            &remote,
+            invalidator
+                .journal()
+                .remembered(Duration::from_secs(30), Duration::ZERO),
+        )
+        .await;
+    assert_eq!(reapplied.count, 1);
     assert_eq!(invalidator.journal().take().invalidations, [inv("b")]);
 }
 
