@@ -355,6 +355,93 @@ fn main() {
     figure1("raw_moka_bytes_per_entry", raw_bytes, "B");
     figure1("l1_bytes_per_entry", l1_bytes, "B");
     figure1("l1_bytes_vs_raw_moka", l1_bytes / raw_bytes, "x");
+
+    // --- The L1 hit with telemetry on ----------------------------------------------------
+    // Last, since both are global: a tracing subscriber at INFO (the read spans are DEBUG),
+    // then a metrics recorder, each measured beside raw moka in the same runs.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("no subscriber yet");
+    let (with_subscriber, raw_then) = l1_beside_raw(&rt, &cache, &raw, &prebuilt, iters);
+    figure(
+        "l1_hit_with_subscriber_ns",
+        summarize(with_subscriber.clone()),
+        "ns",
+    );
+    figure(
+        "l1_hit_with_subscriber_vs_raw_moka",
+        summarize(ratios_of(&with_subscriber, &raw_then)),
+        "x",
+    );
+    let _recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("no recorder yet");
+    // Built after the recorder: its handles report to it.
+    let recorded = Cache::builder("bench-recorded").build().expect("cache");
+    rt.block_on(async {
+        for i in 0..1000u32 {
+            let v = value.clone();
+            let _: String = recorded
+                .get_or_load(
+                    Key::builder("user:groups:").value(i).build(),
+                    &opts,
+                    || async { v },
+                )
+                .await;
+        }
+    });
+    let (with_recorder, raw_then) = l1_beside_raw(&rt, &recorded, &raw, &prebuilt, iters);
+    figure(
+        "l1_hit_with_recorder_ns",
+        summarize(with_recorder.clone()),
+        "ns",
+    );
+    figure(
+        "l1_hit_with_recorder_vs_raw_moka",
+        summarize(ratios_of(&with_recorder, &raw_then)),
+        "x",
+    );
+}
+
+/// L1 hits of `cache` (keys `user:groups:0..1000`, all warm) and raw moka gets of the same
+/// keys, interleaved, [`RUNS`] of each after a warm-up pair: (stormcache, raw moka) ns/op.
+fn l1_beside_raw(
+    rt: &tokio::runtime::Runtime,
+    cache: &Cache,
+    raw: &moka::sync::Cache<String, String>,
+    prebuilt: &[String],
+    iters: u64,
+) -> (Vec<f64>, Vec<f64>) {
+    let opts = EntryOptions::new();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..=RUNS {
+        theirs.push(common::ns_per_iter(iters, |i| {
+            std::hint::black_box(raw.get(&prebuilt[(i % 1000) as usize]));
+        }));
+        ours.push(rt.block_on(async {
+            let started = Instant::now();
+            for i in 0..iters {
+                let v: String = cache
+                    .get_or_load(
+                        Key::builder("user:groups:")
+                            .value((i % 1000) as u32)
+                            .build(),
+                        &opts,
+                        || async { unreachable!("all keys are warm") },
+                    )
+                    .await;
+                std::hint::black_box(v);
+            }
+            started.elapsed().as_nanos() as f64 / iters as f64
+        }));
+    }
+    (ours[1..].to_vec(), theirs[1..].to_vec())
+}
+
+fn ratios_of(ours: &[f64], theirs: &[f64]) -> Vec<f64> {
+    ours.iter().zip(theirs).map(|(a, b)| a / b).collect()
 }
 
 /// 64 tasks read keys `0..KEYS` once between them; ops per second.

@@ -15,6 +15,8 @@
 //! | `POST /groups/{g}/members/{u}` | adds `u` to `g` | invalidates `user:groups:{u}`, `resources:{u}`, tag `user:{u}` |
 //! | `DELETE /groups/{g}/members/{u}` | removes `u` from `g` | the same |
 //! | `/admin/status`, `/admin/invalidate`, `/admin/flush` | operator endpoints | bearer token from `ADMIN_TOKEN` |
+//! | `/admin/healthz`, `/admin/readyz` | liveness, readiness (Redis in use and coherent, or no Redis configured) | no credentials |
+//! | `/metrics` | Prometheus metrics (see `dashboards/stormcache.json`) | no credentials |
 //!
 //! Two levels of caching are at work. The handlers read the "database" through
 //! [`Cache::get_or_load`] — three layers of different volatility — and the GET
@@ -36,7 +38,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -44,6 +46,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use stormcache::layer::{CacheLayer, InvalidateLayer};
 use stormcache::{Cache, Class, EntryOptions, Key, KeyTemplate};
@@ -265,7 +268,12 @@ async fn remove_member(
 
 /// The whole application: the routes listed in the module docs over `db`, the admin router
 /// under `/admin`.
-pub fn app(cache: Cache, db: Db, admin_token: Option<String>) -> Result<Router, stormcache::Error> {
+pub fn app(
+    cache: Cache,
+    db: Db,
+    admin_token: Option<String>,
+    metrics: Option<PrometheusHandle>,
+) -> Result<Router, stormcache::Error> {
     let template = KeyTemplate::parse;
     // Per-user responses: volatile like the data they show, tagged with the user.
     let per_user = CacheLayer::new(cache.clone())
@@ -279,7 +287,11 @@ pub fn app(cache: Cache, db: Db, admin_token: Option<String>) -> Result<Router, 
         .key(template("resources:{u}")?)
         .tag(template("user:{u}")?);
 
-    Ok(Router::new()
+    let mut router = Router::new();
+    if let Some(handle) = metrics {
+        router = router.route("/metrics", get(move || async move { handle.render() }));
+    }
+    Ok(router
         .route(
             "/resources",
             get(get_resources).route_layer(CacheLayer::new(cache.clone()).class("resources")),
@@ -303,6 +315,15 @@ pub fn app(cache: Cache, db: Db, admin_token: Option<String>) -> Result<Router, 
             stormcache::admin::router(cache.clone(), admin_token),
         )
         .with_state(AppState { cache, db }))
+}
+
+/// The process's Prometheus recorder, installed on first call. Caches register their series
+/// when they are built, so this comes first. `None` if another recorder was installed.
+pub fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
 }
 
 /// Where the app listens and what it talks to, from the environment.
@@ -342,6 +363,7 @@ fn masked(url: &str) -> String {
 pub async fn start(
     settings: Settings,
 ) -> Result<(TcpListener, Router, SocketAddr), Box<dyn std::error::Error>> {
+    let metrics = prometheus();
     let cache = build_cache(settings.redis_url.clone())?;
     let listener = TcpListener::bind(&settings.addr).await?;
     let addr = listener.local_addr()?;
@@ -356,7 +378,7 @@ pub async fn start(
     if settings.admin_token.is_none() {
         tracing::info!("no ADMIN_TOKEN: /admin answers 401");
     }
-    let app = app(cache, Db::default(), settings.admin_token)?;
+    let app = app(cache, Db::default(), settings.admin_token, metrics)?;
     Ok((listener, app, addr))
 }
 

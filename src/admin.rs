@@ -10,8 +10,10 @@
 //! | `GET /status` | the cache's [`Status`](crate::Status) as JSON |
 //! | `POST /invalidate` `{"keys": [..], "tags": [..], "class": ".."}` | removes keys, tagged entries and/or a class |
 //! | `POST /flush` `{"scope": "volatile" \| "all" \| "<class>"}` | flushes the volatile classes, everything, or one class |
+//! | `GET /healthz` | `200 ok`: liveness, no credentials needed |
+//! | `GET /readyz` | `200 ready` when [`Cache::is_ready`], else `503 not ready`; no credentials needed |
 //!
-//! Every request needs `Authorization: Bearer <token>`; the token is compared in constant
+//! Every other request needs `Authorization: Bearer <token>`; the token is compared in constant
 //! time. Without it, with a wrong one, and for every request when no token is configured,
 //! the answer is `401`. Bodies are JSON of at most [`MAX_BODY_BYTES`] (`413` past it);
 //! malformed JSON, unknown fields, an unknown class or a malformed key get `400` with a
@@ -54,7 +56,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -111,6 +113,10 @@ where
         );
     }
     let admin = Arc::new(Admin { cache, token });
+    // The probes answer without credentials, and say nothing but yes or no.
+    let probes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     Router::new()
         .route("/status", get(status))
         .route("/invalidate", post(invalidate))
@@ -120,7 +126,31 @@ where
             Arc::clone(&admin),
             authenticate,
         ))
+        .merge(probes)
+        .layer(middleware::map_response(no_store))
         .with_state(admin)
+}
+
+/// Nothing the admin router answers is for a cache to keep.
+async fn no_store(mut res: Response) -> Response {
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: Redis in use and the invalidation channel confirmed, or no Redis configured
+/// (see [`Cache::is_ready`]); `503` otherwise.
+async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+    if admin.cache.is_ready() {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
 }
 
 /// Why an admin request is refused; answered as `{"error": "..."}`.

@@ -111,9 +111,9 @@ pub use crate::cache::{global, install, Cache, CacheBuilder};
 pub use crate::error::{Error, RedisErrorKind};
 pub use crate::key::{Key, KeyBuilder, KeyTemplate};
 pub use crate::model::{
-    BackplaneStatus, Cacheable, Class, Counters, EntryOptions, Fetched, FlushScope, HealthState,
-    Invalidation, InvalidationReport, InvalidationRule, Origin, OutagePolicy, OutageRecord,
-    RedisOutcome, Status, Tier, DEFAULT_CLASS,
+    BackplaneStatus, CacheEvent, Cacheable, Class, Counters, EntryOptions, Fetched, FlushScope,
+    HealthState, Invalidation, InvalidationReport, InvalidationRule, Origin, OutagePolicy,
+    OutageRecord, RedisOutcome, Status, Tier, DEFAULT_CLASS,
 };
 pub use crate::store::{Codec, LocalCapacity};
 #[cfg(feature = "macros")]

@@ -286,3 +286,70 @@ async fn flush_scopes() {
     assert_eq!(cache.get::<u8>(&k("p"), &perms).await, None);
     assert_eq!(cache.get::<u8>(&k("r"), &res).await, None);
 }
+
+#[tokio::test]
+async fn the_probes_answer_without_credentials_and_say_nothing_else() {
+    let local = cache();
+    for token in [None, Some(TOKEN)] {
+        let app = app(&local, token);
+        let (status, value) = call(&app, "GET", "/admin/healthz", None, None).await;
+        assert_eq!(
+            (status, value),
+            (StatusCode::OK, Value::String("ok".into()))
+        );
+        let (status, value) = call(&app, "GET", "/admin/readyz", None, None).await;
+        assert_eq!(
+            (status, value),
+            (StatusCode::OK, Value::String("ready".into())),
+            "a local-only cache is ready by configuration"
+        );
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn with_redis_configured_and_not_answering_it_is_alive_but_not_ready() {
+    let unreachable = with_permissions_and_resources(Cache::builder("admin-tests"))
+        .redis_url("redis://127.0.0.1:1".to_owned())
+        .build()
+        .expect("valid cache");
+    let app = app(&unreachable, Some(TOKEN));
+    let (status, _) = call(&app, "GET", "/admin/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, value) = call(&app, "GET", "/admin/readyz", None, None).await;
+    assert_eq!(
+        (status, value),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Value::String("not ready".into())
+        )
+    );
+}
+
+#[tokio::test]
+async fn nothing_the_admin_router_answers_is_cacheable() {
+    let cache = cache();
+    let app = app(&cache, Some(TOKEN));
+    for (path, auth) in [
+        ("/admin/status", Some(bearer())),
+        ("/admin/status", None),
+        ("/admin/healthz", None),
+        ("/admin/readyz", None),
+    ] {
+        let mut req = Request::get(path);
+        if let Some(auth) = &auth {
+            req = req.header("authorization", auth);
+        }
+        let res = app
+            .clone()
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        assert_eq!(
+            res.headers().get("cache-control").map(|v| v.as_bytes()),
+            Some(&b"no-store"[..]),
+            "{path} (auth: {})",
+            auth.is_some()
+        );
+    }
+}

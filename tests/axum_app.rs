@@ -336,3 +336,80 @@ async fn admin_post(http: &Http, path: &str, body: &str) -> (StatusCode, String)
     let body = res.into_body().collect().await.expect("body").to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// The series and labels one dashboard expression reads: every `stormcache_*` name, and the
+/// labels named in its selectors and `by (…)` clauses (Grafana's own `$…` aside).
+fn dashboard_queries() -> Vec<(String, Vec<String>)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/stormcache.json");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")),
+    )
+    .expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    for panel in json["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let words: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| !w.is_empty())
+                .collect();
+            let mut labels: Vec<String> = Vec::new();
+            // `name=`, `name=~`, `name!=` inside selectors.
+            for part in expr.split(['{', ',']).skip(1) {
+                let name: String = part
+                    .trim_start()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let rest = part.trim_start()[name.len()..].trim_start();
+                if !name.is_empty() && (rest.starts_with('=') || rest.starts_with("!=")) {
+                    labels.push(name);
+                }
+            }
+            // `by (a, b)`.
+            for clause in expr.split("by (").skip(1) {
+                let inside = clause.split(')').next().unwrap_or_default();
+                labels.extend(inside.split(',').map(|l| l.trim().to_owned()));
+            }
+            labels.sort();
+            labels.dedup();
+            for name in words.iter().filter(|w| w.starts_with("stormcache_")) {
+                queries.push(((*name).to_owned(), labels.clone()));
+            }
+        }
+    }
+    queries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_series_the_dashboard_queries_is_exported_with_its_labels() {
+    let server = RedisServer::start();
+    let http = start_app(server.url()).await;
+    http.wait_state("healthy", Duration::from_secs(20)).await;
+    let load = Load::start(&http);
+    load.run_for(300).await;
+    load.finish().await;
+
+    let scrape = http.get("/metrics").await;
+    assert_eq!(scrape.status, StatusCode::OK);
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 13, "{queries:?}");
+    for (name, labels) in queries {
+        let series: Vec<&str> = scrape
+            .body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .collect();
+        assert!(
+            !series.is_empty(),
+            "the dashboard queries {name}, which /metrics does not export:\n{}",
+            scrape.body
+        );
+        for label in labels {
+            assert!(
+                series.iter().any(|s| s.contains(&format!("{label}=\""))),
+                "the dashboard reads {name} by `{label}`, which it does not carry: {series:?}"
+            );
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::Cache;
 use crate::coherence::{self, Backplane, Invalidator, Journal, MonitorConfig};
-use crate::core::{self, Breaker, Core};
+use crate::core::{self, Breaker, Core, Events, Telemetry};
 use crate::error::Error;
 use crate::key::check_name;
 use crate::model::{Class, Classes, FlushScope, OutagePolicy};
@@ -241,7 +241,10 @@ impl CacheBuilder {
         };
         let redis = match &settings {
             None => None,
-            Some(settings) => Some(RedisStore::connect(settings, &self.namespace)?),
+            Some(settings) => Some(
+                RedisStore::connect(settings, &self.namespace)?
+                    .reporting_commands_to(Telemetry::redis_command_histogram(&self.namespace)),
+            ),
         };
         let backplane = (redis.is_some() && self.backplane).then(|| {
             Arc::new(Backplane::new(
@@ -250,14 +253,18 @@ impl CacheBuilder {
                 self.probe_interval,
             ))
         });
+        let events = Events::default();
+        let breaker =
+            Breaker::new(self.failure_threshold).reporting_to(&self.namespace, events.clone());
         let core = Arc::new(Core::new(core::Parts {
             namespace: Arc::from(self.namespace),
             classes,
             local: LocalStore::new(self.capacity),
             redis,
             codec: self.codec,
-            breaker: Breaker::new(self.failure_threshold),
+            breaker,
             command_timeout: self.command_timeout,
+            events: events.clone(),
         }));
         // Past the age at which recovery flushes everything, a remembered invalidation is of
         // no more use.
@@ -268,7 +275,7 @@ impl CacheBuilder {
             .find(|t| t.scope == FlushScope::All)
             .map(|t| t.from.max(self.failover_replay_window));
         let invalidator = Arc::new(Invalidator::new(
-            Journal::new(self.journal_capacity, memory_horizon),
+            Journal::new(self.journal_capacity, memory_horizon).reporting_to(events.clone()),
             backplane,
         ));
         if let Some(settings) = &settings {
@@ -279,6 +286,8 @@ impl CacheBuilder {
                 reapply_window: self.failover_replay_window,
             };
             coherence::spawn(&core, &invalidator, settings, monitor);
+        } else {
+            coherence::spawn_local(&core, &invalidator, self.probe_interval);
         }
         Ok(Cache::from_parts(core, invalidator))
     }

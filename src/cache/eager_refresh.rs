@@ -75,7 +75,7 @@ where
     let Some(hit) = core.lookup::<T>(&local_key).filter(|hit| core.serves(hit)) else {
         return Err((local_key, loader));
     };
-    core.stats().l1_hit();
+    core.stats().l1_hit(local_key.class);
     let ttl = core.ttl_of(local_key.class, options);
     let left = hit.fresh_until.saturating_duration_since(Instant::now());
     let refresh_window = ttl.mul_f64(1.0 - f64::from(threshold) / 1000.0);
@@ -149,8 +149,10 @@ async fn refresh<T, E, F, Fut>(
         };
         leased = lease.map(|lease| (full_key, WriteIf::Unchanged(lease)));
     }
-    core.stats().loader_call();
-    if let Ok(value) = loader().await {
+    let started = Instant::now();
+    let loaded = loader().await;
+    core.stats().refreshed(key.class, started.elapsed());
+    if let Ok(value) = loaded {
         let in_redis = match core.flights().begin_store(epoch) {
             Some(_storing) => {
                 let grace = options.stale_for.unwrap_or(Duration::ZERO);

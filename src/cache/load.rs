@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::stampede::{self, LockOutcome};
 use crate::core::{wait, Core, Epoch, Join, Outcome, RedisRead, WriteIf};
@@ -35,10 +35,11 @@ where
             Join::Waiter(rx) => match wait(rx).await {
                 Outcome::Done(value, origin) => match value.downcast_ref::<T>() {
                     Some(value) => {
+                        core.stats().coalesced(local_key.class);
                         return Ok(Fetched {
                             value: value.clone(),
                             origin,
-                        })
+                        });
                     }
                     // Same key read as another type: not ours to share.
                     None => break None,
@@ -51,7 +52,7 @@ where
     // A flight may have finished between our first look and our joining (or the
     // cancelled leader's successor may have finished): look again before loading.
     if let Some(hit) = core.lookup::<T>(&local_key).filter(|h| core.serves(h)) {
-        core.stats().l1_hit();
+        core.stats().l1_hit(local_key.class);
         if let Some(leader) = leader {
             leader.succeed(Arc::new(hit.value.clone()), Origin::Local);
         }
@@ -127,18 +128,20 @@ where
                 }
             }
             LockOutcome::Filled(value) => {
+                core.stats().coalesced(local_key.class);
                 return Ok(Fetched {
                     value,
                     origin: Origin::Redis,
-                })
+                });
             }
             LockOutcome::Unavailable => {}
         }
     }
 
-    core.stats().miss();
-    core.stats().loader_call();
+    let started = Instant::now();
     let loaded = loader().await;
+    core.stats()
+        .loaded(Some(local_key.class), started.elapsed());
     if let Ok(value) = &loaded {
         // The loader may have read the origin before a change whose invalidation has
         // started since: then the value is returned but not stored.
@@ -166,7 +169,7 @@ where
         }),
         Err(error) => match stale {
             Some(value) => {
-                core.stats().stale_served();
+                core.stats().stale_served(local_key.class);
                 tracing::warn!(key = %local_key.key, "loader failed; serving the stale value inside its grace");
                 Ok(Fetched {
                     value,

@@ -23,12 +23,13 @@ pub use self::builder::CacheBuilder;
 use self::eager_refresh::Refreshing;
 pub use self::global::{global, install};
 use crate::coherence::Invalidator;
-use crate::core::Core;
+use crate::core::{telemetry, Core};
 use crate::key::Key;
 use crate::model::unix_ms;
 use crate::model::{
     Cacheable, Counters, EntryOptions, Fetched, Invalidation, InvalidationReport, Origin, Status,
 };
+use tracing::Instrument;
 
 /// A read-through cache: a local store in front of an optional Redis.
 ///
@@ -175,7 +176,7 @@ impl Cache {
         let local_key = core.local_key(key, options)?;
         match core.lookup::<T>(&local_key) {
             Some(hit) if core.serves(&hit) => {
-                core.stats().l1_hit();
+                core.stats().l1_hit(local_key.class);
                 Ok(hit.value)
             }
             _ => Err(local_key.key),
@@ -201,9 +202,10 @@ impl Cache {
             Ok(local_key) => local_key,
             // An undeclared class: not cached (the core has logged why).
             Err(_) => {
-                core.stats().miss();
-                core.stats().loader_call();
-                return loader().await.map(|value| Fetched {
+                let started = std::time::Instant::now();
+                let loaded = loader().await;
+                core.stats().loaded(None, started.elapsed());
+                return loaded.map(|value| Fetched {
                     value,
                     origin: Origin::Loader,
                 });
@@ -212,7 +214,8 @@ impl Cache {
         let mut stale = None;
         if let Some(hit) = core.lookup::<T>(&local_key) {
             if core.serves(&hit) {
-                core.stats().l1_hit();
+                core.stats().l1_hit(local_key.class);
+                telemetry::local_hit_span(core.namespace(), core.class_name(local_key.class));
                 return Ok(Fetched {
                     value: hit.value,
                     origin: Origin::Local,
@@ -223,11 +226,10 @@ impl Cache {
                 stale = Some(hit.value);
             }
         }
+        let span = telemetry::read_span(core.namespace(), core.class_name(local_key.class));
         // Boxed so the hit path's future stays small.
-        Box::pin(load::load_coalesced(
-            core, local_key, options, stale, loader,
-        ))
-        .await
+        Box::pin(load::load_coalesced(core, local_key, options, stale, loader).instrument(span))
+            .await
     }
 
     /// The cached value of `key`, if any (local store, then Redis); no loader.
@@ -394,6 +396,7 @@ impl Cache {
             state: core.health_state(),
             down_since_ms: breaker.down_since().map(unix_ms),
             last_outage: breaker.last_outage(),
+            outages: breaker.outages(),
             journal_len: journal.len(),
             journal_overflowed: journal.overflowed(),
             local_entries: self.local_entry_count(),
@@ -402,12 +405,11 @@ impl Cache {
         }
     }
 
-    /// Publishes the counters, journal length and health through the `metrics` facade
-    /// (the health monitor does this on every probe when Redis is configured).
+    /// Sets the gauges of the `metrics` facade now: breaker state, journal, local store,
+    /// invalidation channel. A background task does so every probe interval; counters and
+    /// histograms are reported as things happen (see the README's "Operating stormcache").
     pub fn publish_metrics(&self) {
-        self.shared
-            .core
-            .publish_metrics(self.shared.invalidator.journal().len());
+        self.shared.invalidator.publish_gauges(&self.shared.core);
     }
 
     /// Whether requests currently use Redis.
@@ -427,6 +429,42 @@ impl Cache {
             .invalidator
             .backplane()
             .map_or(true, |b| b.is_connected())
+    }
+
+    /// Whether the cache is ready to serve as configured: without Redis, always; with Redis,
+    /// once it is in use and [`coherent`](Self::coherent). What `/readyz` of the
+    /// [admin router](crate::admin::router) answers.
+    ///
+    /// A cache that is not ready still answers every request (from its local store and the
+    /// loader); readiness says whether it does so with Redis behind it.
+    pub fn is_ready(&self) -> bool {
+        !self.has_redis() || (self.redis_in_use() && self.coherent())
+    }
+
+    /// Resolves once the cache [is ready](Self::is_ready), checking every 10 ms: for a
+    /// service that wants Redis in use before it takes traffic. Bound it with a timeout — a
+    /// cache whose Redis never answers is never ready.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stormcache::Error> {
+    /// let cache = stormcache::Cache::builder("docs").build()?;
+    /// let ready = tokio::time::timeout(std::time::Duration::from_secs(5), cache.ready()).await;
+    /// assert!(ready.is_ok(), "a local-only cache is ready at once");
+    /// # Ok(()) }
+    /// ```
+    pub async fn ready(&self) {
+        while !self.is_ready() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// What happens to this cache from now on — the breaker opening, a recovery and what it
+    /// flushed and replayed, gaps in the invalidation channel, a journal overflow, a
+    /// stampede lock wait that timed out — for an application to alert or log on. See
+    /// [`CacheEvent`](crate::CacheEvent).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<crate::model::CacheEvent> {
+        self.shared.core.events().subscribe()
     }
 }
 

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use crate::core::{Core, Epoch, Lease, RedisRead};
-use crate::model::{Cacheable, EntryOptions};
+use crate::model::{CacheEvent, Cacheable, EntryOptions};
 use crate::redis::LockGuard;
 use crate::store::LocalKey;
 
@@ -76,6 +76,7 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
         }
         if Instant::now() + poll >= give_up {
             tracing::warn!(key = %local_key.key, "waited twice the lock's TTL; loading without it");
+            core.events().emit(|| CacheEvent::LockWaitTimedOut);
             return LockOutcome::Unavailable;
         }
         tokio::time::sleep(poll).await;

@@ -18,12 +18,17 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::model::Invalidation;
+use crate::core::Events;
+use crate::model::{CacheEvent, Invalidation};
 
 #[derive(Debug, Default)]
 struct State {
     pending: VecDeque<Invalidation>,
     pending_ops: usize,
+    /// When the journal last went from empty to not.
+    pending_since: Option<Instant>,
+    /// `pending_since` of the last [`Journal::take`], for a [`Journal::restore`].
+    taken_since: Option<Instant>,
     overflowed: bool,
     /// When each was applied, and whether it stands for a write (`Cache::set`).
     recent: VecDeque<(Instant, Invalidation, bool)>,
@@ -55,6 +60,7 @@ pub(crate) struct Journal {
     /// full). Past the age at which recovery flushes everything it is of no more use.
     horizon: Option<Duration>,
     state: Mutex<State>,
+    events: Events,
 }
 
 fn ops(inv: &Invalidation) -> usize {
@@ -74,7 +80,14 @@ impl Journal {
             capacity,
             horizon,
             state: Mutex::new(State::default()),
+            events: Events::default(),
         }
+    }
+
+    /// Reports an overflow to `events`.
+    pub(crate) fn reporting_to(mut self, events: Events) -> Self {
+        self.events = events;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -91,6 +104,7 @@ impl Journal {
                     capacity = self.capacity,
                     "invalidation journal full; recovery will flush the namespace"
                 );
+                self.events.emit(|| CacheEvent::JournalOverflowed);
             }
             s.overflowed = true;
             s.pending.clear();
@@ -99,6 +113,7 @@ impl Journal {
         }
         s.pending_ops += n;
         s.pending.push_back(inv);
+        s.pending_since.get_or_insert_with(Instant::now);
         true
     }
 
@@ -173,6 +188,7 @@ impl Journal {
     pub(crate) fn take(&self) -> Replay {
         let mut s = self.lock();
         s.pending_ops = 0;
+        s.taken_since = s.pending_since.take();
         Replay {
             invalidations: s.pending.drain(..).collect(),
             overflowed: std::mem::take(&mut s.overflowed),
@@ -183,10 +199,23 @@ impl Journal {
     pub(crate) fn restore(&self, replay: Replay) {
         let mut s = self.lock();
         s.overflowed |= replay.overflowed;
+        s.pending_since = match (s.pending_since, s.taken_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b).or_else(|| Some(Instant::now())),
+        };
         for inv in replay.invalidations.into_iter().rev() {
             s.pending_ops += ops(&inv);
             s.pending.push_front(inv);
         }
+    }
+
+    /// How long the journal has held something, if it does.
+    pub(crate) fn pending_for(&self) -> Option<Duration> {
+        let s = self.lock();
+        if s.pending.is_empty() && !s.overflowed {
+            return None;
+        }
+        Some(s.pending_since.map_or(Duration::ZERO, |t| t.elapsed()))
     }
 
     /// Pending operations (keys, tags, classes).

@@ -6,6 +6,7 @@
 //! hold a `Weak<Core>` and their own state, and stop when the last cache handle is dropped.
 
 mod backplane;
+mod gauges;
 mod invalidator;
 mod journal;
 mod monitor;
@@ -22,6 +23,15 @@ use std::sync::Arc;
 
 use crate::core::Core;
 use crate::redis::RedisSettings;
+
+/// Starts the one background task of a cache without Redis: its gauges.
+pub(crate) fn spawn_local(
+    core: &Arc<Core>,
+    invalidator: &Arc<Invalidator>,
+    every: std::time::Duration,
+) {
+    gauges::spawn(core, invalidator, every);
+}
 
 /// Starts the background tasks of a cache with Redis: the health monitor, the backplane's
 /// subscriber (if the invalidator has a backplane), for a Sentinel URL the watcher of master

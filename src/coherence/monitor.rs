@@ -16,10 +16,12 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
+use tracing::Instrument;
+
 use super::invalidator::Invalidator;
 use super::recovery::{self, Outage};
 use crate::core::Core;
-use crate::model::{unix_ms, FlushScope, HealthState, OutagePolicy, OutageRecord};
+use crate::model::{unix_ms, CacheEvent, FlushScope, HealthState, OutagePolicy, OutageRecord};
 use crate::redis::ConnectionEvent;
 
 /// The monitor's settings. Set through [`CacheBuilder`](crate::CacheBuilder).
@@ -83,7 +85,7 @@ impl Monitor {
                 return;
             };
             let breaker = core.breaker();
-            core.publish_metrics(self.invalidator.journal().len());
+            self.invalidator.publish_gauges(&core);
             match breaker.state() {
                 HealthState::Healthy => match redis.ping().await {
                     Ok(()) => {
@@ -116,7 +118,11 @@ impl Monitor {
                 HealthState::Down => {
                     probe_failures = 0;
                     if self.consecutive_pings(&core).await {
-                        self.recover(&core).await;
+                        let span = tracing::info_span!(
+                            "stormcache.recovery",
+                            cache.namespace = core.namespace(),
+                        );
+                        self.recover(&core).instrument(span).await;
                     }
                 }
                 HealthState::Recovering | HealthState::LocalOnly => {}
@@ -250,6 +256,12 @@ impl Monitor {
             );
         } else {
             log_recovered(outage_len, data_age, &scope, flushed, replayed.applied);
+        }
+        core.stats().telemetry().recovered(&scope);
+        if let Some(outage) = &record {
+            core.events().emit(|| CacheEvent::Recovered {
+                outage: outage.clone(),
+            });
         }
         breaker.set_healthy(record);
     }

@@ -13,13 +13,18 @@
 //! ([`Breaker::trip`]: a failed probe, a lost connection). It starts *down*: until the first
 //! probe answers, requests do not wait on Redis. Closing it is the monitor's decision.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
-use crate::model::{HealthState, OutageRecord};
+use super::Events;
+use crate::model::{CacheEvent, HealthState, OutageRecord};
+
+/// How many outages [`Breaker::outages`] keeps.
+pub(crate) const OUTAGES_KEPT: usize = 16;
 
 const HEALTHY: u8 = 0;
 const DOWN: u8 = 1;
@@ -36,9 +41,13 @@ pub(crate) struct Breaker {
     state: AtomicU8,
     failures: AtomicU32,
     outage: Mutex<Option<Outage>>,
-    last: Mutex<Option<OutageRecord>>,
+    /// The last [`OUTAGES_KEPT`] outages, oldest first.
+    last: Mutex<VecDeque<OutageRecord>>,
     wake: Notify,
     failure_threshold: u32,
+    /// Counted at each change: to healthy, to recovering, to down.
+    transitions: [metrics::Counter; 3],
+    events: Events,
 }
 
 impl Breaker {
@@ -48,10 +57,19 @@ impl Breaker {
             state: AtomicU8::new(DOWN),
             failures: AtomicU32::new(0),
             outage: Mutex::new(None),
-            last: Mutex::new(None),
+            last: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             failure_threshold: failure_threshold.max(1),
+            transitions: std::array::from_fn(|_| metrics::Counter::noop()),
+            events: Events::default(),
         }
+    }
+
+    /// Reports its changes of state as metrics of `namespace`, and its opening to `events`.
+    pub(crate) fn reporting_to(mut self, namespace: &str, events: Events) -> Self {
+        self.transitions = super::telemetry::breaker_transitions(namespace);
+        self.events = events;
+        self
     }
 
     /// Whether requests may use Redis. One relaxed load: this is on every miss.
@@ -74,10 +92,16 @@ impl Breaker {
     }
 
     pub(crate) fn last_outage(&self) -> Option<OutageRecord> {
-        self.last
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock_last().back().cloned()
+    }
+
+    /// The last outages, oldest first.
+    pub(crate) fn outages(&self) -> Vec<OutageRecord> {
+        self.lock_last().iter().cloned().collect()
+    }
+
+    fn lock_last(&self) -> std::sync::MutexGuard<'_, VecDeque<OutageRecord>> {
+        self.last.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How long the current outage has lasted and when it began; `None` if Redis is
@@ -122,27 +146,44 @@ impl Breaker {
                 reason,
                 "Redis outage: circuit open, serving from the local store"
             );
+            self.events.emit(|| CacheEvent::BreakerOpened {
+                reason: reason.to_owned(),
+            });
             self.wake.notify_one();
+        }
+        if was != DOWN {
+            self.transitions[2].increment(1);
         }
     }
 
     pub(crate) fn set_recovering(&self) -> bool {
-        self.state
+        let moved = self
+            .state
             .compare_exchange(DOWN, RECOVERING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+            .is_ok();
+        if moved {
+            self.transitions[1].increment(1);
+        }
+        moved
     }
 
     pub(crate) fn back_to_down(&self) {
         self.state.store(DOWN, Ordering::Release);
+        self.transitions[2].increment(1);
     }
 
     pub(crate) fn set_healthy(&self, record: Option<OutageRecord>) {
         self.failures.store(0, Ordering::Relaxed);
         *self.lock_outage() = None;
         if let Some(record) = record {
-            *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(record);
+            let mut last = self.lock_last();
+            if last.len() == OUTAGES_KEPT {
+                last.pop_front();
+            }
+            last.push_back(record);
         }
         self.state.store(HEALTHY, Ordering::Release);
+        self.transitions[0].increment(1);
     }
 
     /// Asks the monitor to probe now (e.g. fred reconnected, or Sentinel switched masters).

@@ -144,7 +144,7 @@ impl Core {
                 fresh.len,
             );
         }
-        self.stats.l2_hit();
+        self.stats.l2_hit(local_key.class);
     }
 
     fn decode<T: Cacheable>(&self, bytes: &[u8]) -> Result<(T, SystemTime), Error> {

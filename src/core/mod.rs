@@ -8,21 +8,26 @@
 //! `Weak<Core>` and stop when the last handle is dropped.
 
 mod breaker;
+mod events;
 mod flights;
 mod io;
 mod stats;
 mod suspect_writes;
+pub(crate) mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use self::breaker::Breaker;
+pub(crate) use self::events::Events;
 pub(crate) use self::flights::{wait, Epoch, Flights, Join, Outcome, ShardMask, ALL_SHARDS};
 pub(crate) use self::io::{Lease, RedisRead, WriteIf};
 pub(crate) use self::stats::Stats;
+pub(crate) use self::telemetry::Telemetry;
+
 use self::suspect_writes::SuspectWrites;
 use crate::key::Key;
-use crate::model::{ClassId, Classes, Counters, EntryOptions, HealthState};
+use crate::model::{ClassId, Classes, EntryOptions, HealthState};
 use crate::redis::RedisStore;
 use crate::store::{Codec, LocalHit, LocalKey, LocalStore};
 
@@ -42,6 +47,7 @@ pub(crate) struct Core {
     unknown_classes: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
     /// Keys whose write may have left a stale value in Redis.
     suspect_writes: SuspectWrites,
+    events: Events,
 }
 
 /// What a [`Core`] is made of; see [`Core::new`].
@@ -53,10 +59,12 @@ pub(crate) struct Parts {
     pub(crate) codec: Codec,
     pub(crate) breaker: Breaker,
     pub(crate) command_timeout: Duration,
+    pub(crate) events: Events,
 }
 
 impl Core {
     pub(crate) fn new(parts: Parts) -> Self {
+        let telemetry = Telemetry::new(&parts.namespace, &parts.classes);
         Core {
             namespace: parts.namespace,
             classes: parts.classes,
@@ -64,16 +72,22 @@ impl Core {
             redis: parts.redis,
             codec: parts.codec,
             flights: Flights::default(),
-            stats: Stats::default(),
+            stats: Stats::new(telemetry),
             breaker: parts.breaker,
             command_timeout: parts.command_timeout,
             unknown_classes: Default::default(),
             suspect_writes: SuspectWrites::default(),
+            events: parts.events,
         }
     }
 
     pub(crate) fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// The name of class `id`.
+    pub(crate) fn class_name(&self, id: ClassId) -> &str {
+        self.classes.get(id).name()
     }
 
     /// The keys whose write may have left a stale value in Redis, for the one task that
@@ -92,6 +106,11 @@ impl Core {
 
     pub(crate) fn flights(&self) -> &Flights {
         &self.flights
+    }
+
+    /// Where events are reported (see [`CacheEvent`](crate::CacheEvent)).
+    pub(crate) fn events(&self) -> &Events {
+        &self.events
     }
 
     pub(crate) fn breaker(&self) -> &Breaker {
@@ -223,29 +242,24 @@ impl Core {
         }
     }
 
-    /// Publishes the counters, the journal's length and the breaker through `metrics`.
-    pub(crate) fn publish_metrics(&self, journal_len: usize) {
-        let c: Counters = self.stats.snapshot();
-        let ns = self.namespace.to_string();
-        for (name, value) in [
-            ("stormcache_l1_hits", c.l1_hits),
-            ("stormcache_l2_hits", c.l2_hits),
-            ("stormcache_misses", c.misses),
-            ("stormcache_stale_served", c.stale_served),
-            ("stormcache_loader_calls", c.loader_calls),
-            ("stormcache_redis_errors", c.redis_errors),
-            ("stormcache_decode_errors", c.decode_errors),
-        ] {
-            metrics::counter!(name, "namespace" => ns.clone()).absolute(value);
+    /// Sets the gauges: the breaker's state, the journal (operations waiting, and for how
+    /// long), the local store, and the invalidation channel (`None`: no channel).
+    pub(crate) fn publish_gauges(
+        &self,
+        journal_len: usize,
+        journal_waiting: Option<Duration>,
+        channel_connected: Option<bool>,
+    ) {
+        let g = self.stats.telemetry().gauges();
+        g.breaker_state
+            .set(telemetry::state_value(self.health_state()));
+        g.journal_operations.set(journal_len as f64);
+        g.journal_oldest
+            .set(journal_waiting.map_or(0.0, |d| d.as_secs_f64()));
+        g.local_entries.set(self.local.entry_count() as f64);
+        g.local_weight.set(self.local.weighted_size() as f64);
+        if let Some(connected) = channel_connected {
+            g.backplane_connected.set(if connected { 1.0 } else { 0.0 });
         }
-        metrics::gauge!("stormcache_journal_len", "namespace" => ns.clone())
-            .set(journal_len as f64);
-        metrics::gauge!("stormcache_redis_healthy", "namespace" => ns).set(
-            if self.breaker.allows_requests() {
-                1.0
-            } else {
-                0.0
-            },
-        );
     }
 }

@@ -4,6 +4,7 @@
 //! and the error type; the behaviour that acts on them lives in the layers that own it.
 
 mod class;
+mod event;
 mod fetched;
 mod invalidation;
 mod options;
@@ -12,6 +13,7 @@ mod status;
 
 pub use self::class::{Class, DEFAULT_CLASS};
 pub(crate) use self::class::{ClassId, Classes};
+pub use self::event::CacheEvent;
 pub use self::fetched::{Cacheable, Fetched, Origin};
 pub use self::invalidation::{Invalidation, InvalidationReport, InvalidationRule, RedisOutcome};
 pub use self::options::EntryOptions;

@@ -27,6 +27,8 @@ pub struct Status {
     pub down_since_ms: Option<u64>,
     /// The last outage and what recovery did about it.
     pub last_outage: Option<OutageRecord>,
+    /// The last 16 outages, oldest first (the last one is `last_outage`).
+    pub outages: Vec<OutageRecord>,
     /// Invalidation operations waiting for Redis.
     pub journal_len: usize,
     /// Whether the journal overflowed (recovery will flush the namespace).
@@ -129,6 +131,9 @@ pub struct Counters {
     pub lock_waits: u64,
     /// Background refreshes started by eager refresh.
     pub eager_refreshes: u64,
+    /// Reads answered by another caller's load: a concurrent miss of the same key in this
+    /// process, or, through the distributed lock, another instance's.
+    pub coalesced: u64,
 }
 
 /// Milliseconds since the Unix epoch (0 before it), as status records and the bytes in Redis

@@ -25,6 +25,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use fred::clients::{Client, Pipeline};
 use fred::prelude::{ClientLike, Expiration, KeysInterface, LuaInterface, SetsInterface};
 use fred::types::{ExpireOptions, Value};
 
@@ -128,9 +129,7 @@ impl RedisStore {
             // After the membership: an invalidation whose scan missed it bumped the
             // generation before scanning, so this read sees the bump.
             let pipeline = self.client().pipeline();
-            for tag in tags {
-                pipeline.get::<(), _>(self.tag_generation_key(tag)).await?;
-            }
+            self.queue_generations(&pipeline, tags).await?;
             let now: Vec<Option<i64>> = each(pipeline.all::<Vec<Value>>().await?)?;
             Ok(if now == seen_generations {
                 WriteOutcome::Stored
@@ -154,14 +153,24 @@ impl RedisStore {
         let pipeline = self.client().pipeline();
         let read = async {
             pipeline.get::<(), _>(full_key).await?;
-            for tag in tags {
-                pipeline.get::<(), _>(self.tag_generation_key(tag)).await?;
-            }
+            self.queue_generations(&pipeline, tags).await?;
             let mut replies = pipeline.all::<Vec<Value>>().await?.into_iter();
             let entry = replies.next().unwrap_or(Value::Null).convert()?;
             Ok((entry, each(replies.collect())?))
         };
         self.bounded(read).await
+    }
+
+    /// Queues a GET of each tag's generation, in order.
+    async fn queue_generations(
+        &self,
+        pipeline: &Pipeline<Client>,
+        tags: &[Key],
+    ) -> Result<(), fred::error::Error> {
+        for tag in tags {
+            pipeline.get::<(), _>(self.tag_generation_key(tag)).await?;
+        }
+        Ok(())
     }
 
     /// Moves `tag`'s generation, before its entries are deleted. fred gives up on a

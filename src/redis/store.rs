@@ -66,6 +66,8 @@ pub(crate) struct RedisStore {
     pub(super) node_scripts: AtomicBool,
     /// A random id for this process's own keys (its heartbeat).
     instance: u64,
+    /// Where request-path command durations are reported.
+    command_duration: metrics::Histogram,
     /// Per own heartbeat key: the last value this process saw written, and the last it
     /// tried to write.
     own_heartbeats: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
@@ -123,6 +125,10 @@ impl RedisStore {
         let delay_ms = u32::try_from(settings.reconnect_delay.as_millis()).unwrap_or(u32::MAX);
         // 0 attempts = retry forever: a cache must come back by itself.
         builder.set_policy(ReconnectPolicy::new_constant(0, delay_ms.max(1)));
+        #[cfg(feature = "redis-tracing")]
+        builder.with_config(|config| {
+            config.tracing = fred::types::config::TracingConfig::new(true);
+        });
         builder.with_performance_config(|perf| {
             perf.default_command_timeout = settings.command_timeout;
         });
@@ -156,11 +162,18 @@ impl RedisStore {
             in_flight: Semaphore::new(settings.max_in_flight.max(1)),
             node_scripts: AtomicBool::new(true),
             own_heartbeats: std::sync::Mutex::default(),
+            command_duration: metrics::Histogram::noop(),
             instance: {
                 use std::hash::BuildHasher;
                 std::collections::hash_map::RandomState::new().hash_one(std::process::id())
             },
         })
+    }
+
+    /// Reports the duration of every request-path command to `histogram`.
+    pub(crate) fn reporting_commands_to(mut self, histogram: metrics::Histogram) -> Self {
+        self.command_duration = histogram;
+        self
     }
 
     /// The underlying fred client.
@@ -237,10 +250,14 @@ impl RedisStore {
             .in_flight
             .try_acquire()
             .map_err(|_| Error::Overloaded)?;
-        match tokio::time::timeout(self.command_timeout, fut).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.command_timeout, fut).await {
             Ok(result) => result.map_err(Error::from),
             Err(_) => Err(Error::redis_timeout("command", self.command_timeout)),
-        }
+        };
+        self.command_duration
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     /// A maintenance step with the longer maintenance deadline.

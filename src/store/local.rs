@@ -264,6 +264,11 @@ impl LocalStore {
         }
     }
 
+    /// Approximate weighted size: bytes when bounded in bytes, entries otherwise.
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
     /// Approximate number of entries (moka's counts are eventually consistent).
     pub(crate) fn entry_count(&self) -> u64 {
         self.cache.run_pending_tasks();

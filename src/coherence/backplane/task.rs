@@ -8,10 +8,13 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use tracing::Instrument;
+
 use super::wire::{decode, from_wire, Body};
 use super::Backplane;
 use crate::coherence::invalidator::Invalidator;
 use crate::core::{Core, ALL_SHARDS};
+use crate::model::CacheEvent;
 use crate::redis::{RedisSettings, Subscriber, SubscriberEvent};
 
 /// Starts the subscriber of `invalidator`'s backplane, if it has one.
@@ -122,11 +125,18 @@ impl Task {
         };
         if message.from == self.backplane.id {
             if let Body::Ping(seq) = message.body {
+                if let Some(took) = self.pings.round_trip(seq, Instant::now()) {
+                    core.stats().telemetry().propagated(took);
+                }
                 if self.pings.echoed(seq)
                     && !self.backplane.is_connected()
                     && core.breaker().allows_requests()
                 {
-                    self.reconcile(core).await;
+                    let span = tracing::info_span!(
+                        "stormcache.reconcile",
+                        cache.namespace = core.namespace(),
+                    );
+                    self.reconcile(core).instrument(span).await;
                 }
             }
             return;
@@ -209,6 +219,10 @@ impl Task {
     /// The channel may have lost messages: every local entry is suspect from now on.
     fn gap(&self, core: &Core, reason: &str) {
         if self.backplane.open_gap() {
+            core.stats().telemetry().backplane_gap();
+            core.events().emit(|| CacheEvent::GapOpened {
+                reason: reason.to_owned(),
+            });
             tracing::warn!(
                 reason,
                 "invalidation channel gap: local entries are revalidated against Redis"
@@ -241,6 +255,8 @@ impl Task {
         self.ever_connected = true;
         self.backplane.close_gap(first);
         if !first {
+            core.events()
+                .emit(|| CacheEvent::GapClosed { caught_up: covered });
             if covered {
                 tracing::info!(
                     "invalidation channel back: what it missed was applied from the log"
@@ -315,6 +331,13 @@ impl Pings {
     /// Ping `seq` went out at `at`.
     fn sent(&mut self, seq: u64, at: Instant) {
         self.oldest_unechoed.get_or_insert((seq, at));
+    }
+
+    /// How long ping `seq` took to come back, if it is the one whose sending time is kept.
+    fn round_trip(&self, seq: u64, now: Instant) -> Option<Duration> {
+        self.oldest_unechoed
+            .filter(|(oldest, _)| *oldest == seq)
+            .map(|(_, sent)| now.saturating_duration_since(sent))
     }
 
     /// Ping `seq` came back; true if it vouches for the current subscription.

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::backplane::Backplane;
 use super::journal::{Journal, Remembered, Replay};
@@ -112,6 +113,15 @@ impl Invalidator {
         Invalidator { journal, backplane }
     }
 
+    /// Sets the cache's gauges (see [`Core::publish_gauges`]).
+    pub(crate) fn publish_gauges(&self, core: &Core) {
+        core.publish_gauges(
+            self.journal.len(),
+            self.journal.pending_for(),
+            self.backplane.as_ref().map(|b| b.is_connected()),
+        );
+    }
+
     pub(crate) fn journal(&self) -> &Journal {
         &self.journal
     }
@@ -140,9 +150,11 @@ impl Invalidator {
         inv: &Invalidation,
         redis_wait: Option<Duration>,
     ) -> InvalidationReport {
+        let span = invalidation_span(core, inv);
         if !core.has_redis() {
             return self
                 .invalidate_via(core, &self.remote(core), inv, || {})
+                .instrument(span)
                 .await;
         }
         let (local_done, local_cleaned) = oneshot::channel();
@@ -157,6 +169,7 @@ impl Invalidator {
                 })
                 .await
             }
+            .instrument(span)
         });
         // This process must not serve what it was just told is stale: the local half is
         // always waited for (it waits only for stores already past their check).
@@ -212,6 +225,7 @@ impl Invalidator {
             unknown_classes,
         };
         if !remote.configured() {
+            core.stats().telemetry().invalidation(&report.redis);
             return report;
         }
         if core.breaker().allows_requests() {
@@ -221,6 +235,7 @@ impl Invalidator {
                     self.journal.remember(inv);
                     report.redis_keys_removed = removed;
                     report.redis = RedisOutcome::Applied;
+                    core.stats().telemetry().invalidation(&report.redis);
                     return report;
                 }
                 Err(error) => {
@@ -235,6 +250,7 @@ impl Invalidator {
         // journal as soon as a probe succeeds, not only after an outage.
         core.breaker().poke();
         report.redis = RedisOutcome::Journaled { overflowed: !kept };
+        core.stats().telemetry().invalidation(&report.redis);
         report
     }
 
@@ -380,8 +396,15 @@ impl Invalidator {
         inv: Invalidation,
         overflowed: bool,
     ) -> Result<u64, Error> {
+        let span = tracing::info_span!(
+            "stormcache.flush",
+            cache.namespace = core.namespace(),
+            volatile = inv.volatile,
+            everything = inv.everything,
+            classes = inv.classes.len(),
+        );
         core.apply_local(&inv);
-        match apply_remote(remote, &inv).await {
+        match apply_remote(remote, &inv).instrument(span).await {
             Ok(removed) => {
                 self.journal.remember(&inv);
                 Ok(removed)
@@ -469,6 +492,21 @@ impl Invalidator {
             None => false,
         }
     }
+}
+
+/// `stormcache.invalidate`, at INFO: how many keys, tags and classes (never their values),
+/// and, once known, `cache.outcome`.
+fn invalidation_span(core: &Core, inv: &Invalidation) -> tracing::Span {
+    tracing::info_span!(
+        "stormcache.invalidate",
+        cache.namespace = core.namespace(),
+        keys = inv.keys.len(),
+        tags = inv.tags.len(),
+        classes = inv.classes.len(),
+        volatile = inv.volatile,
+        everything = inv.everything,
+        cache.outcome = tracing::field::Empty,
+    )
 }
 
 /// An invalidation applied once more (a journal replay, a re-apply after a failover or a

@@ -110,6 +110,7 @@ fn core() -> Core {
         codec: Codec::default(),
         breaker: Breaker::new(3),
         command_timeout: Duration::from_millis(100),
+        events: core::Events::default(),
     })
 }
 
