@@ -202,3 +202,43 @@ async fn an_outage_is_seen_in_metrics_and_events() {
         "the channel's pings came back"
     );
 }
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn an_http_request_the_layer_does_not_serve_counts_as_a_bypass() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::routing::get;
+    use axum::Router;
+    use stormcache::layer::CacheLayer;
+    use tower::ServiceExt;
+
+    let prometheus = prometheus();
+    let cache = Cache::builder("m_http")
+        .build()
+        .expect("valid configuration");
+    let app = Router::new().route(
+        "/r",
+        get(|| async { "body" }).route_layer(CacheLayer::new(cache.clone())),
+    );
+    for no_store in [false, false, true] {
+        let mut req = Request::get("/r");
+        if no_store {
+            req = req.header("cache-control", "no-store");
+        }
+        let res = app
+            .clone()
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        assert!(res.status().is_success());
+    }
+    let text = prometheus.render();
+    let ns = ("namespace", "m_http");
+    let result = |r| value(&text, "stormcache_requests_total", &[ns, ("result", r)]);
+    assert_eq!(
+        (result("miss"), result("l1_hit"), result("bypass")),
+        (Some(1.0), Some(1.0), Some(1.0)),
+        "{text}"
+    );
+}

@@ -431,6 +431,12 @@ impl Cache {
             .map_or(true, |b| b.is_connected())
     }
 
+    /// Counts a read that `options`' caller served without the cache (the HTTP layer's
+    /// bypass), as `result="bypass"`.
+    pub(crate) fn count_bypass(&self, options: &EntryOptions) {
+        self.shared.core.count_bypass(options);
+    }
+
     /// Whether the cache is ready to serve as configured: without Redis, always; with Redis,
     /// once it is in use and [`coherent`](Self::coherent). What `/readyz` of the
     /// [admin router](crate::admin::router) answers.

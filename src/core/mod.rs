@@ -85,6 +85,13 @@ impl Core {
         &self.namespace
     }
 
+    /// A read of `options`' class that did not use the cache (counted, not cached).
+    pub(crate) fn count_bypass(&self, options: &EntryOptions) {
+        if let Some(class) = self.classes.resolve(options.class.as_deref()) {
+            self.stats.bypassed(class);
+        }
+    }
+
     /// The name of class `id`.
     pub(crate) fn class_name(&self, id: ClassId) -> &str {
         self.classes.get(id).name()

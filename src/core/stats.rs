@@ -76,6 +76,10 @@ impl Stats {
         self.coalesced.fetch_add(1, Relaxed);
         self.telemetry.read(class, ReadResult::Coalesced);
     }
+    /// A read the cache was bypassed for.
+    pub(crate) fn bypassed(&self, class: ClassId) {
+        self.telemetry.read(class, ReadResult::Bypass);
+    }
     pub(crate) fn redis_error(&self) {
         self.redis_errors.fetch_add(1, Relaxed);
         self.telemetry.redis_error();

@@ -69,15 +69,19 @@ pub(crate) enum ReadResult {
     Stale,
     /// Answered by another caller's load (in this process or, through the lock, another).
     Coalesced,
+    /// Not served from the cache at all (the HTTP layer: `no-store`, credentials, a request
+    /// the rules do not cache).
+    Bypass,
 }
 
 impl ReadResult {
-    const ALL: [ReadResult; 5] = [
+    const ALL: [ReadResult; 6] = [
         ReadResult::L1Hit,
         ReadResult::L2Hit,
         ReadResult::Miss,
         ReadResult::Stale,
         ReadResult::Coalesced,
+        ReadResult::Bypass,
     ];
 
     fn label(self) -> &'static str {
@@ -87,6 +91,7 @@ impl ReadResult {
             ReadResult::Miss => "miss",
             ReadResult::Stale => "stale",
             ReadResult::Coalesced => "coalesced",
+            ReadResult::Bypass => "bypass",
         }
     }
 }

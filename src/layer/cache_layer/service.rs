@@ -91,6 +91,7 @@ where
         let directives = request_directives(req.headers());
         if directives.no_store {
             tracing::trace!("request cache-control: no-store; bypassing the cache");
+            self.cache.count_bypass(&self.config.options);
             return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
         }
         let config = &*self.config;
@@ -105,6 +106,7 @@ where
             .as_ref()
             .and_then(|f| f(&RequestInfo::with(&parts, params.as_ref(), None)));
         let Some(key) = plan_key(config, &parts, params.as_ref(), principal.as_deref()) else {
+            self.cache.count_bypass(&config.options);
             let req = Request::from_parts(parts, body);
             return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
         };
@@ -123,6 +125,7 @@ where
         let planned = plan_options(config, &parts, params.as_ref(), principal.as_deref());
         let req = Request::from_parts(parts, body);
         let Some(options) = planned else {
+            self.cache.count_bypass(&config.options);
             return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
         };
 
