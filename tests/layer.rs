@@ -885,3 +885,42 @@ async fn a_load_started_before_an_invalidation_does_not_outlive_it() {
 fn a_layer_refuses_a_class_the_cache_does_not_declare() {
     let _ = CacheLayer::new(cache()).class("permisions");
 }
+
+/// A form post answered with a redirect to its result (post/redirect/get).
+#[tokio::test]
+async fn invalidate_layer_acts_on_a_303_and_on_the_statuses_it_is_told() {
+    let cache = cache();
+    let key = Key::literal("resources:all").expect("key");
+    let opts = stormcache::EntryOptions::new();
+    let app = |layer: InvalidateLayer, status: StatusCode| {
+        Router::new().route(
+            "/resources",
+            axum::routing::post(move || async move { status }).route_layer(layer),
+        )
+    };
+    let post = || {
+        Request::post("/resources")
+            .body(Body::empty())
+            .expect("request")
+    };
+    let layer =
+        || InvalidateLayer::new(cache.clone()).invalidation(&Invalidation::new().key(key.clone()));
+    for (status, invalidates) in [
+        (StatusCode::SEE_OTHER, true),
+        (StatusCode::CREATED, true),
+        (StatusCode::FOUND, false),
+        (StatusCode::UNPROCESSABLE_ENTITY, false),
+    ] {
+        cache.set(key.clone(), 1u32, &opts).await;
+        assert_eq!(send(&app(layer(), status), post()).await.status, status);
+        assert_eq!(
+            cache.get::<u32>(&key, &opts).await.is_none(),
+            invalidates,
+            "after a {status}"
+        );
+    }
+    cache.set(key.clone(), 1u32, &opts).await;
+    let found_too = layer().when_status(|s| s.is_success() || s == StatusCode::FOUND);
+    send(&app(found_too, StatusCode::FOUND), post()).await;
+    assert_eq!(cache.get::<u32>(&key, &opts).await, None, "told: 302 too");
+}

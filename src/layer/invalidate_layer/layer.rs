@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::response::IntoResponse;
 use http::request::Parts;
-use http::Method;
+use http::{Method, StatusCode};
 use tower_layer::Layer;
 
 use super::InvalidateService;
@@ -87,11 +87,19 @@ pub(super) struct Config {
     pub(super) extractors: Vec<ExtractFn>,
     pub(super) same_path: bool,
     pub(super) methods: Vec<Method>,
+    /// Which answers mean the mutation happened.
+    pub(super) succeeded: Arc<dyn Fn(StatusCode) -> bool + Send + Sync>,
+}
+
+/// A `2xx`, or `303 See Other` (a form post answered with a redirect to the result).
+fn succeeded_by_default(status: StatusCode) -> bool {
+    status.is_success() || status == StatusCode::SEE_OTHER
 }
 
 impl InvalidateLayer {
-    /// A layer that, on `POST`/`PUT`/`PATCH`/`DELETE` with a `2xx` answer, invalidates the
-    /// cached responses of the same path, and whatever else is added with the other methods.
+    /// A layer that, on `POST`/`PUT`/`PATCH`/`DELETE` answered `2xx` or `303 See Other`,
+    /// invalidates the cached responses of the same path, and whatever else is added with the
+    /// other methods.
     pub fn new(cache: Cache) -> Self {
         InvalidateLayer {
             cache,
@@ -103,6 +111,7 @@ impl InvalidateLayer {
                 extractors: Vec::new(),
                 same_path: true,
                 methods: vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
+                succeeded: Arc::new(succeeded_by_default),
             }),
         }
     }
@@ -211,6 +220,30 @@ impl InvalidateLayer {
     /// Other methods pass through untouched.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.config().methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Which answers mean the mutation happened, so the invalidation is made (default: any
+    /// `2xx`, and `303 See Other`, the post/redirect/get answer). An answer that fails it —
+    /// an error, a validation failure — invalidates nothing.
+    ///
+    /// ```
+    /// use axum::http::StatusCode;
+    /// use stormcache::layer::InvalidateLayer;
+    ///
+    /// # fn main() -> Result<(), stormcache::Error> {
+    /// let cache = stormcache::Cache::builder("docs").build()?;
+    /// // Also after a 302 Found, as some frameworks redirect after a post.
+    /// let layer = InvalidateLayer::new(cache).when_status(|status| {
+    ///     status.is_success() || status == StatusCode::SEE_OTHER || status == StatusCode::FOUND
+    /// });
+    /// # let _ = layer; Ok(()) }
+    /// ```
+    pub fn when_status(
+        mut self,
+        succeeded: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.config().succeeded = Arc::new(succeeded);
         self
     }
 }

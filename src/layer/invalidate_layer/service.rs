@@ -102,7 +102,7 @@ where
             }
             let path = original_uri(&parts).path().to_owned();
             let res = inner.call(Request::from_parts(parts, body)).await?;
-            if res.status().is_success() && !inv.is_empty() {
+            if (config.succeeded)(res.status()) && !inv.is_empty() {
                 let report = cache.invalidate_promptly(&inv).await;
                 match &report.redis {
                     RedisOutcome::Journaled { overflowed } => {
