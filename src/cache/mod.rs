@@ -215,7 +215,11 @@ impl Cache {
         if let Some(hit) = core.lookup::<T>(&local_key) {
             if core.serves(&hit) {
                 core.stats().l1_hit(local_key.class);
-                telemetry::local_hit_span(core.namespace(), core.class_name(local_key.class));
+                telemetry::local_hit_span(
+                    core.namespace(),
+                    core.class_name(local_key.class),
+                    options.key_template_name(),
+                );
                 return Ok(Fetched {
                     value: hit.value,
                     origin: Origin::Local,
@@ -226,7 +230,11 @@ impl Cache {
                 stale = Some(hit.value);
             }
         }
-        let span = telemetry::read_span(core.namespace(), core.class_name(local_key.class));
+        let span = telemetry::read_span(
+            core.namespace(),
+            core.class_name(local_key.class),
+            options.key_template_name(),
+        );
         // Boxed so the hit path's future stays small.
         Box::pin(load::load_coalesced(core, local_key, options, stale, loader).instrument(span))
             .await

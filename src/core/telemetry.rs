@@ -282,13 +282,14 @@ pub(crate) fn breaker_transitions(namespace: &str) -> [Counter; 3] {
 }
 
 /// The span of a read that goes past the local store: `stormcache.fetch` at DEBUG, with
-/// `cache.namespace`, `cache.class` and, once known, `cache.result`. Key values are never
-/// recorded: they can carry personal data.
-pub(crate) fn read_span(namespace: &str, class: &str) -> tracing::Span {
+/// `cache.namespace`, `cache.class`, `cache.key_template` if the options carry one and,
+/// once known, `cache.result`. Key values are never recorded: they can carry personal data.
+pub(crate) fn read_span(namespace: &str, class: &str, key_template: Option<&str>) -> tracing::Span {
     tracing::debug_span!(
         "stormcache.fetch",
         cache.namespace = namespace,
         cache.class = class,
+        cache.key_template = key_template,
         cache.result = tracing::field::Empty,
     )
 }
@@ -296,11 +297,12 @@ pub(crate) fn read_span(namespace: &str, class: &str) -> tracing::Span {
 /// A read the local store answered: a span like [`read_span`]'s, closed at once (nothing
 /// when DEBUG is off, which is one check of a static).
 #[inline]
-pub(crate) fn local_hit_span(namespace: &str, class: &str) {
+pub(crate) fn local_hit_span(namespace: &str, class: &str, key_template: Option<&str>) {
     let span = tracing::debug_span!(
         "stormcache.fetch",
         cache.namespace = namespace,
         cache.class = class,
+        cache.key_template = key_template,
         cache.result = "l1_hit",
     );
     drop(span);

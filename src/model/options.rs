@@ -31,6 +31,8 @@ pub struct EntryOptions {
     pub(crate) lock: Option<Duration>,
     /// Per mille of the TTL after which a hit refreshes.
     pub(crate) eager_refresh: Option<u16>,
+    /// How the key was made, for traces (`user:groups:{id}`), never its values.
+    pub(crate) key_template: Option<Cow<'static, str>>,
 }
 
 impl EntryOptions {
@@ -110,6 +112,27 @@ impl EntryOptions {
         let per_mille = (threshold.clamp(0.0, 1.0) * 1000.0).round() as u16;
         self.eager_refresh = Some(per_mille);
         self
+    }
+
+    /// The key's template (`user:groups:{id}`), recorded as `cache.key_template` on the
+    /// read's span: traces can then tell reads apart without the key's values, which can
+    /// carry personal data. `#[cached]` and `CacheLayer` set it; for other calls it is
+    /// optional.
+    ///
+    /// ```
+    /// use stormcache::EntryOptions;
+    ///
+    /// let opts = EntryOptions::new().key_template("user:groups:{id}");
+    /// assert_eq!(opts.key_template_name(), Some("user:groups:{id}"));
+    /// ```
+    pub fn key_template(mut self, template: impl Into<Cow<'static, str>>) -> Self {
+        self.key_template = Some(template.into());
+        self
+    }
+
+    /// The key template given, if any.
+    pub fn key_template_name(&self) -> Option<&str> {
+        self.key_template.as_deref()
     }
 
     /// The class name given, if any.
