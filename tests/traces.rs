@@ -12,9 +12,12 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
+/// A span's id, name and fields.
+type Recorded = (u64, &'static str, BTreeMap<String, String>);
+
 /// Every span's name and fields, as recorded (at creation and later).
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<(u64, &'static str, BTreeMap<String, String>)>>>);
+struct Spans(Arc<Mutex<Vec<Recorded>>>);
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
