@@ -1,5 +1,7 @@
 //! The spans a trace shows: names, the fields an operator filters on, and no key values.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
@@ -106,4 +108,37 @@ async fn reads_and_invalidations_are_spans_with_their_result_and_without_key_val
         "a key value was recorded: {:?}",
         all.iter().map(|(_, n, f)| (n, f)).collect::<Vec<_>>()
     );
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_commands_are_spans_named_as_opentelemetry_has_them() {
+    let server = support::RedisServer::start();
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry().with(
+        spans
+            .clone()
+            .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let cache = Cache::builder("traced-redis")
+        .redis_url(server.url())
+        .build()
+        .expect("valid configuration");
+    cache.ready().await;
+    let _: u32 = cache
+        .get_or_load(
+            Key::literal("k").expect("key"),
+            &EntryOptions::new(),
+            || async { 1 },
+        )
+        .await;
+
+    let commands = spans.named("redis");
+    assert!(!commands.is_empty(), "a miss reads Redis");
+    for command in &commands {
+        assert_eq!(command["db.system.name"], "redis");
+        assert_eq!(command["server.address"], server.addr());
+        assert!(!command["db.operation.name"].is_empty());
+    }
 }

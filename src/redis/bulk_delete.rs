@@ -124,7 +124,7 @@ impl RedisStore {
                 let node = self.client.with_cluster_node(server);
                 let no_keys: Vec<String> = Vec::new();
                 let script = node.eval::<i64, _, _, _>(UNLINK_ON_NODE, no_keys, keys.clone());
-                match self.maintenance(script).await {
+                match self.maintenance("EVAL", script).await {
                     Ok(n) => Ok(Removed {
                         keys: u64::try_from(n).unwrap_or(0),
                     }),
@@ -163,7 +163,7 @@ impl RedisStore {
         }
         let removed = stream::iter(pipelines)
             .map(|batches| {
-                self.maintenance(async move {
+                self.maintenance("PIPELINE", async move {
                     let pipeline = self.client.pipeline();
                     for batch in batches {
                         pipeline.unlink::<(), _>(batch).await?;
@@ -199,7 +199,7 @@ impl RedisStore {
                 // outage between two steps never leaves an entry alive outside its set.
                 let removed = self.unlink(members.clone()).await?.keys;
                 let _: i64 = self
-                    .maintenance(self.client.srem(tag_key, members.clone()))
+                    .maintenance("SREM", self.client.srem(tag_key, members.clone()))
                     .await?;
                 Ok(removed + self.unlink(members).await?.keys)
             })
@@ -274,7 +274,7 @@ impl RedisStore {
     ) -> impl Stream<Item = Result<T, Error>> + 'a {
         stream::unfold(Box::pin(pages), move |mut pages| async move {
             let next = self
-                .maintenance(async { pages.next().await.transpose() })
+                .maintenance("SCAN", async { pages.next().await.transpose() })
                 .await
                 .transpose()?;
             Some((next, pages))

@@ -107,6 +107,7 @@ impl RedisStore {
             let args = vec![now.as_str(), ttl.as_str(), expect, &confirmed, &attempted];
             let written: i64 = self
                 .maintenance(
+                    "EVAL",
                     self.client()
                         .eval(WRITE_HEARTBEAT, vec![shared, own.clone()], args),
                 )
@@ -134,7 +135,7 @@ impl RedisStore {
         };
         for (shared, own) in self.heartbeat_keys() {
             let (shared, own): (Option<String>, Option<String>) = self
-                .maintenance(self.client().mget(vec![shared, own]))
+                .maintenance("MGET", self.client().mget(vec![shared, own]))
                 .await?;
             let Some(shared) = age(shared) else {
                 // This server came back empty: nothing of ours to miss on it.

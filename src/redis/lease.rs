@@ -137,7 +137,8 @@ impl RedisStore {
                 WriteOutcome::TagsMoved
             })
         };
-        self.bounded(write).await
+        self.bounded(if seen.is_some() { "EVAL" } else { "SET" }, write)
+            .await
     }
 
     /// Reads an entry and, in the same round trip, the generations of its `tags`, in order
@@ -158,7 +159,7 @@ impl RedisStore {
             let entry = replies.next().unwrap_or(Value::Null).convert()?;
             Ok((entry, each(replies.collect())?))
         };
-        self.bounded(read).await
+        self.bounded("PIPELINE", read).await
     }
 
     /// Queues a GET of each tag's generation, in order.
@@ -183,7 +184,7 @@ impl RedisStore {
             let bump =
                 self.client()
                     .eval::<i64, _, _, _>(BUMP, key.as_str(), vec![ttl_ms(LEASE_TTL)]);
-            match self.maintenance(bump).await {
+            match self.maintenance("EVAL", bump).await {
                 Ok(_) => return Ok(()),
                 Err(Error::Redis {
                     kind: RedisErrorKind::Timeout,
@@ -207,7 +208,7 @@ impl RedisStore {
             return Ok(Removed::default());
         }
         let previous = self
-            .maintenance(bury(self.client(), &keys, tombstone))
+            .maintenance("PIPELINE", bury(self.client(), &keys, tombstone))
             .await?;
         let keys = previous
             .iter()

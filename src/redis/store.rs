@@ -23,9 +23,11 @@
 //! CROSSSLOT.
 
 use std::future::Future;
+
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use fred::prelude::{
@@ -68,6 +70,8 @@ pub(crate) struct RedisStore {
     instance: u64,
     /// Where request-path command durations are reported.
     command_duration: metrics::Histogram,
+    /// The host and port the URL names, for spans.
+    server_address: Arc<str>,
     /// Per own heartbeat key: the last value this process saw written, and the last it
     /// tried to write.
     own_heartbeats: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
@@ -163,6 +167,7 @@ impl RedisStore {
             node_scripts: AtomicBool::new(true),
             own_heartbeats: std::sync::Mutex::default(),
             command_duration: metrics::Histogram::noop(),
+            server_address: Arc::from(first_address(&settings.url)),
             instance: {
                 use std::hash::BuildHasher;
                 std::collections::hash_map::RandomState::new().hash_one(std::process::id())
@@ -240,9 +245,11 @@ impl RedisStore {
         self.maintenance_timeout
     }
 
-    /// Runs one request-path command under the in-flight bound and the command deadline.
+    /// Runs one request-path command (`op`, as OpenTelemetry's `db.operation.name` has it)
+    /// under the in-flight bound and the command deadline.
     pub(super) async fn bounded<T>(
         &self,
+        op: &'static str,
         fut: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, Error> {
         // Shed rather than queue: a request must not wait behind a backlog for its cache.
@@ -251,7 +258,10 @@ impl RedisStore {
             .try_acquire()
             .map_err(|_| Error::Overloaded)?;
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(self.command_timeout, fut).await {
+        let result = match tokio::time::timeout(self.command_timeout, fut)
+            .instrument(self.command_span(op))
+            .await
+        {
             Ok(result) => result.map_err(Error::from),
             Err(_) => Err(Error::redis_timeout("command", self.command_timeout)),
         };
@@ -260,12 +270,29 @@ impl RedisStore {
         result
     }
 
-    /// A maintenance step with the longer maintenance deadline.
+    /// A span for one command, named as OpenTelemetry's database conventions have it, at
+    /// DEBUG. `server.address` is the address the URL names (on Sentinel and Cluster, the
+    /// first seed, not the node that answers).
+    fn command_span(&self, op: &'static str) -> tracing::Span {
+        tracing::debug_span!(
+            "redis",
+            db.system.name = "redis",
+            db.operation.name = op,
+            server.address = &*self.server_address,
+        )
+    }
+
+    /// A maintenance step (`op`, as for [`bounded`](Self::bounded)) with the longer
+    /// maintenance deadline.
     pub(super) async fn maintenance<T>(
         &self,
+        op: &'static str,
         fut: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, Error> {
-        match tokio::time::timeout(self.maintenance_timeout, fut).await {
+        match tokio::time::timeout(self.maintenance_timeout, fut)
+            .instrument(self.command_span(op))
+            .await
+        {
             Ok(result) => result.map_err(Error::from),
             Err(_) => Err(Error::redis_timeout(
                 "maintenance step",
@@ -276,7 +303,8 @@ impl RedisStore {
 
     pub(crate) async fn get(&self, full_key: &str) -> Result<Option<Bytes>, Error> {
         let client = self.client.with_options(&self.options);
-        self.bounded(client.get::<Option<Bytes>, _>(full_key)).await
+        self.bounded("GET", client.get::<Option<Bytes>, _>(full_key))
+            .await
     }
 
     /// A PING with the request deadline, for probes.
@@ -341,7 +369,7 @@ impl RedisStore {
 
     /// Every item of the list `key`.
     pub(crate) async fn read_log(&self, key: &str) -> Result<Vec<Bytes>, Error> {
-        self.maintenance(self.client.lrange::<Vec<Bytes>, _>(key, 0, -1))
+        self.maintenance("LRANGE", self.client.lrange::<Vec<Bytes>, _>(key, 0, -1))
             .await
     }
 }
@@ -390,4 +418,14 @@ mod tests {
         assert_eq!(mask_password("redis://:secret@h:1"), "redis://:***@h:1");
         assert_eq!(mask_password("redis://h:1"), "redis://h:1");
     }
+}
+
+/// The first `host:port` of a Redis URL (after any credentials), for spans.
+fn first_address(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split(['/', '?', ','])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
