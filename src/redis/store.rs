@@ -405,8 +405,31 @@ pub(crate) fn mask_password(url: &str) -> String {
     }
 }
 
+/// The first `host:port` of a Redis URL (after any credentials), for spans.
+fn first_address(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split(['/', '?', ','])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_first_address_of_a_url() {
+        assert_eq!(
+            super::first_address("redis://127.0.0.1:6379/0"),
+            "127.0.0.1:6379"
+        );
+        assert_eq!(super::first_address("rediss://u:p@h:1"), "h:1");
+        assert_eq!(
+            super::first_address("redis-sentinel://s1:26379/0?sentinelServiceName=m&node=s2:1"),
+            "s1:26379"
+        );
+    }
+
     use super::*;
 
     #[test]
@@ -418,14 +441,4 @@ mod tests {
         assert_eq!(mask_password("redis://:secret@h:1"), "redis://:***@h:1");
         assert_eq!(mask_password("redis://h:1"), "redis://h:1");
     }
-}
-
-/// The first `host:port` of a Redis URL (after any credentials), for spans.
-fn first_address(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
-    rest.split(['/', '?', ','])
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
