@@ -924,3 +924,41 @@ async fn invalidate_layer_acts_on_a_303_and_on_the_statuses_it_is_told() {
     send(&app(found_too, StatusCode::FOUND), post()).await;
     assert_eq!(cache.get::<u32>(&key, &opts).await, None, "told: 302 too");
 }
+
+/// One app serving several hosts (tenants by host) keeps their pages apart.
+#[tokio::test]
+async fn the_host_is_part_of_the_key_unless_turned_off() {
+    let counter = Counter::default();
+    let app = app_with(CacheLayer::new(cache()), &counter, &[]);
+    let a = send(&app, get_with("/r", &[("host", "a.example")])).await;
+    let b = send(&app, get_with("/r", &[("host", "b.example")])).await;
+    assert_eq!((a.body.as_str(), b.body.as_str()), ("call 1", "call 2"));
+    let a_again = send(&app, get_with("/r", &[("host", "A.EXAMPLE")])).await;
+    assert_eq!(
+        (a_again.x_cache(), a_again.body.as_str()),
+        ("hit", "call 1"),
+        "host names are case-insensitive"
+    );
+
+    let shared = Counter::default();
+    let app = app_with(CacheLayer::new(cache()).key_host(false), &shared, &[]);
+    send(&app, get_with("/r", &[("host", "a.example")])).await;
+    let b = send(&app, get_with("/r", &[("host", "b.example")])).await;
+    assert_eq!((b.x_cache(), b.body.as_str()), ("hit", "call 1"));
+}
+
+#[tokio::test]
+async fn an_application_credential_header_bypasses_shared_entries() {
+    let counter = Counter::default();
+    let layer = CacheLayer::new(cache())
+        .credential_headers([axum::http::HeaderName::from_static("x-api-key")]);
+    let app = app_with(layer, &counter, &[]);
+    send(&app, get_req("/r")).await;
+    let keyed = send(&app, get_with("/r", &[("x-api-key", "k1")])).await;
+    assert_eq!((keyed.x_cache(), keyed.body.as_str()), ("bypass", "call 2"));
+    let anonymous = send(&app, get_req("/r")).await;
+    assert_eq!(
+        (anonymous.x_cache(), anonymous.body.as_str()),
+        ("hit", "call 1")
+    );
+}

@@ -5,6 +5,9 @@
 //! - the base is, by default, `GET:` + the path + `|q:` + the normalized query (HEAD reads
 //!   GET's entry); a [key function](super::CacheLayer::key_fn) can replace it, as `k:` + its
 //!   key escaped once more (so that it cannot hold a marker's `:`);
+//! - `|a:` + the request's host (`Host`, or the URI's authority), unless
+//!   [`key_host(false)`](super::CacheLayer::key_host): one app serving several hosts must
+//!   not answer one host's request with another's page;
 //! - `|n:` when another `CacheLayer` is loading the same request further out;
 //! - then, for every header declared with [`CacheLayer::vary`](super::CacheLayer::vary),
 //!   `|h:` + its name + `=` + its value (nothing after the name when the header is absent);
@@ -18,7 +21,7 @@
 //! name; the sort is stable, so repeated parameters (`tag=b&tag=a`) keep their order, which
 //! may matter to the handler.
 
-use http::header::{AUTHORIZATION, COOKIE};
+use http::header::{AUTHORIZATION, COOKIE, HOST};
 use http::{HeaderMap, HeaderName};
 
 use crate::{Key, KeyBuilder};
@@ -78,9 +81,22 @@ pub(crate) fn path_tag(path: &str) -> Key {
         .build()
 }
 
-/// Whether the request carries credentials (`Authorization` or `Cookie`).
-pub(crate) fn has_credentials(headers: &HeaderMap) -> bool {
-    headers.contains_key(AUTHORIZATION) || headers.contains_key(COOKIE)
+/// Whether the request carries credentials: `Authorization`, `Cookie`, or one of `more`
+/// (an application's own, such as `X-Api-Key`).
+pub(crate) fn has_credentials(headers: &HeaderMap, more: &[HeaderName]) -> bool {
+    headers.contains_key(AUTHORIZATION)
+        || headers.contains_key(COOKIE)
+        || more.iter().any(|name| headers.contains_key(name))
+}
+
+/// Appends `|a:` + the request's host. `None` if the `Host` header is not UTF-8 (such a
+/// request is not cached rather than keyed lossily).
+pub(crate) fn with_host(b: KeyBuilder, headers: &HeaderMap, uri: &http::Uri) -> Option<KeyBuilder> {
+    let host = match headers.get(HOST) {
+        Some(value) => std::str::from_utf8(value.as_bytes()).ok()?,
+        None => uri.authority().map_or("", |a| a.as_str()),
+    };
+    Some(b.literal("|a:").value(host.to_ascii_lowercase()))
 }
 
 fn push_normalized_query(mut b: KeyBuilder, query: &str) -> KeyBuilder {

@@ -107,6 +107,8 @@ pub(super) struct Config {
     pub(super) tags_fn: Option<TagsFn>,
     pub(super) principal_fn: Option<PrincipalFn>,
     pub(super) shared_with_credentials: bool,
+    pub(super) credential_headers: Vec<HeaderName>,
+    pub(super) key_host: bool,
     pub(super) tag_path: bool,
 }
 
@@ -137,6 +139,8 @@ impl CacheLayer {
                 tags_fn: None,
                 principal_fn: None,
                 shared_with_credentials: false,
+                credential_headers: Vec::new(),
+                key_host: true,
                 tag_path: true,
             }),
         }
@@ -323,6 +327,32 @@ impl CacheLayer {
         self.config().shared_with_credentials = enabled;
         self
     }
+
+    /// Headers that carry credentials besides `Authorization` and `Cookie` (an API key, a
+    /// session header): a request with one of them and no principal bypasses shared entries
+    /// as those do.
+    ///
+    /// ```
+    /// use axum::http::HeaderName;
+    /// use stormcache::layer::CacheLayer;
+    ///
+    /// # fn main() -> Result<(), stormcache::Error> {
+    /// let cache = stormcache::Cache::builder("docs").build()?;
+    /// let layer = CacheLayer::new(cache).credential_headers([HeaderName::from_static("x-api-key")]);
+    /// # let _ = layer; Ok(()) }
+    /// ```
+    pub fn credential_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.config().credential_headers.extend(names);
+        self
+    }
+
+    /// Whether the request's host is part of the key (default `true`): an application that
+    /// serves several hosts (tenants, locales) must not answer one host's request with
+    /// another's page. Turn it off only when every host serves the same content.
+    pub fn key_host(mut self, enabled: bool) -> Self {
+        self.config().key_host = enabled;
+        self
+    }
 }
 
 impl<S> Layer<S> for CacheLayer {
@@ -355,6 +385,8 @@ impl Config {
             .field("tags_fn", &self.tags_fn.is_some())
             .field("principal", &self.principal_fn.is_some())
             .field("shared_with_credentials", &self.shared_with_credentials)
+            .field("credential_headers", &self.credential_headers)
+            .field("key_host", &self.key_host)
             .field("tag_path", &self.tag_path);
         d.finish()
     }

@@ -11,7 +11,7 @@ use crate::layer::body::ResponseBody;
 use crate::layer::cache_control::{response_forbids_storing, vary_is_covered};
 use crate::layer::cached_response::CachedResponse;
 use crate::layer::request_info::{original_uri, RequestInfo};
-use crate::layer::request_key::{custom_base, default_base, finish, has_credentials};
+use crate::layer::request_key::{custom_base, default_base, finish, has_credentials, with_host};
 use crate::layer::x_cache::{XCache, X_CACHE_HEADER};
 use crate::Key;
 
@@ -33,7 +33,10 @@ pub(super) fn plan_key(
     params: Option<&axum::extract::RawPathParams>,
     principal: Option<&str>,
 ) -> Option<Key> {
-    if principal.is_none() && !config.shared_with_credentials && has_credentials(&parts.headers) {
+    if principal.is_none()
+        && !config.shared_with_credentials
+        && has_credentials(&parts.headers, &config.credential_headers)
+    {
         tracing::trace!("request with credentials and no principal; bypassing the cache");
         return None;
     }
@@ -42,6 +45,9 @@ pub(super) fn plan_key(
         None => default_base(uri.path(), uri.query()),
         Some(f) => custom_base(&f(&RequestInfo::with(parts, params, principal))?),
     };
+    if config.key_host {
+        base = with_host(base, &parts.headers, uri)?;
+    }
     if parts.extensions.get::<Nested>().is_some() {
         // Under another CacheLayer, which is loading this very request: the same key in
         // the same class would join the outer layer's load and wait for itself.
