@@ -31,9 +31,24 @@ fn not_installed(function: &str, error: &crate::Error) -> ! {
     panic!("`{function}` uses stormcache's process-wide cache: {error}")
 }
 
+/// What a key placeholder may name: anything `Display`.
+///
+/// A trait of its own rather than a `Display` bound, so that a placeholder naming a value
+/// that is not `Display` is reported as a key problem, at the template, with what to do.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot go into a cache key: it does not implement `std::fmt::Display`",
+    label = "a placeholder of this key template names a `{Self}`",
+    note = "a key holds the `Display` text of each placeholder's value (escaped): implement \
+            `std::fmt::Display` for the type, or name one of its fields that implements it, \
+            like `{{user.id}}`"
+)]
+pub trait KeyValue: Display {}
+
+impl<T: Display + ?Sized> KeyValue for T {}
+
 /// Appends an escaped value to a key (the generated code passes a reference).
 #[inline(always)]
-pub fn value<T: Display + ?Sized>(builder: KeyBuilder, value: &T) -> KeyBuilder {
+pub fn value<T: KeyValue + ?Sized>(builder: KeyBuilder, value: &T) -> KeyBuilder {
     builder.value(value)
 }
 

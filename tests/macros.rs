@@ -245,6 +245,13 @@ async fn default_key(a: u32, b: &str) -> String {
     format!("{a}{b}")
 }
 
+/// The cache passed as an argument says where to cache, not what: the default key leaves it
+/// out, and the body need not use it (nor `id`, which only the key uses).
+#[cached(cache = cache)]
+async fn cache_argument(cache: &Cache, id: u32) -> u32 {
+    7
+}
+
 #[tokio::test]
 async fn keys_name_arguments_and_fields_and_escape_values() {
     let user = User {
@@ -274,6 +281,16 @@ async fn keys_name_arguments_and_fields_and_escape_values() {
     // Without `key`: the function's path and every argument.
     assert_eq!(default_key_key(1, "b").as_str(), "macros::default_key:1:b");
     assert_eq!(default_key(1, "b").await, "1b");
+    assert_eq!(
+        cache_argument_key(&KEYS, 3).as_str(),
+        "macros::cache_argument:3"
+    );
+    assert_eq!(cache_argument(&KEYS, 3).await, 7);
+    let stored = cache_argument_key(&KEYS, 3);
+    assert_eq!(
+        KEYS.get::<u32>(&stored, &EntryOptions::new()).await,
+        Some(7)
+    );
 }
 
 #[test]

@@ -63,9 +63,11 @@ mod template;
 ///   (`{self.tenant}`); the value must implement `Display` and is escaped as
 ///   `stormcache::key::escape_into` does, so `*` or `:` in it cannot widen a pattern.
 ///   The literal parts are checked at compile time. Arguments the key does not name take no
-///   part in it. Without `key`, the key is the function's module path and name followed by
-///   every argument (which must then all be `Display`), plus `Self`'s type name for a
-///   method — give a key when entries must be shared between builds or services.
+///   part in it; an argument that only the key, a tag or the `cache` expression uses need not
+///   appear in the body (it is not reported as unused). Without `key`, the key is the function's module path and name followed by
+///   every argument (which must then all be `Display`; an argument that is the cache, as
+///   in `cache = cache`, is left out), plus `Self`'s type name for a method — give a key
+///   when entries must be shared between builds or services.
 ///
 ///   ```
 ///   # use stormcache::cached;
@@ -127,8 +129,9 @@ mod template;
 ///   async fn yearly_report(year: u16) -> String { format!("report {year}") }
 ///   ```
 /// - **`cache = <expr>`** — which `stormcache::Cache` to use: `self.cache`, a `static`
-///   (`LazyLock<Cache>`), a function returning `&Cache`… Anything that dereferences to a
-///   `Cache`. Without it, the process-wide cache installed with `stormcache::install`.
+///   (`LazyLock<Cache>`), a function returning `&Cache`, an argument of type `Cache`,
+///   `&Cache` or `Arc<Cache>`… Anything that dereferences to a `Cache`. Without it, the
+///   process-wide cache installed with `stormcache::install`.
 ///
 ///   ```
 ///   # use stormcache::{cached, Cache};

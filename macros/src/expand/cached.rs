@@ -7,7 +7,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{Attribute, Generics, ItemFn, Pat, PatType, Type, WherePredicate};
+use syn::{Attribute, Generics, Ident, ItemFn, Pat, PatType, Type, WherePredicate};
 
 use super::{
     cache_binding, check_async, classify, collect_idents, fn_placeholder, return_type, typed_body,
@@ -28,6 +28,8 @@ struct CachedPlan<'a> {
     key: TokenStream,
     /// First segments of the placeholders (the arguments the key names; `self` included).
     key_args: BTreeSet<String>,
+    /// First segments of the tags' placeholders.
+    tag_args: BTreeSet<String>,
     options: TokenStream,
     cache: Option<&'a CacheArg>,
 }
@@ -116,7 +118,15 @@ fn cached_key(args: &CachedArgs, fn_args: &FnArgs) -> syn::Result<(TokenStream, 
             )
         };
     }
+    // An argument that is the cache itself (`cache = cache`) says where to cache, not what.
+    let cache_arg = args.cache.as_ref().and_then(|c| match &c.expr {
+        syn::Expr::Path(p) if p.qself.is_none() => p.path.get_ident().map(|i| i.unraw()),
+        _ => None,
+    });
     for (ident, _) in &fn_args.named {
+        if cache_arg.as_ref() == Some(&ident.unraw()) {
+            continue;
+        }
         key_args.insert(ident.unraw().to_string());
         builder = quote_spanned! {ident.span()=>
             ::stormcache::__private::value(#builder.literal_unchecked(":"), &#ident)
@@ -162,6 +172,11 @@ pub(crate) fn cached(args: CachedArgs, item: ItemFn) -> syn::Result<TokenStream>
         ret,
         key,
         key_args,
+        tag_args: args
+            .tags
+            .iter()
+            .flat_map(|tag| tag.named().map(|path| path[0].clone()))
+            .collect(),
         options,
         cache: args.cache.as_ref(),
     };
@@ -289,12 +304,32 @@ fn companions(plan: &CachedPlan, item: &ItemFn, cache_none: bool) -> syn::Result
     );
     let key = &plan.key;
     let cache = cache_binding(plan.cache, plan.args);
+    // The user's body need not use an argument that only the key, a tag or the cache
+    // expression uses; in a companion that runs the body alone (or builds the key alone),
+    // such an argument would otherwise be reported as unused, at the user's own signature.
+    let no_cache_uses = mark_used(
+        plan.args
+            .named
+            .iter()
+            .map(|(ident, _)| ident)
+            .filter(|ident| {
+                let name = ident.unraw().to_string();
+                wanted.contains(&name) || plan.tag_args.contains(&name)
+            }),
+    );
+    let key_uses = mark_used(kept.iter().filter_map(|pt| match &*pt.pat {
+        Pat::Ident(pi) if !plan.key_args.contains(&pi.ident.unraw().to_string()) => Some(&pi.ident),
+        _ => None,
+    }));
 
     Ok(quote! {
         #(#cfgs)*
         #[doc = #no_cache_doc]
         #[allow(dead_code, clippy::too_many_arguments)]
-        #vis #no_cache_sig #block
+        #vis #no_cache_sig {
+            #no_cache_uses
+            #block
+        }
 
         #(#cfgs)*
         #[doc = #refresh_doc]
@@ -310,6 +345,7 @@ fn companions(plan: &CachedPlan, item: &ItemFn, cache_none: bool) -> syn::Result
         #[allow(dead_code, clippy::too_many_arguments)]
         #[must_use]
         #vis fn #key_name <#params_generics> (#receiver #(#params),*) -> ::stormcache::Key #where_clause {
+            #key_uses
             #key
         }
 
@@ -323,6 +359,16 @@ fn companions(plan: &CachedPlan, item: &ItemFn, cache_none: bool) -> syn::Result
             __sc_cache.remove(&#key).await
         }
     })
+}
+
+/// `let _ = (&a, &b);`: a use of each argument that moves nothing and borrows nothing past
+/// the statement.
+fn mark_used<'i>(idents: impl Iterator<Item = &'i Ident>) -> TokenStream {
+    let idents: Vec<&Ident> = idents.collect();
+    if idents.is_empty() {
+        return TokenStream::new();
+    }
+    quote!(let _ = (#(&#idents,)*);)
 }
 
 #[allow(clippy::panic)]
