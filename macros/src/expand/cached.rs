@@ -56,6 +56,11 @@ fn cached_options(args: &CachedArgs, fn_args: &FnArgs) -> syn::Result<TokenStrea
     if let Some(class) = &args.class {
         calls.extend(quote!(.class(#class)));
     }
+    // For traces: how the key is made, never its values.
+    if let Some(key) = &args.key {
+        let template = &key.lit;
+        calls.extend(quote!(.key_template(#template)));
+    }
     if let Some(stale) = &args.stale_for {
         let d = duration_tokens(stale);
         calls.extend(quote!(.stale_for(#d)));
