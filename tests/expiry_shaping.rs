@@ -305,6 +305,16 @@ async fn skip_local_reads_redis_each_time_and_keeps_nothing_locally() {
     let normal = EntryOptions::new();
     let _: u32 = a.get_or_load(key("w"), &normal, || async { 1 }).await;
     let _: u32 = b.get_or_load(key("w"), &normal, || async { 1 }).await;
+    let read = a
+        .fetch(key("w"), &opts, || async { Ok::<u32, ()>(0) })
+        .await;
+    assert_eq!(
+        read.map(|f| f.origin),
+        Ok(Origin::Redis),
+        "the local copy was read"
+    );
+    assert!(a.get_local::<u32>(key("w"), &opts).is_err());
+    assert!(a.get_local::<u32>(key("w"), &normal).is_ok());
     a.set(key("w"), 2u32, &opts).await;
     assert!(
         a.get_local::<u32>(key("w"), &normal).is_err(),
