@@ -113,7 +113,7 @@ pub use crate::key::{Key, KeyBuilder, KeyTemplate};
 pub use crate::model::{
     BackplaneStatus, CacheEvent, Cacheable, Class, Counters, EntryOptions, Fetched, FlushScope,
     HealthState, Invalidation, InvalidationReport, InvalidationRule, Origin, OutagePolicy,
-    OutageRecord, RedisOutcome, Status, Tier, DEFAULT_CLASS,
+    OutageRecord, RedisOutcome, Status, Tier, TtlJitter, DEFAULT_CLASS,
 };
 pub use crate::store::{Codec, LocalCapacity};
 #[cfg(feature = "macros")]

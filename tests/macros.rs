@@ -164,6 +164,37 @@ async fn ttl_expires_entries() {
     assert_eq!(short_lived().await, 2, "expired after its TTL");
 }
 
+test_cache!(SHAPED, "shaped");
+static SHAPED_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(key = "shaped", ttl = "1h", ttl_jitter = "10%", local_ttl = "150ms", cache = SHAPED)]
+async fn shaped() -> usize {
+    SHAPED_CALLS.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+#[cached(key = "jittered", ttl = "1h", ttl_jitter = "5m", cache = SHAPED)]
+async fn jittered() -> usize {
+    7
+}
+
+#[tokio::test]
+async fn local_ttl_and_jitter_arguments_reach_the_options() {
+    let started = std::time::Instant::now();
+    assert_eq!(shaped().await, 1);
+    assert_eq!(shaped().await, 1);
+    // No Redis here: once the local copy expires, the function runs again.
+    let deadline = started + Duration::from_secs(5);
+    while shaped().await == 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never expired locally"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(140));
+    assert_eq!((jittered().await, jittered().await), (7, 7));
+}
+
 test_cache!(CLASSES, "classes");
 static CLASS_CALLS: AtomicUsize = AtomicUsize::new(0);
 

@@ -128,6 +128,18 @@ mod template;
 ///   #[cached(key = "report:{year}", ttl = "1h", distributed_lock = "30s")]
 ///   async fn yearly_report(year: u16) -> String { format!("report {year}") }
 ///   ```
+/// - **`ttl_jitter = "10%"`** — each stored entry's TTL is randomly up to this much shorter
+///   (a percentage of the TTL, or a duration such as `"30s"`), so that entries written
+///   together do not expire together (`stormcache::EntryOptions::ttl_jitter`).
+/// - **`local_ttl = "30s"`** — the local copy expires after this long at most, while Redis
+///   keeps the entry for its full TTL; the next read then comes from Redis
+///   (`stormcache::EntryOptions::local_ttl`).
+///
+///   ```
+///   # use stormcache::cached;
+///   #[cached(key = "catalog:{id}", ttl = "1h", ttl_jitter = "10%", local_ttl = "1m")]
+///   async fn catalog_entry(id: u32) -> String { format!("entry {id}") }
+///   ```
 /// - **`cache = <expr>`** — which `stormcache::Cache` to use: `self.cache`, a `static`
 ///   (`LazyLock<Cache>`), a function returning `&Cache`, an argument of type `Cache`,
 ///   `&Cache` or `Arc<Cache>`… Anything that dereferences to a `Cache`. Without it, the
@@ -325,6 +337,18 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 ///   # use stormcache::invalidate;
 ///   #[invalidate(class = "sessions")]
 ///   async fn rotate_signing_key() -> Result<(), String> { Ok(()) }
+///   ```
+/// - **`ttl_jitter = "10%"`** — each stored entry's TTL is randomly up to this much shorter
+///   (a percentage of the TTL, or a duration such as `"30s"`), so that entries written
+///   together do not expire together (`stormcache::EntryOptions::ttl_jitter`).
+/// - **`local_ttl = "30s"`** — the local copy expires after this long at most, while Redis
+///   keeps the entry for its full TTL; the next read then comes from Redis
+///   (`stormcache::EntryOptions::local_ttl`).
+///
+///   ```
+///   # use stormcache::cached;
+///   #[cached(key = "catalog:{id}", ttl = "1h", ttl_jitter = "10%", local_ttl = "1m")]
+///   async fn catalog_entry(id: u32) -> String { format!("entry {id}") }
 ///   ```
 /// - **`cache = <expr>`** — the cache, as in `#[cached]`; the process-wide one by default.
 ///

@@ -142,6 +142,32 @@ pub(crate) struct CacheArg {
     pub(crate) expr: Expr,
 }
 
+/// A TTL jitter: a duration (`"30s"`) or a percentage of the TTL (`"10%"`).
+#[derive(Clone, Debug)]
+pub(crate) enum JitterArg {
+    UpTo(DurationArg),
+    /// The fraction of the TTL, `0.0..=1.0`.
+    Fraction(f64),
+}
+
+/// Parses `"10%"`, `"2.5%"` (0 to 100) or a duration.
+pub(crate) fn parse_jitter(lit: &LitStr) -> syn::Result<JitterArg> {
+    let text = lit.value();
+    let Some(percent) = text.strip_suffix('%') else {
+        return parse_duration(lit, "ttl_jitter").map(JitterArg::UpTo);
+    };
+    match percent.trim().parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(JitterArg::Fraction(p / 100.0)),
+        _ => Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "bad jitter `{text}` for `ttl_jitter`: write a percentage of the TTL from 0 to \
+                 100, like \"10%\", or a duration, like \"30s\""
+            ),
+        )),
+    }
+}
+
 /// The arguments of `#[cached(...)]`.
 #[derive(Default)]
 pub(crate) struct CachedArgs {
@@ -151,13 +177,15 @@ pub(crate) struct CachedArgs {
     pub(crate) tags: Vec<Template>,
     pub(crate) stale_for: Option<DurationArg>,
     pub(crate) distributed_lock: Option<DurationArg>,
+    pub(crate) ttl_jitter: Option<JitterArg>,
+    pub(crate) local_ttl: Option<DurationArg>,
     pub(crate) cache: Option<CacheArg>,
     pub(crate) cache_none: Option<(bool, Span)>,
     pub(crate) companions: Option<bool>,
 }
 
-const CACHED_ARGS: &str =
-    "key, ttl, class, tags, stale_for, distributed_lock, cache, cache_none, companions";
+const CACHED_ARGS: &str = "key, ttl, class, tags, stale_for, distributed_lock, ttl_jitter, \
+                           local_ttl, cache, cache_none, companions";
 
 impl Parse for CachedArgs {
     fn parse(input: ParseStream) -> syn::Result<Self> {
@@ -185,6 +213,16 @@ impl Parse for CachedArgs {
                     input.parse::<Token![=]>()?;
                     let d = parse_duration(&input.parse()?, "distributed_lock")?;
                     set_once(&mut args.distributed_lock, &name, d)?;
+                }
+                "ttl_jitter" => {
+                    input.parse::<Token![=]>()?;
+                    let j = parse_jitter(&input.parse()?)?;
+                    set_once(&mut args.ttl_jitter, &name, j)?;
+                }
+                "local_ttl" => {
+                    input.parse::<Token![=]>()?;
+                    let d = parse_duration(&input.parse()?, "local_ttl")?;
+                    set_once(&mut args.local_ttl, &name, d)?;
                 }
                 "class" => {
                     input.parse::<Token![=]>()?;
@@ -479,6 +517,19 @@ mod tests {
         assert!(syn::parse_str::<CachedArgs>(r#"ttl = "1m", ttl = "2m""#).is_err());
         assert!(syn::parse_str::<CachedArgs>(r#"tll = "1m""#).is_err());
         assert!(syn::parse_str::<CachedArgs>(r#"class = "a b""#).is_err());
+        let shaped: CachedArgs =
+            syn::parse_str(r#"ttl_jitter = "12.5%", local_ttl = "30s""#).unwrap();
+        assert!(matches!(shaped.ttl_jitter, Some(JitterArg::Fraction(f)) if f == 0.125));
+        assert!(shaped.local_ttl.is_some_and(|d| d.secs == 30));
+        let by_duration: CachedArgs = syn::parse_str(r#"ttl_jitter = "1m""#).unwrap();
+        assert!(matches!(by_duration.ttl_jitter, Some(JitterArg::UpTo(d)) if d.secs == 60));
+        for bad in [r#""101%""#, r#""-1%""#, r#""x%""#, r#""10""#] {
+            let args = format!("ttl_jitter = {bad}");
+            assert!(
+                syn::parse_str::<CachedArgs>(&args).is_err(),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

@@ -76,9 +76,11 @@ where
         return Err((local_key, loader));
     };
     core.stats().l1_hit(local_key.class);
-    let ttl = core.ttl_of(local_key.class, options);
+    // The threshold is of the local copy's life, which a local TTL may cut short.
+    let shape = core.shape(local_key.class, options);
+    let lifetime = shape.local_fresh_for(shape.ttl);
     let left = hit.fresh_until.saturating_duration_since(Instant::now());
-    let refresh_window = ttl.mul_f64(1.0 - f64::from(threshold) / 1000.0);
+    let refresh_window = lifetime.mul_f64(1.0 - f64::from(threshold) / 1000.0);
     if left < refresh_window {
         if let Some(claim) = refreshing.claim(&local_key) {
             core.stats().eager_refresh();
@@ -113,8 +115,8 @@ async fn refresh<T, E, F, Fut>(
 {
     let key = &claim.key;
     let epoch = core.flights().epoch(key, &options.tags);
-    let ttl = core.ttl_of(key.class, &options);
-    let redis = core.redis();
+    let shape = core.shape(key.class, &options);
+    let redis = core.redis().filter(|_| shape.redis);
     let redis_key = redis.map(|r| core.entry_key(r, key));
     // Among instances, one refresh: skip if another holds the key's lock.
     let mut lock = None;
@@ -136,7 +138,7 @@ async fn refresh<T, E, F, Fut>(
         let lease = match core.read_redis::<T>(redis, &full_key, &options.tags).await {
             RedisRead::Fresh(fresh, lease) => {
                 if fresh.fresh_for >= refresh_window {
-                    core.keep_from_redis(key, &fresh, ttl, &options, epoch);
+                    core.keep_from_redis(key, &fresh, &shape, &options, epoch);
                     if let Some(lock) = lock {
                         lock.release(core.command_timeout()).await;
                     }
@@ -154,11 +156,7 @@ async fn refresh<T, E, F, Fut>(
     core.stats().refreshed(key.class, started.elapsed());
     if let Ok(value) = loaded {
         let in_redis = match core.flights().begin_store(epoch) {
-            Some(_storing) => {
-                let grace = options.stale_for.unwrap_or(Duration::ZERO);
-                core.store(key, leased, &value, ttl, grace, &options.tags)
-                    .await
-            }
+            Some(_storing) => core.store(key, leased, &value, &shape, &options.tags).await,
             None => false,
         };
         if in_redis {

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::stampede::{self, LockOutcome};
 use crate::core::{wait, Core, Epoch, Join, Outcome, RedisRead, WriteIf};
@@ -51,7 +51,11 @@ where
     };
     // A flight may have finished between our first look and our joining (or the
     // cancelled leader's successor may have finished): look again before loading.
-    if let Some(hit) = core.lookup::<T>(&local_key).filter(|h| core.serves(h)) {
+    let again = match options.skip_local {
+        true => None,
+        false => core.lookup::<T>(&local_key).filter(|h| core.serves(h)),
+    };
+    if let Some(hit) = again {
         core.stats().l1_hit(local_key.class);
         if let Some(leader) = leader {
             leader.succeed(Arc::new(hit.value.clone()), Origin::Local);
@@ -85,19 +89,20 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let ttl = core.ttl_of(local_key.class, options);
-    let grace = options.stale_for.unwrap_or(Duration::ZERO);
+    let shape = core.shape(local_key.class, options);
+    let grace = shape.grace;
     // Where to write the loaded value: only if Redis answered the read. While this process
     // is removing from Redis something that can reach this entry (its key, a tag, its
     // class), Redis may still hold what it removes, so the load goes to the loader (and, as
     // any load begun then, stores nothing). The write is conditional on what the read saw
     // (the lease): an invalidation by any instance between the two makes Redis refuse it.
     let mut redis_key = None;
-    if let Some(redis) = core.redis().filter(|_| epoch.redis_is_current()) {
+    let redis = core.redis().filter(|_| shape.redis);
+    if let Some(redis) = redis.filter(|_| epoch.redis_is_current()) {
         let full_key = core.entry_key(redis, local_key);
         match core.read_redis::<T>(redis, &full_key, &options.tags).await {
             RedisRead::Fresh(fresh, _) => {
-                core.keep_from_redis(local_key, &fresh, ttl, options, epoch);
+                core.keep_from_redis(local_key, &fresh, &shape, options, epoch);
                 return Ok(Fetched {
                     value: fresh.value,
                     origin: Origin::Redis,
@@ -150,8 +155,7 @@ where
                 local_key,
                 redis_key.map(|(key, lease)| (key, WriteIf::Unchanged(lease))),
                 value,
-                ttl,
-                grace,
+                &shape,
                 &options.tags,
             )
             .await;

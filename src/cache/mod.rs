@@ -172,6 +172,9 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub fn get_local<T: Cacheable>(&self, key: Key, options: &EntryOptions) -> Result<T, Key> {
+        if options.skip_local {
+            return Err(key);
+        }
         let core = &*self.shared.core;
         let local_key = core.local_key(key, options)?;
         match core.lookup::<T>(&local_key) {
@@ -212,7 +215,12 @@ impl Cache {
             }
         };
         let mut stale = None;
-        if let Some(hit) = core.lookup::<T>(&local_key) {
+        // A plain bool on the options, already in cache: the hit path stays one lookup.
+        let found = match options.skip_local {
+            true => None,
+            false => core.lookup::<T>(&local_key),
+        };
+        if let Some(hit) = found {
             if core.serves(&hit) {
                 core.stats().l1_hit(local_key.class);
                 telemetry::local_hit_span(
@@ -260,11 +268,10 @@ impl Cache {
         let Ok(local_key) = core.local_key(key, options) else {
             return;
         };
-        let ttl = core.ttl_of(local_key.class, options);
-        let grace = options.stale_for.unwrap_or(Duration::ZERO);
+        let shape = core.shape(local_key.class, options);
         self.shared
             .invalidator
-            .write(core, &local_key, &value, ttl, grace, &options.tags)
+            .write(core, &local_key, &value, &shape, &options.tags)
             .await;
     }
 
@@ -303,7 +310,8 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let Some(threshold) = options.eager_refresh else {
+        // Without the local store there is no hit to refresh early.
+        let Some(threshold) = options.eager_refresh.filter(|_| !options.skip_local) else {
             return self.fetch(key, options, loader).await;
         };
         let local_key = match self.shared.core.local_key(key, options) {

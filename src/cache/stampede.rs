@@ -45,7 +45,7 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
     let Some(redis) = core.redis() else {
         return LockOutcome::Unavailable;
     };
-    let ttl = core.ttl_of(local_key.class, options);
+    let shape = core.shape(local_key.class, options);
     let lock_key = core.lock_key(redis, local_key);
     let give_up = Instant::now() + lock_ttl * 2;
     let mut poll = FIRST_POLL;
@@ -58,7 +58,7 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
                 return match core.read_redis::<T>(redis, full_key, &options.tags).await {
                     RedisRead::Fresh(fresh, _) => {
                         guard.release(core.command_timeout()).await;
-                        core.keep_from_redis(local_key, &fresh, ttl, options, epoch);
+                        core.keep_from_redis(local_key, &fresh, &shape, options, epoch);
                         core.stats().lock_wait();
                         LockOutcome::Filled(fresh.value)
                     }
@@ -83,7 +83,7 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
         poll = (poll * 2).min(MAX_POLL);
         match core.read_redis::<T>(redis, full_key, &options.tags).await {
             RedisRead::Fresh(fresh, _) => {
-                core.keep_from_redis(local_key, &fresh, ttl, options, epoch);
+                core.keep_from_redis(local_key, &fresh, &shape, options, epoch);
                 core.stats().lock_wait();
                 return LockOutcome::Filled(fresh.value);
             }

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{flights, Core, Epoch, ShardMask, ALL_SHARDS};
+use super::{flights, Core, Epoch, Shape, ShardMask, ALL_SHARDS};
 use crate::error::Error;
 use crate::key::Key;
 use crate::model::{Cacheable, ClassId, EntryOptions, Invalidation};
@@ -124,25 +124,28 @@ impl Core {
     }
 
     /// Keeps a value read from Redis in the local store, for what is left of its freshness
-    /// but no longer than `ttl` — unless it was read before an invalidation that has started
-    /// since: then it is served but not kept.
+    /// but no longer than the shape's TTL or local limit — unless it was read before an
+    /// invalidation that has started since (then it is served but not kept), or the call
+    /// skips the local store.
     pub(crate) fn keep_from_redis<T: Cacheable>(
         &self,
         local_key: &LocalKey,
         fresh: &Fresh<T>,
-        ttl: Duration,
+        shape: &Shape,
         options: &EntryOptions,
         epoch: Epoch,
     ) {
-        if let Some(_storing) = self.flights.begin_store(epoch) {
-            self.local.insert(
-                local_key.clone(),
-                fresh.value.clone(),
-                fresh.fresh_for.min(ttl),
-                options.stale_for.unwrap_or(Duration::ZERO),
-                &options.tags,
-                fresh.len,
-            );
+        if shape.local {
+            if let Some(_storing) = self.flights.begin_store(epoch) {
+                self.local.insert(
+                    local_key.clone(),
+                    fresh.value.clone(),
+                    shape.local_fresh_for(fresh.fresh_for.min(shape.ttl)),
+                    shape.grace,
+                    &options.tags,
+                    fresh.len,
+                );
+            }
         }
         self.stats.l2_hit(local_key.class);
     }
@@ -154,20 +157,21 @@ impl Core {
     }
 
     /// Writes a loaded value to Redis (if `redis_key`, under its condition) and to the local
-    /// store. Returns whether Redis has the value now: false without a Redis key, or if the
-    /// write failed, was shed or refused, or the value did not encode.
+    /// store (unless the shape skips it), with one TTL drawn for both. Returns whether Redis
+    /// has the value now: false without a Redis key, or if the write failed, was shed or
+    /// refused, or the value did not encode.
     pub(crate) async fn store<T: Cacheable>(
         &self,
         local_key: &LocalKey,
         redis_key: Option<(String, WriteIf)>,
         value: &T,
-        ttl: Duration,
-        grace: Duration,
+        shape: &Shape,
         tags: &[Key],
     ) -> bool {
+        let (ttl, grace) = (shape.draw_ttl(), shape.grace);
         let mut in_redis = false;
         let mut encoded_len = 0;
-        if redis_key.is_some() || self.local.weighs_bytes() {
+        if redis_key.is_some() || (shape.local && self.local.weighs_bytes()) {
             match self.codec.encode(value) {
                 Ok(payload) => {
                     encoded_len = payload.len();
@@ -183,14 +187,16 @@ impl Core {
                 }
             }
         }
-        self.local.insert(
-            local_key.clone(),
-            value.clone(),
-            ttl,
-            grace,
-            tags,
-            encoded_len,
-        );
+        if shape.local {
+            self.local.insert(
+                local_key.clone(),
+                value.clone(),
+                shape.local_fresh_for(ttl),
+                grace,
+                tags,
+                encoded_len,
+            );
+        }
         in_redis
     }
 

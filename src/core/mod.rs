@@ -11,6 +11,7 @@ mod breaker;
 mod events;
 mod flights;
 mod io;
+mod shape;
 mod stats;
 mod suspect_writes;
 pub(crate) mod telemetry;
@@ -22,6 +23,7 @@ pub(crate) use self::breaker::Breaker;
 pub(crate) use self::events::Events;
 pub(crate) use self::flights::{wait, Epoch, Flights, Join, Outcome, ShardMask, ALL_SHARDS};
 pub(crate) use self::io::{Lease, RedisRead, WriteIf};
+pub(crate) use self::shape::Shape;
 pub(crate) use self::stats::Stats;
 pub(crate) use self::telemetry::Telemetry;
 

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use super::options::TtlJitter;
 use crate::error::Error;
 use crate::key::check_name;
 
@@ -22,6 +23,8 @@ pub const DEFAULT_CLASS: &str = "default";
 ///
 /// let permissions = Class::new("permissions")
 ///     .ttl(Duration::from_secs(15 * 60))
+///     .ttl_jitter(0.1)
+///     .local_ttl(Duration::from_secs(60))
 ///     .volatile();
 /// assert!(permissions.is_volatile());
 /// ```
@@ -30,6 +33,8 @@ pub const DEFAULT_CLASS: &str = "default";
 pub struct Class {
     name: String,
     ttl: Option<Duration>,
+    ttl_jitter: Option<TtlJitter>,
+    local_ttl: Option<Duration>,
     volatile: bool,
 }
 
@@ -41,6 +46,8 @@ impl Class {
         Class {
             name: name.into(),
             ttl: None,
+            ttl_jitter: None,
+            local_ttl: None,
             volatile: false,
         }
     }
@@ -48,6 +55,23 @@ impl Class {
     /// The TTL of entries of this class when the call does not give one.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// TTL jitter of the class's entries when the call gives none: each stored entry's TTL
+    /// is shortened by a random amount up to `jitter` (a [`Duration`], or a fraction of the
+    /// TTL), so that entries written together do not expire together. See
+    /// [`EntryOptions::ttl_jitter`](crate::EntryOptions::ttl_jitter).
+    pub fn ttl_jitter(mut self, jitter: impl Into<TtlJitter>) -> Self {
+        self.ttl_jitter = Some(jitter.into());
+        self
+    }
+
+    /// The longest the local copy of an entry of this class is kept, when the call gives no
+    /// limit; Redis keeps the entry for its full TTL. See
+    /// [`EntryOptions::local_ttl`](crate::EntryOptions::local_ttl). Must not be zero.
+    pub fn local_ttl(mut self, ttl: Duration) -> Self {
+        self.local_ttl = Some(ttl);
         self
     }
 
@@ -70,6 +94,16 @@ impl Class {
     /// The class's own default TTL, if it has one.
     pub fn default_ttl(&self) -> Option<Duration> {
         self.ttl
+    }
+
+    /// The class's TTL jitter, if it has one.
+    pub fn default_ttl_jitter(&self) -> Option<TtlJitter> {
+        self.ttl_jitter
+    }
+
+    /// The class's limit on the local copy's TTL, if it has one.
+    pub fn default_local_ttl(&self) -> Option<Duration> {
+        self.local_ttl
     }
 }
 
@@ -101,6 +135,13 @@ impl Classes {
             if ttl.is_zero() {
                 return Err(Error::Config(format!(
                     "class `{}` has a zero TTL",
+                    class.name
+                )));
+            }
+            if class.local_ttl.is_some_and(|t| t.is_zero()) {
+                return Err(Error::Config(format!(
+                    "class `{}` has a zero local TTL (use `EntryOptions::skip_local` to keep \
+                     entries out of the local store)",
                     class.name
                 )));
             }
@@ -152,5 +193,9 @@ mod tests {
         assert!(classes.resolve(Some("nope")).is_none());
         assert!(Classes::new(vec![Class::new("a*")], day).is_err());
         assert!(Classes::new(vec![Class::new("a"), Class::new("a")], day).is_err());
+        assert!(Classes::new(vec![Class::new("a").local_ttl(Duration::ZERO)], day).is_err());
+        let shaped = Class::new("a").ttl_jitter(0.2).local_ttl(day / 24);
+        assert_eq!(shaped.default_ttl_jitter(), Some(TtlJitter::fraction(0.2)));
+        assert_eq!(shaped.default_local_ttl(), Some(day / 24));
     }
 }

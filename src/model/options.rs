@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use crate::key::Key;
 
-/// Options of one cached call: TTL, class, tags, fail-safe grace, distributed stampede
-/// lock and eager refresh.
+/// Options of one cached call: TTL (with its jitter and the local copy's limit), class,
+/// tags, fail-safe grace, distributed stampede lock, eager refresh, and which stores the
+/// call uses.
 ///
 /// ```
 /// use std::time::Duration;
@@ -31,6 +32,12 @@ pub struct EntryOptions {
     pub(crate) lock: Option<Duration>,
     /// Per mille of the TTL after which a hit refreshes.
     pub(crate) eager_refresh: Option<u16>,
+    pub(crate) ttl_jitter: Option<TtlJitter>,
+    pub(crate) local_ttl: Option<Duration>,
+    /// Neither read nor write the local store.
+    pub(crate) skip_local: bool,
+    /// Neither read nor write Redis.
+    pub(crate) skip_redis: bool,
     /// How the key was made, for traces (`user:groups:{id}`), never its values.
     pub(crate) key_template: Option<Cow<'static, str>>,
 }
@@ -114,9 +121,104 @@ impl EntryOptions {
         self
     }
 
+    /// TTL jitter, overriding the class's: each stored entry's TTL is shortened by a random
+    /// amount up to `jitter` (a [`Duration`], or a fraction `0.0..=1.0` of the TTL), so that
+    /// entries written together — by a deploy's warm-up, or by every replica after a flush —
+    /// do not all expire, and reload, in the same instant.
+    ///
+    /// The TTL is drawn once per store, and Redis and the local copy use the same one;
+    /// another instance that reads the entry from Redis keeps it no longer than Redis does.
+    /// `Duration::ZERO` turns off a class's jitter for this call.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stormcache::EntryOptions;
+    ///
+    /// // TTLs between 9 and 10 minutes.
+    /// let opts = EntryOptions::new().ttl(Duration::from_secs(600)).ttl_jitter(0.1);
+    /// // Or in absolute terms: between 9 min 30 s and 10 minutes.
+    /// let opts = opts.ttl_jitter(Duration::from_secs(30));
+    /// # let _ = opts;
+    /// ```
+    pub fn ttl_jitter(mut self, jitter: impl Into<TtlJitter>) -> Self {
+        self.ttl_jitter = Some(jitter.into());
+        self
+    }
+
+    /// Keeps the local copy for at most `ttl` (at least 1 ms), overriding the class's limit,
+    /// while Redis keeps the entry for its full TTL. Once the local copy has expired, the
+    /// next read takes the value from Redis (an L2 hit, not a reload), so the instance picks
+    /// up a newer value within `ttl` even if it missed the invalidation that announced it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stormcache::EntryOptions;
+    ///
+    /// // An hour in Redis, re-read from Redis at least every 30 s.
+    /// let opts = EntryOptions::new()
+    ///     .ttl(Duration::from_secs(3600))
+    ///     .local_ttl(Duration::from_secs(30));
+    /// # let _ = opts;
+    /// ```
+    pub fn local_ttl(mut self, ttl: Duration) -> Self {
+        self.local_ttl = Some(ttl.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// This call neither reads nor writes the local store: every read goes to Redis (then
+    /// the loader), and what it loads is stored in Redis only. For values too large, or too
+    /// rarely read twice, to be worth a place in memory. A [`set`](crate::Cache::set) with
+    /// it also drops this instance's older local copy, as it does the other instances'.
+    ///
+    /// With [`skip_redis`](Self::skip_redis) too, nothing is cached: the loader runs every
+    /// time.
+    pub fn skip_local(mut self) -> Self {
+        self.skip_local = true;
+        self
+    }
+
+    /// This call neither reads nor writes Redis: it uses the local store only, as a cache
+    /// without Redis would (no distributed lock either). For values that are cheap to load
+    /// and not worth a round trip, or that must not leave the process. A
+    /// [`set`](crate::Cache::set) with it changes this instance's copy only; Redis and the
+    /// other instances keep theirs.
+    ///
+    /// Invalidations are not affected: they reach both stores whatever the calls that
+    /// stored the entry said.
+    pub fn skip_redis(mut self) -> Self {
+        self.skip_redis = true;
+        self
+    }
+
+    /// The local store only: [`skip_redis`](Self::skip_redis), and undoes an earlier
+    /// [`skip_local`](Self::skip_local).
+    ///
+    /// ```
+    /// use stormcache::EntryOptions;
+    ///
+    /// let opts = EntryOptions::new().local_only();
+    /// assert!(opts.uses_local() && !opts.uses_redis());
+    /// ```
+    pub fn local_only(mut self) -> Self {
+        self.skip_local = false;
+        self.skip_redis = true;
+        self
+    }
+
+    /// Whether the call reads and writes the local store (no [`skip_local`](Self::skip_local)).
+    pub fn uses_local(&self) -> bool {
+        !self.skip_local
+    }
+
+    /// Whether the call reads and writes Redis, when the cache has it (no
+    /// [`skip_redis`](Self::skip_redis)).
+    pub fn uses_redis(&self) -> bool {
+        !self.skip_redis
+    }
+
     /// The key's template (`user:groups:{id}`), recorded as `cache.key_template` on the
     /// read's span: traces can then tell reads apart without the key's values, which can
-    /// carry personal data. `#[cached]` and `CacheLayer` set it; for other calls it is
+    /// carry personal data. `#[cached]` with a `key` sets it; for other calls it is
     /// optional.
     ///
     /// ```
@@ -143,5 +245,96 @@ impl EntryOptions {
     /// The tags given.
     pub fn tag_list(&self) -> &[Key] {
         &self.tags
+    }
+}
+
+/// How much shorter than its TTL an entry may live: see [`EntryOptions::ttl_jitter`] and
+/// [`Class::ttl_jitter`](crate::Class::ttl_jitter).
+///
+/// Made from a [`Duration`] (at most that much shorter) or an `f64` fraction of the TTL,
+/// clamped to `0.0..=1.0` (`0.1`: up to 10 % shorter). An entry keeps at least 1 ms.
+///
+/// ```
+/// use std::time::Duration;
+/// use stormcache::TtlJitter;
+///
+/// let ttl = Duration::from_secs(600);
+/// assert_eq!(TtlJitter::from(0.1).max_for(ttl), Duration::from_secs(60));
+/// assert_eq!(TtlJitter::from(Duration::from_secs(5)).max_for(ttl), Duration::from_secs(5));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TtlJitter(Spread);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Spread {
+    /// Parts per million of the TTL: an integer, so options stay `Eq`.
+    Fraction(u32),
+    UpTo(Duration),
+}
+
+impl TtlJitter {
+    /// Up to `fraction` (clamped to `0.0..=1.0`; NaN is 0) of the TTL.
+    pub fn fraction(fraction: f64) -> Self {
+        let ppm = (fraction.clamp(0.0, 1.0) * 1_000_000.0).round() as u32;
+        TtlJitter(Spread::Fraction(ppm))
+    }
+
+    /// Up to `jitter`.
+    pub fn up_to(jitter: Duration) -> Self {
+        TtlJitter(Spread::UpTo(jitter))
+    }
+
+    /// The most an entry of TTL `ttl` is shortened by: never so much that less than 1 ms
+    /// is left.
+    pub fn max_for(self, ttl: Duration) -> Duration {
+        let spread = match self.0 {
+            Spread::Fraction(ppm) => ttl.mul_f64(f64::from(ppm) / 1_000_000.0),
+            Spread::UpTo(jitter) => jitter,
+        };
+        spread.min(ttl.saturating_sub(Duration::from_millis(1)))
+    }
+}
+
+impl From<Duration> for TtlJitter {
+    fn from(jitter: Duration) -> Self {
+        TtlJitter::up_to(jitter)
+    }
+}
+
+impl From<f64> for TtlJitter {
+    fn from(fraction: f64) -> Self {
+        TtlJitter::fraction(fraction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_bounded_by_the_ttl() {
+        let ttl = Duration::from_secs(10);
+        assert_eq!(
+            TtlJitter::from(0.25).max_for(ttl),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            TtlJitter::from(7.0).max_for(ttl),
+            ttl - Duration::from_millis(1)
+        );
+        assert_eq!(TtlJitter::from(f64::NAN).max_for(ttl), Duration::ZERO);
+        assert_eq!(
+            TtlJitter::from(Duration::from_secs(60)).max_for(ttl),
+            ttl - Duration::from_millis(1)
+        );
+        assert_eq!(TtlJitter::from(0.5).max_for(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn local_only_undoes_skip_local() {
+        let opts = EntryOptions::new().skip_local().local_only();
+        assert!(opts.uses_local() && !opts.uses_redis());
+        let opts = EntryOptions::new().skip_local();
+        assert!(!opts.uses_local() && opts.uses_redis());
     }
 }

@@ -13,7 +13,7 @@ use super::{
     cache_binding, check_async, classify, collect_idents, fn_placeholder, return_type, typed_body,
     FnArgs, Returns,
 };
-use crate::parse::{CacheArg, CachedArgs, DurationArg};
+use crate::parse::{CacheArg, CachedArgs, DurationArg, JitterArg};
 
 fn duration_tokens(d: &DurationArg) -> TokenStream {
     let (secs, nanos) = (d.secs, d.nanos);
@@ -68,6 +68,21 @@ fn cached_options(args: &CachedArgs, fn_args: &FnArgs) -> syn::Result<TokenStrea
     if let Some(lock) = &args.distributed_lock {
         let d = duration_tokens(lock);
         calls.extend(quote!(.distributed_lock(#d)));
+    }
+    match &args.ttl_jitter {
+        Some(JitterArg::UpTo(jitter)) => {
+            let d = duration_tokens(jitter);
+            calls.extend(quote!(.ttl_jitter(#d)));
+        }
+        Some(JitterArg::Fraction(fraction)) => {
+            let f = proc_macro2::Literal::f64_suffixed(*fraction);
+            calls.extend(quote!(.ttl_jitter(#f)));
+        }
+        None => {}
+    }
+    if let Some(local_ttl) = &args.local_ttl {
+        let d = duration_tokens(local_ttl);
+        calls.extend(quote!(.local_ttl(#d)));
     }
     let base = quote! {
         static __SC_OPTIONS: ::std::sync::LazyLock<::stormcache::EntryOptions> =

@@ -33,7 +33,7 @@ use tracing::Instrument;
 
 use super::backplane::Backplane;
 use super::journal::{Journal, Remembered, Replay};
-use crate::core::{Core, WriteIf};
+use crate::core::{Core, Shape, WriteIf};
 use crate::error::Error;
 use crate::key::Key;
 use crate::model::{Cacheable, Invalidation, InvalidationReport, RedisOutcome};
@@ -259,17 +259,20 @@ impl Invalidator {
     /// store over it nor are joined. If Redis did not take the value (down, failed, shed) or
     /// the others were not told, an invalidation of the key is journaled, so Redis's old value
     /// and the others' copies go as soon as Redis answers; this process keeps the new value.
+    ///
+    /// A write that skips Redis is this process's alone, as without Redis: nothing is
+    /// announced or journaled. One that skips the local store drops this process's older
+    /// copy, as the announcement does the others'.
     pub(crate) async fn write<T: Cacheable>(
         &self,
         core: &Core,
         local_key: &LocalKey,
         value: &T,
-        ttl: Duration,
-        grace: Duration,
+        shape: &Shape,
         tags: &[Key],
     ) {
         let changed = Invalidation::new().key(local_key.key.clone());
-        let configured = core.has_redis();
+        let configured = core.has_redis() && shape.redis;
         let in_progress = if configured {
             core.flights()
                 .begin_invalidation_of_redis(core.mask_of(&changed))
@@ -277,14 +280,16 @@ impl Invalidator {
             core.flights().begin_invalidation(core.mask_of(&changed))
         };
         in_progress.stores_landed().await;
+        if !shape.local {
+            core.apply_local(&changed);
+        }
         // Unconditional: an explicit write is the newest value, and loads that read before it
         // cannot write over it (their leases saw something else).
         let redis_key = core
             .redis()
+            .filter(|_| shape.redis)
             .map(|redis| (core.entry_key(redis, local_key), WriteIf::Always));
-        let in_redis = core
-            .store(local_key, redis_key, value, ttl, grace, tags)
-            .await;
+        let in_redis = core.store(local_key, redis_key, value, shape, tags).await;
         if !configured {
             return;
         }

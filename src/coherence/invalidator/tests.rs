@@ -139,15 +139,11 @@ async fn put(core: &Core, name: &str) -> LocalKey {
     let local_key = core
         .local_key(key(name), &EntryOptions::new())
         .expect("the default class");
-    core.store(
-        &local_key,
-        None,
-        &7u32,
-        Duration::from_secs(60),
-        Duration::ZERO,
-        &[],
-    )
-    .await;
+    let shape = core.shape(
+        local_key.class,
+        &EntryOptions::new().ttl(Duration::from_secs(60)),
+    );
+    core.store(&local_key, None, &7u32, &shape, &[]).await;
     assert!(cached(core, &local_key), "stored");
     local_key
 }
