@@ -933,11 +933,11 @@ async fn the_host_is_part_of_the_key_unless_turned_off() {
     let a = send(&app, get_with("/r", &[("host", "a.example")])).await;
     let b = send(&app, get_with("/r", &[("host", "b.example")])).await;
     assert_eq!((a.body.as_str(), b.body.as_str()), ("call 1", "call 2"));
-    let a_again = send(&app, get_with("/r", &[("host", "A.EXAMPLE")])).await;
+    let a_again = send(&app, get_with("/r", &[("host", "A.EXAMPLE:8080")])).await;
     assert_eq!(
         (a_again.x_cache(), a_again.body.as_str()),
         ("hit", "call 1"),
-        "host names are case-insensitive"
+        "host names are case-insensitive, and the port is not the host"
     );
 
     let shared = Counter::default();

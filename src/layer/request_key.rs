@@ -5,7 +5,7 @@
 //! - the base is, by default, `GET:` + the path + `|q:` + the normalized query (HEAD reads
 //!   GET's entry); a [key function](super::CacheLayer::key_fn) can replace it, as `k:` + its
 //!   key escaped once more (so that it cannot hold a marker's `:`);
-//! - `|a:` + the request's host (`Host`, or the URI's authority), unless
+//! - `|a:` + the request's host name (`Host`, or the URI's authority; no port), unless
 //!   [`key_host(false)`](super::CacheLayer::key_host): one app serving several hosts must
 //!   not answer one host's request with another's page;
 //! - `|n:` when another `CacheLayer` is loading the same request further out;
@@ -89,14 +89,35 @@ pub(crate) fn has_credentials(headers: &HeaderMap, more: &[HeaderName]) -> bool 
         || more.iter().any(|name| headers.contains_key(name))
 }
 
-/// Appends `|a:` + the request's host. `None` if the `Host` header is not UTF-8 (such a
-/// request is not cached rather than keyed lossily).
+/// Appends `|a:` + the request's host name, lowercased, without its port: replicas reached
+/// on different ports (directly, or behind proxies that keep the port) still share entries,
+/// while different host names do not. `None` if the `Host` header is not text (such a
+/// request is not cached rather than keyed lossily). Allocates nothing for a lowercase host.
 pub(crate) fn with_host(b: KeyBuilder, headers: &HeaderMap, uri: &http::Uri) -> Option<KeyBuilder> {
-    let host = match headers.get(HOST) {
-        Some(value) => std::str::from_utf8(value.as_bytes()).ok()?,
+    let authority = match headers.get(HOST) {
+        Some(value) => value.to_str().ok()?,
         None => uri.authority().map_or("", |a| a.as_str()),
     };
-    Some(b.literal("|a:").value(host.to_ascii_lowercase()))
+    let host = host_name(authority);
+    Some(if host.bytes().any(|c| c.is_ascii_uppercase()) {
+        b.literal("|a:").value(host.to_ascii_lowercase())
+    } else {
+        b.literal("|a:").value(host)
+    })
+}
+
+/// `host[:port]` or `[v6]:port` without the port.
+fn host_name(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port))
+            if !port.is_empty()
+                && port.bytes().all(|c| c.is_ascii_digit())
+                && (host.starts_with('[') == host.ends_with(']')) =>
+        {
+            host
+        }
+        _ => authority,
+    }
 }
 
 fn push_normalized_query(mut b: KeyBuilder, query: &str) -> KeyBuilder {
@@ -144,6 +165,16 @@ mod tests {
             .expect("utf-8")
             .as_str()
             .to_owned()
+    }
+
+    #[test]
+    fn the_host_name_leaves_the_port_out() {
+        assert_eq!(host_name("a.example:8080"), "a.example");
+        assert_eq!(host_name("a.example"), "a.example");
+        assert_eq!(host_name("[::1]:3000"), "[::1]");
+        assert_eq!(host_name("[::1]"), "[::1]");
+        assert_eq!(host_name("127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(host_name(""), "");
     }
 
     #[test]
