@@ -32,12 +32,15 @@ pub(crate) struct Outage {
 /// applied before that heartbeat was written is in the data, as it went first on the same
 /// connection; a little more, for the wall clock the heartbeat carries against the monotonic
 /// one the memory uses), all of them if the data predates its first
-/// heartbeat, nothing if Redis came back empty. Invalidations go at least `least` back (a
+/// heartbeat; if Redis came back empty, only the least window of invalidations. Invalidations go at least `least` back (a
 /// failover's lost writes are not always visible in a heartbeat); writes only as far as the
 /// heartbeat shows, since re-applying one removes the value written.
 pub(crate) fn reapply_window(least: Duration, heartbeats: Heartbeats) -> (Duration, Duration) {
     if heartbeats.data_age.is_none() {
-        return (Duration::ZERO, Duration::ZERO);
+        // Empty now is no proof of empty for long: a master restarted without its data is
+        // replaced by, or resynchronised from, one that has it. Invalidations go again as
+        // after any outage; writes do not (there is nothing older for them to undo).
+        return (least, Duration::ZERO);
     }
     match heartbeats.own_age {
         None => (Duration::MAX, Duration::MAX),
@@ -137,7 +140,7 @@ mod tests {
         let (second, now) = (Some(Duration::from_secs(1)), Some(Duration::ZERO));
         let (s2, s40) = (Duration::from_secs(2), Duration::from_secs(40));
         let slack = |age: Duration| age + age / 1000 + Duration::from_millis(20);
-        assert_eq!(window(None, now), (Duration::ZERO, Duration::ZERO), "empty");
+        assert_eq!(window(None, now), (least, Duration::ZERO), "empty");
         assert_eq!(window(second, Some(s2)), (least, slack(s2)));
         assert_eq!(window(second, Some(s40)), (slack(s40), slack(s40)));
         assert_eq!(
