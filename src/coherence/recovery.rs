@@ -31,10 +31,10 @@ pub(crate) struct Outage {
 /// Everything since this instance's own heartbeat in the data Redis came back with (what was
 /// applied before that heartbeat was written is in the data, as it went first on the same
 /// connection; a little more, for the wall clock the heartbeat carries against the monotonic
-/// one the memory uses), all of them if the data predates its first
-/// heartbeat; if Redis came back empty, only the least window of invalidations. Invalidations go at least `least` back (a
-/// failover's lost writes are not always visible in a heartbeat); writes only as far as the
-/// heartbeat shows, since re-applying one removes the value written.
+/// one the memory uses), all of them if the data predates its first heartbeat. Invalidations
+/// go at least `least` back, also when Redis came back empty (a failover's lost writes are
+/// not always visible in a heartbeat); writes only as far as the heartbeat shows, since
+/// re-applying one removes the value written.
 pub(crate) fn reapply_window(least: Duration, heartbeats: Heartbeats) -> (Duration, Duration) {
     if heartbeats.data_age.is_none() {
         // Empty now is no proof of empty for long: a master restarted without its data is
