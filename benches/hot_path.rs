@@ -108,59 +108,23 @@ fn main() {
     let value = "g".repeat(64);
     let raw: moka::sync::Cache<String, String> = moka::sync::Cache::new(10_000);
     let cache = Cache::builder("bench").build().expect("cache");
-    rt.block_on(async {
-        for i in 0..1000u32 {
-            raw.insert(format!("user:groups:{i}"), value.clone());
-            let v = value.clone();
-            let _: String = cache
-                .get_or_load(
-                    Key::builder("user:groups:").value(i).build(),
-                    &opts,
-                    || async { v },
-                )
-                .await;
-        }
-    });
+    for i in 0..1000u32 {
+        raw.insert(format!("user:groups:{i}"), value.clone());
+    }
+    warm(&rt, &cache, &value);
     let prebuilt: Vec<String> = (0..1000).map(|i| format!("user:groups:{i}")).collect();
     let iters = 400_000u64;
-    let mut raw_runs = Vec::new();
-    let mut l1_runs = Vec::new();
-    for _ in 0..=RUNS {
-        raw_runs.push(rt.block_on(async {
-            common::ns_per_iter(iters, |i| {
-                let v = raw.get(&prebuilt[(i % 1000) as usize]);
-                std::hint::black_box(v);
-            })
-        }));
-        l1_runs.push(rt.block_on(async {
-            let started = Instant::now();
-            for i in 0..iters {
-                let id = (i % 1000) as u32;
-                let v: String = cache
-                    .get_or_load(
-                        Key::builder("user:groups:").value(id).build(),
-                        &opts,
-                        || async { unreachable!("all keys are warm") },
-                    )
-                    .await;
-                std::hint::black_box(v);
-            }
-            started.elapsed().as_nanos() as f64 / iters as f64
-        }));
-    }
-    // The first pair was a warm-up.
-    let raw_moka = summarize(raw_runs[1..].to_vec());
-    let l1 = summarize(l1_runs[1..].to_vec());
+    // The first pair is a warm-up, left out.
+    let (l1_runs, raw_runs) = l1_beside_raw(&rt, &cache, &raw, &prebuilt, iters);
+    let raw_moka = summarize(raw_runs.clone());
+    let l1 = summarize(l1_runs.clone());
     figure("raw_moka_get_ns", raw_moka, "ns");
     figure("l1_hit_ns", l1, "ns");
-    let ratios = summarize(
-        l1_runs[1..]
-            .iter()
-            .zip(&raw_runs[1..])
-            .map(|(a, b)| a / b)
-            .collect(),
+    figure(
+        "l1_hit_vs_raw_moka",
+        summarize(ratios_of(&l1_runs, &raw_runs)),
+        "x",
     );
-    figure("l1_hit_vs_raw_moka", ratios, "x");
     // Where the difference goes (diagnostics, not targets).
     let key_build = repeat(RUNS, || {
         common::ns_per_iter(iters, |i| {
@@ -382,18 +346,7 @@ fn main() {
         .expect("no recorder yet");
     // Built after the recorder: its handles report to it.
     let recorded = Cache::builder("bench-recorded").build().expect("cache");
-    rt.block_on(async {
-        for i in 0..1000u32 {
-            let v = value.clone();
-            let _: String = recorded
-                .get_or_load(
-                    Key::builder("user:groups:").value(i).build(),
-                    &opts,
-                    || async { v },
-                )
-                .await;
-        }
-    });
+    warm(&rt, &recorded, &value);
     let (with_recorder, raw_then) = l1_beside_raw(&rt, &recorded, &raw, &prebuilt, iters);
     figure(
         "l1_hit_with_recorder_ns",
@@ -405,6 +358,22 @@ fn main() {
         summarize(ratios_of(&with_recorder, &raw_then)),
         "x",
     );
+}
+
+/// Loads keys `user:groups:0..1000` into `cache`'s local store.
+fn warm(rt: &tokio::runtime::Runtime, cache: &Cache, value: &str) {
+    rt.block_on(async {
+        for i in 0..1000u32 {
+            let v = value.to_owned();
+            let _: String = cache
+                .get_or_load(
+                    Key::builder("user:groups:").value(i).build(),
+                    &EntryOptions::new(),
+                    || async { v },
+                )
+                .await;
+        }
+    });
 }
 
 /// L1 hits of `cache` (keys `user:groups:0..1000`, all warm) and raw moka gets of the same

@@ -51,6 +51,18 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Spans {
 }
 
 impl Spans {
+    /// A recorder of DEBUG and above, the default subscriber of this thread while the guard
+    /// lives.
+    fn installed() -> (Spans, tracing::subscriber::DefaultGuard) {
+        let spans = Spans::default();
+        let subscriber = tracing_subscriber::registry().with(
+            spans
+                .clone()
+                .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
+        );
+        (spans, tracing::subscriber::set_default(subscriber))
+    }
+
     fn named(&self, name: &str) -> Vec<BTreeMap<String, String>> {
         self.0
             .lock()
@@ -64,13 +76,7 @@ impl Spans {
 
 #[tokio::test]
 async fn reads_and_invalidations_are_spans_with_their_result_and_without_key_values() {
-    let spans = Spans::default();
-    let subscriber = tracing_subscriber::registry().with(
-        spans
-            .clone()
-            .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
-    );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (spans, _guard) = Spans::installed();
 
     let cache = Cache::builder("traced")
         .class(Class::new("permissions").volatile())
@@ -114,13 +120,7 @@ async fn reads_and_invalidations_are_spans_with_their_result_and_without_key_val
 #[tokio::test]
 async fn redis_commands_are_spans_named_as_opentelemetry_has_them() {
     let server = support::RedisServer::start();
-    let spans = Spans::default();
-    let subscriber = tracing_subscriber::registry().with(
-        spans
-            .clone()
-            .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
-    );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (spans, _guard) = Spans::installed();
     let cache = Cache::builder("traced-redis")
         .redis_url(server.url())
         .build()
