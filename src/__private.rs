@@ -62,6 +62,13 @@ pub fn with_tags<const N: usize>(base: &EntryOptions, tags: [Key; N]) -> EntryOp
 #[derive(Debug)]
 pub struct NoValue;
 
+/// A function returning `Option<T>` answers `None` past its hard timeout.
+impl From<crate::LoadTimeout> for NoValue {
+    fn from(_: crate::LoadTimeout) -> Self {
+        NoValue
+    }
+}
+
 /// Read-through for a function returning `Option<T>`: `Some` is cached, `None` is not.
 pub async fn cached_option<T, F, Fut>(
     cache: &Cache,
@@ -82,6 +89,22 @@ where
         )
         .await
         .ok()
+}
+
+/// Read-through for a function returning `Result<T, E>` with no hard timeout: its error
+/// type need not convert from [`LoadTimeout`](crate::LoadTimeout), which it never returns.
+pub async fn cached_result<T, E, F, Fut>(
+    cache: &Cache,
+    key: Key,
+    options: &EntryOptions,
+    loader: F,
+) -> Result<T, E>
+where
+    T: Cacheable,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    cache.try_get_or_load_untimed(key, options, loader).await
 }
 
 /// `name_refresh` of a function returning any cached value.

@@ -71,6 +71,9 @@ pub enum Error {
     /// A cached function was called before a process-wide cache was installed.
     #[error("no process-wide stormcache::Cache is installed: call `stormcache::install(cache)` once at start-up, or pass `cache = ...` to the attribute")]
     NotInstalled,
+    /// A load passed its hard timeout with no stale value to answer instead.
+    #[error(transparent)]
+    LoadTimeout(#[from] LoadTimeout),
 }
 
 /// What kind of Redis failure an [`Error::Redis`] is.
@@ -123,4 +126,97 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// A load gave up at its hard timeout ([`EntryOptions::hard_timeout`]) with no stale value to
+/// answer instead.
+///
+/// A call whose options set a hard timeout can fail with it, so the loader's error type of
+/// [`Cache::fetch`] and [`Cache::try_get_or_load`] converts from it (or is `Infallible`, see
+/// [`LoadError`]). The usual error types
+/// already do: `std::io::Error` (as [`TimedOut`](std::io::ErrorKind::TimedOut)), [`Error`],
+/// `Box<dyn std::error::Error + Send + Sync>` and `anyhow::Error` (it is an
+/// [`std::error::Error`]), `String`, `&'static str` and `()`. An error enum of your own takes
+/// it as one more variant:
+///
+/// ```
+/// #[derive(Debug, thiserror::Error)]
+/// enum LoadError {
+///     #[error("database: {0}")]
+///     Database(String),
+///     #[error(transparent)]
+///     TimedOut(#[from] stormcache::LoadTimeout),
+/// }
+/// ```
+///
+/// [`EntryOptions::hard_timeout`]: crate::EntryOptions::hard_timeout
+/// [`Cache::fetch`]: crate::Cache::fetch
+/// [`Cache::try_get_or_load`]: crate::Cache::try_get_or_load
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the load did not finish within its hard timeout of {after:?}")]
+pub struct LoadTimeout {
+    after: std::time::Duration,
+}
+
+impl LoadTimeout {
+    pub(crate) fn new(after: std::time::Duration) -> Self {
+        LoadTimeout { after }
+    }
+
+    /// The hard timeout that passed.
+    pub fn after(&self) -> std::time::Duration {
+        self.after
+    }
+}
+
+/// The error type of a loader: one that can carry a [`LoadTimeout`] (every type that
+/// converts from it), or [`Infallible`](std::convert::Infallible) for loaders that cannot
+/// fail — which then wait for their loader past a hard timeout, having nothing else to
+/// answer when no stale value is at hand.
+///
+/// Implemented for you: there is nothing to implement.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot carry a load timeout: it does not implement `From<stormcache::LoadTimeout>`",
+    label = "a read with a hard timeout can fail with `stormcache::LoadTimeout`",
+    note = "add a variant to the error type, like `#[error(transparent)] TimedOut(#[from] \
+            stormcache::LoadTimeout)` with thiserror, or implement `From<stormcache::LoadTimeout>`"
+)]
+pub trait LoadError: Sized {
+    /// How a hard timeout becomes this error, if it can.
+    #[doc(hidden)]
+    fn timeout_carrier() -> Option<fn(LoadTimeout) -> Self>;
+}
+
+impl<E: From<LoadTimeout>> LoadError for E {
+    fn timeout_carrier() -> Option<fn(LoadTimeout) -> Self> {
+        Some(E::from)
+    }
+}
+
+impl LoadError for std::convert::Infallible {
+    fn timeout_carrier() -> Option<fn(LoadTimeout) -> Self> {
+        None
+    }
+}
+
+impl From<LoadTimeout> for std::io::Error {
+    fn from(timeout: LoadTimeout) -> Self {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, timeout)
+    }
+}
+
+impl From<LoadTimeout> for String {
+    fn from(timeout: LoadTimeout) -> Self {
+        timeout.to_string()
+    }
+}
+
+impl From<LoadTimeout> for &'static str {
+    fn from(_: LoadTimeout) -> Self {
+        "the load did not finish within its hard timeout"
+    }
+}
+
+impl From<LoadTimeout> for () {
+    fn from(_: LoadTimeout) -> Self {}
 }

@@ -107,12 +107,12 @@ pub mod admin;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod layer;
 
-pub use crate::cache::{global, install, Cache, CacheBuilder};
-pub use crate::error::{Error, RedisErrorKind};
+pub use crate::cache::{adapt, global, install, Cache, CacheBuilder};
+pub use crate::error::{Error, LoadError, LoadTimeout, RedisErrorKind};
 pub use crate::key::{Key, KeyBuilder, KeyTemplate};
 pub use crate::model::{
     BackplaneStatus, CacheEvent, Cacheable, Class, Counters, EntryOptions, Fetched, FlushScope,
-    HealthState, Invalidation, InvalidationReport, InvalidationRule, Origin, OutagePolicy,
+    HealthState, Invalidation, InvalidationReport, InvalidationRule, Loaded, Origin, OutagePolicy,
     OutageRecord, RedisOutcome, Status, Tier, TtlJitter, DEFAULT_CLASS,
 };
 pub use crate::store::{Codec, LocalCapacity};

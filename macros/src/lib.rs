@@ -140,6 +140,30 @@ mod template;
 ///   #[cached(key = "catalog:{id}", ttl = "1h", ttl_jitter = "10%", local_ttl = "1m")]
 ///   async fn catalog_entry(id: u32) -> String { format!("entry {id}") }
 ///   ```
+/// - **`soft_timeout = "100ms"`** — with a stale value at hand (an expired entry inside its
+///   `stale_for` grace), callers waiting for the function's run get the stale value after
+///   this long; the caller running the function waits for it, and its result is stored
+///   (`stormcache::EntryOptions::soft_timeout`).
+/// - **`hard_timeout = "2s"`** — callers stop waiting for the function after this long:
+///   they get the stale value if the grace allows, else (for functions returning `Result`)
+///   `Err(stormcache::LoadTimeout.into())`, so the error type implements
+///   `From<stormcache::LoadTimeout>`; `Option` functions answer `None`, and functions
+///   returning a plain value wait (`stormcache::EntryOptions::hard_timeout`).
+///
+///   ```
+///   # use stormcache::cached;
+///   #[derive(Debug, thiserror::Error)]
+///   enum DbError {
+///       #[error(transparent)]
+///       TimedOut(#[from] stormcache::LoadTimeout),
+///   }
+///
+///   #[cached(key = "price:{sku}", ttl = "1m", stale_for = "1h", soft_timeout = "100ms", hard_timeout = "2s")]
+///   async fn price(sku: &str) -> Result<u64, DbError> {
+///       # let _ = sku;
+///       Ok(1999)
+///   }
+///   ```
 /// - **`cache = <expr>`** — which `stormcache::Cache` to use: `self.cache`, a `static`
 ///   (`LazyLock<Cache>`), a function returning `&Cache`, an argument of type `Cache`,
 ///   `&Cache` or `Arc<Cache>`… Anything that dereferences to a `Cache`. Without it, the
@@ -337,18 +361,6 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 ///   # use stormcache::invalidate;
 ///   #[invalidate(class = "sessions")]
 ///   async fn rotate_signing_key() -> Result<(), String> { Ok(()) }
-///   ```
-/// - **`ttl_jitter = "10%"`** — each stored entry's TTL is randomly up to this much shorter
-///   (a percentage of the TTL, or a duration such as `"30s"`), so that entries written
-///   together do not expire together (`stormcache::EntryOptions::ttl_jitter`).
-/// - **`local_ttl = "30s"`** — the local copy expires after this long at most, while Redis
-///   keeps the entry for its full TTL; the next read then comes from Redis
-///   (`stormcache::EntryOptions::local_ttl`).
-///
-///   ```
-///   # use stormcache::cached;
-///   #[cached(key = "catalog:{id}", ttl = "1h", ttl_jitter = "10%", local_ttl = "1m")]
-///   async fn catalog_entry(id: u32) -> String { format!("entry {id}") }
 ///   ```
 /// - **`cache = <expr>`** — the cache, as in `#[cached]`; the process-wide one by default.
 ///

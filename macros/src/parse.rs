@@ -179,13 +179,15 @@ pub(crate) struct CachedArgs {
     pub(crate) distributed_lock: Option<DurationArg>,
     pub(crate) ttl_jitter: Option<JitterArg>,
     pub(crate) local_ttl: Option<DurationArg>,
+    pub(crate) soft_timeout: Option<DurationArg>,
+    pub(crate) hard_timeout: Option<DurationArg>,
     pub(crate) cache: Option<CacheArg>,
     pub(crate) cache_none: Option<(bool, Span)>,
     pub(crate) companions: Option<bool>,
 }
 
 const CACHED_ARGS: &str = "key, ttl, class, tags, stale_for, distributed_lock, ttl_jitter, \
-                           local_ttl, cache, cache_none, companions";
+                           local_ttl, soft_timeout, hard_timeout, cache, cache_none, companions";
 
 impl Parse for CachedArgs {
     fn parse(input: ParseStream) -> syn::Result<Self> {
@@ -223,6 +225,16 @@ impl Parse for CachedArgs {
                     input.parse::<Token![=]>()?;
                     let d = parse_duration(&input.parse()?, "local_ttl")?;
                     set_once(&mut args.local_ttl, &name, d)?;
+                }
+                "soft_timeout" => {
+                    input.parse::<Token![=]>()?;
+                    let d = parse_duration(&input.parse()?, "soft_timeout")?;
+                    set_once(&mut args.soft_timeout, &name, d)?;
+                }
+                "hard_timeout" => {
+                    input.parse::<Token![=]>()?;
+                    let d = parse_duration(&input.parse()?, "hard_timeout")?;
+                    set_once(&mut args.hard_timeout, &name, d)?;
                 }
                 "class" => {
                     input.parse::<Token![=]>()?;

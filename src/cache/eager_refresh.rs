@@ -17,6 +17,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::adapt;
 use crate::coherence::Invalidator;
 use crate::core::{Core, RedisRead, WriteIf};
 use crate::model::{Cacheable, EntryOptions, Fetched, Origin};
@@ -151,12 +152,22 @@ async fn refresh<T, E, F, Fut>(
         };
         leased = lease.map(|lease| (full_key, WriteIf::Unchanged(lease)));
     }
+    let before = core.flights().snapshot();
     let started = Instant::now();
-    let loaded = loader().await;
+    let (loaded, adjust) = adapt::scoped(loader()).await;
     core.stats().refreshed(key.class, started.elapsed());
-    if let Ok(value) = loaded {
-        let in_redis = match core.flights().begin_store(epoch) {
-            Some(_storing) => core.store(key, leased, &value, &shape, &options.tags).await,
+    let plan = loaded
+        .is_ok()
+        .then(|| adapt::plan(&core, key, &options, shape, epoch, &before, adjust))
+        .flatten();
+    if let (Ok(value), Some(plan)) = (loaded, plan) {
+        let leased =
+            leased.map(|(full_key, write_if)| (full_key, write_if.with_unread_tags(plan.added)));
+        let in_redis = match core.flights().begin_store(plan.epoch) {
+            Some(_storing) => {
+                core.store(key, leased, &value, &plan.shape, &plan.tags)
+                    .await
+            }
             None => false,
         };
         if in_redis {

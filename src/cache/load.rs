@@ -4,15 +4,205 @@
 //! with a distributed lock in the options, one load across instances. A value the loader
 //! produced is stored in both stores unless an invalidation began while it was loading:
 //! then it is returned to its own callers but not stored.
+//!
+//! Waiting is bounded by the options' loader timeouts (see [`Deadlines`]): waiting for
+//! another caller's load, for another instance's lock, or for the loader itself.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::stampede::{self, LockOutcome};
-use crate::core::{wait, Core, Epoch, Join, Outcome, RedisRead, WriteIf};
+use tracing::Instrument;
+
+use super::adapt;
+use crate::core::{telemetry, wait, Core, Epoch, Join, Lease, Outcome, RedisRead, WriteIf};
+use crate::error::{LoadError, LoadTimeout};
 use crate::model::{Cacheable, EntryOptions, Fetched, Origin};
 use crate::store::LocalKey;
+
+/// Turns a hard timeout into the caller's error; `None` for calls that cannot fail
+/// ([`Cache::get_or_load`](crate::Cache::get_or_load)), which then wait for their loader.
+pub(super) type OnTimeout<E> = Option<fn(LoadTimeout) -> E>;
+
+/// When a read stops waiting for a load: see [`EntryOptions::soft_timeout`] and
+/// [`EntryOptions::hard_timeout`]. Both count from the start of the slow path.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Deadlines {
+    soft: Option<Instant>,
+    hard: Option<Instant>,
+    /// Whether a hard timeout without a stale value can fail the call.
+    can_fail: bool,
+}
+
+impl Deadlines {
+    pub(super) fn new(options: &EntryOptions, can_fail: bool) -> Self {
+        let now = Instant::now();
+        Deadlines {
+            soft: options.soft_timeout.map(|after| now + after),
+            hard: options.hard_timeout.map(|after| now + after),
+            can_fail,
+        }
+    }
+
+    /// When a caller that waits for someone else's load stops, and whether that is the
+    /// hard timeout: at the soft timeout if it has a stale value to answer, else at the
+    /// hard one if it has an answer then.
+    fn waiting(&self, has_stale: bool) -> Option<(Instant, bool)> {
+        let hard = self.loading(has_stale).map(|at| (at, true));
+        match (self.soft.filter(|_| has_stale), hard) {
+            (Some(soft), Some((hard, _))) if hard <= soft => Some((hard, true)),
+            (Some(soft), _) => Some((soft, false)),
+            (None, hard) => hard,
+        }
+    }
+
+    /// When a caller with an answer to give (a stale value, or an error) stops waiting.
+    fn loading(&self, has_stale: bool) -> Option<Instant> {
+        self.hard.filter(|_| has_stale || self.can_fail)
+    }
+
+    /// The hard timeout.
+    fn hard_at(&self) -> Option<Instant> {
+        self.hard
+    }
+}
+
+/// The answer of a read that stopped waiting: the stale value if it has one, else the
+/// timeout as the caller's error. `None` if it has neither ([`Deadlines`] never stops such a
+/// caller).
+fn gave_up<T: Cacheable, E>(
+    core: &Core,
+    local_key: &LocalKey,
+    stale: Option<T>,
+    options: &EntryOptions,
+    on_timeout: OnTimeout<E>,
+    hard: bool,
+) -> Option<Result<Fetched<T>, E>> {
+    let exit = match (stale, on_timeout) {
+        (Some(value), _) => Exit::Stale(value),
+        (None, Some(fail)) => Exit::Fail(fail),
+        (None, None) => return None,
+    };
+    Some(exit.answer(core, local_key, options, hard))
+}
+
+/// What a caller running the loader answers at the hard timeout.
+enum Exit<T, E> {
+    /// The stale value it holds.
+    Stale(T),
+    /// The timeout, as its error.
+    Fail(fn(LoadTimeout) -> E),
+}
+
+impl<T: Cacheable, E> Exit<T, E> {
+    fn into_stale(self) -> Option<T> {
+        match self {
+            Exit::Stale(value) => Some(value),
+            Exit::Fail(_) => None,
+        }
+    }
+
+    fn answer(
+        self,
+        core: &Core,
+        local_key: &LocalKey,
+        options: &EntryOptions,
+        hard: bool,
+    ) -> Result<Fetched<T>, E> {
+        core.stats().load_timed_out(hard);
+        match self {
+            Exit::Stale(value) => {
+                core.stats().stale_served(local_key.class);
+                tracing::debug!(key = %local_key.key, hard, "loader timeout; serving the stale value");
+                Ok(Fetched {
+                    value,
+                    origin: Origin::Stale,
+                })
+            }
+            Exit::Fail(fail) => {
+                let after = options.hard_timeout.unwrap_or_default();
+                tracing::warn!(key = %local_key.key, ?after, "loader hard timeout with no stale value; the read fails");
+                Err(fail(LoadTimeout::new(after)))
+            }
+        }
+    }
+}
+
+/// Runs `fut` until `deadline`, if any; `None` if it passed first.
+async fn until<F: Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at.into(), fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
+/// A read whose load may outlive it ([`Cache::fetch_refreshing`](crate::Cache::fetch_refreshing)
+/// with a soft timeout): a fresh local hit is served; otherwise, with a stale value at hand,
+/// the slow path runs in a task of its own and the read answers the stale value if that
+/// task has not finished by the soft timeout. The task goes on and stores what it loads.
+pub(super) async fn load_detached<T, E, F, Fut>(
+    core: &Arc<Core>,
+    local_key: LocalKey,
+    options: &EntryOptions,
+    loader: F,
+) -> Result<Fetched<T>, E>
+where
+    T: Cacheable,
+    E: LoadError + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    let deadlines = Deadlines::new(options, true);
+    let mut stale = None;
+    if let Some(hit) = core.lookup::<T>(&local_key) {
+        if core.serves(&hit) {
+            core.stats().l1_hit(local_key.class);
+            return Ok(Fetched {
+                value: hit.value,
+                origin: Origin::Local,
+            });
+        }
+        if hit.stale || options.stale_for.is_some() {
+            stale = Some(hit.value);
+        }
+    }
+    let span = telemetry::read_span(
+        core.namespace(),
+        core.class_name(local_key.class),
+        options.key_template_name(),
+    );
+    let (Some(stale), Some(soft)) = (stale, deadlines.soft) else {
+        // Nothing to answer early: the read waits for its load as any other.
+        return load_coalesced(core, local_key, options, None, loader, E::timeout_carrier())
+            .instrument(span)
+            .await;
+    };
+    let task = {
+        let (core, options, stale) = (Arc::clone(core), options.clone(), stale.clone());
+        let local_key = local_key.clone();
+        tokio::spawn(
+            async move {
+                load_coalesced(
+                    &core,
+                    local_key,
+                    &options,
+                    Some(stale),
+                    loader,
+                    E::timeout_carrier(),
+                )
+                .await
+            }
+            .instrument(span),
+        )
+    };
+    match tokio::time::timeout_at(soft.into(), task).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // The runtime is shutting down, or the soft timeout passed: the stale value.
+        Ok(Err(_)) | Err(_) => Exit::<T, E>::Stale(stale).answer(core, &local_key, options, false),
+    }
+}
 
 /// The slow path: join or lead the key's flight.
 pub(super) async fn load_coalesced<T, E, F, Fut>(
@@ -21,32 +211,55 @@ pub(super) async fn load_coalesced<T, E, F, Fut>(
     options: &EntryOptions,
     stale: Option<T>,
     loader: F,
+    on_timeout: OnTimeout<E>,
 ) -> Result<Fetched<T>, E>
 where
     T: Cacheable,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
+    let deadlines = Deadlines::new(options, on_timeout.is_some());
     // Loads begun before a later invalidation are neither joined nor stored.
     let epoch = core.flights().epoch(&local_key, &options.tags);
     let leader = loop {
-        match core.flights().join(&local_key, epoch) {
+        let rx = match core.flights().join(&local_key, epoch) {
             Join::Leader(leader) => break Some(leader),
-            Join::Waiter(rx) => match wait(rx).await {
-                Outcome::Done(value, origin) => match value.downcast_ref::<T>() {
-                    Some(value) => {
-                        core.stats().coalesced(local_key.class);
-                        return Ok(Fetched {
-                            value: value.clone(),
-                            origin,
-                        });
-                    }
-                    // Same key read as another type: not ours to share.
+            Join::Waiter(rx) => rx,
+        };
+        let outcome = match deadlines.waiting(stale.is_some()) {
+            None => wait(rx).await,
+            Some((at, hard)) => match until(Some(at), wait(rx)).await {
+                Some(outcome) => outcome,
+                None => match gave_up(core, &local_key, stale.clone(), options, on_timeout, hard) {
+                    Some(answer) => return answer,
                     None => break None,
                 },
-                Outcome::Failed => break None,
-                Outcome::Cancelled => continue,
             },
+        };
+        match outcome {
+            Outcome::Done(value, origin) => match value.downcast_ref::<T>() {
+                Some(value) => {
+                    core.stats().coalesced(local_key.class);
+                    return Ok(Fetched {
+                        value: value.clone(),
+                        origin,
+                    });
+                }
+                // Same key read as another type: not ours to share.
+                None => break None,
+            },
+            // The leader gave up at the hard timeout, which for this caller is no later:
+            // the same answer now rather than another load.
+            Outcome::TimedOut => {
+                if let Some(answer) =
+                    gave_up(core, &local_key, stale.clone(), options, on_timeout, true)
+                {
+                    return answer;
+                }
+                break None;
+            }
+            Outcome::Failed => break None,
+            Outcome::Cancelled => continue,
         }
     };
     // A flight may have finished between our first look and our joining (or the
@@ -65,17 +278,23 @@ where
             origin: Origin::Local,
         });
     }
-    let result = load_through(core, &local_key, options, stale, loader, epoch).await;
+    let (result, timed_out) = load_through(
+        core, &local_key, options, stale, loader, epoch, deadlines, on_timeout,
+    )
+    .await;
     if let Some(leader) = leader {
         match &result {
             Ok(fetched) => leader.succeed(Arc::new(fetched.value.clone()), fetched.origin),
+            Err(_) if timed_out => leader.time_out(),
             Err(_) => leader.fail(),
         }
     }
     result
 }
 
-/// Redis, then the loader; fills what missed.
+/// Redis, then the loader; fills what missed. Also says whether the read gave up at the
+/// hard timeout.
+#[allow(clippy::too_many_arguments)]
 async fn load_through<T, E, F, Fut>(
     core: &Core,
     local_key: &LocalKey,
@@ -83,7 +302,9 @@ async fn load_through<T, E, F, Fut>(
     mut stale: Option<T>,
     loader: F,
     epoch: Epoch,
-) -> Result<Fetched<T>, E>
+    deadlines: Deadlines,
+    on_timeout: OnTimeout<E>,
+) -> (Result<Fetched<T>, E>, bool)
 where
     T: Cacheable,
     F: FnOnce() -> Fut,
@@ -103,10 +324,11 @@ where
         match core.read_redis::<T>(redis, &full_key, &options.tags).await {
             RedisRead::Fresh(fresh, _) => {
                 core.keep_from_redis(local_key, &fresh, &shape, options, epoch);
-                return Ok(Fetched {
+                let fetched = Fetched {
                     value: fresh.value,
                     origin: Origin::Redis,
-                });
+                };
+                return (Ok(fetched), false);
             }
             RedisRead::Expired(value, lease) => {
                 if !grace.is_zero() && stale.is_none() {
@@ -123,8 +345,21 @@ where
     // Across instances, too, one load: wait for the holder of the lock, if asked to.
     let mut lock = None;
     if let (Some(lock_ttl), Some((full_key, _))) = (options.lock, redis_key.as_ref()) {
-        match stampede::lock_or_wait::<T>(core, local_key, full_key, options, lock_ttl, epoch).await
-        {
+        let waiting = deadlines.waiting(stale.is_some());
+        let locking =
+            stampede::lock_or_wait::<T>(core, local_key, full_key, options, lock_ttl, epoch);
+        let outcome = match until(waiting.map(|(at, _)| at), locking).await {
+            Some(outcome) => outcome,
+            None => {
+                let hard = waiting.is_some_and(|(_, hard)| hard);
+                match gave_up(core, local_key, stale.clone(), options, on_timeout, hard) {
+                    Some(answer) => return (answer, hard),
+                    // Never so (such a caller has no deadline), but a load is the safe way on.
+                    None => LockOutcome::Unavailable,
+                }
+            }
+        };
+        match outcome {
             LockOutcome::Held(guard, lease) => {
                 lock = Some(guard);
                 // What Redis held when the lock was taken is the newer observation.
@@ -134,29 +369,60 @@ where
             }
             LockOutcome::Filled(value) => {
                 core.stats().coalesced(local_key.class);
-                return Ok(Fetched {
+                let fetched = Fetched {
                     value,
                     origin: Origin::Redis,
-                });
+                };
+                return (Ok(fetched), false);
             }
             LockOutcome::Unavailable => {}
         }
     }
 
+    // Before the loader runs, for the tags it may add (see `adapt::plan`).
+    let before = core.flights().snapshot();
     let started = Instant::now();
-    let loaded = loader().await;
+    // What to answer at the hard timeout: with nothing to answer, there is no deadline.
+    let exit = match (stale, on_timeout) {
+        (Some(value), _) => Some(Exit::Stale(value)),
+        (None, Some(fail)) => Some(Exit::Fail(fail)),
+        (None, None) => None,
+    };
+    let loading = adapt::scoped(loader());
+    let ((loaded, adjust), stale) = match exit {
+        None => (loading.await, None),
+        Some(exit) => match until(deadlines.hard_at(), loading).await {
+            Some(loaded) => (loaded, exit.into_stale()),
+            None => {
+                // The loader is dropped, and its lock released so that another instance
+                // can take it and load.
+                if let Some(lock) = lock {
+                    lock.release(core.command_timeout()).await;
+                }
+                return (exit.answer(core, local_key, options, true), true);
+            }
+        },
+    };
     core.stats()
         .loaded(Some(local_key.class), started.elapsed());
-    if let Ok(value) = &loaded {
+    let plan = loaded
+        .is_ok()
+        .then(|| adapt::plan(core, local_key, options, shape, epoch, &before, adjust))
+        .flatten();
+    let value = loaded.as_ref().ok();
+    if let (Some(value), Some(plan)) = (value, plan) {
         // The loader may have read the origin before a change whose invalidation has
         // started since: then the value is returned but not stored.
-        if let Some(_storing) = core.flights().begin_store(epoch) {
+        if let Some(_storing) = core.flights().begin_store(plan.epoch) {
+            let lease = |(key, lease): (String, Lease)| {
+                (key, WriteIf::Unchanged(lease).with_unread_tags(plan.added))
+            };
             core.store(
                 local_key,
-                redis_key.map(|(key, lease)| (key, WriteIf::Unchanged(lease))),
+                redis_key.map(lease),
                 value,
-                &shape,
-                &options.tags,
+                &plan.shape,
+                &plan.tags,
             )
             .await;
         } else {
@@ -166,6 +432,16 @@ where
     if let Some(lock) = lock {
         lock.release(core.command_timeout()).await;
     }
+    (answer(core, local_key, loaded, stale), false)
+}
+
+/// The answer to a load: its value, or on an error the stale value if there is one.
+fn answer<T: Cacheable, E>(
+    core: &Core,
+    local_key: &LocalKey,
+    loaded: Result<T, E>,
+    stale: Option<T>,
+) -> Result<Fetched<T>, E> {
     match loaded {
         Ok(value) => Ok(Fetched {
             value,

@@ -1,21 +1,18 @@
-//! The [`Cache`] handle and its read-through path.
+//! The [`Cache`] handle: its reads (in `read`), writes, invalidations and status.
 //!
 //! A read goes local store → Redis → loader, and each level that answers fills the levels
 //! above it. Redis is optional at every step: when it is not configured, not answering, or
 //! answers with bytes that do not decode, the read carries on as if Redis had missed. So a
 //! request never fails because of the cache; at worst it costs one command deadline.
-//!
-//! The hit path is kept short on purpose — one local lookup, a downcast, a clone and a
-//! relaxed counter — and everything else lives in the boxed slow path.
 
+pub mod adapt;
 mod builder;
 mod eager_refresh;
 mod global;
 mod load;
+mod read;
 mod stampede;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +20,10 @@ pub use self::builder::CacheBuilder;
 use self::eager_refresh::Refreshing;
 pub use self::global::{global, install};
 use crate::coherence::Invalidator;
-use crate::core::{telemetry, Core};
+use crate::core::Core;
 use crate::key::Key;
 use crate::model::unix_ms;
-use crate::model::{
-    Cacheable, Counters, EntryOptions, Fetched, Invalidation, InvalidationReport, Origin, Status,
-};
-use tracing::Instrument;
+use crate::model::{Cacheable, Counters, EntryOptions, Invalidation, InvalidationReport, Status};
 
 /// A read-through cache: a local store in front of an optional Redis.
 ///
@@ -101,160 +95,6 @@ impl Cache {
         self.shared.core.local_entry_count()
     }
 
-    /// Read-through: the cached value of `key`, or the loader's, which is then cached.
-    ///
-    /// Concurrent misses of one key in this process run the loader once.
-    pub async fn get_or_load<T, F, Fut>(&self, key: Key, options: &EntryOptions, loader: F) -> T
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = T>,
-    {
-        let loaded = self
-            .fetch(key, options, || async {
-                Ok::<T, Infallible>(loader().await)
-            })
-            .await;
-        match loaded {
-            Ok(fetched) => fetched.value,
-            Err(never) => match never {},
-        }
-    }
-
-    /// Read-through with a fallible loader: only `Ok` values are cached, and the loader's
-    /// own error is returned.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), stormcache::Error> {
-    /// use stormcache::{Cache, EntryOptions, Key};
-    ///
-    /// let cache = Cache::builder("docs").build()?;
-    /// let key = Key::literal("config")?;
-    /// let failed: Result<String, &str> =
-    ///     cache.try_get_or_load(key.clone(), &EntryOptions::new(), || async { Err("db down") }).await;
-    /// assert_eq!(failed, Err("db down"));
-    /// let loaded: Result<String, &str> =
-    ///     cache.try_get_or_load(key, &EntryOptions::new(), || async { Ok("v1".into()) }).await;
-    /// assert_eq!(loaded.as_deref(), Ok("v1"));
-    /// # Ok(()) }
-    /// ```
-    pub async fn try_get_or_load<T, E, F, Fut>(
-        &self,
-        key: Key,
-        options: &EntryOptions,
-        loader: F,
-    ) -> Result<T, E>
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        self.fetch(key, options, loader).await.map(|f| f.value)
-    }
-
-    /// The synchronous first step of [`fetch`](Cache::fetch): a fresh value of `key` in the
-    /// local store, counted as a local hit, or the key back (`Err`) to go on with `fetch`.
-    ///
-    /// For callers whose hit path must not allocate or await, such as the HTTP layer.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), stormcache::Error> {
-    /// use stormcache::{Cache, EntryOptions, Key};
-    ///
-    /// let cache = Cache::builder("docs").build()?;
-    /// let opts = EntryOptions::new();
-    /// let key = Key::literal("answer")?;
-    /// let key = cache.get_local::<u32>(key, &opts).expect_err("nothing yet");
-    /// cache.set(key.clone(), 42u32, &opts).await;
-    /// assert_eq!(cache.get_local::<u32>(key, &opts).ok(), Some(42));
-    /// # Ok(()) }
-    /// ```
-    pub fn get_local<T: Cacheable>(&self, key: Key, options: &EntryOptions) -> Result<T, Key> {
-        if options.skip_local {
-            return Err(key);
-        }
-        let core = &*self.shared.core;
-        let local_key = core.local_key(key, options)?;
-        match core.lookup::<T>(&local_key) {
-            Some(hit) if core.serves(&hit) => {
-                core.stats().l1_hit(local_key.class);
-                Ok(hit.value)
-            }
-            _ => Err(local_key.key),
-        }
-    }
-
-    /// Read-through that also says where the value came from (the HTTP layer uses it for
-    /// `x-cache`). With `stale_for` in the options, a failing loader is answered with the
-    /// expired value if it is still inside its grace ([`Origin::Stale`]).
-    pub async fn fetch<T, E, F, Fut>(
-        &self,
-        key: Key,
-        options: &EntryOptions,
-        loader: F,
-    ) -> Result<Fetched<T>, E>
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let core = &*self.shared.core;
-        let local_key = match core.local_key(key, options) {
-            Ok(local_key) => local_key,
-            // An undeclared class: not cached (the core has logged why).
-            Err(_) => {
-                let started = std::time::Instant::now();
-                let loaded = loader().await;
-                core.stats().loaded(None, started.elapsed());
-                return loaded.map(|value| Fetched {
-                    value,
-                    origin: Origin::Loader,
-                });
-            }
-        };
-        let mut stale = None;
-        // A plain bool on the options, already in cache: the hit path stays one lookup.
-        let found = match options.skip_local {
-            true => None,
-            false => core.lookup::<T>(&local_key),
-        };
-        if let Some(hit) = found {
-            if core.serves(&hit) {
-                core.stats().l1_hit(local_key.class);
-                telemetry::local_hit_span(
-                    core.namespace(),
-                    core.class_name(local_key.class),
-                    options.key_template_name(),
-                );
-                return Ok(Fetched {
-                    value: hit.value,
-                    origin: Origin::Local,
-                });
-            }
-            // Expired inside its grace, or suspect: kept for a failing loader only.
-            if hit.stale || options.stale_for.is_some() {
-                stale = Some(hit.value);
-            }
-        }
-        let span = telemetry::read_span(
-            core.namespace(),
-            core.class_name(local_key.class),
-            options.key_template_name(),
-        );
-        // Boxed so the hit path's future stays small.
-        Box::pin(load::load_coalesced(core, local_key, options, stale, loader).instrument(span))
-            .await
-    }
-
-    /// The cached value of `key`, if any (local store, then Redis); no loader.
-    pub async fn get<T: Cacheable>(&self, key: &Key, options: &EntryOptions) -> Option<T> {
-        let result: Result<Fetched<T>, ()> =
-            self.fetch(key.clone(), options, || async { Err(()) }).await;
-        result.ok().map(|f| f.value)
-    }
-
     /// Writes a value to the local store and to Redis; other instances drop their local
     /// copies of the key (see [multi-instance coherence](crate#multi-instance-coherence)).
     ///
@@ -273,63 +113,6 @@ impl Cache {
             .invalidator
             .write(core, &local_key, &value, &shape, &options.tags)
             .await;
-    }
-
-    /// [`fetch`](Cache::fetch) with eager refresh: with
-    /// [`EntryOptions::eager_refresh`], a local hit past the threshold of its TTL is served
-    /// and refreshed in the background, once per key at a time.
-    ///
-    /// The loader must own what it uses (`'static`), since it may outlive the call.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use std::time::Duration;
-    /// use stormcache::{Cache, EntryOptions, Key};
-    ///
-    /// let cache = Cache::builder("docs").build()?;
-    /// let opts = EntryOptions::new().ttl(Duration::from_secs(60)).eager_refresh(0.8);
-    /// let sku = String::from("sku-1");
-    /// let price = cache
-    ///     .fetch_refreshing(Key::builder("price:").value(&sku).build(), &opts, move || async move {
-    ///         Ok::<u32, std::io::Error>(if sku == "sku-1" { 990 } else { 0 })
-    ///     })
-    ///     .await?;
-    /// assert_eq!(price.value, 990);
-    /// # Ok(()) }
-    /// ```
-    pub async fn fetch_refreshing<T, E, F, Fut>(
-        &self,
-        key: Key,
-        options: &EntryOptions,
-        loader: F,
-    ) -> Result<Fetched<T>, E>
-    where
-        T: Cacheable,
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        // Without the local store there is no hit to refresh early.
-        let Some(threshold) = options.eager_refresh.filter(|_| !options.skip_local) else {
-            return self.fetch(key, options, loader).await;
-        };
-        let local_key = match self.shared.core.local_key(key, options) {
-            Ok(local_key) => local_key,
-            Err(key) => return self.fetch(key, options, loader).await,
-        };
-        match eager_refresh::serve_and_refresh(
-            &self.shared.core,
-            &self.shared.invalidator,
-            &self.shared.refreshing,
-            local_key,
-            options,
-            threshold,
-            loader,
-        ) {
-            Ok(fetched) => Ok(fetched),
-            Err((local_key, loader)) => self.fetch(local_key.key, options, loader).await,
-        }
     }
 
     /// Removes what `inv` names from the local store, then from Redis, and tells the other

@@ -38,12 +38,33 @@ pub(crate) struct Lease {
     read_at: Instant,
 }
 
+impl Lease {
+    /// The lease of an entry whose loader added `n` tags to those it was read with. Their
+    /// generations were not read, so they count as not bumped lately: a tag invalidated
+    /// within a lease's life — during the load, or shortly before — makes the write
+    /// invalidate the entry again, which costs a miss and never a stale read.
+    pub(crate) fn with_unread_tags(mut self, n: usize) -> Self {
+        self.generations.resize(self.generations.len() + n, None);
+        self
+    }
+}
+
 /// Under which condition a value is written to Redis.
 pub(crate) enum WriteIf {
     /// Only if nothing was invalidated since the read that gave this lease.
     Unchanged(Lease),
     /// Always: an explicit write is the newest value.
     Always,
+}
+
+impl WriteIf {
+    /// See [`Lease::with_unread_tags`].
+    pub(crate) fn with_unread_tags(self, n: usize) -> Self {
+        match self {
+            WriteIf::Unchanged(lease) => WriteIf::Unchanged(lease.with_unread_tags(n)),
+            WriteIf::Always => WriteIf::Always,
+        }
+    }
 }
 
 /// A fresh value read from Redis.

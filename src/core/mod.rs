@@ -21,7 +21,9 @@ use std::time::Duration;
 
 pub(crate) use self::breaker::Breaker;
 pub(crate) use self::events::Events;
-pub(crate) use self::flights::{wait, Epoch, Flights, Join, Outcome, ShardMask, ALL_SHARDS};
+pub(crate) use self::flights::{
+    wait, Epoch, Flights, Join, Outcome, ShardMask, Snapshot, ALL_SHARDS,
+};
 pub(crate) use self::io::{Lease, RedisRead, WriteIf};
 pub(crate) use self::shape::Shape;
 pub(crate) use self::stats::Stats;

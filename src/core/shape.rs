@@ -49,8 +49,17 @@ impl Core {
     /// The shape of an entry of `class` stored with `options`: the call's settings, else the
     /// class's.
     pub(crate) fn shape(&self, class: ClassId, options: &EntryOptions) -> Shape {
+        self.shape_with_ttl(class, options, self.ttl_of(class, options))
+    }
+
+    /// [`shape`](Core::shape) with the TTL a loader chose (the jitter scales with it).
+    pub(crate) fn shape_with_ttl(
+        &self,
+        class: ClassId,
+        options: &EntryOptions,
+        ttl: Duration,
+    ) -> Shape {
         let declared = self.classes.get(class);
-        let ttl = self.ttl_of(class, options);
         Shape {
             ttl,
             jitter: options

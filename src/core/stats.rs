@@ -18,6 +18,7 @@ pub(crate) struct Stats {
     loader_calls: AtomicU64,
     redis_errors: AtomicU64,
     decode_errors: AtomicU64,
+    load_timeouts: AtomicU64,
     lock_waits: AtomicU64,
     eager_refreshes: AtomicU64,
 }
@@ -34,6 +35,7 @@ impl Stats {
             loader_calls: AtomicU64::new(0),
             redis_errors: AtomicU64::new(0),
             decode_errors: AtomicU64::new(0),
+            load_timeouts: AtomicU64::new(0),
             lock_waits: AtomicU64::new(0),
             eager_refreshes: AtomicU64::new(0),
         }
@@ -84,6 +86,11 @@ impl Stats {
         self.redis_errors.fetch_add(1, Relaxed);
         self.telemetry.redis_error();
     }
+    /// A read stopped waiting for a loader at its soft (`hard == false`) or hard timeout.
+    pub(crate) fn load_timed_out(&self, hard: bool) {
+        self.load_timeouts.fetch_add(1, Relaxed);
+        self.telemetry.load_timed_out(hard);
+    }
     pub(crate) fn decode_error(&self) {
         self.decode_errors.fetch_add(1, Relaxed);
         self.telemetry.decode_error();
@@ -104,6 +111,7 @@ impl Stats {
             loader_calls: self.loader_calls.load(Relaxed),
             redis_errors: self.redis_errors.load(Relaxed),
             decode_errors: self.decode_errors.load(Relaxed),
+            load_timeouts: self.load_timeouts.load(Relaxed),
             lock_waits: self.lock_waits.load(Relaxed),
             eager_refreshes: self.eager_refreshes.load(Relaxed),
             coalesced: self.coalesced.load(Relaxed),

@@ -40,6 +40,9 @@ pub(crate) const RECOVERIES: &str = "stormcache_recoveries_total";
 pub(crate) const REDIS_ERRORS: &str = "stormcache_redis_errors_total";
 /// `stormcache_decode_errors_total{namespace}`: cached bytes that did not decode (a miss).
 pub(crate) const DECODE_ERRORS: &str = "stormcache_decode_errors_total";
+/// `stormcache_load_timeouts_total{namespace, timeout}`: reads that stopped waiting for a
+/// loader at its soft or hard timeout.
+pub(crate) const LOAD_TIMEOUTS: &str = "stormcache_load_timeouts_total";
 /// `stormcache_backplane_gaps_total{namespace}`: gaps in the invalidation channel.
 pub(crate) const BACKPLANE_GAPS: &str = "stormcache_backplane_gaps_total";
 /// `stormcache_breaker_state{namespace}`: 0 healthy, 1 recovering, 2 down, 3 local only.
@@ -106,6 +109,8 @@ pub(crate) struct Telemetry {
     loader: Box<[Histogram]>,
     redis_errors: Counter,
     decode_errors: Counter,
+    /// `[soft, hard]`.
+    load_timeouts: [Counter; 2],
     /// Per outcome, in the order of [`OUTCOMES`].
     invalidations: [Counter; OUTCOMES.len()],
     /// Per scope, in the order of [`SCOPES`].
@@ -171,6 +176,8 @@ impl Telemetry {
             loader,
             redis_errors: metrics::counter!(REDIS_ERRORS, "namespace" => ns()),
             decode_errors: metrics::counter!(DECODE_ERRORS, "namespace" => ns()),
+            load_timeouts: ["soft", "hard"]
+                .map(|t| metrics::counter!(LOAD_TIMEOUTS, "namespace" => ns(), "timeout" => t)),
             invalidations: OUTCOMES.map(|outcome| {
                 metrics::counter!(INVALIDATIONS, "namespace" => ns(), "outcome" => outcome)
             }),
@@ -214,6 +221,11 @@ impl Telemetry {
 
     pub(crate) fn decode_error(&self) {
         self.decode_errors.increment(1);
+    }
+
+    /// A read stopped waiting for a loader at its soft (`hard == false`) or hard timeout.
+    pub(crate) fn load_timed_out(&self, hard: bool) {
+        self.load_timeouts[usize::from(hard)].increment(1);
     }
 
     /// An invalidation made by this instance ended with `outcome`: `applied` (Redis has
@@ -372,6 +384,11 @@ fn describe() {
             DECODE_ERRORS,
             Unit::Count,
             "Cached bytes that did not decode (treated as a miss)."
+        );
+        describe_counter!(
+            LOAD_TIMEOUTS,
+            Unit::Count,
+            "Reads that stopped waiting for a loader at its soft or hard timeout."
         );
         describe_counter!(
             BACKPLANE_GAPS,

@@ -40,6 +40,10 @@ pub struct EntryOptions {
     pub(crate) skip_redis: bool,
     /// How the key was made, for traces (`user:groups:{id}`), never its values.
     pub(crate) key_template: Option<Cow<'static, str>>,
+    /// With a stale value at hand, answer it after this long and let the load finish.
+    pub(crate) soft_timeout: Option<Duration>,
+    /// Give up on the load after this long.
+    pub(crate) hard_timeout: Option<Duration>,
 }
 
 impl EntryOptions {
@@ -187,6 +191,71 @@ impl EntryOptions {
     /// stored the entry said.
     pub fn skip_redis(mut self) -> Self {
         self.skip_redis = true;
+        self
+    }
+
+    /// Soft loader timeout: a read that has a stale value at hand — an expired entry inside
+    /// its [`stale_for`](Self::stale_for) grace — and has waited this long for the loader
+    /// answers the stale value ([`Origin::Stale`](crate::Origin::Stale)). The load goes on
+    /// and its value is stored as usual, so the next reads get it.
+    ///
+    /// Without a stale value the read waits for the loader (up to the
+    /// [`hard_timeout`](Self::hard_timeout)).
+    ///
+    /// Who gets the stale value at the soft timeout:
+    /// - with [`Cache::fetch_refreshing`](crate::Cache::fetch_refreshing), whose loader owns
+    ///   what it uses, every caller: the load itself runs in a task of its own and finishes
+    ///   in the background;
+    /// - with the other calls, whose loader may borrow from the caller, every caller but
+    ///   the one running the loader, which waits for it (or for the hard timeout): a
+    ///   borrowed load cannot outlive its caller, and cancelling it would only start it
+    ///   again on the next read. The callers waiting for it in this process
+    ///   (single-flight) and on other instances (the [distributed
+    ///   lock](Self::distributed_lock)) are answered at the soft timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stormcache::EntryOptions;
+    ///
+    /// // Past its TTL, a slow origin costs readers 100 ms at most for the next hour.
+    /// let opts = EntryOptions::new()
+    ///     .stale_for(Duration::from_secs(3600))
+    ///     .soft_timeout(Duration::from_millis(100));
+    /// # let _ = opts;
+    /// ```
+    pub fn soft_timeout(mut self, after: Duration) -> Self {
+        self.soft_timeout = Some(after);
+        self
+    }
+
+    /// Hard loader timeout: a read that has waited this long for the loader — its own, or
+    /// another caller's it joined, here or on another instance — gives up: it answers the
+    /// stale value if its grace allows, and otherwise fails with
+    /// [`LoadTimeout`](crate::LoadTimeout), converted into the loader's error type. The
+    /// loader of the call that ran it is cancelled (its future dropped).
+    ///
+    /// [`Cache::get_or_load`](crate::Cache::get_or_load) has no error to return: without a
+    /// stale value it waits for its loader however long it takes.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stormcache::Error> {
+    /// use std::time::Duration;
+    /// use stormcache::{Cache, EntryOptions, Key};
+    ///
+    /// let cache = Cache::builder("docs").build()?;
+    /// let opts = EntryOptions::new().hard_timeout(Duration::from_millis(10));
+    /// let slow: Result<u32, std::io::Error> = cache
+    ///     .try_get_or_load(Key::literal("slow")?, &opts, || async {
+    ///         tokio::time::sleep(Duration::from_secs(5)).await;
+    ///         Ok(1)
+    ///     })
+    ///     .await;
+    /// assert_eq!(slow.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+    /// # Ok(()) }
+    /// ```
+    pub fn hard_timeout(mut self, after: Duration) -> Self {
+        self.hard_timeout = Some(after);
         self
     }
 

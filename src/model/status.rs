@@ -131,6 +131,9 @@ pub struct Counters {
     pub lock_waits: u64,
     /// Background refreshes started by eager refresh.
     pub eager_refreshes: u64,
+    /// Reads that stopped waiting for a loader at its soft timeout (answered stale) or its
+    /// hard timeout (answered stale, or failed).
+    pub load_timeouts: u64,
     /// Reads answered by another caller's load: a concurrent miss of the same key in this
     /// process, or, through the distributed lock, another instance's.
     pub coalesced: u64,

@@ -84,6 +84,14 @@ fn cached_options(args: &CachedArgs, fn_args: &FnArgs) -> syn::Result<TokenStrea
         let d = duration_tokens(local_ttl);
         calls.extend(quote!(.local_ttl(#d)));
     }
+    if let Some(soft) = &args.soft_timeout {
+        let d = duration_tokens(soft);
+        calls.extend(quote!(.soft_timeout(#d)));
+    }
+    if let Some(hard) = &args.hard_timeout {
+        let d = duration_tokens(hard);
+        calls.extend(quote!(.hard_timeout(#d)));
+    }
     let base = quote! {
         static __SC_OPTIONS: ::std::sync::LazyLock<::stormcache::EntryOptions> =
             ::std::sync::LazyLock::new(|| ::stormcache::EntryOptions::new() #calls);
@@ -215,8 +223,15 @@ pub(crate) fn cached(args: CachedArgs, item: ItemFn) -> syn::Result<TokenStream>
         (Returns::Value, _) | (Returns::Option, true) => quote_spanned! {ret.span()=>
             __sc_cache.get_or_load(__sc_key, __sc_options, #loader).await
         },
-        (Returns::Result, _) => quote_spanned! {ret.span()=>
-            __sc_cache.try_get_or_load(__sc_key, __sc_options, #loader).await
+        // Only a hard timeout can fail the call with a timeout: then the error type must
+        // say so, and a missing `From<LoadTimeout>` is reported at the argument.
+        (Returns::Result, _) => match &args.hard_timeout {
+            Some(hard) => quote_spanned! {hard.span=>
+                __sc_cache.try_get_or_load(__sc_key, __sc_options, #loader).await
+            },
+            None => quote_spanned! {ret.span()=>
+                ::stormcache::__private::cached_result(__sc_cache, __sc_key, __sc_options, #loader).await
+            },
         },
         (Returns::Option, false) => quote_spanned! {ret.span()=>
             ::stormcache::__private::cached_option(__sc_cache, __sc_key, __sc_options, #loader).await

@@ -26,12 +26,15 @@ pub(crate) enum State {
     Pending,
     Done(Shared, Origin),
     Failed,
+    /// The leader gave up at its hard timeout.
+    TimedOut,
 }
 
 /// What a waiter learns.
 pub(crate) enum Outcome {
     Done(Shared, Origin),
     Failed,
+    TimedOut,
     Cancelled,
 }
 
@@ -200,6 +203,13 @@ impl Epoch {
     }
 }
 
+/// Every shard's epoch, and which shards had an invalidation active; see
+/// [`Flights::snapshot`].
+pub(crate) struct Snapshot {
+    epochs: [u64; SHARDS],
+    active: ShardMask,
+}
+
 /// Held while a load writes its value; see [`Flights::begin_store`]. Dropping it uncounts
 /// the store and wakes the invalidations waiting for it.
 pub(crate) struct StoreGuard<'a> {
@@ -313,6 +323,39 @@ impl Flights {
         }
     }
 
+    /// Every shard's epoch and activity, for a load whose loader may add tags to its entry
+    /// (see [`widen`](Self::widen)). Sampled as [`epoch`](Self::epoch) samples.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let epochs = std::array::from_fn(|i| self.shards[i].epoch.load(Ordering::SeqCst));
+        let active = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(_, shard)| shard.active.load(Ordering::SeqCst) != 0)
+            .fold(0, |mask, (i, _)| mask | 1 << i);
+        Snapshot { epochs, active }
+    }
+
+    /// `epoch` widened to the shards of tags the loader added, as they were at `before`
+    /// (taken before the loader ran): storing with it is refused if an invalidation of one
+    /// of those tags was active then or has started since.
+    pub(crate) fn widen(&self, epoch: Epoch, before: &Snapshot, tags: &[Key]) -> Epoch {
+        let added = tags.iter().fold(0, |mask, tag| mask | bit(Scope::Tag(tag))) & !epoch.mask;
+        let mut sum = epoch.sum;
+        let mut left = added;
+        while left != 0 {
+            let index = left.trailing_zeros() as usize;
+            left &= left - 1;
+            sum = sum.wrapping_add(before.epochs[index]);
+        }
+        Epoch {
+            mask: epoch.mask | added,
+            sum,
+            quiet: epoch.quiet && before.active & added == 0,
+            redis_current: epoch.redis_current,
+        }
+    }
+
     /// Starts an invalidation of the scopes in `mask`'s shards: their loads begun before now
     /// will not be joined nor stored.
     pub(crate) fn begin_invalidation(&self, mask: ShardMask) -> InvalidationInProgress<'_> {
@@ -398,6 +441,12 @@ impl Leader<'_> {
     pub(crate) fn fail(self) {
         self.tx.send_replace(State::Failed);
     }
+
+    /// The load was given up at the hard timeout: the waiters give up too rather than
+    /// start loads of their own that would hit the same deadline.
+    pub(crate) fn time_out(self) {
+        self.tx.send_replace(State::TimedOut);
+    }
 }
 
 impl Drop for Leader<'_> {
@@ -424,6 +473,7 @@ pub(crate) async fn wait(mut rx: watch::Receiver<State>) -> Outcome {
         match &*rx.borrow_and_update() {
             State::Done(v, origin) => return Outcome::Done(Arc::clone(v), *origin),
             State::Failed => return Outcome::Failed,
+            State::TimedOut => return Outcome::TimedOut,
             State::Pending => {}
         }
         if rx.changed().await.is_err() {
@@ -431,6 +481,7 @@ pub(crate) async fn wait(mut rx: watch::Receiver<State>) -> Outcome {
             return match &*rx.borrow() {
                 State::Done(v, origin) => Outcome::Done(Arc::clone(v), *origin),
                 State::Failed => Outcome::Failed,
+                State::TimedOut => Outcome::TimedOut,
                 State::Pending => Outcome::Cancelled,
             };
         }
