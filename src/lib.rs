@@ -72,7 +72,9 @@
 //! - `redis` (default): Redis as the shared L2, through fred;
 //! - `axum` (default): tower layers and the admin router;
 //! - `macros` (default): `#[cached]`, `#[invalidate]` and `key!`;
-//! - `json`: the JSON codec;
+//! - `json`: the JSON codec ([`Json`]);
+//! - `compression`: LZ4 compression of large values in Redis
+//!   (`CacheBuilder::compress_above`);
 //! - `tls`: `rediss://` through rustls.
 //!
 //! [moka]: https://docs.rs/moka
@@ -115,7 +117,10 @@ pub use crate::model::{
     HealthState, Invalidation, InvalidationReport, InvalidationRule, Origin, OutagePolicy,
     OutageRecord, RedisOutcome, Status, Tier, TtlJitter, DEFAULT_CLASS,
 };
-pub use crate::store::{Codec, LocalCapacity};
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+pub use crate::store::Json;
+pub use crate::store::{Codec, CodecExt, Decoder, Encodable, LocalCapacity, MessagePack};
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use stormcache_macros::{cached, invalidate, key, InvalidationRule};
