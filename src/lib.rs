@@ -39,6 +39,8 @@
 //! - [`key`](mod@key): keys, templates and the escaping of values spliced into them;
 //! - [`EntryOptions`], [`Class`], [`Invalidation`], [`OutagePolicy`], [`Status`]: the data you
 //!   configure a cache with and read back from it;
+//! - [`Codec`] and [`MessagePack`] (the default): how values are encoded in Redis, and the
+//!   trait for your own codec;
 //! - [`layer`] and [`admin`] (feature `axum`): tower layers for axum routers, and the admin
 //!   router for invalidating by hand;
 //! - [`cached`], [`invalidate`] and [`key!`] (feature `macros`): the same on service

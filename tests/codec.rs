@@ -100,6 +100,7 @@ fn raw(redis: &RedisServer, key: &str) -> Vec<u8> {
     }
 }
 
+#[cfg(feature = "compression")]
 fn strlen(redis: &RedisServer, key: &str) -> usize {
     match redis.cmd(&["STRLEN", key]) {
         RespValue::Int(n) => usize::try_from(n).expect("a length"),
@@ -229,4 +230,42 @@ async fn large_values_are_stored_compressed_and_read_back() {
     let (origin, value, errors) = fetch_fresh(&redis, "lz", MessagePack, "big").await;
     assert_eq!((origin, errors), (Origin::Loader, 1));
     assert!(value.is_empty());
+}
+
+/// A compressed entry made by hand (an LZ4 block of literals only): read with the
+/// `compression` feature, a miss without it — never an error either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_entries_need_the_feature_and_are_misses_without_it() {
+    let redis = RedisServer::start();
+    let fresh_until = std::time::SystemTime::now() + Duration::from_secs(600);
+    let ms = fresh_until
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let payload = MessagePack.to_vec(&7u32).expect("encodes");
+    assert_eq!(payload, [7], "a positive fixint");
+    let mut entry = b"SC\x02\x01\x01".to_vec(); // version 2, MessagePack, LZ4
+    entry.extend_from_slice(&ms.to_le_bytes());
+    entry.extend_from_slice(&1u32.to_le_bytes()); // one byte once decompressed
+    entry.extend_from_slice(&[0x10, 7]); // token: 1 literal, no match; the literal
+    redis.cmd(&[
+        b"SET".as_slice(),
+        b"hand:default:seven".as_slice(),
+        entry.as_slice(),
+    ]);
+
+    let cache = ready(builder(&redis, "hand")).await;
+    let fetched = cache
+        .fetch(key("seven"), &EntryOptions::new(), || async {
+            Ok::<_, ()>(0u32)
+        })
+        .await
+        .expect("never an error");
+    if cfg!(feature = "compression") {
+        assert_eq!((fetched.origin, fetched.value), (Origin::Redis, 7));
+        assert_eq!(cache.counters().decode_errors, 0);
+    } else {
+        assert_eq!((fetched.origin, fetched.value), (Origin::Loader, 0));
+        assert_eq!(cache.counters().decode_errors, 1);
+    }
 }

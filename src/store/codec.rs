@@ -261,7 +261,7 @@ trait Sink {
 }
 
 /// The value a [`Decoder`] fills.
-pub(crate) struct Slot<T>(pub(crate) Option<T>);
+struct Slot<T>(Option<T>);
 
 impl<T: DeserializeOwned> Sink for Slot<T> {
     fn erased<'de>(

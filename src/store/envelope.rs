@@ -47,8 +47,8 @@ const KNOWN_FLAGS: u8 = 0;
 /// the buffer a corrupt or hostile length prefix can make a reader allocate.
 #[cfg(feature = "compression")]
 const MAX_DECOMPRESSED: usize = 64 << 20;
-/// LZ4 cannot expand a block by more than about 255 times (one byte of a run length per
-/// 255 bytes of match); a length prefix beyond that is a lie.
+/// An LZ4 block decompresses to at most about 255 times its size (a run length grows by one
+/// byte per 255 bytes of match); a length prefix beyond that is a lie.
 #[cfg(feature = "compression")]
 const MAX_LZ4_RATIO: usize = 256;
 
