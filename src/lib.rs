@@ -39,6 +39,8 @@
 //! - [`key`](mod@key): keys, templates and the escaping of values spliced into them;
 //! - [`EntryOptions`], [`Class`], [`Invalidation`], [`OutagePolicy`], [`Status`]: the data you
 //!   configure a cache with and read back from it;
+//! - [`Codec`] and [`MessagePack`] (the default): how values are encoded in Redis, and the
+//!   trait for your own codec;
 //! - [`layer`] and [`admin`] (feature `axum`): tower layers for axum routers, and the admin
 //!   router for invalidating by hand;
 //! - [`cached`], [`invalidate`] and [`key!`] (feature `macros`): the same on service
@@ -72,7 +74,9 @@
 //! - `redis` (default): Redis as the shared L2, through fred;
 //! - `axum` (default): tower layers and the admin router;
 //! - `macros` (default): `#[cached]`, `#[invalidate]` and `key!`;
-//! - `json`: the JSON codec;
+//! - `json`: the JSON codec ([`Json`]);
+//! - `compression`: LZ4 compression of large values in Redis
+//!   (`CacheBuilder::compress_above`);
 //! - `tls`: `rediss://` through rustls.
 //!
 //! [moka]: https://docs.rs/moka
@@ -115,7 +119,10 @@ pub use crate::model::{
     HealthState, Invalidation, InvalidationReport, InvalidationRule, Loaded, Origin, OutagePolicy,
     OutageRecord, RedisOutcome, Status, Tier, TtlJitter, DEFAULT_CLASS,
 };
-pub use crate::store::{Codec, LocalCapacity};
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+pub use crate::store::Json;
+pub use crate::store::{Codec, CodecExt, Decoder, Encodable, LocalCapacity, MessagePack};
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use stormcache_macros::{cached, invalidate, key, InvalidationRule};

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::key::check_name;
 use crate::model::{Class, Classes, FlushScope, OutagePolicy};
 use crate::redis::{RedisSettings, RedisStore};
-use crate::store::{Codec, LocalCapacity, LocalStore};
+use crate::store::{codec, Codec, LocalCapacity, LocalStore, MessagePack};
 
 /// Builds a [`Cache`]. Get one from [`Cache::builder`].
 ///
@@ -43,7 +43,10 @@ pub struct CacheBuilder {
     max_in_flight: usize,
     maintenance_timeout: Duration,
     scan_batch: u32,
-    codec: Codec,
+    codec: Arc<dyn Codec>,
+    /// Whether `codec` is a built-in one (which alone may use the reserved ids).
+    codec_builtin: bool,
+    compress_above: Option<usize>,
     classes: Vec<Class>,
     probe_interval: Duration,
     recovery_probes: u32,
@@ -67,7 +70,10 @@ impl CacheBuilder {
             max_in_flight: 1024,
             maintenance_timeout: Duration::from_secs(5),
             scan_batch: 500,
-            codec: Codec::default(),
+            codec: Arc::new(MessagePack),
+            codec_builtin: true,
+            // Below about a kilobyte LZ4 saves little and a value fits a packet anyway.
+            compress_above: cfg!(feature = "compression").then_some(1024),
             classes: Vec::new(),
             probe_interval: Duration::from_millis(500),
             recovery_probes: 3,
@@ -139,9 +145,30 @@ impl CacheBuilder {
         self
     }
 
-    /// Value format in Redis (default [`Codec::MessagePack`]).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
+    /// Value format in Redis (default [`MessagePack`]; [`Json`](crate::Json) with feature
+    /// `json`; or your own [`Codec`]).
+    ///
+    /// Entries written with another codec, or by another build's envelope format, are
+    /// misses for this cache, never errors. A codec other than the built-in ones must use an
+    /// id from 128 up: [`build`](Self::build) refuses it otherwise.
+    pub fn codec<C: Codec>(mut self, codec: C) -> Self {
+        self.codec_builtin = codec::is_builtin::<C>();
+        self.codec = Arc::new(codec);
+        self
+    }
+
+    /// Compresses (LZ4) the values whose encoded size is at least `bytes` before they go to
+    /// Redis (default 1 KiB); `None` turns compression off. Values LZ4 does not shrink, and
+    /// values over 64 MiB, are stored as they are.
+    ///
+    /// Compressed entries are written in a newer envelope version: readers built without the
+    /// `compression` feature, or before it existed, take them for misses (and load the value
+    /// themselves), so turn it on once every instance sharing the namespace has the feature.
+    /// Uncompressed entries stay readable by all.
+    #[cfg(feature = "compression")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
+    pub fn compress_above(mut self, bytes: impl Into<Option<usize>>) -> Self {
+        self.compress_above = bytes.into();
         self
     }
 
@@ -226,6 +253,14 @@ impl CacheBuilder {
         if self.probe_interval.is_zero() {
             return Err(Error::Config("probe_interval must be positive".into()));
         }
+        if !self.codec_builtin && self.codec.id() < codec::FIRST_USER_ID {
+            return Err(Error::Config(format!(
+                "codec `{}` has id {}: ids below {} are reserved for the built-in codecs",
+                self.codec.name(),
+                self.codec.id(),
+                codec::FIRST_USER_ID
+            )));
+        }
         let classes = Classes::new(self.classes, self.default_ttl)?;
         let settings = match &self.redis_url {
             None => None,
@@ -262,6 +297,7 @@ impl CacheBuilder {
             local: LocalStore::new(self.capacity),
             redis,
             codec: self.codec,
+            compress_above: self.compress_above,
             breaker,
             command_timeout: self.command_timeout,
             events: events.clone(),

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::key::Key;
 use crate::model::{Cacheable, ClassId, EntryOptions, Invalidation};
 use crate::redis::{RedisStore, Seen, WriteOutcome, LEASE_TTL};
-use crate::store::{envelope, LocalKey};
+use crate::store::{envelope, CodecExt, Encodable, LocalKey};
 
 /// What a Redis read found. Each answer carries the [`Lease`] a write of a newly loaded
 /// value needs.
@@ -72,7 +72,7 @@ pub(crate) struct Fresh<T> {
     pub(crate) value: T,
     /// How long it stays fresh, by the time written with it.
     pub(crate) fresh_for: Duration,
-    /// Its encoded size in bytes.
+    /// Its encoded size in bytes (uncompressed).
     pub(crate) len: usize,
 }
 
@@ -102,14 +102,13 @@ impl Core {
                         }
                     }
                 };
-                let len = bytes.len();
                 let lease = Lease {
                     seen: Seen::Bytes(bytes),
                     generations,
                     read_at,
                 };
                 match decoded {
-                    Some((value, fresh_until)) => {
+                    Some((value, fresh_until, len)) => {
                         match fresh_until.duration_since(SystemTime::now()) {
                             Ok(fresh_for) if !fresh_for.is_zero() => RedisRead::Fresh(
                                 Fresh {
@@ -171,10 +170,12 @@ impl Core {
         self.stats.l2_hit(local_key.class);
     }
 
-    fn decode<T: Cacheable>(&self, bytes: &[u8]) -> Result<(T, SystemTime), Error> {
-        let opened = envelope::open(self.codec, bytes)?;
-        let value = self.codec.decode(opened.payload)?;
-        Ok((value, opened.fresh_until))
+    /// The value, until when it is fresh, and its encoded size (before any compression, as
+    /// the local store weighs it).
+    fn decode<T: Cacheable>(&self, bytes: &[u8]) -> Result<(T, SystemTime, usize), Error> {
+        let opened = envelope::open(&*self.codec, bytes)?;
+        let value = self.codec.from_slice(&opened.payload)?;
+        Ok((value, opened.fresh_until, opened.payload.len()))
     }
 
     /// Writes a loaded value to Redis (if `redis_key`, under its condition) and to the local
@@ -193,13 +194,27 @@ impl Core {
         let mut in_redis = false;
         let mut encoded_len = 0;
         if redis_key.is_some() || (shape.local && self.local.weighs_bytes()) {
-            match self.codec.encode(value) {
-                Ok(payload) => {
-                    encoded_len = payload.len();
+            // Compressing is for Redis only: without a Redis key the bytes are just weighed.
+            let compress_above = self.compress_above.filter(|_| redis_key.is_some());
+            let fresh_until = SystemTime::now() + ttl;
+            match envelope::seal(
+                &*self.codec,
+                fresh_until,
+                Encodable::new(value),
+                compress_above,
+            ) {
+                Ok(sealed) => {
+                    encoded_len = sealed.encoded_len;
                     if let Some((full_key, write_if)) = redis_key {
-                        let sealed = envelope::seal(self.codec, SystemTime::now() + ttl, &payload);
                         in_redis = self
-                            .write_redis(local_key, &full_key, sealed, ttl + grace, tags, write_if)
+                            .write_redis(
+                                local_key,
+                                &full_key,
+                                sealed.bytes,
+                                ttl + grace,
+                                tags,
+                                write_if,
+                            )
                             .await;
                     }
                 }

@@ -189,7 +189,7 @@ impl<'de> Deserialize<'de> for CachedResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Codec;
+    use crate::{Codec, CodecExt, Json, MessagePack};
 
     fn sample() -> CachedResponse {
         let mut h = HeaderMap::new();
@@ -219,9 +219,9 @@ mod tests {
     #[test]
     fn round_trips_through_both_codecs() {
         let r = sample();
-        for codec in [Codec::MessagePack, Codec::Json] {
-            let bytes = codec.encode(&r).expect("encode");
-            let back: CachedResponse = codec.decode(&bytes).expect("decode");
+        for codec in [&MessagePack as &dyn Codec, &Json] {
+            let bytes = codec.to_vec(&r).expect("encode");
+            let back: CachedResponse = codec.from_slice(&bytes).expect("decode");
             assert_eq!(back.status(), r.status());
             assert_eq!(back.body(), r.body());
             assert_eq!(back.0.headers, r.0.headers);
@@ -234,15 +234,15 @@ mod tests {
             &HeaderMap::new(),
             Bytes::from(vec![0xAB; 1000]),
         );
-        let packed = Codec::MessagePack.encode(&big).expect("encode");
+        let packed = MessagePack.to_vec(&big).expect("encode");
         assert!(packed.len() < 1100, "{} bytes", packed.len());
     }
 
     #[test]
     fn garbage_is_a_decode_error() {
-        let bad = Codec::MessagePack
-            .encode(&(999u16, Vec::<(String, Vec<u8>)>::new()))
+        let bad = MessagePack
+            .to_vec(&(999u16, Vec::<(String, Vec<u8>)>::new()))
             .expect("encode");
-        assert!(Codec::MessagePack.decode::<CachedResponse>(&bad).is_err());
+        assert!(MessagePack.from_slice::<CachedResponse>(&bad).is_err());
     }
 }

@@ -5,6 +5,8 @@ pub(crate) mod codec;
 pub(crate) mod envelope;
 mod local;
 
-pub use self::codec::Codec;
+#[cfg(feature = "json")]
+pub use self::codec::Json;
+pub use self::codec::{Codec, CodecExt, Decoder, Encodable, MessagePack};
 pub use self::local::LocalCapacity;
 pub(crate) use self::local::{LocalHit, LocalKey, LocalStore};

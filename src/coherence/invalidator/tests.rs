@@ -7,7 +7,7 @@ use super::*;
 use crate::core::{self, Breaker};
 use crate::error::RedisErrorKind;
 use crate::model::{Classes, EntryOptions};
-use crate::store::{Codec, LocalCapacity, LocalKey, LocalStore};
+use crate::store::{LocalCapacity, LocalKey, LocalStore, MessagePack};
 
 /// What the fake remote was asked to do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,7 +107,8 @@ fn core() -> Core {
         classes: Classes::new(vec![], Duration::from_secs(300)).expect("classes"),
         local: LocalStore::new(LocalCapacity::Entries(1000)),
         redis: None,
-        codec: Codec::default(),
+        codec: Arc::new(MessagePack),
+        compress_above: None,
         breaker: Breaker::new(3),
         command_timeout: Duration::from_millis(100),
         events: core::Events::default(),
