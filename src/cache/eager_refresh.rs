@@ -165,7 +165,7 @@ async fn refresh<T, E, F, Fut>(
             leased.map(|(full_key, write_if)| (full_key, write_if.with_unread_tags(plan.added)));
         let in_redis = match core.flights().begin_store(plan.epoch) {
             Some(_storing) => {
-                core.store(key, leased, &value, &plan.shape, &plan.tags)
+                core.store(key, leased, &value, &plan.shape, &plan.tags, plan.added)
                     .await
             }
             None => false,

@@ -423,6 +423,7 @@ where
                 value,
                 &plan.shape,
                 &plan.tags,
+                plan.added,
             )
             .await;
         } else {

@@ -74,6 +74,8 @@ pub(crate) struct Fresh<T> {
     pub(crate) fresh_for: Duration,
     /// Its encoded size in bytes (uncompressed).
     pub(crate) len: usize,
+    /// The tags its loader added, which the reader's options need not name.
+    pub(crate) tags: Vec<Key>,
 }
 
 impl Core {
@@ -108,13 +110,14 @@ impl Core {
                     read_at,
                 };
                 match decoded {
-                    Some((value, fresh_until, len)) => {
+                    Some((value, fresh_until, len, tags)) => {
                         match fresh_until.duration_since(SystemTime::now()) {
                             Ok(fresh_for) if !fresh_for.is_zero() => RedisRead::Fresh(
                                 Fresh {
                                     value,
                                     fresh_for,
                                     len,
+                                    tags,
                                 },
                                 lease,
                             ),
@@ -156,13 +159,22 @@ impl Core {
         epoch: Epoch,
     ) {
         if shape.local {
+            // The tags the loader added widen the epoch, as they did the loader's own.
+            let epoch = match fresh.tags.is_empty() {
+                true => epoch,
+                false => self.flights.widen_after_read(epoch, &fresh.tags),
+            };
             if let Some(_storing) = self.flights.begin_store(epoch) {
+                let tags: std::borrow::Cow<'_, [Key]> = match fresh.tags.is_empty() {
+                    true => (&options.tags[..]).into(),
+                    false => options.tags.iter().chain(&fresh.tags).cloned().collect(),
+                };
                 self.local.insert(
                     local_key.clone(),
                     fresh.value.clone(),
                     shape.local_fresh_for(fresh.fresh_for.min(shape.ttl)),
                     shape.grace,
-                    &options.tags,
+                    &tags,
                     fresh.len,
                 );
             }
@@ -172,16 +184,23 @@ impl Core {
 
     /// The value, until when it is fresh, and its encoded size (before any compression, as
     /// the local store weighs it).
-    fn decode<T: Cacheable>(&self, bytes: &[u8]) -> Result<(T, SystemTime, usize), Error> {
+    #[allow(clippy::type_complexity)]
+    fn decode<T: Cacheable>(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(T, SystemTime, usize, Vec<Key>), Error> {
         let opened = envelope::open(&*self.codec, bytes)?;
         let value = self.codec.from_slice(&opened.payload)?;
-        Ok((value, opened.fresh_until, opened.payload.len()))
+        Ok((value, opened.fresh_until, opened.payload.len(), opened.tags))
     }
 
     /// Writes a loaded value to Redis (if `redis_key`, under its condition) and to the local
     /// store (unless the shape skips it), with one TTL drawn for both. Returns whether Redis
     /// has the value now: false without a Redis key, or if the write failed, was shed or
     /// refused, or the value did not encode.
+    ///
+    /// The last `added` of `tags` are the loader's own: the envelope carries them, so that
+    /// the instances reading the entry from Redis learn them.
     pub(crate) async fn store<T: Cacheable>(
         &self,
         local_key: &LocalKey,
@@ -189,6 +208,7 @@ impl Core {
         value: &T,
         shape: &Shape,
         tags: &[Key],
+        added: usize,
     ) -> bool {
         let (ttl, grace) = (shape.draw_ttl(), shape.grace);
         let mut in_redis = false;
@@ -197,11 +217,13 @@ impl Core {
             // Compressing is for Redis only: without a Redis key the bytes are just weighed.
             let compress_above = self.compress_above.filter(|_| redis_key.is_some());
             let fresh_until = SystemTime::now() + ttl;
+            let carried = &tags[tags.len().saturating_sub(added)..];
             match envelope::seal(
                 &*self.codec,
                 fresh_until,
                 Encodable::new(value),
                 compress_above,
+                carried,
             ) {
                 Ok(sealed) => {
                     encoded_len = sealed.encoded_len;

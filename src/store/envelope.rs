@@ -7,10 +7,16 @@
 //!
 //! Layout (little-endian): `b"SC"`, format version, codec id, then
 //! - version 1: fresh-until as Unix milliseconds (u64), then the payload;
-//! - version 2: a flags byte, fresh-until (u64), then the payload; flag bit 0 (LZ4) means
-//!   the payload is the uncompressed length (u32) followed by an LZ4 block.
+//! - version 2: a flags byte, fresh-until (u64), then the payload; flag bit 1 (tags) means
+//!   a tags section comes first — a count (u16), then each tag as a length (u16) and its
+//!   bytes; flag bit 0 (LZ4) means the payload is the uncompressed length (u32) followed by
+//!   an LZ4 block.
 //!
-//! Writers use version 1 whenever the payload is not compressed, so that readers built
+//! The tags section carries the tags a loader added to its entry (the caller's options name
+//! the others), so that every instance reading the entry from Redis indexes its local copy
+//! under them and a later invalidation of such a tag reaches that copy too.
+//!
+//! Writers use version 1 whenever the payload is not compressed and carries no tags, so that readers built
 //! before version 2 existed keep reading those entries during a rolling deploy (they take a
 //! version 2 entry for a miss, as every reader does with a version or codec it does not
 //! know). A reader built without the `compression` feature takes a compressed entry for a
@@ -25,6 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::codec::{Codec, Encodable};
 use crate::error::Error;
+use crate::key::Key;
 use crate::model::unix_ms;
 
 const MAGIC: &[u8; 2] = b"SC";
@@ -37,11 +44,13 @@ const V2_HEADER_LEN: usize = HEADER_LEN + 1;
 
 /// Version 2 flag: the payload is LZ4-compressed.
 const FLAG_LZ4: u8 = 1;
+/// Version 2 flag: a tags section precedes the payload.
+const FLAG_TAGS: u8 = 2;
 /// The flags this build understands; an entry with any other is a miss.
 #[cfg(feature = "compression")]
-const KNOWN_FLAGS: u8 = FLAG_LZ4;
+const KNOWN_FLAGS: u8 = FLAG_LZ4 | FLAG_TAGS;
 #[cfg(not(feature = "compression"))]
-const KNOWN_FLAGS: u8 = 0;
+const KNOWN_FLAGS: u8 = FLAG_TAGS;
 
 /// The largest payload compressed, and so the largest a reader decompresses: the bound on
 /// the buffer a corrupt or hostile length prefix can make a reader allocate.
@@ -96,6 +105,65 @@ pub(crate) fn seal(
     fresh_until: SystemTime,
     value: Encodable<'_>,
     compress_above: Option<usize>,
+    tags: &[Key],
+) -> Result<Sealed, Error> {
+    let sealed = seal_value(codec, fresh_until, value, compress_above)?;
+    if tags.is_empty() {
+        return Ok(sealed);
+    }
+    Ok(Sealed {
+        bytes: with_tags(sealed.bytes, tags)?,
+        encoded_len: sealed.encoded_len,
+    })
+}
+
+/// A version 1 or 2 envelope rewritten as version 2 with a tags section.
+fn with_tags(sealed: Vec<u8>, tags: &[Key]) -> Result<Vec<u8>, Error> {
+    let (flags, header_len) = match sealed[2] {
+        V2 => (sealed[4], V2_HEADER_LEN),
+        _ => (0, HEADER_LEN),
+    };
+    let too_many = || Error::Encode("too many tags, or a tag too long, for an entry".into());
+    let count = u16::try_from(tags.len()).map_err(|_| too_many())?;
+    let section: usize = tags.iter().map(|t| 2 + t.as_str().len()).sum();
+    let mut out = Vec::with_capacity(sealed.len() + 1 + 2 + section);
+    out.extend_from_slice(&[MAGIC[0], MAGIC[1], V2, sealed[3], flags | FLAG_TAGS]);
+    out.extend_from_slice(&sealed[header_len - 8..header_len]);
+    out.extend_from_slice(&count.to_le_bytes());
+    for tag in tags {
+        let len = u16::try_from(tag.as_str().len()).map_err(|_| too_many())?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(tag.as_str().as_bytes());
+    }
+    out.extend_from_slice(&sealed[header_len..]);
+    Ok(out)
+}
+
+/// Reads a tags section; the tags and what follows them.
+fn read_tags(body: &[u8]) -> Result<(Vec<Key>, &[u8]), Error> {
+    let corrupt = || Error::Decode("tags section cut short or not UTF-8".into());
+    let (count, mut rest) = body.split_first_chunk::<2>().ok_or_else(corrupt)?;
+    let count = u16::from_le_bytes(*count);
+    let mut tags = Vec::with_capacity(usize::from(count).min(rest.len() / 2));
+    for _ in 0..count {
+        let (len, after) = rest.split_first_chunk::<2>().ok_or_else(corrupt)?;
+        let len = usize::from(u16::from_le_bytes(*len));
+        if after.len() < len {
+            return Err(corrupt());
+        }
+        let (text, after) = after.split_at(len);
+        let text = std::str::from_utf8(text).map_err(|_| corrupt())?;
+        tags.push(Key::from_escaped(text.into()));
+        rest = after;
+    }
+    Ok((tags, rest))
+}
+
+fn seal_value(
+    codec: &dyn Codec,
+    fresh_until: SystemTime,
+    value: Encodable<'_>,
+    compress_above: Option<usize>,
 ) -> Result<Sealed, Error> {
     let mut out = Vec::with_capacity(HEADER_LEN + 64);
     out.extend_from_slice(MAGIC);
@@ -144,6 +212,8 @@ fn compress(v1: &[u8]) -> Option<Vec<u8>> {
 #[derive(Debug)]
 pub(crate) struct Opened<'a> {
     pub(crate) fresh_until: SystemTime,
+    /// The tags the envelope carries (see the module docs); empty for most entries.
+    pub(crate) tags: Vec<Key>,
     /// The encoded value: borrowed from the envelope, or decompressed from it.
     pub(crate) payload: Cow<'a, [u8]>,
 }
@@ -176,7 +246,10 @@ pub(crate) fn open<'a>(codec: &dyn Codec, bytes: &'a [u8]) -> Result<Opened<'a>,
     }
     let mut ms = [0u8; 8];
     ms.copy_from_slice(&bytes[header_len - 8..header_len]);
-    let body = &bytes[header_len..];
+    let (tags, body) = match flags & FLAG_TAGS {
+        0 => (Vec::new(), &bytes[header_len..]),
+        _ => read_tags(&bytes[header_len..])?,
+    };
     let payload = if flags & FLAG_LZ4 != 0 {
         Cow::Owned(decompress(body)?)
     } else {
@@ -184,6 +257,7 @@ pub(crate) fn open<'a>(codec: &dyn Codec, bytes: &'a [u8]) -> Result<Opened<'a>,
     };
     Ok(Opened {
         fresh_until: UNIX_EPOCH + Duration::from_millis(u64::from_le_bytes(ms)),
+        tags,
         payload,
     })
 }
@@ -227,7 +301,14 @@ mod tests {
     }
 
     fn sealed(value: &impl serde::Serialize, compress_above: Option<usize>) -> Sealed {
-        seal(&MessagePack, at(), Encodable::new(value), compress_above).expect("encodes")
+        seal(
+            &MessagePack,
+            at(),
+            Encodable::new(value),
+            compress_above,
+            &[],
+        )
+        .expect("encodes")
     }
 
     /// A value LZ4 shrinks well: a JSON-ish list of similar records, about 10 KiB packed.
@@ -380,5 +461,47 @@ mod tests {
         v2.extend_from_slice(&v1[4..HEADER_LEN]);
         v2.extend_from_slice(&[3, 0, 0, 0, 0x30, b'a', b'b', b'c']);
         assert!(open(&MessagePack, &v2).is_err());
+    }
+
+    #[test]
+    fn tags_travel_with_the_entry_and_a_cut_section_is_a_miss() {
+        let tags = [
+            Key::from_escaped("folder:3".into()),
+            Key::from_escaped("a:b".into()),
+        ];
+        let small = seal(&MessagePack, at(), Encodable::new(&7u32), None, &tags).expect("encodes");
+        let opened = open(&MessagePack, &small.bytes).expect("opens");
+        assert_eq!(opened.tags, tags);
+        assert_eq!(opened.fresh_until, at());
+        assert_eq!(
+            MessagePack
+                .from_slice::<u32>(&opened.payload)
+                .expect("decodes"),
+            7
+        );
+        // Without tags, the entry stays version 1 and carries none.
+        let plain = sealed(&7u32, None);
+        assert_eq!(plain.bytes[2], V1);
+        assert!(open(&MessagePack, &plain.bytes)
+            .expect("opens")
+            .tags
+            .is_empty());
+        // Compressed and tagged.
+        #[cfg(feature = "compression")]
+        {
+            let both =
+                seal(&MessagePack, at(), Encodable::new(&big()), Some(64), &tags).expect("encodes");
+            assert_eq!(both.bytes[4], FLAG_LZ4 | FLAG_TAGS);
+            let opened = open(&MessagePack, &both.bytes).expect("opens");
+            assert_eq!(opened.tags, tags);
+            let back: Vec<(String, u32, String)> =
+                MessagePack.from_slice(&opened.payload).expect("decodes");
+            assert_eq!(back, big());
+        }
+        // Any cut inside the tags section is an error (a miss), never a panic.
+        for len in V2_HEADER_LEN..small.bytes.len() - 1 {
+            let _ = open(&MessagePack, &small.bytes[..len]);
+        }
+        assert!(open(&MessagePack, &small.bytes[..V2_HEADER_LEN + 5]).is_err());
     }
 }

@@ -289,7 +289,9 @@ impl Invalidator {
             .redis()
             .filter(|_| shape.redis)
             .map(|redis| (core.entry_key(redis, local_key), WriteIf::Always));
-        let in_redis = core.store(local_key, redis_key, value, shape, tags).await;
+        let in_redis = core
+            .store(local_key, redis_key, value, shape, tags, 0)
+            .await;
         if !configured {
             return;
         }

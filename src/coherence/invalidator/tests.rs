@@ -144,7 +144,7 @@ async fn put(core: &Core, name: &str) -> LocalKey {
         local_key.class,
         &EntryOptions::new().ttl(Duration::from_secs(60)),
     );
-    core.store(&local_key, None, &7u32, &shape, &[]).await;
+    core.store(&local_key, None, &7u32, &shape, &[], 0).await;
     assert!(cached(core, &local_key), "stored");
     local_key
 }

@@ -86,6 +86,10 @@ pub(crate) enum Outcome {
 pub(crate) struct Flights {
     map: Mutex<HashMap<LocalKey, (FlightEpoch, watch::Receiver<State>)>>,
     shards: [Shard; SHARDS],
+    /// Invalidations begun, on any shard, and those still active: for a read that learns
+    /// only from Redis's answer which tags its entry has (see [`Flights::widen_after_read`]).
+    begun: AtomicU64,
+    active: AtomicU64,
 }
 
 const SHARDS: usize = 64;
@@ -98,6 +102,8 @@ impl Default for Flights {
         Flights {
             map: Mutex::default(),
             shards: std::array::from_fn(|_| Shard::default()),
+            begun: AtomicU64::new(0),
+            active: AtomicU64::new(0),
         }
     }
 }
@@ -192,6 +198,9 @@ pub(crate) struct Epoch {
     /// No invalidation of this process was removing from Redis on them: Redis is as current
     /// as the local store.
     redis_current: bool,
+    /// How many invalidations had begun, on any shard, and whether none was active.
+    begun: u64,
+    all_quiet: bool,
 }
 
 impl Epoch {
@@ -273,6 +282,7 @@ impl Drop for InvalidationInProgress<'_> {
             }
             shard.active.fetch_sub(1, Ordering::SeqCst);
         }
+        self.flights.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -303,6 +313,9 @@ impl Flights {
 
     /// The epoch a load of `key`, tagged `tags`, starting now belongs to.
     pub(crate) fn epoch(&self, key: &LocalKey, tags: &[Key]) -> Epoch {
+        // Counted before the shards, as `begin` counts them before it moves a shard.
+        let begun = self.begun.load(Ordering::SeqCst);
+        let all_quiet = self.active.load(Ordering::SeqCst) == 0;
         let mask = mask_of_entry(key, tags);
         // Epochs first, activity second: an invalidation counts itself active before it
         // advances a shard's epoch and advances it before it stops counting, so a sample
@@ -320,6 +333,30 @@ impl Flights {
             sum,
             quiet,
             redis_current,
+            begun,
+            all_quiet,
+        }
+    }
+
+    /// `epoch` widened to `tags`, which the load learned from Redis's answer (tags its
+    /// loader added, carried by the entry): storing with it is refused if any invalidation
+    /// has begun since `epoch` was sampled, or was active then. A read takes a round trip,
+    /// so refusing on any invalidation in that time costs little; the shards of the tags
+    /// join the epoch so that invalidations from now on are ordered with the store as usual.
+    pub(crate) fn widen_after_read(&self, epoch: Epoch, tags: &[Key]) -> Epoch {
+        let added = tags.iter().fold(0, |mask, tag| mask | bit(Scope::Tag(tag))) & !epoch.mask;
+        if added == 0 {
+            return epoch;
+        }
+        // Shards first, the count second: an invalidation that moved an added shard before
+        // this sample has been counted by then.
+        let sum = epoch.sum.wrapping_add(self.sum(added));
+        let unchanged = epoch.all_quiet && self.begun.load(Ordering::SeqCst) == epoch.begun;
+        Epoch {
+            mask: epoch.mask | added,
+            sum,
+            quiet: epoch.quiet && unchanged,
+            ..epoch
         }
     }
 
@@ -352,7 +389,7 @@ impl Flights {
             mask: epoch.mask | added,
             sum,
             quiet: epoch.quiet && before.active & added == 0,
-            redis_current: epoch.redis_current,
+            ..epoch
         }
     }
 
@@ -372,6 +409,8 @@ impl Flights {
     }
 
     fn begin(&self, mask: ShardMask, redis_pending: bool) -> InvalidationInProgress<'_> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.begun.fetch_add(1, Ordering::SeqCst);
         for shard in self.shards_in(mask) {
             shard.active.fetch_add(1, Ordering::SeqCst);
             if redis_pending {
