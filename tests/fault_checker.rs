@@ -8,7 +8,8 @@
 //! The origin is a map key → version (`u64`) in the test process, shared by the instances.
 //! Three caches (same namespace, each with its own connections and backplane; standalone:
 //! each behind its own [`FaultProxy`], so a fault can hit one instance) serve 20 keys, the
-//! first 10 tagged `user:{i % 5}`. Per instance, [`READERS`] tasks loop over random keys with
+//! first 10 tagged `user:{i % 5}` by their options and the next 5 by their loader
+//! (`fetch_adaptive`, `Loaded::tag`). Per instance, [`READERS`] tasks loop over random keys with
 //! `cache.fetch(key, &opts, || origin.read(key))` (the read-through path of `get_or_load`,
 //! which also says where the value came from), and one mutator every 100–300 ms bumps a key
 //! (or every key of a tag) in the origin, then invalidates it on its instance
@@ -74,7 +75,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use stormcache::{Cache, Class, EntryOptions, Invalidation, Key, Origin, RedisOutcome};
+use stormcache::{Cache, Class, EntryOptions, Invalidation, Key, Loaded, Origin, RedisOutcome};
 use support::caches::{fast_redis_builder, wait_redis_ready};
 use support::history::{
     check, context, fault_spans, summarize, Event, FaultSpan, Recorder, Violation,
@@ -109,9 +110,12 @@ const READ_LATENCY_LIMIT: Duration = Duration::from_millis(100 + 250);
 const HANG_LIMIT: Duration = Duration::from_secs(5);
 /// Entries live long enough that only invalidation removes a stale one.
 const TTL: Duration = Duration::from_secs(600);
-/// Keys `item:0` … `item:19`; the first [`TAGGED`] carry the tag `user:{i % TAGS}`.
+/// Keys `item:0` … `item:19`; the first [`TAGGED`] carry the tag `user:{i % TAGS}` by their
+/// options, the next [`ADAPTIVE`] by their loader (`Loaded::tag`), which other instances
+/// learn from the entry in Redis.
 const KEYS: usize = 20;
 const TAGGED: usize = 10;
+const ADAPTIVE: usize = 5;
 const TAGS: usize = 5;
 /// Reader tasks per instance.
 const READERS: usize = 3;
@@ -719,13 +723,18 @@ async fn read_once(
 ) {
     let redis_in_use = cache.redis_in_use();
     let start = rec.now();
-    let fetched = tokio::time::timeout(
-        HANG_LIMIT,
-        cache.fetch(key(k), &options(k), || async {
+    let opts = options(k);
+    let fetched = if (TAGGED..TAGGED + ADAPTIVE).contains(&k) {
+        let load = cache.fetch_adaptive(key(k), &opts, || async {
+            Ok::<_, Infallible>(Loaded::new(origin.read(k)).tag(tag(k % TAGS)))
+        });
+        tokio::time::timeout(HANG_LIMIT, load).await
+    } else {
+        let load = cache.fetch(key(k), &opts, || async {
             Ok::<u64, Infallible>(origin.read(k))
-        }),
-    )
-    .await;
+        });
+        tokio::time::timeout(HANG_LIMIT, load).await
+    };
     let end = rec.now();
     match fetched {
         Ok(Ok(fetched)) => rec.push(Event::Read {
@@ -778,7 +787,7 @@ async fn mutator(
         }
         let (keys, by_tag, inv) = if rng.chance(25) {
             let t = rng.below(TAGS as u64) as usize;
-            let keys: Vec<(usize, u64)> = (0..TAGGED)
+            let keys: Vec<(usize, u64)> = (0..TAGGED + ADAPTIVE)
                 .filter(|k| k % TAGS == t)
                 .map(|k| (k, origin.bump(k)))
                 .collect();
