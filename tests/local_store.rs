@@ -132,3 +132,67 @@ async fn process_wide_cache_says_what_to_do_before_install() {
     let err = stormcache::global().expect_err("not installed");
     assert!(err.to_string().contains("stormcache::install"), "{err}");
 }
+
+/// Readers load tagged entries from a versioned origin while a mutator bumps the versions
+/// and invalidates the tag: once an invalidation has returned, no read that starts after it
+/// sees an older version — the tag index reaches every entry stored concurrently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tag_invalidations_reach_entries_stored_concurrently() {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    const KEYS: usize = 16;
+    let cache = Cache::builder("tagidx")
+        .local_capacity(LocalCapacity::Entries(100_000))
+        .build()
+        .expect("valid");
+    let tag = key("group:1");
+    let opts = EntryOptions::new().tag(tag.clone());
+    let version = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stale = Arc::new(AtomicUsize::new(0));
+    // The version every read starting now must see at least.
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..6)
+        .map(|r| {
+            let (cache, opts, version, stop, stale, acknowledged) = (
+                cache.clone(),
+                opts.clone(),
+                Arc::clone(&version),
+                Arc::clone(&stop),
+                Arc::clone(&stale),
+                Arc::clone(&acknowledged),
+            );
+            tokio::spawn(async move {
+                let mut i = r;
+                while !stop.load(Ordering::SeqCst) {
+                    i = (i * 7 + 3) % KEYS;
+                    let floor = acknowledged.load(Ordering::SeqCst);
+                    let seen: u64 = cache
+                        .get_or_load(key(&format!("k{i}")), &opts, || async {
+                            version.load(Ordering::SeqCst)
+                        })
+                        .await;
+                    if seen < floor {
+                        stale.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for _ in 0..2_000 {
+        let next = version.fetch_add(1, Ordering::SeqCst) + 1;
+        cache.invalidate_tag(&tag).await;
+        acknowledged.store(next, Ordering::SeqCst);
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for reader in readers {
+        reader.await.expect("reader");
+    }
+    assert_eq!(
+        stale.load(Ordering::SeqCst),
+        0,
+        "reads after an acknowledged tag invalidation saw an older version"
+    );
+}

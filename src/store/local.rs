@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache as Moka;
 use moka::Expiry;
 
+use super::tag_index::TagIndex;
 use crate::key::Key;
 use crate::model::ClassId;
 
@@ -61,10 +62,18 @@ pub(crate) struct LocalKey {
 pub(crate) struct EntryMeta {
     pub(crate) fresh_until: Instant,
     pub(crate) expires_at: Instant,
-    pub(crate) tags: Box<[Key]>,
+    /// Most entries have no tags: one pointer, null for them.
+    pub(crate) tagged: Option<Box<Tagged>>,
     pub(crate) weight: u32,
     /// When it was written, in nanoseconds since the store was created.
     pub(crate) written: u64,
+}
+
+/// An entry's tags, and the id of the insert that made it (see the tag index).
+#[derive(Debug)]
+pub(crate) struct Tagged {
+    id: u64,
+    tags: Box<[Key]>,
 }
 
 struct Entry<T> {
@@ -129,6 +138,10 @@ type Hasher = foldhash::fast::RandomState;
 
 pub(crate) struct LocalStore {
     cache: Moka<LocalKey, Value, Hasher>,
+    /// Tag → the keys of the entries that carry it.
+    index: Arc<TagIndex>,
+    /// Ids of tagged inserts.
+    next_id: AtomicU64,
     by_bytes: bool,
     /// The origin of write times.
     created: Instant,
@@ -139,7 +152,15 @@ pub(crate) struct LocalStore {
 
 impl LocalStore {
     pub(crate) fn new(capacity: LocalCapacity) -> Self {
-        let builder = Moka::builder().expire_after(PerEntryExpiry);
+        let index = Arc::new(TagIndex::default());
+        let forget = Arc::clone(&index);
+        let builder = Moka::builder()
+            .expire_after(PerEntryExpiry)
+            .eviction_listener(move |key: Arc<LocalKey>, value: Value, _| {
+                if let Some(tagged) = &value.meta().tagged {
+                    forget.forget(&tagged.tags, &key, tagged.id);
+                }
+            });
         let (cache, by_bytes) = match capacity {
             LocalCapacity::Entries(n) => (
                 builder.max_capacity(n).build_with_hasher(Hasher::default()),
@@ -155,6 +176,8 @@ impl LocalStore {
         };
         LocalStore {
             cache,
+            index,
+            next_id: AtomicU64::new(0),
             by_bytes,
             created: Instant::now(),
             trusted_from: AtomicU64::new(0),
@@ -222,11 +245,21 @@ impl LocalStore {
         let weight = u32::try_from(encoded_len + key.key.as_str().len())
             .unwrap_or(u32::MAX)
             .saturating_add(ENTRY_OVERHEAD);
+        // Indexed before it is visible: a tag invalidation that runs after this insert (the
+        // flights order the two) finds it.
+        let tagged = (!tags.is_empty()).then(|| {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            self.index.add(tags, &key, id);
+            Box::new(Tagged {
+                id,
+                tags: tags.into(),
+            })
+        });
         let entry: Value = Arc::new(Entry {
             meta: EntryMeta {
                 fresh_until,
                 expires_at: fresh_until + grace,
-                tags: tags.into(),
+                tagged,
                 weight,
                 written: self.nanos_since_created(now),
             },
@@ -239,9 +272,12 @@ impl LocalStore {
         self.cache.invalidate(key);
     }
 
+    /// Removes the entries that carry `tag`: those its index records, so the cost is theirs,
+    /// whatever the size of the store.
     pub(crate) fn invalidate_tag(&self, tag: &Key) {
-        let tag = tag.clone();
-        self.invalidate_if(move |_, v| v.meta().tags.contains(&tag));
+        for key in self.index.take(tag) {
+            self.cache.invalidate(&key);
+        }
     }
 
     pub(crate) fn invalidate_class(&self, class: ClassId) {
@@ -250,13 +286,16 @@ impl LocalStore {
 
     pub(crate) fn invalidate_all(&self) {
         self.cache.invalidate_all();
+        self.index.clear();
     }
 
     fn invalidate_if(&self, predicate: impl Fn(&LocalKey, &Value) -> bool + Send + Sync + 'static) {
         // Not moka's `invalidate_entries_if`: under concurrent invalidations a race on its
         // "no predicates" flag lets `get` return entries a registered predicate matches
         // (measured: 32 of 80,000 entries still visible right after the call, 4 threads).
-        // A sweep removes every match present when it starts, before it returns.
+        // A sweep removes every match present when it starts, before it returns. Classes
+        // are flushed after outages, seldom enough that an index of every entry by class
+        // would cost more memory than the sweeps cost time.
         for (key, value) in self.cache.iter() {
             if predicate(&key, &value) {
                 self.cache.invalidate(&*key);
@@ -372,6 +411,25 @@ mod tests {
         store.invalidate_class(1);
         assert!(store.get::<u8>(&lk(1, "z")).is_none());
         assert!(store.get::<u8>(&lk(2, "w")).is_some());
+    }
+
+    #[test]
+    fn a_key_written_again_stays_reachable_by_its_tag() {
+        let store = LocalStore::new(LocalCapacity::Entries(100));
+        let tag = Key::literal("user:1").expect("valid");
+        let ttl = Duration::from_secs(60);
+        let tags = std::slice::from_ref(&tag);
+        store.insert(lk(0, "x"), 1u8, ttl, Duration::ZERO, tags, 0);
+        store.insert(lk(0, "x"), 2u8, ttl, Duration::ZERO, tags, 0);
+        // The replaced value's removal is reported now; it must not unindex the new one.
+        store.cache.run_pending_tasks();
+        store.invalidate_tag(&tag);
+        assert!(store.get::<u8>(&lk(0, "x")).is_none());
+        // Entries removed otherwise leave the index too.
+        store.insert(lk(0, "y"), 3u8, ttl, Duration::ZERO, tags, 0);
+        store.remove(&lk(0, "y"));
+        store.cache.run_pending_tasks();
+        assert_eq!(store.index.records(), 0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub(crate) mod codec;
 pub(crate) mod envelope;
 mod local;
+mod tag_index;
 
 #[cfg(feature = "json")]
 pub use self::codec::Json;

@@ -1,0 +1,102 @@
+//! Which local entries carry a tag, so that invalidating a tag costs the entries it removes
+//! and not a sweep of the whole local store.
+//!
+//! Each indexed entry is recorded with the id of the insert that made it. A key written
+//! again with the same tag is recorded again under its new id, and the removal of the older
+//! value (reported later by the store's eviction listener) forgets only a record with the
+//! older id: the newer entry stays reachable by its tag. A record whose entry is gone can
+//! linger until the listener reports it; invalidating it then removes whatever the key
+//! holds, which costs at most one miss.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, PoisonError};
+
+use super::local::LocalKey;
+use crate::key::Key;
+
+/// Mutexes, so that invalidations and inserts of different tags seldom wait for each other.
+const SHARDS: usize = 16;
+
+type Members = HashMap<LocalKey, u64, foldhash::fast::RandomState>;
+
+pub(crate) struct TagIndex {
+    shards: [Mutex<HashMap<Key, Members, foldhash::fast::RandomState>>; SHARDS],
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Default for TagIndex {
+    fn default() -> Self {
+        TagIndex {
+            shards: std::array::from_fn(|_| Mutex::default()),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+}
+
+impl TagIndex {
+    fn shard(&self, tag: &Key) -> &Mutex<HashMap<Key, Members, foldhash::fast::RandomState>> {
+        let i = self.hasher.hash_one(tag.as_str()) as usize % SHARDS;
+        &self.shards[i]
+    }
+
+    /// Records that insert `id` gave `key` the `tags`.
+    pub(crate) fn add(&self, tags: &[Key], key: &LocalKey, id: u64) {
+        for tag in tags {
+            let mut shard = self
+                .shard(tag)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            shard
+                .entry(tag.clone())
+                .or_default()
+                .insert(key.clone(), id);
+        }
+    }
+
+    /// Forgets what insert `id` recorded, unless a later insert of `key` replaced it.
+    pub(crate) fn forget(&self, tags: &[Key], key: &LocalKey, id: u64) {
+        for tag in tags {
+            let mut shard = self
+                .shard(tag)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(members) = shard.get_mut(tag) {
+                if members.get(key) == Some(&id) {
+                    members.remove(key);
+                    if members.is_empty() {
+                        shard.remove(tag);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The keys recorded under `tag`, no longer recorded.
+    pub(crate) fn take(&self, tag: &Key) -> Vec<LocalKey> {
+        let members = self
+            .shard(tag)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tag);
+        members.map_or_else(Vec::new, |m| m.into_keys().collect())
+    }
+
+    /// Forgets everything.
+    pub(crate) fn clear(&self) {
+        for shard in &self.shards {
+            shard.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn records(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let shard = s.lock().unwrap_or_else(PoisonError::into_inner);
+                shard.values().map(HashMap::len).sum::<usize>()
+            })
+            .sum()
+    }
+}
