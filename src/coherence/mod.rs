@@ -13,6 +13,7 @@ mod monitor;
 mod recovery;
 mod sentinel_watch;
 mod suspect_writes;
+mod tag_trims;
 
 pub(crate) use self::backplane::Backplane;
 pub(crate) use self::invalidator::Invalidator;
@@ -47,4 +48,5 @@ pub(crate) fn spawn(
     backplane::spawn(core, invalidator, settings);
     sentinel_watch::spawn(core, invalidator, &settings.url, reapply_window);
     suspect_writes::spawn(core, invalidator);
+    tag_trims::spawn(core);
 }

@@ -286,7 +286,10 @@ impl Core {
             .set_if(full_key, sealed, ttl, seen, tags, generations)
             .await
         {
-            Ok(WriteOutcome::Stored) => true,
+            Ok(WriteOutcome::Stored) => {
+                self.tag_trims.wrote(tags);
+                true
+            }
             Ok(WriteOutcome::Refused) => {
                 tracing::debug!(key = %full_key, "invalidated since it was read; not written to Redis");
                 false

@@ -14,6 +14,7 @@ mod io;
 mod shape;
 mod stats;
 mod suspect_writes;
+mod tag_trims;
 pub(crate) mod telemetry;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub(crate) use self::stats::Stats;
 pub(crate) use self::telemetry::Telemetry;
 
 use self::suspect_writes::SuspectWrites;
+use self::tag_trims::TagTrims;
 use crate::key::Key;
 use crate::model::{ClassId, Classes, EntryOptions, HealthState};
 use crate::redis::RedisStore;
@@ -53,6 +55,8 @@ pub(crate) struct Core {
     unknown_classes: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
     /// Keys whose write may have left a stale value in Redis.
     suspect_writes: SuspectWrites,
+    /// Tags whose set in Redis is due for a trim.
+    tag_trims: TagTrims,
     events: Events,
 }
 
@@ -85,6 +89,7 @@ impl Core {
             command_timeout: parts.command_timeout,
             unknown_classes: Default::default(),
             suspect_writes: SuspectWrites::default(),
+            tag_trims: TagTrims::default(),
             events: parts.events,
         }
     }
@@ -109,6 +114,32 @@ impl Core {
     /// invalidates them; `None` once taken.
     pub(crate) fn take_suspect_writes(&self) -> Option<tokio::sync::mpsc::Receiver<Key>> {
         self.suspect_writes.take()
+    }
+
+    /// The tags due for a trim of their set in Redis, for the one task that trims them;
+    /// `None` once taken.
+    pub(crate) fn take_tag_trims(&self) -> Option<tokio::sync::mpsc::Receiver<Key>> {
+        self.tag_trims.take()
+    }
+
+    /// Trims `tag`'s set in Redis (see `trim` in the Redis module), burying the entries
+    /// that a tag invalidation may have missed meanwhile.
+    pub(crate) async fn trim_tag(&self, tag: &Key) -> Result<(), crate::error::Error> {
+        let Some(redis) = self.redis() else {
+            return Ok(());
+        };
+        let missed = redis.trim_tag(tag, tag_trims::SAMPLE).await?;
+        if !missed.is_empty() {
+            tracing::debug!(tag = %tag, keys = missed.len(), "a tag invalidation ran during a trim; burying what it may have missed");
+            redis
+                .bury(
+                    missed,
+                    crate::store::envelope::tombstone(),
+                    crate::store::envelope::is_tombstone,
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     pub(crate) fn command_timeout(&self) -> Duration {

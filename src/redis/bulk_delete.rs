@@ -292,7 +292,7 @@ fn count(replies: Value) -> u64 {
 }
 
 /// The members of an SSCAN page.
-fn strings(values: Option<Vec<Value>>) -> Vec<String> {
+pub(super) fn strings(values: Option<Vec<Value>>) -> Vec<String> {
     values
         .unwrap_or_default()
         .into_iter()

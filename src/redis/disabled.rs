@@ -36,6 +36,9 @@ impl RedisStore {
     pub(crate) fn namespace_pattern(&self) -> String {
         match *self {}
     }
+    pub(crate) async fn trim_tag(&self, _: &Key, _: usize) -> Result<Vec<String>, Error> {
+        match *self {}
+    }
     pub(crate) async fn get(&self, _: &str) -> Result<Option<Bytes>, Error> {
         match *self {}
     }

@@ -5,6 +5,7 @@
 //! - `bulk_delete`: tag invalidation and pattern flushes in small commands;
 //! - `lock`: the stampede lock; `heartbeat`: how old the data Redis came back with is;
 //! - `pubsub`: the invalidation channel's subscriber; `sentinel`: master switches;
+//! - `trim`: removing expired entries from a tag's set;
 //! - `error`: fred's errors as the crate's, keeping their kind.
 //!
 //! The `redis` feature is switched here and nowhere else. Without it, `disabled` provides the
@@ -32,6 +33,8 @@ mod pubsub;
 mod sentinel;
 #[cfg(feature = "redis")]
 mod store;
+#[cfg(feature = "redis")]
+mod trim;
 
 #[cfg(feature = "redis")]
 pub(crate) use self::{

@@ -139,7 +139,7 @@ type Hasher = foldhash::fast::RandomState;
 pub(crate) struct LocalStore {
     cache: Moka<LocalKey, Value, Hasher>,
     /// Tag → the keys of the entries that carry it.
-    index: Arc<TagIndex>,
+    index: Arc<TagIndex<LocalKey>>,
     /// Ids of tagged inserts.
     next_id: AtomicU64,
     by_bytes: bool,
@@ -152,7 +152,7 @@ pub(crate) struct LocalStore {
 
 impl LocalStore {
     pub(crate) fn new(capacity: LocalCapacity) -> Self {
-        let index = Arc::new(TagIndex::default());
+        let index: Arc<TagIndex<LocalKey>> = Arc::new(TagIndex::default());
         let forget = Arc::clone(&index);
         let builder = Moka::builder()
             .expire_after(PerEntryExpiry)

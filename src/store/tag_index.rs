@@ -9,23 +9,24 @@
 //! holds, which costs at most one miss.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 use std::sync::{Mutex, PoisonError};
 
-use super::local::LocalKey;
 use crate::key::Key;
 
 /// Mutexes, so that invalidations and inserts of different tags seldom wait for each other.
 const SHARDS: usize = 16;
 
-type Members = HashMap<LocalKey, u64, foldhash::fast::RandomState>;
+type Members<K> = HashMap<K, u64, foldhash::fast::RandomState>;
+type Shard<K> = Mutex<HashMap<Key, Members<K>, foldhash::fast::RandomState>>;
 
-pub(crate) struct TagIndex {
-    shards: [Mutex<HashMap<Key, Members, foldhash::fast::RandomState>>; SHARDS],
+/// Tag → the keys (`K`) of the entries that carry it, each with its insert's id.
+pub(crate) struct TagIndex<K> {
+    shards: [Shard<K>; SHARDS],
     hasher: foldhash::fast::RandomState,
 }
 
-impl Default for TagIndex {
+impl<K> Default for TagIndex<K> {
     fn default() -> Self {
         TagIndex {
             shards: std::array::from_fn(|_| Mutex::default()),
@@ -34,14 +35,14 @@ impl Default for TagIndex {
     }
 }
 
-impl TagIndex {
-    fn shard(&self, tag: &Key) -> &Mutex<HashMap<Key, Members, foldhash::fast::RandomState>> {
+impl<K: Hash + Eq + Clone> TagIndex<K> {
+    fn shard(&self, tag: &Key) -> &Shard<K> {
         let i = self.hasher.hash_one(tag.as_str()) as usize % SHARDS;
         &self.shards[i]
     }
 
     /// Records that insert `id` gave `key` the `tags`.
-    pub(crate) fn add(&self, tags: &[Key], key: &LocalKey, id: u64) {
+    pub(crate) fn add(&self, tags: &[Key], key: &K, id: u64) {
         for tag in tags {
             let mut shard = self
                 .shard(tag)
@@ -55,7 +56,7 @@ impl TagIndex {
     }
 
     /// Forgets what insert `id` recorded, unless a later insert of `key` replaced it.
-    pub(crate) fn forget(&self, tags: &[Key], key: &LocalKey, id: u64) {
+    pub(crate) fn forget(&self, tags: &[Key], key: &K, id: u64) {
         for tag in tags {
             let mut shard = self
                 .shard(tag)
@@ -73,7 +74,7 @@ impl TagIndex {
     }
 
     /// The keys recorded under `tag`, no longer recorded.
-    pub(crate) fn take(&self, tag: &Key) -> Vec<LocalKey> {
+    pub(crate) fn take(&self, tag: &Key) -> Vec<K> {
         let members = self
             .shard(tag)
             .lock()
