@@ -107,6 +107,66 @@ where
     cache.try_get_or_load_untimed(key, options, loader).await
 }
 
+/// Read-through with eager refresh for a function returning a plain value (its loader owns
+/// its arguments).
+pub async fn refreshing_value<T, F, Fut>(
+    cache: &Cache,
+    key: Key,
+    options: &EntryOptions,
+    loader: F,
+) -> T
+where
+    T: Cacheable,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let loader = move || async move { Ok::<T, std::convert::Infallible>(loader().await) };
+    match cache.fetch_refreshing(key, options, loader).await {
+        Ok(fetched) => fetched.value,
+        Err(never) => match never {},
+    }
+}
+
+/// Read-through with eager refresh for a function returning `Result<T, E>`, without a hard
+/// timeout (so `E` need not convert from [`LoadTimeout`](crate::LoadTimeout)).
+pub async fn refreshing_result<T, E, F, Fut>(
+    cache: &Cache,
+    key: Key,
+    options: &EntryOptions,
+    loader: F,
+) -> Result<T, E>
+where
+    T: Cacheable,
+    E: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    cache
+        .fetch_refreshing_untimed(key, options, loader)
+        .await
+        .map(|fetched| fetched.value)
+}
+
+/// Read-through with eager refresh for a function returning `Option<T>`: `Some` is cached.
+pub async fn refreshing_option<T, F, Fut>(
+    cache: &Cache,
+    key: Key,
+    options: &EntryOptions,
+    loader: F,
+) -> Option<T>
+where
+    T: Cacheable,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Option<T>> + Send + 'static,
+{
+    let loader = move || async move { loader().await.ok_or(NoValue) };
+    cache
+        .fetch_refreshing(key, options, loader)
+        .await
+        .ok()
+        .map(|fetched| fetched.value)
+}
+
 /// `name_refresh` of a function returning any cached value.
 pub async fn refresh_value<T: Cacheable>(
     cache: &Cache,

@@ -816,3 +816,34 @@ fn futures_are_send() {
     is_send(&counter_invalidate("a"));
     is_send(&with_cell_rule(1));
 }
+
+test_cache!(REFRESHED, "macro-eager");
+static REFRESH_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// Owned arguments only: the refresh runs after the call has returned.
+#[cached(key = "price:{sku}", ttl = "2s", eager_refresh = "50%", cache = REFRESHED)]
+async fn hot_price(sku: String) -> u64 {
+    let _ = sku;
+    REFRESH_CALLS.fetch_add(1, Ordering::SeqCst) as u64
+}
+
+#[tokio::test]
+async fn eager_refresh_reloads_a_hot_key_in_the_background_before_it_expires() {
+    assert_eq!(hot_price("a".into()).await, 0);
+    // Hits in the second half of the TTL are served as they are, and start one refresh.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while REFRESHED.counters().eager_refreshes == 0 {
+        assert!(std::time::Instant::now() < deadline, "no eager refresh");
+        assert_eq!(hot_price("a".into()).await, 0, "a hit waited for a reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The refreshed value replaces the old one without a miss.
+    while hot_price("a".into()).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresh never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(REFRESHED.counters().misses, 1, "only the first call missed");
+}

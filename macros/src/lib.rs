@@ -140,6 +140,19 @@ mod template;
 ///   #[cached(key = "catalog:{id}", ttl = "1h", ttl_jitter = "10%", local_ttl = "1m")]
 ///   async fn catalog_entry(id: u32) -> String { format!("entry {id}") }
 ///   ```
+/// - **`eager_refresh = "80%"`** — a hit in the last 20 % of the entry's TTL is served and
+///   also reloads the value in the background, once per key at a time, so a hot key never
+///   expires under load (`stormcache::EntryOptions::eager_refresh`). The reload runs after
+///   the call has returned, so the function takes its arguments by value (`String`, not
+///   `&str`) and is not a method; the compiler says so otherwise. With it, a
+///   `soft_timeout` answers every caller with the stale value while the load finishes in
+///   the background.
+///
+///   ```
+///   # use stormcache::cached;
+///   #[cached(key = "price:{sku}", ttl = "1m", eager_refresh = "80%")]
+///   async fn price(sku: String) -> u64 { sku.len() as u64 }
+///   ```
 /// - **`soft_timeout = "100ms"`** — with a stale value at hand (an expired entry inside its
 ///   `stale_for` grace), callers waiting for the function's run get the stale value after
 ///   this long; the caller running the function waits for it, and its result is stored

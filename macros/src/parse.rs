@@ -168,6 +168,21 @@ pub(crate) fn parse_jitter(lit: &LitStr) -> syn::Result<JitterArg> {
     }
 }
 
+/// Parses `"80%"`: a fraction strictly between 0 and 1.
+pub(crate) fn parse_percent(lit: &LitStr, what: &str) -> syn::Result<f64> {
+    let text = lit.value();
+    match text.strip_suffix('%').map(|p| p.trim().parse::<f64>()) {
+        Some(Ok(p)) if p > 0.0 && p < 100.0 => Ok(p / 100.0),
+        _ => Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "bad `{what}` `{text}`: write the share of the TTL after which a hit refreshes, \
+                 between 0 and 100, like \"80%\""
+            ),
+        )),
+    }
+}
+
 /// The arguments of `#[cached(...)]`.
 #[derive(Default)]
 pub(crate) struct CachedArgs {
@@ -181,13 +196,16 @@ pub(crate) struct CachedArgs {
     pub(crate) local_ttl: Option<DurationArg>,
     pub(crate) soft_timeout: Option<DurationArg>,
     pub(crate) hard_timeout: Option<DurationArg>,
+    /// The fraction of the TTL after which a hit refreshes, and where it was written.
+    pub(crate) eager_refresh: Option<(f64, Span)>,
     pub(crate) cache: Option<CacheArg>,
     pub(crate) cache_none: Option<(bool, Span)>,
     pub(crate) companions: Option<bool>,
 }
 
 const CACHED_ARGS: &str = "key, ttl, class, tags, stale_for, distributed_lock, ttl_jitter, \
-                           local_ttl, soft_timeout, hard_timeout, cache, cache_none, companions";
+                           local_ttl, soft_timeout, hard_timeout, eager_refresh, cache, cache_none, \
+                           companions";
 
 impl Parse for CachedArgs {
     fn parse(input: ParseStream) -> syn::Result<Self> {
@@ -230,6 +248,12 @@ impl Parse for CachedArgs {
                     input.parse::<Token![=]>()?;
                     let d = parse_duration(&input.parse()?, "soft_timeout")?;
                     set_once(&mut args.soft_timeout, &name, d)?;
+                }
+                "eager_refresh" => {
+                    input.parse::<Token![=]>()?;
+                    let lit: LitStr = input.parse()?;
+                    let fraction = parse_percent(&lit, "eager_refresh")?;
+                    set_once(&mut args.eager_refresh, &name, (fraction, lit.span()))?;
                 }
                 "hard_timeout" => {
                     input.parse::<Token![=]>()?;

@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::adapt;
 use crate::core::{telemetry, wait, Core, Epoch, Join, Lease, Outcome, RedisRead, WriteIf};
-use crate::error::{LoadError, LoadTimeout};
+use crate::error::LoadTimeout;
 use crate::model::{Cacheable, EntryOptions, Fetched, Origin};
 use crate::store::LocalKey;
 
@@ -146,14 +146,15 @@ pub(super) async fn load_detached<T, E, F, Fut>(
     local_key: LocalKey,
     options: &EntryOptions,
     loader: F,
+    on_timeout: OnTimeout<E>,
 ) -> Result<Fetched<T>, E>
 where
     T: Cacheable,
-    E: LoadError + Send + 'static,
+    E: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
-    let deadlines = Deadlines::new(options, true);
+    let deadlines = Deadlines::new(options, on_timeout.is_some());
     let mut stale = None;
     if let Some(hit) = core.lookup::<T>(&local_key) {
         if core.serves(&hit) {
@@ -174,7 +175,7 @@ where
     );
     let (Some(stale), Some(soft)) = (stale, deadlines.soft) else {
         // Nothing to answer early: the read waits for its load as any other.
-        return load_coalesced(core, local_key, options, None, loader, E::timeout_carrier())
+        return load_coalesced(core, local_key, options, None, loader, on_timeout)
             .instrument(span)
             .await;
     };
@@ -183,15 +184,7 @@ where
         let local_key = local_key.clone();
         tokio::spawn(
             async move {
-                load_coalesced(
-                    &core,
-                    local_key,
-                    &options,
-                    Some(stale),
-                    loader,
-                    E::timeout_carrier(),
-                )
-                .await
+                load_coalesced(&core, local_key, &options, Some(stale), loader, on_timeout).await
             }
             .instrument(span),
         )

@@ -294,15 +294,49 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
+        self.fetch_refreshing_with(key, options, loader, E::timeout_carrier())
+            .await
+    }
+
+    /// [`fetch_refreshing`](Cache::fetch_refreshing) for options without a hard timeout
+    /// (which it ignores), so `E` need not convert from [`LoadTimeout`](crate::LoadTimeout).
+    pub(crate) async fn fetch_refreshing_untimed<T, E, F, Fut>(
+        &self,
+        key: Key,
+        options: &EntryOptions,
+        loader: F,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Cacheable,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        self.fetch_refreshing_with(key, options, loader, None).await
+    }
+
+    async fn fetch_refreshing_with<T, E, F, Fut>(
+        &self,
+        key: Key,
+        options: &EntryOptions,
+        loader: F,
+        on_timeout: load::OnTimeout<E>,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Cacheable,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
         let detaches = options.soft_timeout.is_some() && !options.skip_local;
         // Without the local store there is no hit to refresh early, nor a stale one.
         let threshold = options.eager_refresh.filter(|_| !options.skip_local);
         if threshold.is_none() && !detaches {
-            return self.fetch(key, options, loader).await;
+            return self.fetch_with(key, options, loader, on_timeout).await;
         }
         let local_key = match self.shared.core.local_key(key, options) {
             Ok(local_key) => local_key,
-            Err(key) => return self.fetch(key, options, loader).await,
+            Err(key) => return self.fetch_with(key, options, loader, on_timeout).await,
         };
         let (local_key, loader) = match threshold {
             Some(threshold) => match eager_refresh::serve_and_refresh(
@@ -320,8 +354,10 @@ impl Cache {
             None => (local_key, loader),
         };
         if detaches {
-            return load::load_detached(&self.shared.core, local_key, options, loader).await;
+            let core = &self.shared.core;
+            return load::load_detached(core, local_key, options, loader, on_timeout).await;
         }
-        self.fetch(local_key.key, options, loader).await
+        self.fetch_with(local_key.key, options, loader, on_timeout)
+            .await
     }
 }

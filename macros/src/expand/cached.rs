@@ -92,6 +92,10 @@ fn cached_options(args: &CachedArgs, fn_args: &FnArgs) -> syn::Result<TokenStrea
         let d = duration_tokens(hard);
         calls.extend(quote!(.hard_timeout(#d)));
     }
+    if let Some((fraction, span)) = args.eager_refresh {
+        let f = proc_macro2::Literal::f64_suffixed(fraction);
+        calls.extend(quote_spanned!(span=> .eager_refresh(#f)));
+    }
     let base = quote! {
         static __SC_OPTIONS: ::std::sync::LazyLock<::stormcache::EntryOptions> =
             ::std::sync::LazyLock::new(|| ::stormcache::EntryOptions::new() #calls);
@@ -219,23 +223,9 @@ pub(crate) fn cached(args: CachedArgs, item: ItemFn) -> syn::Result<TokenStream>
     let prelude = plan.prelude();
     let body = typed_body(ret, block);
     let loader = quote!(|| #body);
-    let call = match (returns, cache_none) {
-        (Returns::Value, _) | (Returns::Option, true) => quote_spanned! {ret.span()=>
-            __sc_cache.get_or_load(__sc_key, __sc_options, #loader).await
-        },
-        // Only a hard timeout can fail the call with a timeout: then the error type must
-        // say so, and a missing `From<LoadTimeout>` is reported at the argument.
-        (Returns::Result, _) => match &args.hard_timeout {
-            Some(hard) => quote_spanned! {hard.span=>
-                __sc_cache.try_get_or_load(__sc_key, __sc_options, #loader).await
-            },
-            None => quote_spanned! {ret.span()=>
-                ::stormcache::__private::cached_result(__sc_cache, __sc_key, __sc_options, #loader).await
-            },
-        },
-        (Returns::Option, false) => quote_spanned! {ret.span()=>
-            ::stormcache::__private::cached_option(__sc_cache, __sc_key, __sc_options, #loader).await
-        },
+    let call = match args.eager_refresh {
+        Some((_, span)) => refreshing_call(&args, &fn_args, returns, cache_none, ret, &body, span)?,
+        None => read_call(&args, returns, cache_none, ret, &loader),
     };
     let main = quote! {
         #(#attrs)*
@@ -252,6 +242,106 @@ pub(crate) fn cached(args: CachedArgs, item: ItemFn) -> syn::Result<TokenStream>
         #main
         #companions
     })
+}
+
+/// The read-through call of a function whose loader may borrow its arguments.
+fn read_call(
+    args: &CachedArgs,
+    returns: Returns,
+    cache_none: bool,
+    ret: &Type,
+    loader: &TokenStream,
+) -> TokenStream {
+    match (returns, cache_none) {
+        (Returns::Value, _) | (Returns::Option, true) => quote_spanned! {ret.span()=>
+            __sc_cache.get_or_load(__sc_key, __sc_options, #loader).await
+        },
+        // Only a hard timeout can fail the call with a timeout: then the error type must
+        // say so, and a missing `From<LoadTimeout>` is reported at the argument.
+        (Returns::Result, _) => match &args.hard_timeout {
+            Some(hard) => quote_spanned! {hard.span=>
+                __sc_cache.try_get_or_load(__sc_key, __sc_options, #loader).await
+            },
+            None => quote_spanned! {ret.span()=>
+                ::stormcache::__private::cached_result(__sc_cache, __sc_key, __sc_options, #loader).await
+            },
+        },
+        (Returns::Option, false) => quote_spanned! {ret.span()=>
+            ::stormcache::__private::cached_option(__sc_cache, __sc_key, __sc_options, #loader).await
+        },
+    }
+}
+
+/// The read-through call with eager refresh: the refresh runs after the call has returned,
+/// so the loader owns the function's arguments, which must then be owned (`'static`).
+fn refreshing_call(
+    args: &CachedArgs,
+    fn_args: &FnArgs,
+    returns: Returns,
+    cache_none: bool,
+    ret: &Type,
+    body: &TokenStream,
+    span: proc_macro2::Span,
+) -> syn::Result<TokenStream> {
+    let borrowed = |why: String, at: &dyn quote::ToTokens| {
+        syn::Error::new_spanned(
+            at,
+            format!(
+                "`eager_refresh` reloads the value after the call has returned, so the \
+                 function's arguments must be owned ('static): {why}"
+            ),
+        )
+    };
+    if let Some(receiver) = fn_args.receiver {
+        return Err(borrowed(
+            "`self` is borrowed; make it a free function taking what it needs by value".into(),
+            receiver,
+        ));
+    }
+    for pt in fn_args
+        .named
+        .iter()
+        .map(|(_, pt)| *pt)
+        .chain(fn_args.unnamed.iter().copied())
+    {
+        if has_borrow(&pt.ty) {
+            let ty = &pt.ty;
+            let written = quote!(#ty).to_string().replace("& ", "&");
+            return Err(borrowed(
+                format!("`{written}` borrows; take an owned type"),
+                ty,
+            ));
+        }
+    }
+    let loader = quote_spanned!(span=> move || #body);
+    Ok(match (returns, cache_none) {
+        (Returns::Value, _) | (Returns::Option, true) => quote_spanned! {ret.span()=>
+            ::stormcache::__private::refreshing_value(__sc_cache, __sc_key, __sc_options, #loader).await
+        },
+        (Returns::Result, _) => match &args.hard_timeout {
+            Some(hard) => quote_spanned! {hard.span=>
+                __sc_cache.fetch_refreshing(__sc_key, __sc_options, #loader).await.map(|f| f.value)
+            },
+            None => quote_spanned! {ret.span()=>
+                ::stormcache::__private::refreshing_result(__sc_cache, __sc_key, __sc_options, #loader).await
+            },
+        },
+        (Returns::Option, false) => quote_spanned! {ret.span()=>
+            ::stormcache::__private::refreshing_option(__sc_cache, __sc_key, __sc_options, #loader).await
+        },
+    })
+}
+
+/// Whether a type borrows: a reference or a lifetime anywhere in it.
+fn has_borrow(ty: &Type) -> bool {
+    fn borrows(tokens: TokenStream) -> bool {
+        tokens.into_iter().any(|t| match t {
+            proc_macro2::TokenTree::Punct(p) => matches!(p.as_char(), '&' | '\''),
+            proc_macro2::TokenTree::Group(g) => borrows(g.stream()),
+            _ => false,
+        })
+    }
+    borrows(quote!(#ty))
 }
 
 /// `name_no_cache`, `name_refresh`, `name_key` and `name_invalidate`.
