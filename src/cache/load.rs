@@ -137,6 +137,37 @@ async fn until<F: Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output
     }
 }
 
+/// The local store's answer to a read: a hit it may serve (`Ok`), or else the value kept
+/// for a failing loader (`Err`): one past its TTL inside its grace, or a suspect one when
+/// the options give a grace.
+#[inline]
+pub(super) fn first_look<T: Cacheable>(
+    core: &Core,
+    local_key: &LocalKey,
+    options: &EntryOptions,
+) -> Result<Fetched<T>, Option<T>> {
+    // A plain bool on the options, already in cache: the hit path stays one lookup.
+    if options.skip_local {
+        return Err(None);
+    }
+    let Some(hit) = core.lookup::<T>(local_key) else {
+        return Err(None);
+    };
+    if core.serves(&hit) {
+        core.stats().l1_hit(local_key.class);
+        telemetry::local_hit_span(
+            core.namespace(),
+            core.class_name(local_key.class),
+            options.key_template_name(),
+        );
+        return Ok(Fetched {
+            value: hit.value,
+            origin: Origin::Local,
+        });
+    }
+    Err((hit.stale || options.stale_for.is_some()).then_some(hit.value))
+}
+
 /// A read whose load may outlive it ([`Cache::fetch_refreshing`](crate::Cache::fetch_refreshing)
 /// with a soft timeout): a fresh local hit is served; otherwise, with a stale value at hand,
 /// the slow path runs in a task of its own and the read answers the stale value if that
@@ -155,19 +186,10 @@ where
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
     let deadlines = Deadlines::new(options, on_timeout.is_some());
-    let mut stale = None;
-    if let Some(hit) = core.lookup::<T>(&local_key) {
-        if core.serves(&hit) {
-            core.stats().l1_hit(local_key.class);
-            return Ok(Fetched {
-                value: hit.value,
-                origin: Origin::Local,
-            });
-        }
-        if hit.stale || options.stale_for.is_some() {
-            stale = Some(hit.value);
-        }
-    }
+    let stale = match first_look(core, &local_key, options) {
+        Ok(hit) => return Ok(hit),
+        Err(stale) => stale,
+    };
     let span = telemetry::read_span(
         core.namespace(),
         core.class_name(local_key.class),

@@ -171,30 +171,10 @@ impl Cache {
                 });
             }
         };
-        let mut stale = None;
-        // A plain bool on the options, already in cache: the hit path stays one lookup.
-        let found = match options.skip_local {
-            true => None,
-            false => core.lookup::<T>(&local_key),
+        let stale = match load::first_look(core, &local_key, options) {
+            Ok(hit) => return Ok(hit),
+            Err(stale) => stale,
         };
-        if let Some(hit) = found {
-            if core.serves(&hit) {
-                core.stats().l1_hit(local_key.class);
-                telemetry::local_hit_span(
-                    core.namespace(),
-                    core.class_name(local_key.class),
-                    options.key_template_name(),
-                );
-                return Ok(Fetched {
-                    value: hit.value,
-                    origin: Origin::Local,
-                });
-            }
-            // Expired inside its grace, or suspect: kept for a failing loader only.
-            if hit.stale || options.stale_for.is_some() {
-                stale = Some(hit.value);
-            }
-        }
         let span = telemetry::read_span(
             core.namespace(),
             core.class_name(local_key.class),
