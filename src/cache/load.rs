@@ -11,21 +11,25 @@ use std::time::Instant;
 
 use super::stampede::{self, LockOutcome};
 use crate::core::{wait, Core, Epoch, Join, Outcome, RedisRead, WriteIf};
-use crate::model::{Cacheable, EntryOptions, Fetched, Origin};
+use crate::model::{Cacheable, EntryOptions, Fetched, Lifetime, Origin};
 use crate::store::LocalKey;
 
 /// The slow path: join or lead the key's flight.
-pub(super) async fn load_coalesced<T, E, F, Fut>(
+///
+/// `lifetime_of` may give a loaded value a lifetime of its own (see [`Lifetime`]).
+pub(super) async fn load_coalesced<T, E, F, Fut, L>(
     core: &Core,
     local_key: LocalKey,
     options: &EntryOptions,
     stale: Option<T>,
     loader: F,
+    lifetime_of: L,
 ) -> Result<Fetched<T>, E>
 where
     T: Cacheable,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, E>>,
+    L: FnOnce(&T) -> Option<Lifetime>,
 {
     // Loads begun before a later invalidation are neither joined nor stored.
     let epoch = core.flights().epoch(&local_key, &options.tags);
@@ -65,7 +69,7 @@ where
             origin: Origin::Local,
         });
     }
-    let result = load_through(core, &local_key, options, stale, loader, epoch).await;
+    let result = load_through(core, &local_key, options, stale, loader, lifetime_of, epoch).await;
     if let Some(leader) = leader {
         match &result {
             Ok(fetched) => leader.succeed(Arc::new(fetched.value.clone()), fetched.origin),
@@ -76,18 +80,20 @@ where
 }
 
 /// Redis, then the loader; fills what missed.
-async fn load_through<T, E, F, Fut>(
+async fn load_through<T, E, F, Fut, L>(
     core: &Core,
     local_key: &LocalKey,
     options: &EntryOptions,
     mut stale: Option<T>,
     loader: F,
+    lifetime_of: L,
     epoch: Epoch,
 ) -> Result<Fetched<T>, E>
 where
     T: Cacheable,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, E>>,
+    L: FnOnce(&T) -> Option<Lifetime>,
 {
     let shape = core.shape(local_key.class, options);
     let grace = shape.grace;
@@ -151,6 +157,10 @@ where
         // The loader may have read the origin before a change whose invalidation has
         // started since: then the value is returned but not stored.
         if let Some(_storing) = core.flights().begin_store(epoch) {
+            let shape = match lifetime_of(value) {
+                Some(lifetime) => shape.with_lifetime(lifetime),
+                None => shape,
+            };
             core.store(
                 local_key,
                 redis_key.map(|(key, lease)| (key, WriteIf::Unchanged(lease))),

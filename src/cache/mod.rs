@@ -27,7 +27,8 @@ use crate::core::{telemetry, Core};
 use crate::key::Key;
 use crate::model::unix_ms;
 use crate::model::{
-    Cacheable, Counters, EntryOptions, Fetched, Invalidation, InvalidationReport, Origin, Status,
+    Cacheable, Counters, EntryOptions, Fetched, Invalidation, InvalidationReport, Lifetime, Origin,
+    Status,
 };
 use tracing::Instrument;
 
@@ -200,6 +201,26 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.fetch_with_lifetime(key, options, loader, |_: &T| None)
+            .await
+    }
+
+    /// [`fetch`](Cache::fetch) where a loaded value may set its own TTL and grace
+    /// (`lifetime_of`): the HTTP layer stores a response for as long as its own headers
+    /// say it is fresh, which is only known once it is loaded.
+    pub(crate) async fn fetch_with_lifetime<T, E, F, Fut, L>(
+        &self,
+        key: Key,
+        options: &EntryOptions,
+        loader: F,
+        lifetime_of: L,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        L: FnOnce(&T) -> Option<Lifetime>,
+    {
         let core = &*self.shared.core;
         let local_key = match core.local_key(key, options) {
             Ok(local_key) => local_key,
@@ -244,8 +265,11 @@ impl Cache {
             options.key_template_name(),
         );
         // Boxed so the hit path's future stays small.
-        Box::pin(load::load_coalesced(core, local_key, options, stale, loader).instrument(span))
-            .await
+        Box::pin(
+            load::load_coalesced(core, local_key, options, stale, loader, lifetime_of)
+                .instrument(span),
+        )
+        .await
     }
 
     /// The cached value of `key`, if any (local store, then Redis); no loader.

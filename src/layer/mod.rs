@@ -49,6 +49,7 @@ mod body;
 mod cache_control;
 pub mod cache_layer;
 mod cached_response;
+mod freshness;
 mod inner_service;
 pub mod invalidate_layer;
 mod request_info;
@@ -56,7 +57,7 @@ mod request_key;
 mod x_cache;
 
 pub use body::ResponseBody;
-pub use cache_layer::{CacheLayer, CacheService, DEFAULT_MAX_BODY_SIZE};
+pub use cache_layer::{CacheLayer, CacheService, DEFAULT_MAX_BODY_SIZE, HEURISTIC_STATUSES};
 pub use invalidate_layer::{InvalidateLayer, InvalidateService};
 pub use request_info::RequestInfo;
 pub use x_cache::X_CACHE;

@@ -16,6 +16,7 @@ pub(crate) use self::class::{ClassId, Classes};
 pub use self::event::CacheEvent;
 pub use self::fetched::{Cacheable, Fetched, Origin};
 pub use self::invalidation::{Invalidation, InvalidationReport, InvalidationRule, RedisOutcome};
+pub(crate) use self::options::Lifetime;
 pub use self::options::{EntryOptions, TtlJitter};
 pub use self::policy::{FlushScope, OutagePolicy, Tier};
 pub(crate) use self::status::unix_ms;

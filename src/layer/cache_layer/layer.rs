@@ -18,6 +18,22 @@ pub(super) type PrincipalFn = Arc<dyn Fn(&RequestInfo<'_>) -> Option<String> + S
 /// The default largest body stored: 1 MiB. Larger bodies stream through uncached.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
 
+/// The statuses stored by default: those RFC 9110 §15.1 calls heuristically cacheable,
+/// less `206 Partial Content` (the layer does not store ranges).
+pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
+    StatusCode::OK,
+    StatusCode::NON_AUTHORITATIVE_INFORMATION,
+    StatusCode::NO_CONTENT,
+    StatusCode::MULTIPLE_CHOICES,
+    StatusCode::MOVED_PERMANENTLY,
+    StatusCode::PERMANENT_REDIRECT,
+    StatusCode::NOT_FOUND,
+    StatusCode::METHOD_NOT_ALLOWED,
+    StatusCode::GONE,
+    StatusCode::URI_TOO_LONG,
+    StatusCode::NOT_IMPLEMENTED,
+];
+
 /// Caches responses to `GET` and `HEAD` requests in a [`Cache`].
 ///
 /// A request is answered from the cache when it can be, otherwise by the inner service,
@@ -69,19 +85,32 @@ pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
 ///
 /// # HTTP rules
 ///
+/// The layer behaves as a shared cache (RFC 9111) on these points:
+///
 /// - Request `Cache-Control: no-store`: bypass. `no-cache` (or `Pragma: no-cache`): the
-///   handler answers and a storable response replaces the entry.
+///   handler answers and a storable response replaces the entry. A `Range` request
+///   bypasses the cache (the handler answers it; the layer never cuts ranges).
 /// - A response is stored only when its status is one of
-///   [`statuses`](CacheLayer::statuses) (default `200`), it has no `Set-Cookie`, no
-///   `Cache-Control: no-store`, `private`, `no-cache` or zero `max-age`/`s-maxage`, every
-///   header of its `Vary` is declared, and its body is at most
+///   [`statuses`](CacheLayer::statuses) (default [`HEURISTIC_STATUSES`]), it has no
+///   `Set-Cookie`, no `Cache-Control: no-store`, `private` or `no-cache` (the layer does
+///   not revalidate, so it does not store what must be revalidated before each use), every
+///   header of its `Vary` is declared, it is not stale on arrival, and its body is at most
 ///   [`max_body_size`](CacheLayer::max_body_size) (default [`DEFAULT_MAX_BODY_SIZE`]);
-///   a larger body streams through as it is read.
-/// - Every response gets `x-cache: hit | miss | stale | bypass`; responses from the cache
-///   get `age` (seconds since stored, across processes: the time travels with the entry).
+///   a larger body streams through as it is read. Fields named in its `Connection`
+///   header are not stored.
+/// - Freshness comes from the response: `s-maxage`, else `max-age`, else `Expires` less
+///   `Date` (an invalid or past `Expires`, such as `Expires: 0`, is stale: not stored),
+///   less the age it already had on arrival (its `Age`, or `Date` when older). The entry
+///   lives that long in the cache, within [`min_ttl`](CacheLayer::min_ttl) and
+///   [`max_ttl`](CacheLayer::max_ttl) when set. A response that says nothing is fresh for
+///   the layer's [`ttl`](CacheLayer::ttl) (the class's when unset).
+/// - Every response gets `x-cache: hit | miss | stale | bypass`. Responses from the cache
+///   get `age`: the age the response had when stored (the upstream's `Age`) plus the time
+///   since, across processes (the time travels with the entry).
 /// - With [`stale_for`](CacheLayer::stale_for), an expired entry inside its grace answers
 ///   when the handler fails (a 5xx status or an error of the inner service) — `x-cache:
-///   stale`. A non-5xx answer that is not storable is passed on instead.
+///   stale`. A non-5xx answer that is not storable is passed on instead. A response with
+///   `must-revalidate`, `proxy-revalidate` or `s-maxage` is never served stale.
 ///
 /// # Placement
 ///
@@ -110,6 +139,8 @@ pub(super) struct Config {
     pub(super) credential_headers: Vec<HeaderName>,
     pub(super) key_host: bool,
     pub(super) tag_path: bool,
+    pub(super) min_ttl: Option<Duration>,
+    pub(super) max_ttl: Option<Duration>,
 }
 
 impl Config {
@@ -121,6 +152,12 @@ impl Config {
     pub(super) fn has_dynamic_tags(&self) -> bool {
         self.tag_path || !self.tag_templates.is_empty() || self.tags_fn.is_some()
     }
+
+    /// A response's own freshness within the floor and ceiling set on the layer.
+    pub(super) fn clamp_ttl(&self, ttl: Duration) -> Duration {
+        let ttl = self.min_ttl.map_or(ttl, |floor| ttl.max(floor));
+        self.max_ttl.map_or(ttl, |ceiling| ttl.min(ceiling))
+    }
 }
 
 impl CacheLayer {
@@ -131,7 +168,7 @@ impl CacheLayer {
             cache,
             config: Arc::new(Config {
                 options: EntryOptions::new(),
-                statuses: vec![StatusCode::OK],
+                statuses: HEURISTIC_STATUSES.to_vec(),
                 max_body: DEFAULT_MAX_BODY_SIZE,
                 vary: Vec::new(),
                 key_fn: None,
@@ -142,6 +179,8 @@ impl CacheLayer {
                 credential_headers: Vec::new(),
                 key_host: true,
                 tag_path: true,
+                min_ttl: None,
+                max_ttl: None,
             }),
         }
     }
@@ -224,6 +263,21 @@ impl CacheLayer {
         self
     }
 
+    /// The floor of a response's own freshness (`s-maxage`, `max-age`, `Expires`): a
+    /// response fresh for less is stored for `ttl` (default: none). A response stale on
+    /// arrival (`max-age=0`, an `Expires` in the past) is still not stored.
+    pub fn min_ttl(mut self, ttl: Duration) -> Self {
+        self.config().min_ttl = Some(ttl);
+        self
+    }
+
+    /// The ceiling of a response's own freshness: a response fresh for longer is stored for
+    /// `ttl` (default: none, the response's word).
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.config().max_ttl = Some(ttl);
+        self
+    }
+
     /// Fail-safe grace: an expired response is kept this long and served (`x-cache: stale`)
     /// when the handler fails.
     pub fn stale_for(mut self, grace: Duration) -> Self {
@@ -242,7 +296,8 @@ impl CacheLayer {
         self
     }
 
-    /// The statuses whose responses are stored (default: `200` only).
+    /// The statuses whose responses are stored (default [`HEURISTIC_STATUSES`]: `200`,
+    /// `203`, `204`, `300`, `301`, `308`, `404`, `405`, `410`, `414`, `501`).
     pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.config().statuses = statuses.into_iter().collect();
         self
@@ -387,7 +442,9 @@ impl Config {
             .field("shared_with_credentials", &self.shared_with_credentials)
             .field("credential_headers", &self.credential_headers)
             .field("key_host", &self.key_host)
-            .field("tag_path", &self.tag_path);
+            .field("tag_path", &self.tag_path)
+            .field("min_ttl", &self.min_ttl)
+            .field("max_ttl", &self.max_ttl);
         d.finish()
     }
 }

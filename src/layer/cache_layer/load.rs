@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
@@ -14,10 +15,11 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 
 use super::layer::Config;
-use super::rules::{mark_nested, not_storable, respond, with_x_cache};
+use super::rules::{lifetime_of, mark_nested, respond, store_plan, with_x_cache};
 use crate::layer::body::ResponseBody;
 use crate::layer::cached_response::CachedResponse;
 use crate::layer::x_cache::XCache;
+use crate::model::Lifetime;
 use crate::{Cache, EntryOptions, Fetched, Key, Origin};
 
 /// Everything the cached path needs once the request has left `call`.
@@ -72,30 +74,36 @@ impl Run {
         let mut ran = false;
         let (passed_slot, ran_flag, config_ref) = (&mut passed, &mut ran, &*config);
         let fetched = cache
-            .fetch(key, options, move || -> LoadFuture<'_> {
-                Box::pin(async move {
-                    *ran_flag = true;
-                    let res = match inner.call(mark_nested(req)).await {
-                        Ok(res) => res,
-                        Err(e) => {
-                            *passed_slot = Some(Err(e));
+            .fetch_with_lifetime(
+                key,
+                options,
+                move || -> LoadFuture<'_> {
+                    Box::pin(async move {
+                        *ran_flag = true;
+                        let requested = SystemTime::now();
+                        let res = match inner.call(mark_nested(req)).await {
+                            Ok(res) => res,
+                            Err(e) => {
+                                *passed_slot = Some(Err(e));
+                                return Err(());
+                            }
+                        };
+                        if head {
+                            // A HEAD response has no body to store; GET will fill the entry.
+                            *passed_slot = Some(Ok(res.map(ResponseBody::inner)));
                             return Err(());
                         }
-                    };
-                    if head {
-                        // A HEAD response has no body to store; GET will fill the entry.
-                        *passed_slot = Some(Ok(res.map(ResponseBody::inner)));
-                        return Err(());
-                    }
-                    match capture(res, config_ref).await {
-                        Ok(stored) => Ok(stored),
-                        Err(res) => {
-                            *passed_slot = Some(Ok(res));
-                            Err(())
+                        match capture(res, config_ref, requested).await {
+                            Ok(stored) => Ok(stored),
+                            Err(res) => {
+                                *passed_slot = Some(Ok(res));
+                                Err(())
+                            }
                         }
-                    }
-                })
-            })
+                    })
+                },
+                lifetime_of,
+            )
             .await;
 
         match fetched {
@@ -108,6 +116,13 @@ impl Run {
                     Some(Ok(res)) if !res.status().is_server_error() => {
                         with_x_cache(res, XCache::Miss)
                     }
+                    // `must-revalidate` and its kin: never served stale, not even when the
+                    // handler fails (the cache stores such entries without grace, but one
+                    // may still be read from an older write).
+                    Some(Ok(res)) if value.meta().must_revalidate => {
+                        with_x_cache(res, XCache::Miss)
+                    }
+                    Some(Err(e)) if value.meta().must_revalidate => return Err(e),
                     _ => respond(&value, head, XCache::Stale),
                 },
                 // The local store, Redis, or another request's load of the same key.
@@ -146,11 +161,16 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body,
 {
+    let requested = SystemTime::now();
     let res = inner.call(mark_nested(req)).await?;
-    Ok(match capture(res, config).await {
+    Ok(match capture(res, config, requested).await {
         Ok(stored) => {
             if !head {
-                cache.set(key, stored.clone(), options).await;
+                let options = match lifetime_of(&stored) {
+                    None => options.clone(),
+                    Some(lifetime) => with_lifetime(options, lifetime),
+                };
+                cache.set(key, stored.clone(), &options).await;
             }
             respond(&stored, head, XCache::Miss)
         }
@@ -158,16 +178,33 @@ where
     })
 }
 
+/// The options of a `set` for a response with a lifetime of its own: the TTL it gives,
+/// without jitter, and no grace if it must be revalidated.
+fn with_lifetime(options: &EntryOptions, lifetime: Lifetime) -> EntryOptions {
+    let mut options = options.clone();
+    if let Some(ttl) = lifetime.ttl {
+        options = options.ttl(ttl).ttl_jitter(Duration::ZERO);
+    }
+    if let Some(grace) = lifetime.grace {
+        options = options.stale_for(grace);
+    }
+    options
+}
+
 /// Reads a response whose headers allow storing it, up to the size limit. `Ok`: the whole
 /// response, to store. `Err`: the response to pass on (with what was read of its body).
 async fn capture<B: Body>(
     res: Response<B>,
     config: &Config,
+    requested: SystemTime,
 ) -> Result<CachedResponse, Response<ResponseBody<B>>> {
-    if let Some(reason) = not_storable(&res, config) {
-        tracing::debug!(status = %res.status(), %reason, "response not stored");
-        return Err(res.map(ResponseBody::inner));
-    }
+    let meta = match store_plan(&res, config, requested) {
+        Ok(meta) => meta,
+        Err(reason) => {
+            tracing::debug!(status = %res.status(), %reason, "response not stored");
+            return Err(res.map(ResponseBody::inner));
+        }
+    };
     let (parts, body) = res.into_parts();
     let mut body = Box::pin(body);
     let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
@@ -226,5 +263,10 @@ async fn capture<B: Body>(
             all.freeze()
         }
     };
-    Ok(CachedResponse::new(parts.status, &parts.headers, body))
+    Ok(CachedResponse::new(
+        parts.status,
+        &parts.headers,
+        body,
+        meta,
+    ))
 }

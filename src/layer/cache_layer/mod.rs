@@ -43,5 +43,5 @@ mod rules;
 mod service;
 
 pub use future::ResponseFuture;
-pub use layer::{CacheLayer, DEFAULT_MAX_BODY_SIZE};
+pub use layer::{CacheLayer, DEFAULT_MAX_BODY_SIZE, HEURISTIC_STATUSES};
 pub use service::CacheService;

@@ -2,17 +2,23 @@
 //! (credentials, `Vary`, principal, nested layers), which responses may be stored, and how
 //! an answer from the cache is written (`age`, `HEAD`, `x-cache`).
 
+use std::time::{Duration, SystemTime};
+
 use http::header::{HeaderValue, AGE, CONTENT_LENGTH, SET_COOKIE};
 use http::{Request, Response};
 use http_body::Body;
 
 use super::layer::Config;
 use crate::layer::body::ResponseBody;
-use crate::layer::cache_control::{response_forbids_storing, vary_is_covered};
-use crate::layer::cached_response::CachedResponse;
+use crate::layer::cache_control::{
+    directives_forbid_storing, response_directives, vary_is_covered,
+};
+use crate::layer::cached_response::{CachedResponse, Meta};
+use crate::layer::freshness::Freshness;
 use crate::layer::request_info::{original_uri, RequestInfo};
 use crate::layer::request_key::{custom_base, default_base, finish, has_credentials, with_host};
 use crate::layer::x_cache::{XCache, X_CACHE_HEADER};
+use crate::model::Lifetime;
 use crate::Key;
 
 /// Marks a request that a `CacheLayer` passes on to its inner service without answering it
@@ -56,26 +62,32 @@ pub(super) fn plan_key(
     finish(base, &parts.headers, &config.vary, principal)
 }
 
-/// Why the response's head forbids storing it, if it does.
-pub(super) fn not_storable<B: Body>(res: &Response<B>, config: &Config) -> Option<String> {
+/// What storing the response would keep of its freshness, or why its head forbids storing
+/// it. `requested` is when the request went to the inner service.
+pub(super) fn store_plan<B: Body>(
+    res: &Response<B>,
+    config: &Config,
+    requested: SystemTime,
+) -> Result<Meta, String> {
     if !config.statuses.contains(&res.status()) {
-        return Some(format!("status {} is not cached", res.status().as_u16()));
+        return Err(format!("status {} is not cached", res.status().as_u16()));
     }
     let headers = res.headers();
     if headers.contains_key(X_CACHE_HEADER) {
         // A `route_layer` cache inside a router-wide one: the inner, more specific layer
         // owns the entry (its TTL, class and tags); storing it again here would keep a copy
         // its invalidation cannot reach.
-        return Some("answered by an inner CacheLayer".to_owned());
+        return Err("answered by an inner CacheLayer".to_owned());
     }
     if headers.contains_key(SET_COOKIE) {
-        return Some("set-cookie".to_owned());
+        return Err("set-cookie".to_owned());
     }
-    if let Some(reason) = response_forbids_storing(headers) {
-        return Some(reason.to_owned());
+    let directives = response_directives(headers);
+    if let Some(reason) = directives_forbid_storing(&directives) {
+        return Err(reason.to_owned());
     }
     if let Err(reason) = vary_is_covered(headers, &config.vary) {
-        return Some(reason);
+        return Err(reason);
     }
     let declared_len = headers
         .get(CONTENT_LENGTH)
@@ -84,9 +96,33 @@ pub(super) fn not_storable<B: Body>(res: &Response<B>, config: &Config) -> Optio
     let hinted = res.body().size_hint().lower();
     let limit = config.max_body as u64;
     if declared_len.is_some_and(|n| n > limit) || hinted > limit {
-        return Some(format!("body larger than {limit} bytes"));
+        return Err(format!("body larger than {limit} bytes"));
     }
-    None
+    let freshness = Freshness::of(headers, &directives, requested, SystemTime::now());
+    let fresh_for = match freshness.remaining() {
+        // Stale on arrival: storing it would only be worth it with revalidation.
+        Some(Duration::ZERO) => return Err("stale on arrival (max-age, expires or age)".to_owned()),
+        Some(left) => Some(config.clamp_ttl(left)),
+        // The heuristic: the layer's TTL, when it sets one (else the class's).
+        None => config.options.ttl,
+    };
+    Ok(Meta {
+        initial_age: freshness.initial_age,
+        fresh_for,
+        must_revalidate: freshness.must_revalidate,
+        explicit: freshness.lifetime.is_some(),
+    })
+}
+
+/// The lifetime of a response in the cache: its own freshness when it gives one, never
+/// stale when it must be revalidated; `None` for the layer's TTL and grace.
+pub(super) fn lifetime_of(stored: &CachedResponse) -> Option<Lifetime> {
+    let meta = stored.meta();
+    let lifetime = Lifetime {
+        ttl: meta.fresh_for.filter(|_| meta.explicit),
+        grace: meta.must_revalidate.then_some(Duration::ZERO),
+    };
+    (lifetime != Lifetime::default()).then_some(lifetime)
 }
 
 /// Builds the response for a stored entry.
@@ -107,8 +143,10 @@ pub(super) fn respond<B: Body>(
     if head {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(stored.body().len()));
     }
-    if x_cache != XCache::Miss {
-        headers.insert(AGE, HeaderValue::from(stored.age()));
+    // On a miss too: the upstream's own `Age` was kept with the entry.
+    let age = stored.age();
+    if x_cache != XCache::Miss || age > 0 {
+        headers.insert(AGE, HeaderValue::from(age));
     }
     headers.insert(X_CACHE_HEADER, x_cache.header_value());
     res

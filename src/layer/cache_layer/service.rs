@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::header::RANGE;
 use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -87,6 +88,14 @@ where
         let head = req.method() == Method::HEAD;
         if !(head || req.method() == Method::GET) {
             return ResponseFuture::bypass(self.inner.call(req));
+        }
+        if req.headers().contains_key(RANGE) {
+            // The layer stores whole responses only and does not cut ranges out of them: a
+            // range request goes to the handler, so it never gets the full body as if it
+            // were the range.
+            tracing::trace!("range request; bypassing the cache");
+            self.cache.count_bypass(&self.config.options);
+            return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
         }
         let directives = request_directives(req.headers());
         if directives.no_store {

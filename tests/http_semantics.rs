@@ -1,0 +1,371 @@
+//! `CacheLayer` as an HTTP cache, through the real stack: an axum app served on
+//! `127.0.0.1:0`, a hyper client. Freshness from the response (`s-maxage`, `max-age`,
+//! `Expires`, `Age`), `must-revalidate`, `Range` and `Connection`; conditional requests;
+//! `Cache-Status`.
+#![cfg(feature = "axum")]
+
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use stormcache::layer::CacheLayer;
+use stormcache::Cache;
+
+/// A route's handler: the headers it answers with, its status (changeable), and how many
+/// times it ran. The body is `call <n>`.
+#[derive(Clone)]
+struct Origin {
+    headers: Vec<(&'static str, String)>,
+    status: Arc<AtomicU16>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    fn new(headers: &[(&'static str, &str)]) -> Origin {
+        Origin {
+            headers: headers.iter().map(|(n, v)| (*n, (*v).to_owned())).collect(),
+            status: Arc::new(AtomicU16::new(200)),
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    fn route(&self) -> axum::routing::MethodRouter {
+        let origin = self.clone();
+        get(move |req_headers: HeaderMap| {
+            let origin = origin.clone();
+            async move {
+                let n = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut h = HeaderMap::new();
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                for (name, value) in &origin.headers {
+                    h.append(*name, HeaderValue::from_str(value).expect("header value"));
+                }
+                let body = format!("call {n}");
+                if let Some(range) = req_headers.get(header::RANGE) {
+                    // A handler that serves ranges: "bytes=0-1" gets the first two bytes.
+                    assert_eq!(range, "bytes=0-1");
+                    h.insert(
+                        header::CONTENT_RANGE,
+                        HeaderValue::from_static("bytes 0-1/6"),
+                    );
+                    return (StatusCode::PARTIAL_CONTENT, h, body[..2].to_owned());
+                }
+                let status =
+                    StatusCode::from_u16(origin.status.load(Ordering::SeqCst)).expect("status");
+                (status, h, body)
+            }
+        })
+    }
+}
+
+struct Served {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    base: String,
+}
+
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn x_cache(&self) -> &str {
+        self.header("x-cache")
+    }
+
+    fn cache_status(&self) -> &str {
+        self.header("cache-status")
+    }
+
+    fn age(&self) -> u64 {
+        self.header("age").parse().expect("an age")
+    }
+}
+
+/// Serves `app` on `127.0.0.1:0`.
+async fn serve(app: Router) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
+    Served {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        base: format!("http://{addr}"),
+    }
+}
+
+impl Served {
+    async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Got {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let req = req.body(Empty::new()).expect("request");
+        let res = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .expect("an answer within 10 s")
+            .expect("an answer");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        Got {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Got {
+        self.send(Method::GET, path, &[]).await
+    }
+
+    async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Got {
+        self.send(Method::GET, path, headers).await
+    }
+
+    /// GETs `path` until `done` holds, every 20 ms, for at most `limit`.
+    async fn get_until(&self, path: &str, limit: Duration, done: impl Fn(&Got) -> bool) -> Got {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = self.get(path).await;
+            if done(&got) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path}: still {} / {:?} after {limit:?}",
+                got.x_cache(),
+                got.cache_status()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A layer whose own TTL (the heuristic) is long: a shorter life comes from the response.
+fn layer() -> CacheLayer {
+    let cache = Cache::builder("http-semantics").build().expect("cache");
+    CacheLayer::new(cache).ttl(Duration::from_secs(300))
+}
+
+#[tokio::test]
+async fn max_age_1_stops_being_served_fresh_after_a_second() {
+    let origin = Origin::new(&[("cache-control", "max-age=1")]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    let stored_at = Instant::now();
+    assert_eq!(app.get("/r").await.x_cache(), "miss");
+    let hit = app.get("/r").await;
+    assert_eq!((hit.x_cache(), hit.body.as_str()), ("hit", "call 1"));
+    // Served from the cache until its second is up, then from the handler again.
+    let after = app
+        .get_until("/r", Duration::from_secs(5), |g| g.x_cache() != "hit")
+        .await;
+    assert!(stored_at.elapsed() >= Duration::from_millis(900));
+    assert_eq!((after.x_cache(), after.body.as_str()), ("miss", "call 2"));
+}
+
+#[tokio::test]
+async fn s_maxage_beats_max_age() {
+    let origin = Origin::new(&[("cache-control", "max-age=300, s-maxage=1")]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    app.get("/r").await;
+    assert_eq!(app.get("/r").await.x_cache(), "hit");
+    // A shared cache reads s-maxage=1, not max-age=300.
+    app.get_until("/r", Duration::from_secs(5), |g| g.x_cache() == "miss")
+        .await;
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn expires_0_and_past_expires_are_not_stored() {
+    let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(60));
+    for expires in ["0", past.as_str()] {
+        let origin = Origin::new(&[("expires", expires)]);
+        let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+        app.get("/r").await;
+        let again = app.get("/r").await;
+        assert_eq!(
+            (again.x_cache(), again.body.as_str()),
+            ("miss", "call 2"),
+            "expires: {expires}"
+        );
+    }
+    // A future Expires is a lifetime like max-age.
+    let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(600));
+    let origin = Origin::new(&[("expires", &future)]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    app.get("/r").await;
+    assert_eq!(app.get("/r").await.x_cache(), "hit");
+}
+
+#[tokio::test]
+async fn age_counts_the_upstream_age_plus_the_time_stored() {
+    let origin = Origin::new(&[("cache-control", "max-age=100"), ("age", "30")]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    let miss = app.get("/r").await;
+    assert_eq!((miss.x_cache(), miss.age()), ("miss", 30));
+    let hit = app.get("/r").await;
+    assert_eq!(hit.x_cache(), "hit");
+    assert!((30..=31).contains(&hit.age()), "age {}", hit.age());
+    // Time in the cache adds to it.
+    let later = app
+        .get_until("/r", Duration::from_secs(5), |g| g.age() >= 31)
+        .await;
+    assert_eq!((later.x_cache(), later.body.as_str()), ("hit", "call 1"));
+}
+
+#[tokio::test]
+async fn the_upstream_age_shortens_freshness() {
+    // Fresh for 100 s, 99 of them already spent upstream: a second left here.
+    let origin = Origin::new(&[("cache-control", "max-age=100"), ("age", "99")]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    app.get("/r").await;
+    app.get_until("/r", Duration::from_secs(5), |g| g.x_cache() == "miss")
+        .await;
+    // Already older than its lifetime: not stored at all.
+    let origin = Origin::new(&[("cache-control", "max-age=100"), ("age", "100")]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    app.get("/r").await;
+    assert_eq!(app.get("/r").await.x_cache(), "miss");
+}
+
+#[tokio::test]
+async fn must_revalidate_is_never_served_stale_even_on_a_5xx() {
+    for (cc, stale_allowed) in [
+        ("max-age=1", true),
+        ("max-age=1, must-revalidate", false),
+        ("max-age=1, proxy-revalidate", false),
+        ("s-maxage=1", false),
+    ] {
+        let origin = Origin::new(&[("cache-control", cc)]);
+        let app = serve(
+            Router::new()
+                .route("/r", origin.route())
+                .layer(layer().stale_for(Duration::from_secs(60))),
+        )
+        .await;
+        app.get("/r").await;
+        origin.set_status(503);
+        let got = app
+            .get_until("/r", Duration::from_secs(5), |g| g.x_cache() != "hit")
+            .await;
+        if stale_allowed {
+            assert_eq!(
+                (got.status, got.x_cache(), got.body.as_str()),
+                (StatusCode::OK, "stale", "call 1"),
+                "{cc}"
+            );
+        } else {
+            assert_eq!(
+                (got.status, got.x_cache()),
+                (StatusCode::SERVICE_UNAVAILABLE, "miss"),
+                "{cc}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn range_requests_pass_through() {
+    let origin = Origin::new(&[("cache-control", "max-age=60")]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    app.get("/r").await;
+    assert_eq!(app.get("/r").await.x_cache(), "hit");
+    let range = app.get_with("/r", &[("range", "bytes=0-1")]).await;
+    assert_eq!(
+        (range.status, range.x_cache(), range.body.as_str()),
+        (StatusCode::PARTIAL_CONTENT, "bypass", "ca")
+    );
+    assert_eq!(origin.calls(), 2);
+    // The 206 did not replace the whole response.
+    assert_eq!(app.get("/r").await.body, "call 1");
+}
+
+#[tokio::test]
+async fn fields_listed_in_connection_are_not_stored() {
+    let origin = Origin::new(&[("connection", "x-hop"), ("x-hop", "1"), ("x-kept", "1")]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    app.get("/r").await;
+    let hit = app.get("/r").await;
+    assert_eq!(hit.x_cache(), "hit");
+    assert!(hit.headers.get("x-hop").is_none());
+    assert_eq!(hit.header("x-kept"), "1");
+}
+
+#[tokio::test]
+async fn heuristically_cacheable_statuses_are_stored() {
+    for (status, stored) in [
+        (404, true),
+        (410, true),
+        (301, true),
+        (500, false),
+        (201, false),
+    ] {
+        let origin = Origin::new(&[]);
+        origin.set_status(status);
+        let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+        app.get("/r").await;
+        let again = app.get("/r").await;
+        assert_eq!(again.status.as_u16(), status);
+        assert_eq!(
+            again.x_cache(),
+            if stored { "hit" } else { "miss" },
+            "{status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn freshness_clamps() {
+    // A floor lifts a one-second lifetime; a ceiling cuts a long one.
+    let origin = Origin::new(&[("cache-control", "max-age=1")]);
+    let app = serve(
+        Router::new()
+            .route("/r", origin.route())
+            .layer(layer().min_ttl(Duration::from_secs(60))),
+    )
+    .await;
+    app.get("/r").await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(app.get("/r").await.x_cache(), "hit");
+
+    let origin = Origin::new(&[("cache-control", "max-age=3600")]);
+    let app = serve(
+        Router::new()
+            .route("/r", origin.route())
+            .layer(layer().max_ttl(Duration::from_secs(1))),
+    )
+    .await;
+    app.get("/r").await;
+    app.get_until("/r", Duration::from_secs(5), |g| g.x_cache() == "miss")
+        .await;
+}
