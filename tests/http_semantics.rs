@@ -369,3 +369,186 @@ async fn freshness_clamps() {
     app.get_until("/r", Duration::from_secs(5), |g| g.x_cache() == "miss")
         .await;
 }
+
+#[tokio::test]
+async fn if_none_match_is_answered_304_from_a_fresh_entry() {
+    for etag in ["\"v1\"", "W/\"v1\""] {
+        let origin = Origin::new(&[
+            ("etag", etag),
+            ("cache-control", "public, max-age=60"),
+            ("vary", "accept-language"),
+            ("content-location", "/r.txt"),
+            ("x-other", "1"),
+        ]);
+        let layer = layer().vary(header::ACCEPT_LANGUAGE);
+        let app = serve(Router::new().route("/r", origin.route()).layer(layer)).await;
+        app.get("/r").await;
+        // Strong and weak forms match either way (the weak comparison), in a list too.
+        for inm in ["\"v1\"", "W/\"v1\"", "\"v0\", W/\"v1\"", "*"] {
+            let got = app.get_with("/r", &[("if-none-match", inm)]).await;
+            assert_eq!(
+                (got.status, got.x_cache(), got.body.as_str()),
+                (StatusCode::NOT_MODIFIED, "hit", ""),
+                "{etag} / {inm}"
+            );
+            assert_eq!(got.header("etag"), etag);
+            assert_eq!(got.header("cache-control"), "public, max-age=60");
+            assert_eq!(got.header("vary"), "accept-language");
+            assert_eq!(got.header("content-location"), "/r.txt");
+            assert!(got.headers.get("x-other").is_none(), "{:?}", got.headers);
+            assert!(got.headers.get("content-type").is_none());
+            assert!(got.headers.contains_key("date"));
+            assert!(got.cache_status().starts_with("stormcache; hit"));
+        }
+        // Another tag: the full response.
+        let got = app.get_with("/r", &[("if-none-match", "\"v2\"")]).await;
+        assert_eq!(
+            (got.status, got.x_cache(), got.body.as_str()),
+            (StatusCode::OK, "hit", "call 1")
+        );
+        assert_eq!(origin.calls(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_conditional_miss_fills_the_entry_and_is_answered_304() {
+    let origin = Origin::new(&[("etag", "\"v1\"")]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    let got = app.get_with("/r", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(
+        (got.status, got.x_cache()),
+        (StatusCode::NOT_MODIFIED, "miss")
+    );
+    let full = app.get("/r").await;
+    assert_eq!((full.x_cache(), full.body.as_str()), ("hit", "call 1"));
+}
+
+#[tokio::test]
+async fn if_modified_since_against_last_modified() {
+    let modified = SystemTime::now() - Duration::from_secs(3600);
+    let last_modified = httpdate::fmt_http_date(modified);
+    let origin = Origin::new(&[("last-modified", &last_modified)]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    app.get("/r").await;
+    let same = app
+        .get_with("/r", &[("if-modified-since", &last_modified)])
+        .await;
+    assert_eq!(
+        (same.status, same.body.as_str()),
+        (StatusCode::NOT_MODIFIED, "")
+    );
+    assert_eq!(same.header("last-modified"), last_modified, "no ETag: kept");
+    let before = httpdate::fmt_http_date(modified - Duration::from_secs(60));
+    let older = app.get_with("/r", &[("if-modified-since", &before)]).await;
+    assert_eq!(
+        (older.status, older.body.as_str()),
+        (StatusCode::OK, "call 1")
+    );
+    // If-None-Match present: If-Modified-Since is not looked at.
+    let both = app
+        .get_with(
+            "/r",
+            &[
+                ("if-none-match", "\"x\""),
+                ("if-modified-since", &last_modified),
+            ],
+        )
+        .await;
+    assert_eq!(both.status, StatusCode::OK);
+    let garbage = app
+        .get_with("/r", &[("if-modified-since", "yesterday")])
+        .await;
+    assert_eq!(garbage.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn cache_status_on_every_response() {
+    let origin = Origin::new(&[("cache-control", "max-age=60")]);
+    let uncacheable = Origin::new(&[("cache-control", "no-store")]);
+    let app = serve(
+        Router::new()
+            .route("/r", origin.route().post(|| async { "posted" }))
+            .route("/n", uncacheable.route())
+            .layer(layer()),
+    )
+    .await;
+    let miss = app.get("/r").await;
+    assert_eq!(miss.cache_status(), "stormcache; fwd=miss; stored; ttl=60");
+    let hit = app.get("/r").await;
+    let ttl: i64 = hit
+        .cache_status()
+        .strip_prefix("stormcache; hit; ttl=")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{}", hit.cache_status()));
+    assert!((59..=60).contains(&ttl), "{ttl}");
+    let refresh = app.get_with("/r", &[("cache-control", "no-cache")]).await;
+    assert_eq!(
+        refresh.cache_status(),
+        "stormcache; fwd=request; stored; ttl=60"
+    );
+    assert_eq!(refresh.body, "call 2");
+    let no_store = app.get_with("/r", &[("cache-control", "no-store")]).await;
+    assert_eq!(
+        no_store.cache_status(),
+        "stormcache; fwd=bypass; detail=no-store"
+    );
+    let range = app.get_with("/r", &[("range", "bytes=0-1")]).await;
+    assert_eq!(range.cache_status(), "stormcache; fwd=bypass; detail=range");
+    let credentials = app.get_with("/r", &[("authorization", "Bearer x")]).await;
+    assert_eq!(
+        credentials.cache_status(),
+        "stormcache; fwd=bypass; detail=credentials"
+    );
+    let post = app.send(Method::POST, "/r", &[]).await;
+    assert_eq!(post.cache_status(), "stormcache; fwd=method");
+    let unstored = app.get("/n").await;
+    assert_eq!(unstored.cache_status(), "stormcache; fwd=miss");
+}
+
+#[tokio::test]
+async fn cache_status_of_a_stale_answer_and_x_cache_turned_off() {
+    let origin = Origin::new(&[("cache-control", "max-age=1")]);
+    let app = serve(
+        Router::new()
+            .route("/r", origin.route())
+            .layer(layer().stale_for(Duration::from_secs(60)).x_cache(false)),
+    )
+    .await;
+    let miss = app.get("/r").await;
+    assert!(miss.headers.get("x-cache").is_none());
+    origin.set_status(502);
+    let stale = app
+        .get_until("/r", Duration::from_secs(5), |g| {
+            !g.cache_status().starts_with("stormcache; hit")
+        })
+        .await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert!(
+        stale
+            .cache_status()
+            .starts_with("stormcache; fwd=stale; fwd-status=502; ttl=-"),
+        "{}",
+        stale.cache_status()
+    );
+    assert!(stale.headers.get("x-cache").is_none());
+}
+
+#[tokio::test]
+async fn an_upstream_cache_status_is_kept_and_ours_follows() {
+    let origin = Origin::new(&[("cache-status", "upstream; fwd=uri-miss; stored")]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    let miss = app.get("/r").await;
+    let members: Vec<&str> = miss
+        .headers
+        .get_all("cache-status")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(
+        members,
+        [
+            "upstream; fwd=uri-miss; stored",
+            "stormcache; fwd=miss; stored; ttl=300"
+        ]
+    );
+}

@@ -112,6 +112,22 @@ impl CachedResponse {
         &self.0.body
     }
 
+    /// When the response was stored.
+    pub(crate) fn stored_at(&self) -> SystemTime {
+        self.0.stored_at
+    }
+
+    /// Writes the stored headers `keep` accepts into `map`.
+    pub(crate) fn write_headers_where(
+        &self,
+        map: &mut HeaderMap,
+        keep: impl Fn(&HeaderName) -> bool,
+    ) {
+        for (n, v) in self.0.headers.iter().filter(|(n, _)| keep(n)) {
+            map.append(n.clone(), v.clone());
+        }
+    }
+
     /// Writes the stored headers into `map`.
     pub(crate) fn write_headers(&self, map: &mut HeaderMap) {
         map.reserve(self.0.headers.len() + 2);
@@ -133,13 +149,18 @@ impl CachedResponse {
         (self.0.meta.initial_age + self.resident()).as_secs()
     }
 
-    /// Seconds of freshness left (negative once stale), when its lifetime is known.
+    /// Seconds of freshness left, when its lifetime is known: rounded away from zero, so
+    /// that it is positive while the response is fresh and negative once it is stale.
     pub(crate) fn ttl(&self) -> Option<i64> {
         let fresh_for = self.0.meta.fresh_for?;
         let resident = self.resident();
+        let ceil_secs = |d: Duration| {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            i64::try_from(secs).unwrap_or(i64::MAX)
+        };
         Some(match fresh_for.checked_sub(resident) {
-            Some(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
-            None => -i64::try_from((resident - fresh_for).as_secs()).unwrap_or(i64::MAX),
+            Some(left) => ceil_secs(left),
+            None => -ceil_secs(resident - fresh_for),
         })
     }
 }

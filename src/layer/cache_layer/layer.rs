@@ -104,9 +104,24 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   lives that long in the cache, within [`min_ttl`](CacheLayer::min_ttl) and
 ///   [`max_ttl`](CacheLayer::max_ttl) when set. A response that says nothing is fresh for
 ///   the layer's [`ttl`](CacheLayer::ttl) (the class's when unset).
-/// - Every response gets `x-cache: hit | miss | stale | bypass`. Responses from the cache
-///   get `age`: the age the response had when stored (the upstream's `Age`) plus the time
-///   since, across processes (the time travels with the entry).
+/// - A `GET` or `HEAD` answered from a stored response (a hit, or the response a miss just
+///   stored) honours `If-None-Match` (weak comparison, `*` included) and, when there is
+///   none, `If-Modified-Since` (against the stored `Last-Modified`, else its `Date`, else
+///   the time stored): `304 Not Modified` with `ETag`, `Cache-Control`, `Expires`, `Vary`,
+///   `Date`, `Content-Location` (`Last-Modified` when there is no `ETag`) and no body. The
+///   preconditions still reach the handler on a miss: a handler that answers 304 itself is
+///   passed on, unstored.
+/// - Every response gets `Cache-Status` (RFC 9211), after any member an upstream cache
+///   wrote: `stormcache; hit; ttl=12`, `stormcache; fwd=miss; stored; ttl=60`,
+///   `stormcache; fwd=miss` (not stored), `stormcache; fwd=miss; collapsed` (joined another
+///   request's load), `stormcache; fwd=request` (request `no-cache`),
+///   `stormcache; fwd=stale; fwd-status=503; ttl=-4`, `stormcache; fwd=method`,
+///   `stormcache; fwd=bypass; detail=credentials` (also `no-store`, `range`, `key`,
+///   `host`, `tag`). `ttl` is the freshness left in seconds, when known. It also gets
+///   `x-cache: hit | miss | stale | bypass` unless [`x_cache`](CacheLayer::x_cache) turns
+///   it off. Responses from the cache get `age`: the age the response had when stored
+///   (the upstream's `Age`) plus the time since, across processes (the time travels with
+///   the entry).
 /// - With [`stale_for`](CacheLayer::stale_for), an expired entry inside its grace answers
 ///   when the handler fails (a 5xx status or an error of the inner service) — `x-cache:
 ///   stale`. A non-5xx answer that is not storable is passed on instead. A response with
@@ -141,6 +156,7 @@ pub(super) struct Config {
     pub(super) tag_path: bool,
     pub(super) min_ttl: Option<Duration>,
     pub(super) max_ttl: Option<Duration>,
+    pub(super) x_cache: bool,
 }
 
 impl Config {
@@ -181,6 +197,7 @@ impl CacheLayer {
                 tag_path: true,
                 min_ttl: None,
                 max_ttl: None,
+                x_cache: true,
             }),
         }
     }
@@ -275,6 +292,13 @@ impl CacheLayer {
     /// `ttl` (default: none, the response's word).
     pub fn max_ttl(mut self, ttl: Duration) -> Self {
         self.config().max_ttl = Some(ttl);
+        self
+    }
+
+    /// Whether responses say how they were answered in `x-cache` too (default `true`), beside
+    /// `Cache-Status`, which they always carry.
+    pub fn x_cache(mut self, enabled: bool) -> Self {
+        self.config().x_cache = enabled;
         self
     }
 
@@ -444,7 +468,8 @@ impl Config {
             .field("key_host", &self.key_host)
             .field("tag_path", &self.tag_path)
             .field("min_ttl", &self.min_ttl)
-            .field("max_ttl", &self.max_ttl);
+            .field("max_ttl", &self.max_ttl)
+            .field("x_cache", &self.x_cache);
         d.finish()
     }
 }

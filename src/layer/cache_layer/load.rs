@@ -15,10 +15,11 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 
 use super::layer::Config;
-use super::rules::{lifetime_of, mark_nested, respond, store_plan, with_x_cache};
+use super::rules::{lifetime_of, mark_nested, respond, stamp_response, store_plan, Stamp};
 use crate::layer::body::ResponseBody;
+use crate::layer::cache_status::Outcome;
 use crate::layer::cached_response::CachedResponse;
-use crate::layer::x_cache::XCache;
+use crate::layer::conditional::Conditions;
 use crate::model::Lifetime;
 use crate::{Cache, EntryOptions, Fetched, Key, Origin};
 
@@ -30,6 +31,8 @@ pub(super) struct Run {
     pub(super) options: Option<EntryOptions>,
     pub(super) head: bool,
     pub(super) refresh: bool,
+    pub(super) stamp: Stamp,
+    pub(super) conditions: Option<Conditions>,
 }
 
 /// The result of the inner service, when it is not stored.
@@ -60,14 +63,20 @@ impl Run {
             options,
             head,
             refresh,
+            stamp,
+            conditions,
         } = self;
         let options = options.as_ref().unwrap_or(&config.options);
+        let conditions = conditions.as_ref();
+        let answer =
+            |value: &CachedResponse, outcome| respond(value, head, stamp, outcome, conditions);
 
         if refresh {
-            return Box::pin(refresh_entry(
-                &cache, &config, key, options, head, inner, req,
-            ))
-            .await;
+            let refreshed = refresh_entry(&cache, &config, key, options, head, inner, req);
+            return Ok(match Box::pin(refreshed).await? {
+                Ok(stored) => answer(&stored, Outcome::Refresh { stored: true }),
+                Err(passed) => stamp_response(passed, stamp, Outcome::Refresh { stored: false }),
+            });
         }
 
         let mut passed: Option<Passed<ResBody, S::Error>> = None;
@@ -106,37 +115,43 @@ impl Run {
             )
             .await;
 
+        let passed_on = |res, outcome| stamp_response(res, stamp, outcome);
+        let not_stored = Outcome::Miss { stored: false };
         match fetched {
             Ok(Fetched { value, origin }) => Ok(match origin {
                 // Our loader ran and the response was stored.
-                Origin::Loader if ran => respond(&value, head, XCache::Miss),
+                Origin::Loader if ran => answer(&value, Outcome::Miss { stored: true }),
+                // Another request's load of the same key, joined.
+                Origin::Loader => answer(&value, Outcome::Collapsed),
                 Origin::Stale => match passed {
                     // The handler answered with something not storable but not a failure:
                     // that answer wins over the stale entry.
-                    Some(Ok(res)) if !res.status().is_server_error() => {
-                        with_x_cache(res, XCache::Miss)
-                    }
+                    Some(Ok(res)) if !res.status().is_server_error() => passed_on(res, not_stored),
                     // `must-revalidate` and its kin: never served stale, not even when the
                     // handler fails (the cache stores such entries without grace, but one
                     // may still be read from an older write).
-                    Some(Ok(res)) if value.meta().must_revalidate => {
-                        with_x_cache(res, XCache::Miss)
-                    }
+                    Some(Ok(res)) if value.meta().must_revalidate => passed_on(res, not_stored),
                     Some(Err(e)) if value.meta().must_revalidate => return Err(e),
-                    _ => respond(&value, head, XCache::Stale),
+                    Some(Ok(res)) => answer(
+                        &value,
+                        Outcome::Stale {
+                            status: Some(res.status()),
+                        },
+                    ),
+                    _ => answer(&value, Outcome::Stale { status: None }),
                 },
-                // The local store, Redis, or another request's load of the same key.
-                _ => respond(&value, head, XCache::Hit),
+                // The local store or Redis.
+                _ => answer(&value, Outcome::Hit),
             }),
             Err(()) => match passed {
-                Some(Ok(res)) => Ok(with_x_cache(res, XCache::Miss)),
+                Some(Ok(res)) => Ok(passed_on(res, not_stored)),
                 Some(Err(e)) => Err(e),
                 None => {
                     // Unreachable: the loader fills the slot before every `Err`.
                     tracing::error!("cache layer lost the inner response; answering 502");
                     let mut res = Response::new(ResponseBody::empty());
                     *res.status_mut() = StatusCode::BAD_GATEWAY;
-                    Ok(with_x_cache(res, XCache::Miss))
+                    Ok(passed_on(res, not_stored))
                 }
             },
         }
@@ -147,7 +162,7 @@ impl Run {
 type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<CachedResponse, ()>> + Send + 'a>>;
 
 /// `Cache-Control: no-cache`: the handler answers, and what it says replaces the entry when
-/// it may be stored.
+/// it may be stored. `Ok(Ok(_))`: the stored response; `Ok(Err(_))`: the response passed on.
 async fn refresh_entry<S, ReqBody, ResBody>(
     cache: &Cache,
     config: &Config,
@@ -156,26 +171,27 @@ async fn refresh_entry<S, ReqBody, ResBody>(
     head: bool,
     mut inner: S,
     req: Request<ReqBody>,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> Result<Result<CachedResponse, Response<ResponseBody<ResBody>>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body,
 {
     let requested = SystemTime::now();
     let res = inner.call(mark_nested(req)).await?;
-    Ok(match capture(res, config, requested).await {
-        Ok(stored) => {
-            if !head {
-                let options = match lifetime_of(&stored) {
-                    None => options.clone(),
-                    Some(lifetime) => with_lifetime(options, lifetime),
-                };
-                cache.set(key, stored.clone(), &options).await;
-            }
-            respond(&stored, head, XCache::Miss)
-        }
-        Err(passed) => with_x_cache(passed, XCache::Miss),
-    })
+    if head {
+        // A HEAD response has no body to store.
+        return Ok(Err(res.map(ResponseBody::inner)));
+    }
+    let stored = match capture(res, config, requested).await {
+        Ok(stored) => stored,
+        Err(passed) => return Ok(Err(passed)),
+    };
+    let options = match lifetime_of(&stored) {
+        None => options.clone(),
+        Some(lifetime) => with_lifetime(options, lifetime),
+    };
+    cache.set(key, stored.clone(), &options).await;
+    Ok(Ok(stored))
 }
 
 /// The options of a `set` for a response with a lifetime of its own: the TTL it gives,
