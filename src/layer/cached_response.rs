@@ -130,7 +130,9 @@ impl CachedResponse {
 
     /// Writes the stored headers into `map`.
     pub(crate) fn write_headers(&self, map: &mut HeaderMap) {
-        map.reserve(self.0.headers.len() + 2);
+        // Room for what `respond` adds: `age`, `Cache-Status`, `x-cache` (a grow would
+        // reallocate on every hit).
+        map.reserve(self.0.headers.len() + 3);
         for (n, v) in &self.0.headers {
             map.append(n.clone(), v.clone());
         }
