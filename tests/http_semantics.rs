@@ -502,7 +502,10 @@ async fn cache_status_on_every_response() {
     let post = app.send(Method::POST, "/r", &[]).await;
     assert_eq!(post.cache_status(), "stormcache; fwd=method");
     let unstored = app.get("/n").await;
-    assert_eq!(unstored.cache_status(), "stormcache; fwd=miss");
+    assert_eq!(
+        unstored.cache_status(),
+        "stormcache; fwd=miss; detail=no-store"
+    );
 }
 
 #[tokio::test]
@@ -550,5 +553,101 @@ async fn an_upstream_cache_status_is_kept_and_ours_follows() {
             "upstream; fwd=uri-miss; stored",
             "stormcache; fwd=miss; stored; ttl=300"
         ]
+    );
+}
+
+#[tokio::test]
+async fn an_inner_layer_owns_its_route_without_x_cache() {
+    // The outer layer tells the inner one's answer by more than its x-cache header: with
+    // x-cache off on both, it still keeps no copy of its own and leaves Cache-Status alone.
+    let cache = Cache::builder("http-semantics").build().expect("cache");
+    let origin = Origin::new(&[]);
+    let app = serve(
+        Router::new()
+            .route(
+                "/r",
+                origin.route().route_layer(
+                    CacheLayer::new(cache.clone())
+                        .x_cache(false)
+                        .tag(stormcache::Key::literal("inner").expect("key")),
+                ),
+            )
+            .layer(CacheLayer::new(cache.clone()).x_cache(false)),
+    )
+    .await;
+    let miss = app.get("/r").await;
+    assert_eq!(miss.cache_status(), "stormcache; fwd=miss; stored");
+    assert_eq!(miss.headers.get_all("cache-status").iter().count(), 1);
+    assert_eq!(app.get("/r").await.cache_status(), "stormcache; hit");
+    cache
+        .invalidate_tag(&stormcache::Key::literal("inner").expect("key"))
+        .await;
+    let after = app.get("/r").await;
+    assert_eq!(
+        (after.cache_status(), after.body.as_str()),
+        ("stormcache; fwd=miss; stored", "call 2")
+    );
+}
+
+#[tokio::test]
+async fn concurrent_misses_say_collapsed() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let app = serve(
+        Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let c = Arc::clone(&c);
+                    async move {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        "slow"
+                    }
+                }),
+            )
+            .layer(layer()),
+    )
+    .await;
+    let app = Arc::new(app);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move { app.get("/slow").await.cache_status().to_owned() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.expect("task"));
+    }
+    statuses.sort();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "{statuses:?}");
+    assert_eq!(
+        statuses,
+        [
+            "stormcache; fwd=miss; collapsed; ttl=300",
+            "stormcache; fwd=miss; collapsed; ttl=300",
+            "stormcache; fwd=miss; collapsed; ttl=300",
+            "stormcache; fwd=miss; stored; ttl=300",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn head_with_a_matching_etag_is_304_too() {
+    let origin = Origin::new(&[("etag", "\"v1\"")]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    app.get("/r").await;
+    let got = app
+        .send(Method::HEAD, "/r", &[("if-none-match", "\"v1\"")])
+        .await;
+    assert_eq!(
+        (got.status, got.x_cache()),
+        (StatusCode::NOT_MODIFIED, "hit")
+    );
+    let got = app.send(Method::HEAD, "/r", &[]).await;
+    assert_eq!(
+        (got.status, got.header("content-length")),
+        (StatusCode::OK, "6")
     );
 }

@@ -112,11 +112,11 @@ pub(crate) fn response_directives(headers: &HeaderMap) -> ResponseDirectives {
 /// so it does not store.
 pub(crate) fn directives_forbid_storing(d: &ResponseDirectives) -> Option<&'static str> {
     if d.no_store {
-        Some("cache-control: no-store")
+        Some("no-store")
     } else if d.private {
-        Some("cache-control: private")
+        Some("private")
     } else if d.no_cache {
-        Some("cache-control: no-cache")
+        Some("no-cache")
     } else {
         None
     }

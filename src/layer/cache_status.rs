@@ -15,6 +15,14 @@ use super::x_cache::XCache;
 #[allow(clippy::declare_interior_mutable_const)]
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
+/// Whether the handler's response was stored, and if not why (a `detail` token:
+/// `no-store`, `private`, `no-cache`, `status`, `set-cookie`, `vary`, `size`, `stale`…).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stored {
+    Yes,
+    No(&'static str),
+}
+
 /// How a response got its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -22,10 +30,10 @@ pub(crate) enum Outcome {
     Hit,
     /// From another request's load of the same key, joined while it ran.
     Collapsed,
-    /// From the handler; `stored` when the response was stored.
-    Miss { stored: bool },
-    /// From the handler because the request said `no-cache`; `stored` as for a miss.
-    Refresh { stored: bool },
+    /// From the handler, and stored or not.
+    Miss(Stored),
+    /// From the handler because the request said `no-cache`, and stored or not.
+    Refresh(Stored),
     /// The stale entry, the handler having failed (`status`: its status, `None` for an
     /// error of the inner service).
     Stale { status: Option<StatusCode> },
@@ -39,7 +47,7 @@ impl Outcome {
     pub(crate) fn x_cache(self) -> XCache {
         match self {
             Outcome::Hit | Outcome::Collapsed => XCache::Hit,
-            Outcome::Miss { .. } | Outcome::Refresh { .. } => XCache::Miss,
+            Outcome::Miss(_) | Outcome::Refresh(_) => XCache::Miss,
             Outcome::Stale { .. } => XCache::Stale,
             Outcome::Method | Outcome::Bypass(_) => XCache::Bypass,
         }
@@ -56,10 +64,10 @@ impl Outcome {
         let base = match self {
             Outcome::Hit => "stormcache; hit",
             Outcome::Collapsed => "stormcache; fwd=miss; collapsed",
-            Outcome::Miss { stored: true } => "stormcache; fwd=miss; stored",
-            Outcome::Miss { stored: false } => "stormcache; fwd=miss",
-            Outcome::Refresh { stored: true } => "stormcache; fwd=request; stored",
-            Outcome::Refresh { stored: false } => "stormcache; fwd=request",
+            Outcome::Miss(Stored::Yes) => "stormcache; fwd=miss; stored",
+            Outcome::Miss(Stored::No(_)) => "stormcache; fwd=miss",
+            Outcome::Refresh(Stored::Yes) => "stormcache; fwd=request; stored",
+            Outcome::Refresh(Stored::No(_)) => "stormcache; fwd=request",
             Outcome::Stale { .. } => "stormcache; fwd=stale",
             Outcome::Method => "stormcache; fwd=method",
             Outcome::Bypass(_) => "stormcache; fwd=bypass",
@@ -73,7 +81,9 @@ impl Outcome {
                 value.push_str(status.as_str());
             }
             Outcome::Stale { status: None } => value.push_str("; detail=error"),
-            Outcome::Bypass(detail) => {
+            Outcome::Bypass(detail)
+            | Outcome::Miss(Stored::No(detail))
+            | Outcome::Refresh(Stored::No(detail)) => {
                 value.push_str("; detail=");
                 value.push_str(detail);
             }
@@ -84,8 +94,8 @@ impl Outcome {
             Outcome::Hit
                 | Outcome::Collapsed
                 | Outcome::Stale { .. }
-                | Outcome::Miss { stored: true }
-                | Outcome::Refresh { stored: true }
+                | Outcome::Miss(Stored::Yes)
+                | Outcome::Refresh(Stored::Yes)
         );
         if let (true, Some(ttl)) = (with_ttl, ttl) {
             value.push_str("; ttl=");
@@ -138,19 +148,19 @@ mod tests {
             (Outcome::Hit, Some(12), "stormcache; hit; ttl=12"),
             (Outcome::Hit, Some(100_000), "stormcache; hit; ttl=100000"),
             (
-                Outcome::Miss { stored: true },
+                Outcome::Miss(Stored::Yes),
                 Some(60),
                 "stormcache; fwd=miss; stored; ttl=60",
             ),
             (
-                Outcome::Miss { stored: false },
+                Outcome::Miss(Stored::No("no-store")),
                 None,
-                "stormcache; fwd=miss",
+                "stormcache; fwd=miss; detail=no-store",
             ),
             (
-                Outcome::Refresh { stored: false },
-                None,
-                "stormcache; fwd=request",
+                Outcome::Refresh(Stored::No("status")),
+                Some(5),
+                "stormcache; fwd=request; detail=status",
             ),
             (
                 Outcome::Stale {

@@ -49,7 +49,8 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
     ) -> Self {
         ResponseFuture {
             kind: Drive::Boxed { fut },
-            mark: (stamp, Outcome::Miss { stored: false }),
+            // Unused: the boxed path marks its own answers.
+            mark: (stamp, Outcome::Hit),
         }
     }
 }

@@ -113,8 +113,10 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   passed on, unstored.
 /// - Every response gets `Cache-Status` (RFC 9211), after any member an upstream cache
 ///   wrote: `stormcache; hit; ttl=12`, `stormcache; fwd=miss; stored; ttl=60`,
-///   `stormcache; fwd=miss` (not stored), `stormcache; fwd=miss; collapsed` (joined another
-///   request's load), `stormcache; fwd=request` (request `no-cache`),
+///   `stormcache; fwd=miss; detail=no-store` (not stored, and why: `no-store`, `private`,
+///   `no-cache`, `status`, `set-cookie`, `vary`, `size`, `stale`, `head`…),
+///   `stormcache; fwd=miss; collapsed` (joined another request's load),
+///   `stormcache; fwd=request; stored` (request `no-cache`),
 ///   `stormcache; fwd=stale; fwd-status=503; ttl=-4`, `stormcache; fwd=method`,
 ///   `stormcache; fwd=bypass; detail=credentials` (also `no-store`, `range`, `key`,
 ///   `host`, `tag`). `ttl` is the freshness left in seconds, when known. It also gets

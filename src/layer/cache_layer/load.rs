@@ -17,7 +17,7 @@ use tower_service::Service;
 use super::layer::Config;
 use super::rules::{lifetime_of, mark_nested, respond, stamp_response, store_plan, Stamp};
 use crate::layer::body::ResponseBody;
-use crate::layer::cache_status::Outcome;
+use crate::layer::cache_status::{Outcome, Stored};
 use crate::layer::cached_response::CachedResponse;
 use crate::layer::conditional::Conditions;
 use crate::model::Lifetime;
@@ -35,8 +35,9 @@ pub(super) struct Run {
     pub(super) conditions: Option<Conditions>,
 }
 
-/// The result of the inner service, when it is not stored.
-type Passed<B, E> = Result<Response<ResponseBody<B>>, E>;
+/// The result of the inner service, when it is not stored: the response with why it was
+/// not, or the inner service's error.
+type Passed<B, E> = Result<(Response<ResponseBody<B>>, &'static str), E>;
 
 impl Run {
     /// The cached path. Kept small on a hit (its future is boxed per request): the refresh
@@ -74,8 +75,10 @@ impl Run {
         if refresh {
             let refreshed = refresh_entry(&cache, &config, key, options, head, inner, req);
             return Ok(match Box::pin(refreshed).await? {
-                Ok(stored) => answer(&stored, Outcome::Refresh { stored: true }),
-                Err(passed) => stamp_response(passed, stamp, Outcome::Refresh { stored: false }),
+                Ok(stored) => answer(&stored, Outcome::Refresh(Stored::Yes)),
+                Err((passed, why)) => {
+                    stamp_response(passed, stamp, Outcome::Refresh(Stored::No(why)))
+                }
             });
         }
 
@@ -99,13 +102,13 @@ impl Run {
                         };
                         if head {
                             // A HEAD response has no body to store; GET will fill the entry.
-                            *passed_slot = Some(Ok(res.map(ResponseBody::inner)));
+                            *passed_slot = Some(Ok((res.map(ResponseBody::inner), "head")));
                             return Err(());
                         }
                         match capture(res, config_ref, requested).await {
                             Ok(stored) => Ok(stored),
-                            Err(res) => {
-                                *passed_slot = Some(Ok(res));
+                            Err(passed) => {
+                                *passed_slot = Some(Ok(passed));
                                 Err(())
                             }
                         }
@@ -115,24 +118,25 @@ impl Run {
             )
             .await;
 
-        let passed_on = |res, outcome| stamp_response(res, stamp, outcome);
-        let not_stored = Outcome::Miss { stored: false };
+        let passed_on = |res, why| stamp_response(res, stamp, Outcome::Miss(Stored::No(why)));
         match fetched {
             Ok(Fetched { value, origin }) => Ok(match origin {
                 // Our loader ran and the response was stored.
-                Origin::Loader if ran => answer(&value, Outcome::Miss { stored: true }),
+                Origin::Loader if ran => answer(&value, Outcome::Miss(Stored::Yes)),
                 // Another request's load of the same key, joined.
                 Origin::Loader => answer(&value, Outcome::Collapsed),
                 Origin::Stale => match passed {
                     // The handler answered with something not storable but not a failure:
                     // that answer wins over the stale entry.
-                    Some(Ok(res)) if !res.status().is_server_error() => passed_on(res, not_stored),
+                    Some(Ok((res, why))) if !res.status().is_server_error() => passed_on(res, why),
                     // `must-revalidate` and its kin: never served stale, not even when the
                     // handler fails (the cache stores such entries without grace, but one
                     // may still be read from an older write).
-                    Some(Ok(res)) if value.meta().must_revalidate => passed_on(res, not_stored),
+                    Some(Ok((res, _))) if value.meta().must_revalidate => {
+                        passed_on(res, "must-revalidate")
+                    }
                     Some(Err(e)) if value.meta().must_revalidate => return Err(e),
-                    Some(Ok(res)) => answer(
+                    Some(Ok((res, _))) => answer(
                         &value,
                         Outcome::Stale {
                             status: Some(res.status()),
@@ -144,14 +148,14 @@ impl Run {
                 _ => answer(&value, Outcome::Hit),
             }),
             Err(()) => match passed {
-                Some(Ok(res)) => Ok(passed_on(res, not_stored)),
+                Some(Ok((res, why))) => Ok(passed_on(res, why)),
                 Some(Err(e)) => Err(e),
                 None => {
                     // Unreachable: the loader fills the slot before every `Err`.
                     tracing::error!("cache layer lost the inner response; answering 502");
                     let mut res = Response::new(ResponseBody::empty());
                     *res.status_mut() = StatusCode::BAD_GATEWAY;
-                    Ok(passed_on(res, not_stored))
+                    Ok(passed_on(res, "lost"))
                 }
             },
         }
@@ -162,7 +166,8 @@ impl Run {
 type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<CachedResponse, ()>> + Send + 'a>>;
 
 /// `Cache-Control: no-cache`: the handler answers, and what it says replaces the entry when
-/// it may be stored. `Ok(Ok(_))`: the stored response; `Ok(Err(_))`: the response passed on.
+/// it may be stored. `Ok(Ok(_))`: the stored response; `Ok(Err(_))`: the response passed on,
+/// with why it was not stored.
 async fn refresh_entry<S, ReqBody, ResBody>(
     cache: &Cache,
     config: &Config,
@@ -171,7 +176,7 @@ async fn refresh_entry<S, ReqBody, ResBody>(
     head: bool,
     mut inner: S,
     req: Request<ReqBody>,
-) -> Result<Result<CachedResponse, Response<ResponseBody<ResBody>>>, S::Error>
+) -> Result<Result<CachedResponse, (Response<ResponseBody<ResBody>>, &'static str)>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body,
@@ -180,7 +185,7 @@ where
     let res = inner.call(mark_nested(req)).await?;
     if head {
         // A HEAD response has no body to store.
-        return Ok(Err(res.map(ResponseBody::inner)));
+        return Ok(Err((res.map(ResponseBody::inner), "head")));
     }
     let stored = match capture(res, config, requested).await {
         Ok(stored) => stored,
@@ -208,17 +213,18 @@ fn with_lifetime(options: &EntryOptions, lifetime: Lifetime) -> EntryOptions {
 }
 
 /// Reads a response whose headers allow storing it, up to the size limit. `Ok`: the whole
-/// response, to store. `Err`: the response to pass on (with what was read of its body).
+/// response, to store. `Err`: the response to pass on (with what was read of its body) and
+/// why it is not stored.
 async fn capture<B: Body>(
     res: Response<B>,
     config: &Config,
     requested: SystemTime,
-) -> Result<CachedResponse, Response<ResponseBody<B>>> {
+) -> Result<CachedResponse, (Response<ResponseBody<B>>, &'static str)> {
     let meta = match store_plan(&res, config, requested) {
         Ok(meta) => meta,
         Err(reason) => {
             tracing::debug!(status = %res.status(), %reason, "response not stored");
-            return Err(res.map(ResponseBody::inner));
+            return Err((res.map(ResponseBody::inner), reason));
         }
     };
     let (parts, body) = res.into_parts();
@@ -244,23 +250,23 @@ async fn capture<B: Body>(
                     );
                     let res =
                         Response::from_parts(parts, ResponseBody::replay(frames, Ok(Some(body))));
-                    return Err(res);
+                    return Err((res, "size"));
                 }
             }
             Some(Err(error)) => {
                 tracing::debug!("response body failed while being read; not stored");
-                return Err(Response::from_parts(
-                    parts,
-                    ResponseBody::replay(frames, Err(error)),
+                return Err((
+                    Response::from_parts(parts, ResponseBody::replay(frames, Err(error))),
+                    "body-error",
                 ));
             }
         }
     }
     if trailers {
         tracing::debug!("response has trailers; not stored");
-        return Err(Response::from_parts(
-            parts,
-            ResponseBody::replay(frames, Ok(None)),
+        return Err((
+            Response::from_parts(parts, ResponseBody::replay(frames, Ok(None))),
+            "trailers",
         ));
     }
     let body = match frames.len() {

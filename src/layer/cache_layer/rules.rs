@@ -85,30 +85,34 @@ pub(super) fn plan_key(
 }
 
 /// What storing the response would keep of its freshness, or why its head forbids storing
-/// it. `requested` is when the request went to the inner service.
+/// it (a `detail` token of `Cache-Status`). `requested` is when the request went to the
+/// inner service.
 pub(super) fn store_plan<B: Body>(
     res: &Response<B>,
     config: &Config,
     requested: SystemTime,
-) -> Result<Meta, String> {
+) -> Result<Meta, &'static str> {
     if !config.statuses.contains(&res.status()) {
-        return Err(format!("status {} is not cached", res.status().as_u16()));
+        return Err("status");
     }
-    let headers = res.headers();
     if res.extensions().get::<AnsweredInside>().is_some() {
         // A `route_layer` cache inside a router-wide one: the inner, more specific layer
         // owns the entry (its TTL, class and tags); storing it again here would keep a copy
         // its invalidation cannot reach.
-        return Err("answered by an inner CacheLayer".to_owned());
+        return Err("inner");
     }
+    let headers = res.headers();
     if headers.contains_key(SET_COOKIE) {
-        return Err("set-cookie".to_owned());
+        return Err("set-cookie");
     }
     let directives = response_directives(headers);
     if let Some(reason) = directives_forbid_storing(&directives) {
-        return Err(reason.to_owned());
+        return Err(reason);
     }
-    vary_is_covered(headers, &config.vary)?;
+    if let Err(reason) = vary_is_covered(headers, &config.vary) {
+        tracing::debug!(%reason, "response varies on a header the key does not hold");
+        return Err("vary");
+    }
     let declared_len = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -116,12 +120,12 @@ pub(super) fn store_plan<B: Body>(
     let hinted = res.body().size_hint().lower();
     let limit = config.max_body as u64;
     if declared_len.is_some_and(|n| n > limit) || hinted > limit {
-        return Err(format!("body larger than {limit} bytes"));
+        return Err("size");
     }
     let freshness = Freshness::of(headers, &directives, requested, SystemTime::now());
     let fresh_for = match freshness.remaining() {
         // Stale on arrival: storing it would only be worth it with revalidation.
-        Some(Duration::ZERO) => return Err("stale on arrival (max-age, expires or age)".to_owned()),
+        Some(Duration::ZERO) => return Err("stale"),
         Some(left) => Some(config.clamp_ttl(left)),
         // The heuristic: the layer's TTL, when it sets one (else the class's).
         None => config.options.ttl,
