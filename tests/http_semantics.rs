@@ -154,9 +154,20 @@ impl Served {
 
     /// GETs `path` until `done` holds, every 20 ms, for at most `limit`.
     async fn get_until(&self, path: &str, limit: Duration, done: impl Fn(&Got) -> bool) -> Got {
+        self.get_with_until(path, &[], limit, done).await
+    }
+
+    /// GETs `path` with `headers` until `done` holds, every 20 ms, for at most `limit`.
+    async fn get_with_until(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        limit: Duration,
+        done: impl Fn(&Got) -> bool,
+    ) -> Got {
         let deadline = Instant::now() + limit;
         loop {
-            let got = self.get(path).await;
+            let got = self.get_with(path, headers).await;
             if done(&got) {
                 return got;
             }
@@ -650,4 +661,92 @@ async fn head_with_a_matching_etag_is_304_too() {
         (got.status, got.header("content-length")),
         (StatusCode::OK, "6")
     );
+}
+
+#[tokio::test]
+async fn a_stale_entry_is_revalidated_with_its_etag() {
+    // The handler answers 304 to its current ETag, with a header of its own that is new.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (c, s) = (Arc::clone(&calls), Arc::clone(&seen));
+    let handler = get(move |headers: HeaderMap| {
+        let (c, s) = (Arc::clone(&c), Arc::clone(&s));
+        async move {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            let inm = headers
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            s.lock().expect("lock").push(inm.clone());
+            let mut h = HeaderMap::new();
+            h.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=1"));
+            h.insert("x-call", HeaderValue::from(n));
+            if inm == "\"v1\"" {
+                return (StatusCode::NOT_MODIFIED, h, String::new());
+            }
+            (StatusCode::OK, h, format!("call {n}"))
+        }
+    });
+    let app = serve(
+        Router::new()
+            .route("/r", handler)
+            .layer(layer().stale_for(Duration::from_secs(60))),
+    )
+    .await;
+    assert_eq!(app.get("/r").await.x_cache(), "miss");
+    let revalidated = app
+        .get_until("/r", Duration::from_secs(5), |g| g.x_cache() != "hit")
+        .await;
+    assert_eq!(
+        (
+            revalidated.status,
+            revalidated.x_cache(),
+            revalidated.body.as_str()
+        ),
+        (StatusCode::OK, "revalidated", "call 1"),
+        "the stored body, not the 304"
+    );
+    assert_eq!(
+        revalidated.cache_status(),
+        "stormcache; fwd=stale; fwd-status=304; stored; ttl=1"
+    );
+    assert_eq!(
+        revalidated.header("x-call"),
+        "2",
+        "fields updated from the 304"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        ["".to_owned(), "\"v1\"".to_owned()],
+        "the handler was asked with the stored ETag"
+    );
+    // Fresh again: a hit with the updated fields.
+    let hit = app.get("/r").await;
+    assert_eq!(
+        (hit.x_cache(), hit.body.as_str(), hit.header("x-call")),
+        ("hit", "call 1", "2")
+    );
+    // A client's own precondition is answered from the entry while it is fresh, and goes
+    // to the handler as it is once the entry is stale; the handler's 304 is passed on, not
+    // stored.
+    let inm = [("if-none-match", "\"v1\"")];
+    let passed = app
+        .get_with_until("/r", &inm, Duration::from_secs(5), |g| g.x_cache() != "hit")
+        .await;
+    assert_eq!(
+        (passed.status, passed.x_cache(), passed.cache_status()),
+        (
+            StatusCode::NOT_MODIFIED,
+            "miss",
+            "stormcache; fwd=miss; detail=status"
+        )
+    );
+    assert_eq!(
+        seen.lock().expect("lock").last().map(String::as_str),
+        Some("\"v1\"")
+    );
+    assert_eq!(app.get("/r").await.x_cache(), "revalidated");
 }

@@ -16,7 +16,8 @@ use crate::store::LocalKey;
 
 /// The slow path: join or lead the key's flight.
 ///
-/// `lifetime_of` may give a loaded value a lifetime of its own (see [`Lifetime`]).
+/// The loader is shown the stale value, if any; `lifetime_of` may give a loaded value a
+/// lifetime of its own (see [`Lifetime`]).
 pub(super) async fn load_coalesced<T, E, F, Fut, L>(
     core: &Core,
     local_key: LocalKey,
@@ -27,7 +28,7 @@ pub(super) async fn load_coalesced<T, E, F, Fut, L>(
 ) -> Result<Fetched<T>, E>
 where
     T: Cacheable,
-    F: FnOnce() -> Fut,
+    F: FnOnce(Option<&T>) -> Fut,
     Fut: Future<Output = Result<T, E>>,
     L: FnOnce(&T) -> Option<Lifetime>,
 {
@@ -91,7 +92,7 @@ async fn load_through<T, E, F, Fut, L>(
 ) -> Result<Fetched<T>, E>
 where
     T: Cacheable,
-    F: FnOnce() -> Fut,
+    F: FnOnce(Option<&T>) -> Fut,
     Fut: Future<Output = Result<T, E>>,
     L: FnOnce(&T) -> Option<Lifetime>,
 {
@@ -150,7 +151,8 @@ where
     }
 
     let started = Instant::now();
-    let loaded = loader().await;
+    // The loader may look at the stale value (to revalidate it); its future may not.
+    let loaded = loader(stale.as_ref()).await;
     core.stats()
         .loaded(Some(local_key.class), started.elapsed());
     if let Ok(value) = &loaded {

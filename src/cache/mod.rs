@@ -201,13 +201,14 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.fetch_with_lifetime(key, options, loader, |_: &T| None)
+        self.fetch_with_lifetime(key, options, |_: Option<&T>| loader(), |_: &T| None)
             .await
     }
 
-    /// [`fetch`](Cache::fetch) where a loaded value may set its own TTL and grace
-    /// (`lifetime_of`): the HTTP layer stores a response for as long as its own headers
-    /// say it is fresh, which is only known once it is loaded.
+    /// [`fetch`](Cache::fetch) where the loader is shown the stale value, if one is kept (the
+    /// HTTP layer revalidates it with the origin), and a loaded value may set its own TTL
+    /// and grace (`lifetime_of`): the HTTP layer stores a response for as long as its own
+    /// headers say it is fresh, which is only known once it is loaded.
     pub(crate) async fn fetch_with_lifetime<T, E, F, Fut, L>(
         &self,
         key: Key,
@@ -217,7 +218,7 @@ impl Cache {
     ) -> Result<Fetched<T>, E>
     where
         T: Cacheable,
-        F: FnOnce() -> Fut,
+        F: FnOnce(Option<&T>) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         L: FnOnce(&T) -> Option<Lifetime>,
     {
@@ -227,7 +228,7 @@ impl Cache {
             // An undeclared class: not cached (the core has logged why).
             Err(_) => {
                 let started = std::time::Instant::now();
-                let loaded = loader().await;
+                let loaded = loader(None).await;
                 core.stats().loaded(None, started.elapsed());
                 return loaded.map(|value| Fetched {
                     value,

@@ -108,8 +108,8 @@ pub(crate) fn response_directives(headers: &HeaderMap) -> ResponseDirectives {
 }
 
 /// Why a response's directives forbid a shared cache to store it, if they do. `no-cache`
-/// would allow storing with revalidation before each use; the layer does not revalidate,
-/// so it does not store.
+/// would allow storing with revalidation before each use; the layer revalidates expired
+/// entries only, so it does not store such a response.
 pub(crate) fn directives_forbid_storing(d: &ResponseDirectives) -> Option<&'static str> {
     if d.no_store {
         Some("no-store")

@@ -34,6 +34,9 @@ pub(crate) enum Outcome {
     Miss(Stored),
     /// From the handler because the request said `no-cache`, and stored or not.
     Refresh(Stored),
+    /// The stale entry, which the handler's `304 Not Modified` freshened (and it was
+    /// stored again).
+    Revalidated,
     /// The stale entry, the handler having failed (`status`: its status, `None` for an
     /// error of the inner service).
     Stale { status: Option<StatusCode> },
@@ -49,6 +52,7 @@ impl Outcome {
             Outcome::Hit | Outcome::Collapsed => XCache::Hit,
             Outcome::Miss(_) | Outcome::Refresh(_) => XCache::Miss,
             Outcome::Stale { .. } => XCache::Stale,
+            Outcome::Revalidated => XCache::Revalidated,
             Outcome::Method | Outcome::Bypass(_) => XCache::Bypass,
         }
     }
@@ -69,6 +73,7 @@ impl Outcome {
             Outcome::Refresh(Stored::Yes) => "stormcache; fwd=request; stored",
             Outcome::Refresh(Stored::No(_)) => "stormcache; fwd=request",
             Outcome::Stale { .. } => "stormcache; fwd=stale",
+            Outcome::Revalidated => "stormcache; fwd=stale; fwd-status=304; stored",
             Outcome::Method => "stormcache; fwd=method",
             Outcome::Bypass(_) => "stormcache; fwd=bypass",
         };
@@ -94,6 +99,7 @@ impl Outcome {
             Outcome::Hit
                 | Outcome::Collapsed
                 | Outcome::Stale { .. }
+                | Outcome::Revalidated
                 | Outcome::Miss(Stored::Yes)
                 | Outcome::Refresh(Stored::Yes)
         );

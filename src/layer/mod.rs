@@ -3,7 +3,7 @@
 //! - [`CacheLayer`] answers `GET`/`HEAD` requests from the [`Cache`](crate::Cache) and
 //!   stores what the handler says when HTTP allows it, for as long as the response says
 //!   it is fresh; every response says how it was answered in `Cache-Status` (RFC 9211) and
-//!   `x-cache: hit | miss | stale | bypass`.
+//!   `x-cache: hit | miss | stale | revalidated | bypass`.
 //! - [`InvalidateLayer`] removes entries after a successful `POST`/`PUT`/`PATCH`/`DELETE`:
 //!   the HTTP twin of `#[invalidate]`.
 //!

@@ -92,8 +92,9 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   bypasses the cache (the handler answers it; the layer never cuts ranges).
 /// - A response is stored only when its status is one of
 ///   [`statuses`](CacheLayer::statuses) (default [`HEURISTIC_STATUSES`]), it has no
-///   `Set-Cookie`, no `Cache-Control: no-store`, `private` or `no-cache` (the layer does
-///   not revalidate, so it does not store what must be revalidated before each use), every
+///   `Set-Cookie`, no `Cache-Control: no-store`, `private` or `no-cache` (the layer only
+///   revalidates expired entries, so it does not store what must be revalidated before
+///   each use), every
 ///   header of its `Vary` is declared, it is not stale on arrival, and its body is at most
 ///   [`max_body_size`](CacheLayer::max_body_size) (default [`DEFAULT_MAX_BODY_SIZE`]);
 ///   a larger body streams through as it is read. Fields named in its `Connection`
@@ -117,10 +118,12 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   `no-cache`, `status`, `set-cookie`, `vary`, `size`, `stale`, `head`…),
 ///   `stormcache; fwd=miss; collapsed` (joined another request's load),
 ///   `stormcache; fwd=request; stored` (request `no-cache`),
-///   `stormcache; fwd=stale; fwd-status=503; ttl=-4`, `stormcache; fwd=method`,
+///   `stormcache; fwd=stale; fwd-status=503; ttl=-4`,
+///   `stormcache; fwd=stale; fwd-status=304; stored; ttl=60` (revalidated),
+///   `stormcache; fwd=method`,
 ///   `stormcache; fwd=bypass; detail=credentials` (also `no-store`, `range`, `key`,
 ///   `host`, `tag`). `ttl` is the freshness left in seconds, when known. It also gets
-///   `x-cache: hit | miss | stale | bypass` unless [`x_cache`](CacheLayer::x_cache) turns
+///   `x-cache: hit | miss | stale | revalidated | bypass` unless [`x_cache`](CacheLayer::x_cache) turns
 ///   it off. Responses from the cache get `age`: the age the response had when stored
 ///   (the upstream's `Age`) plus the time since, across processes (the time travels with
 ///   the entry).
@@ -128,6 +131,12 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   when the handler fails (a 5xx status or an error of the inner service) — `x-cache:
 ///   stale`. A non-5xx answer that is not storable is passed on instead. A response with
 ///   `must-revalidate`, `proxy-revalidate` or `s-maxage` is never served stale.
+/// - With [`stale_for`](CacheLayer::stale_for) too, an expired entry with an `ETag` or a
+///   `Last-Modified` is revalidated: the handler gets the request with `If-None-Match` /
+///   `If-Modified-Since` from them (unless the client sent preconditions of its own), and
+///   its `304 Not Modified` freshens the entry — the stored body, the 304's header fields
+///   — which answers with `x-cache: revalidated`. Entries that must be revalidated are kept
+///   no longer than they are fresh, so they are loaded again instead.
 ///
 /// # Placement
 ///

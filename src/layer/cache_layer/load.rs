@@ -15,7 +15,10 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 
 use super::layer::Config;
-use super::rules::{lifetime_of, mark_nested, respond, stamp_response, store_plan, Stamp};
+use super::revalidate::{add_validators, freshen, has_validators};
+use super::rules::{
+    lifetime_of, mark_nested, respond, stamp_response, store_plan, unstamped, Stamp,
+};
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
 use crate::layer::cached_response::CachedResponse;
@@ -84,22 +87,48 @@ impl Run {
 
         let mut passed: Option<Passed<ResBody, S::Error>> = None;
         let mut ran = false;
-        let (passed_slot, ran_flag, config_ref) = (&mut passed, &mut ran, &*config);
+        let mut revalidated = false;
+        // A stale entry is revalidated with its validators, unless the client sent
+        // preconditions of its own: those reach the handler as they are.
+        let may_revalidate = !head && conditions.is_none();
+        let (passed_slot, ran_flag, revalidated_flag, config_ref) =
+            (&mut passed, &mut ran, &mut revalidated, &*config);
         let fetched = cache
             .fetch_with_lifetime(
                 key,
                 options,
-                move || -> LoadFuture<'_> {
+                move |stale: Option<&CachedResponse>| -> LoadFuture<'_> {
+                    let stale = stale
+                        .filter(|s| may_revalidate && has_validators(s))
+                        .cloned();
                     Box::pin(async move {
                         *ran_flag = true;
+                        let mut req = mark_nested(req);
+                        if let Some(stale) = &stale {
+                            add_validators(stale, req.headers_mut());
+                        }
                         let requested = SystemTime::now();
-                        let res = match inner.call(mark_nested(req)).await {
+                        let res = match inner.call(req).await {
                             Ok(res) => res,
                             Err(e) => {
                                 *passed_slot = Some(Err(e));
                                 return Err(());
                             }
                         };
+                        if let Some(stale) =
+                            stale.filter(|_| res.status() == StatusCode::NOT_MODIFIED)
+                        {
+                            return match freshen(&stale, res.headers(), config_ref, requested) {
+                                Ok(fresh) => {
+                                    *revalidated_flag = true;
+                                    Ok(fresh)
+                                }
+                                Err((merged, why)) => {
+                                    *passed_slot = Some(Ok((unstamped(&merged, false), why)));
+                                    Err(())
+                                }
+                            };
+                        }
                         if head {
                             // A HEAD response has no body to store; GET will fill the entry.
                             *passed_slot = Some(Ok((res.map(ResponseBody::inner), "head")));
@@ -121,7 +150,9 @@ impl Run {
         let passed_on = |res, why| stamp_response(res, stamp, Outcome::Miss(Stored::No(why)));
         match fetched {
             Ok(Fetched { value, origin }) => Ok(match origin {
-                // Our loader ran and the response was stored.
+                // Our loader ran: the handler's 304 freshened the stale entry...
+                Origin::Loader if revalidated => answer(&value, Outcome::Revalidated),
+                // ...or its response was stored.
                 Origin::Loader if ran => answer(&value, Outcome::Miss(Stored::Yes)),
                 // Another request's load of the same key, joined.
                 Origin::Loader => answer(&value, Outcome::Collapsed),

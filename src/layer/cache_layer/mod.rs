@@ -39,6 +39,7 @@
 mod future;
 mod layer;
 mod load;
+mod revalidate;
 mod rules;
 mod service;
 

@@ -11,7 +11,7 @@ use http_body::Body;
 use super::layer::Config;
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_control::{
-    directives_forbid_storing, response_directives, vary_is_covered,
+    directives_forbid_storing, response_directives, vary_is_covered, ResponseDirectives,
 };
 use crate::layer::cache_status::{age_value, Outcome, CACHE_STATUS};
 use crate::layer::cached_response::{CachedResponse, Meta};
@@ -122,7 +122,18 @@ pub(super) fn store_plan<B: Body>(
     if declared_len.is_some_and(|n| n > limit) || hinted > limit {
         return Err("size");
     }
-    let freshness = Freshness::of(headers, &directives, requested, SystemTime::now());
+    meta_of(headers, &directives, config, requested)
+}
+
+/// What the layer keeps of a storable response's freshness, or `stale` when it is stale on
+/// arrival.
+pub(super) fn meta_of(
+    headers: &http::HeaderMap,
+    directives: &ResponseDirectives,
+    config: &Config,
+    requested: SystemTime,
+) -> Result<Meta, &'static str> {
+    let freshness = Freshness::of(headers, directives, requested, SystemTime::now());
     let fresh_for = match freshness.remaining() {
         // Stale on arrival: storing it would only be worth it with revalidation.
         Some(Duration::ZERO) => return Err("stale"),
@@ -158,24 +169,14 @@ pub(super) fn respond<B: Body>(
     outcome: Outcome,
     conditions: Option<&Conditions>,
 ) -> Response<ResponseBody<B>> {
-    let not_modified = conditions.is_some_and(|c| c.not_modified(stored));
-    let body = if head || not_modified {
-        ResponseBody::empty()
-    } else {
-        ResponseBody::full(stored.body().clone())
-    };
-    let mut res = Response::new(body);
-    if not_modified {
+    let mut res = if conditions.is_some_and(|c| c.not_modified(stored)) {
+        let mut res = Response::new(ResponseBody::empty());
         *res.status_mut() = StatusCode::NOT_MODIFIED;
         not_modified_headers(stored, res.headers_mut());
+        res
     } else {
-        *res.status_mut() = stored.status();
-        let headers = res.headers_mut();
-        stored.write_headers(headers);
-        if head {
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(stored.body().len()));
-        }
-    }
+        unstamped(stored, head)
+    };
     let headers = res.headers_mut();
     // On a miss too: the upstream's own `Age` was kept with the entry.
     let age = stored.age();
@@ -188,6 +189,23 @@ pub(super) fn respond<B: Body>(
     }
     if stamp.nested {
         res.extensions_mut().insert(AnsweredInside);
+    }
+    res
+}
+
+/// A stored response as it was stored, not yet marked with how it was answered.
+pub(super) fn unstamped<B: Body>(stored: &CachedResponse, head: bool) -> Response<ResponseBody<B>> {
+    let body = if head {
+        ResponseBody::empty()
+    } else {
+        ResponseBody::full(stored.body().clone())
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = stored.status();
+    let headers = res.headers_mut();
+    stored.write_headers(headers);
+    if head {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(stored.body().len()));
     }
     res
 }
