@@ -612,7 +612,8 @@ async fn concurrent_misses_say_collapsed() {
                     let c = Arc::clone(&c);
                     async move {
                         c.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        // Long enough for the other requests to arrive while it runs.
+                        tokio::time::sleep(Duration::from_millis(1_000)).await;
                         "slow"
                     }
                 }),
@@ -749,4 +750,58 @@ async fn a_stale_entry_is_revalidated_with_its_etag() {
         Some("\"v1\"")
     );
     assert_eq!(app.get("/r").await.x_cache(), "revalidated");
+}
+
+#[tokio::test]
+async fn a_stale_entry_is_revalidated_with_its_last_modified() {
+    let modified = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(3600));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let lm = modified.clone();
+    let handler = get(move |headers: HeaderMap| {
+        let c = Arc::clone(&c);
+        let lm = lm.clone();
+        async move {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut h = HeaderMap::new();
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=1"));
+            h.insert(
+                header::LAST_MODIFIED,
+                HeaderValue::from_str(&lm).expect("date"),
+            );
+            let unchanged = headers
+                .get(header::IF_MODIFIED_SINCE)
+                .is_some_and(|v| v.to_str().ok() == Some(lm.as_str()));
+            if unchanged {
+                return (StatusCode::NOT_MODIFIED, h, String::new());
+            }
+            (StatusCode::OK, h, format!("call {n}"))
+        }
+    });
+    let app = serve(
+        Router::new()
+            .route("/r", handler)
+            .layer(layer().stale_for(Duration::from_secs(60))),
+    )
+    .await;
+    app.get("/r").await;
+    let revalidated = app
+        .get_until("/r", Duration::from_secs(5), |g| g.x_cache() != "hit")
+        .await;
+    assert_eq!(
+        (revalidated.x_cache(), revalidated.body.as_str()),
+        ("revalidated", "call 1")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // Without stale_for nothing expired is kept, so nothing is revalidated.
+    let origin = Origin::new(&[("cache-control", "max-age=1"), ("etag", "\"v1\"")]);
+    let app = serve(Router::new().route("/r", origin.route()).layer(layer())).await;
+    app.get("/r").await;
+    let reloaded = app
+        .get_until("/r", Duration::from_secs(5), |g| g.x_cache() != "hit")
+        .await;
+    assert_eq!(
+        (reloaded.x_cache(), reloaded.body.as_str()),
+        ("miss", "call 2")
+    );
 }
