@@ -9,10 +9,84 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::Span;
+
 use super::stampede::{self, LockOutcome};
-use crate::core::{wait, Core, Epoch, Join, Outcome, RedisRead, WriteIf};
+use crate::core::{telemetry, wait, Core, Epoch, Join, Outcome, RedisRead, WriteIf};
+use crate::key::Key;
 use crate::model::{Cacheable, EntryOptions, Fetched, Lifetime, Origin};
 use crate::store::LocalKey;
+
+/// What the synchronous first look in the local store found.
+pub(super) enum Looked<T> {
+    /// A value the local store may serve.
+    Hit(Fetched<T>),
+    /// Nothing to serve locally: load, with the expired value kept for a failing loader (or
+    /// a revalidating one), if any.
+    Miss(LocalKey, Option<T>),
+    /// A class the cache does not declare: not cached (the core has logged why).
+    Undeclared,
+}
+
+/// The first step of a read: the local store, counted and traced on a hit.
+#[inline]
+pub(super) fn look_locally<T: Cacheable>(
+    core: &Core,
+    key: Key,
+    options: &EntryOptions,
+) -> Looked<T> {
+    let Ok(local_key) = core.local_key(key, options) else {
+        return Looked::Undeclared;
+    };
+    // A plain bool on the options, already in cache: the hit path stays one lookup.
+    let found = match options.skip_local {
+        true => None,
+        false => core.lookup::<T>(&local_key),
+    };
+    let mut stale = None;
+    if let Some(hit) = found {
+        if core.serves(&hit) {
+            core.stats().l1_hit(local_key.class);
+            telemetry::local_hit_span(
+                core.namespace(),
+                core.class_name(local_key.class),
+                options.key_template_name(),
+            );
+            return Looked::Hit(Fetched {
+                value: hit.value,
+                origin: Origin::Local,
+            });
+        }
+        // Expired inside its grace, or suspect: kept for a failing loader only.
+        if hit.stale || options.stale_for.is_some() {
+            stale = Some(hit.value);
+        }
+    }
+    Looked::Miss(local_key, stale)
+}
+
+/// The span of a read that goes past the local store.
+pub(super) fn read_span(core: &Core, local_key: &LocalKey, options: &EntryOptions) -> Span {
+    telemetry::read_span(
+        core.namespace(),
+        core.class_name(local_key.class),
+        options.key_template_name(),
+    )
+}
+
+/// A read of an undeclared class: the loader's value, not cached.
+pub(super) async fn uncached<T, E>(
+    core: &Core,
+    loading: impl Future<Output = Result<T, E>>,
+) -> Result<Fetched<T>, E> {
+    let started = Instant::now();
+    let loaded = loading.await;
+    core.stats().loaded(None, started.elapsed());
+    loaded.map(|value| Fetched {
+        value,
+        origin: Origin::Loader,
+    })
+}
 
 /// The slow path: join or lead the key's flight.
 ///

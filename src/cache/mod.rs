@@ -22,13 +22,13 @@ use std::time::Duration;
 pub use self::builder::CacheBuilder;
 use self::eager_refresh::Refreshing;
 pub use self::global::{global, install};
+use self::load::Looked;
 use crate::coherence::Invalidator;
-use crate::core::{telemetry, Core};
+use crate::core::Core;
 use crate::key::Key;
 use crate::model::unix_ms;
 use crate::model::{
-    Cacheable, Counters, EntryOptions, Fetched, Invalidation, InvalidationReport, Lifetime, Origin,
-    Status,
+    Cacheable, Counters, EntryOptions, Fetched, Invalidation, InvalidationReport, Lifetime, Status,
 };
 use tracing::Instrument;
 
@@ -201,8 +201,23 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.fetch_with_lifetime(key, options, |_: Option<&T>| loader(), |_: &T| None)
-            .await
+        // The same steps as `fetch_with_lifetime`, not a call to it: the hit path stays
+        // one future deep.
+        let core = &*self.shared.core;
+        match load::look_locally::<T>(core, key, options) {
+            Looked::Hit(fetched) => Ok(fetched),
+            Looked::Undeclared => load::uncached(core, loader()).await,
+            Looked::Miss(local_key, stale) => {
+                let span = load::read_span(core, &local_key, options);
+                let loader = |_: Option<&T>| loader();
+                // Boxed so the hit path's future stays small.
+                Box::pin(
+                    load::load_coalesced(core, local_key, options, stale, loader, |_: &T| None)
+                        .instrument(span),
+                )
+                .await
+            }
+        }
     }
 
     /// [`fetch`](Cache::fetch) where the loader is shown the stale value, if one is kept (the
@@ -223,54 +238,18 @@ impl Cache {
         L: FnOnce(&T) -> Option<Lifetime>,
     {
         let core = &*self.shared.core;
-        let local_key = match core.local_key(key, options) {
-            Ok(local_key) => local_key,
-            // An undeclared class: not cached (the core has logged why).
-            Err(_) => {
-                let started = std::time::Instant::now();
-                let loaded = loader(None).await;
-                core.stats().loaded(None, started.elapsed());
-                return loaded.map(|value| Fetched {
-                    value,
-                    origin: Origin::Loader,
-                });
-            }
-        };
-        let mut stale = None;
-        // A plain bool on the options, already in cache: the hit path stays one lookup.
-        let found = match options.skip_local {
-            true => None,
-            false => core.lookup::<T>(&local_key),
-        };
-        if let Some(hit) = found {
-            if core.serves(&hit) {
-                core.stats().l1_hit(local_key.class);
-                telemetry::local_hit_span(
-                    core.namespace(),
-                    core.class_name(local_key.class),
-                    options.key_template_name(),
-                );
-                return Ok(Fetched {
-                    value: hit.value,
-                    origin: Origin::Local,
-                });
-            }
-            // Expired inside its grace, or suspect: kept for a failing loader only.
-            if hit.stale || options.stale_for.is_some() {
-                stale = Some(hit.value);
+        match load::look_locally::<T>(core, key, options) {
+            Looked::Hit(fetched) => Ok(fetched),
+            Looked::Undeclared => load::uncached(core, loader(None)).await,
+            Looked::Miss(local_key, stale) => {
+                let span = load::read_span(core, &local_key, options);
+                Box::pin(
+                    load::load_coalesced(core, local_key, options, stale, loader, lifetime_of)
+                        .instrument(span),
+                )
+                .await
             }
         }
-        let span = telemetry::read_span(
-            core.namespace(),
-            core.class_name(local_key.class),
-            options.key_template_name(),
-        );
-        // Boxed so the hit path's future stays small.
-        Box::pin(
-            load::load_coalesced(core, local_key, options, stale, loader, lifetime_of)
-                .instrument(span),
-        )
-        .await
     }
 
     /// The cached value of `key`, if any (local store, then Redis); no loader.
