@@ -189,7 +189,7 @@ impl Cache {
 
     /// Read-through that also says where the value came from (the HTTP layer uses it for
     /// `x-cache`). With `stale_for` in the options, a failing loader is answered with the
-    /// expired value if it is still inside its grace ([`Origin::Stale`]).
+    /// expired value if it is still inside its grace ([`Origin::Stale`](crate::Origin::Stale)).
     pub async fn fetch<T, E, F, Fut>(
         &self,
         key: Key,
