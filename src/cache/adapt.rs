@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use crate::core::{Core, Epoch, Shape, Snapshot};
 use crate::key::Key;
-use crate::model::{Adjust, EntryOptions};
+use crate::model::{Adjust, EntryOptions, Lifetime};
 use crate::store::LocalKey;
 
 tokio::task_local! {
@@ -58,6 +58,14 @@ pub(super) fn record(adjust: Adjust) -> bool {
     LOADING
         .try_with(|cell| cell.borrow_mut().merge(adjust))
         .is_ok()
+}
+
+/// The lifetime the loaded value's own metadata gives it (an HTTP response's freshness).
+pub(super) fn record_lifetime(lifetime: Lifetime) {
+    record(Adjust {
+        lifetime: Some(lifetime),
+        ..Adjust::default()
+    });
 }
 
 /// The value being loaded is cached for `ttl` instead of its options' TTL. Returns whether
@@ -115,6 +123,10 @@ pub(super) fn plan<'a>(
     }
     let shape = match adjust.ttl {
         Some(ttl) => core.shape_with_ttl(local_key.class, options, ttl),
+        None => shape,
+    };
+    let shape = match adjust.lifetime {
+        Some(lifetime) => shape.with_lifetime(lifetime),
         None => shape,
     };
     let mut added = adjust.tags;

@@ -182,7 +182,7 @@ pub(super) async fn load_detached<T, E, F, Fut>(
 where
     T: Cacheable,
     E: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
+    F: FnOnce(Option<&T>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
     let deadlines = Deadlines::new(options, on_timeout.is_some());
@@ -230,7 +230,7 @@ pub(super) async fn load_coalesced<T, E, F, Fut>(
 ) -> Result<Fetched<T>, E>
 where
     T: Cacheable,
-    F: FnOnce() -> Fut,
+    F: FnOnce(Option<&T>) -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
     let deadlines = Deadlines::new(options, on_timeout.is_some());
@@ -322,7 +322,7 @@ async fn load_through<T, E, F, Fut>(
 ) -> (Result<Fetched<T>, E>, bool)
 where
     T: Cacheable,
-    F: FnOnce() -> Fut,
+    F: FnOnce(Option<&T>) -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
     let shape = core.shape(local_key.class, options);
@@ -397,13 +397,14 @@ where
     // Before the loader runs, for the tags it may add (see `adapt::plan`).
     let before = core.flights().snapshot();
     let started = Instant::now();
+    // The loader may look at the stale value (to revalidate it); its future may not.
+    let loading = adapt::scoped(loader(stale.as_ref()));
     // What to answer at the hard timeout: with nothing to answer, there is no deadline.
     let exit = match (stale, on_timeout) {
         (Some(value), _) => Some(Exit::Stale(value)),
         (None, Some(fail)) => Some(Exit::Fail(fail)),
         (None, None) => None,
     };
-    let loading = adapt::scoped(loader());
     let ((loaded, adjust), stale) = match exit {
         None => (loading.await, None),
         Some(exit) => match until(deadlines.hard_at(), loading).await {

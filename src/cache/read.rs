@@ -14,7 +14,7 @@ use super::{adapt, eager_refresh, load, Cache};
 use crate::core::telemetry;
 use crate::error::LoadError;
 use crate::key::Key;
-use crate::model::{Cacheable, EntryOptions, Fetched, Origin};
+use crate::model::{Cacheable, EntryOptions, Fetched, Lifetime, Origin};
 
 impl Cache {
     /// Read-through: the cached value of `key`, or the loader's, which is then cached.
@@ -157,13 +157,31 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.read(key, options, |_: Option<&T>| loader(), on_timeout)
+            .await
+    }
+
+    /// The read every other is made of. The loader is shown the stale value kept for it, if
+    /// any (the HTTP layer revalidates it with the origin).
+    async fn read<T, E, F, Fut>(
+        &self,
+        key: Key,
+        options: &EntryOptions,
+        loader: F,
+        on_timeout: load::OnTimeout<E>,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Cacheable,
+        F: FnOnce(Option<&T>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let core = &*self.shared.core;
         let local_key = match core.local_key(key, options) {
             Ok(local_key) => local_key,
             // An undeclared class: not cached (the core has logged why).
             Err(_) => {
                 let started = std::time::Instant::now();
-                let loaded = loader().await;
+                let loaded = loader(None).await;
                 core.stats().loaded(None, started.elapsed());
                 return loaded.map(|value| Fetched {
                     value,
@@ -183,6 +201,37 @@ impl Cache {
         // Boxed so the hit path's future stays small.
         let loading = load::load_coalesced(core, local_key, options, stale, loader, on_timeout);
         Box::pin(loading.instrument(span)).await
+    }
+
+    /// [`fetch`](Cache::fetch) where the loader is shown the stale value, if one is kept (the
+    /// HTTP layer revalidates it with the origin), and a loaded value may set its own TTL
+    /// and grace (`lifetime_of`): the HTTP layer stores a response for as long as its own
+    /// headers say it is fresh, which is only known once it is loaded.
+    pub(crate) async fn fetch_with_lifetime<T, E, F, Fut, L>(
+        &self,
+        key: Key,
+        options: &EntryOptions,
+        loader: F,
+        lifetime_of: L,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Cacheable,
+        E: LoadError,
+        F: FnOnce(Option<&T>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        L: FnOnce(&T) -> Option<Lifetime>,
+    {
+        let loader = move |stale: Option<&T>| {
+            let loading = loader(stale);
+            async move {
+                let loaded = loading.await;
+                if let Some(lifetime) = loaded.as_ref().ok().and_then(lifetime_of) {
+                    adapt::record_lifetime(lifetime);
+                }
+                loaded
+            }
+        };
+        self.read(key, options, loader, E::timeout_carrier()).await
     }
 
     /// [`fetch`](Cache::fetch) with a loader that says how to cache its value: its TTL, more
@@ -335,6 +384,7 @@ impl Cache {
         };
         if detaches {
             let core = &self.shared.core;
+            let loader = move |_: Option<&T>| loader();
             return load::load_detached(core, local_key, options, loader, on_timeout).await;
         }
         self.fetch_with(local_key.key, options, loader, on_timeout)

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::Core;
-use crate::model::{ClassId, EntryOptions};
+use crate::model::{ClassId, EntryOptions, Lifetime};
 
 /// See the module docs; made by [`Core::shape`].
 #[derive(Clone, Copy, Debug)]
@@ -36,6 +36,19 @@ impl Shape {
         let span = u64::try_from(self.jitter.as_micros()).unwrap_or(u64::MAX);
         let cut = random_u64() % span.saturating_add(1);
         self.ttl.saturating_sub(Duration::from_micros(cut))
+    }
+
+    /// The shape of one store whose value set its own lifetime: its TTL exactly (no jitter:
+    /// the value's source already chose it) and its grace, for those it gives.
+    pub(crate) fn with_lifetime(mut self, lifetime: Lifetime) -> Shape {
+        if let Some(ttl) = lifetime.ttl {
+            self.ttl = ttl;
+            self.jitter = Duration::ZERO;
+        }
+        if let Some(grace) = lifetime.grace {
+            self.grace = grace;
+        }
+        self
     }
 
     /// How long the local copy of a value fresh for `fresh_for` stays fresh.

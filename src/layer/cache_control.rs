@@ -1,10 +1,15 @@
-//! The few `Cache-Control` (and `Pragma`, `Vary`) rules the layers need, parsed without
+//! The `Cache-Control` (and `Pragma`, `Vary`) rules the layers need, parsed without
 //! allocating.
 //!
-//! Only the directives that change what a shared cache may do are read: on requests
-//! `no-cache` and `no-store`; on responses `no-store`, `no-cache`, `private`, and a zero
-//! `max-age` / `s-maxage`. Directive names are matched case-insensitively and a directive
-//! with a value (`private="set-cookie"`) counts as the directive.
+//! On requests `no-cache` and `no-store` are read; on responses `no-store`, `no-cache`,
+//! `private`, `must-revalidate`, `proxy-revalidate`, `max-age` and `s-maxage`. Directive
+//! names are matched case-insensitively and a directive with a value (`private="set-cookie"`)
+//! counts as the directive.
+//!
+//! Hand-written rather than `headers::CacheControl` on purpose: that parser matches names
+//! case-sensitively and drops the qualified forms (`Private`, `private="x"`,
+//! `no-cache="set-cookie"` all read as absent, so a shared cache would store them), has no
+//! accessor for `proxy-revalidate`, and fails the whole header on one malformed value.
 
 use http::header::{CACHE_CONTROL, PRAGMA, VARY};
 use http::{HeaderMap, HeaderName};
@@ -40,25 +45,81 @@ pub(crate) fn request_directives(headers: &HeaderMap) -> RequestDirectives {
     out
 }
 
-/// Why a response's own headers forbid storing it in a shared cache, if they do.
-pub(crate) fn response_forbids_storing(headers: &HeaderMap) -> Option<&'static str> {
+/// What a response's `Cache-Control` says to a shared cache. For a directive given twice
+/// the first occurrence counts (RFC 9111 §4.2.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ResponseDirectives {
+    pub(crate) no_store: bool,
+    pub(crate) no_cache: bool,
+    pub(crate) private: bool,
+    /// `must-revalidate`, `proxy-revalidate`, or `s-maxage` (which implies
+    /// `proxy-revalidate` for a shared cache): never served stale.
+    pub(crate) must_revalidate: bool,
+    pub(crate) max_age: Option<Delta>,
+    pub(crate) s_maxage: Option<Delta>,
+}
+
+/// A `delta-seconds` value: a number of seconds, or a value that is not one (the response
+/// is then treated as stale).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Delta {
+    Secs(u64),
+    Invalid,
+}
+
+/// The largest delta-seconds a cache needs to represent (RFC 9111 §1.2.2): larger values,
+/// and overflowing ones, count as this.
+const DELTA_MAX: u64 = 2_147_483_648;
+
+impl Delta {
+    fn parse(value: Option<&str>) -> Delta {
+        let Some(v) = value.map(|v| v.trim().trim_matches('"')) else {
+            return Delta::Invalid;
+        };
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Delta::Invalid;
+        }
+        Delta::Secs(v.parse::<u64>().map_or(DELTA_MAX, |n| n.min(DELTA_MAX)))
+    }
+}
+
+/// Reads a response's directives.
+pub(crate) fn response_directives(headers: &HeaderMap) -> ResponseDirectives {
+    let mut out = ResponseDirectives::default();
     for (n, value) in directives(headers) {
         if n.eq_ignore_ascii_case("no-store") {
-            return Some("cache-control: no-store");
-        }
-        if n.eq_ignore_ascii_case("private") {
-            return Some("cache-control: private");
-        }
-        if n.eq_ignore_ascii_case("no-cache") {
-            return Some("cache-control: no-cache");
-        }
-        if (n.eq_ignore_ascii_case("max-age") || n.eq_ignore_ascii_case("s-maxage"))
-            && value.is_some_and(|v| v.trim_matches('"').trim() == "0")
+            out.no_store = true;
+        } else if n.eq_ignore_ascii_case("no-cache") {
+            out.no_cache = true;
+        } else if n.eq_ignore_ascii_case("private") {
+            out.private = true;
+        } else if n.eq_ignore_ascii_case("must-revalidate")
+            || n.eq_ignore_ascii_case("proxy-revalidate")
         {
-            return Some("cache-control: max-age=0");
+            out.must_revalidate = true;
+        } else if n.eq_ignore_ascii_case("max-age") {
+            out.max_age.get_or_insert(Delta::parse(value));
+        } else if n.eq_ignore_ascii_case("s-maxage") {
+            out.s_maxage.get_or_insert(Delta::parse(value));
+            out.must_revalidate = true;
         }
     }
-    None
+    out
+}
+
+/// Why a response's directives forbid a shared cache to store it, if they do. `no-cache`
+/// would allow storing with revalidation before each use; the layer revalidates expired
+/// entries only, so it does not store such a response.
+pub(crate) fn directives_forbid_storing(d: &ResponseDirectives) -> Option<&'static str> {
+    if d.no_store {
+        Some("no-store")
+    } else if d.private {
+        Some("private")
+    } else if d.no_cache {
+        Some("no-cache")
+    } else {
+        None
+    }
 }
 
 /// Checks a response's `Vary` against the headers the layer keys on: storing is only safe
@@ -131,22 +192,46 @@ mod tests {
         assert!(!d.no_cache);
     }
 
+    fn forbids(value: &'static str) -> bool {
+        directives_forbid_storing(&response_directives(&map(&[("cache-control", value)]))).is_some()
+    }
+
     #[test]
     fn response_rules() {
-        assert!(
-            response_forbids_storing(&map(&[("cache-control", "public, max-age=60")])).is_none()
-        );
+        assert!(!forbids("public, max-age=60"));
         for v in [
             "no-store",
             "private",
             "PRIVATE=\"x\"",
             "no-cache",
-            "s-maxage=0",
-            "max-age=\"0\"",
+            "No-Cache=\"set-cookie\"",
         ] {
-            let h = map(&[("cache-control", v)]);
-            assert!(response_forbids_storing(&h).is_some(), "{v}");
+            assert!(forbids(v), "{v}");
         }
+    }
+
+    #[test]
+    fn response_freshness_directives() {
+        let d = response_directives(&map(&[(
+            "cache-control",
+            "Max-Age=\"60\", max-age=5, S-MAXAGE=10",
+        )]));
+        // The first max-age counts; s-maxage implies proxy-revalidate.
+        assert_eq!(d.max_age, Some(Delta::Secs(60)));
+        assert_eq!(d.s_maxage, Some(Delta::Secs(10)));
+        assert!(d.must_revalidate);
+        let d = response_directives(&map(&[("cache-control", "max-age=1.5, proxy-revalidate")]));
+        assert_eq!(d.max_age, Some(Delta::Invalid));
+        assert!(d.must_revalidate && d.s_maxage.is_none());
+        let d = response_directives(&map(&[(
+            "cache-control",
+            "max-age=99999999999999999999999",
+        )]));
+        assert_eq!(d.max_age, Some(Delta::Secs(DELTA_MAX)));
+        assert_eq!(
+            response_directives(&map(&[("cache-control", "max-age")])).max_age,
+            Some(Delta::Invalid)
+        );
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! The stored form of a response: status, the headers worth replaying, the body, and when it
-//! was stored (for `Age`).
+//! The stored form of a response: status, the headers worth replaying, the body, when it
+//! was stored and how old it already was then (for `Age`), how long it was fresh for, and
+//! whether it may be served stale.
 //!
 //! In memory it is an `Arc`, so a local hit clones a pointer, and the body is a `Bytes`, so
 //! building the response clones a reference count rather than the bytes. In Redis it is the
-//! cache's codec (MessagePack by default) of `{status, headers, body, stored_at_ms}`, the
-//! body and header values as binary strings.
+//! cache's codec (MessagePack by default) of `{status, headers, body, stored_at_ms,
+//! age_ms, fresh_ms, must_revalidate}`, the body and header values as binary strings. The
+//! last three were added later: an entry written without them reads as age 0, no known
+//! lifetime, may be served stale — what the layer did when it wrote them.
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,6 +30,21 @@ struct Stored {
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
     stored_at: SystemTime,
+    meta: Meta,
+}
+
+/// What the layer learnt of a response's freshness when it stored it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Meta {
+    /// How old the response already was when stored (the upstream's `Age`, and more).
+    pub(crate) initial_age: Duration,
+    /// How long it was fresh for from when it was stored, when known.
+    pub(crate) fresh_for: Option<Duration>,
+    /// Never served stale (`must-revalidate`, `proxy-revalidate`, `s-maxage`).
+    pub(crate) must_revalidate: bool,
+    /// Whether `fresh_for` came from the response itself rather than the layer's TTL; only
+    /// needed when storing, so not written.
+    pub(crate) explicit: bool,
 }
 
 /// Headers that describe one connection or one transfer, or that the layer sets itself:
@@ -49,11 +67,20 @@ fn is_replayable(name: &HeaderName) -> bool {
 }
 
 impl CachedResponse {
-    /// Captures a response's status and replayable headers with its whole body.
-    pub(crate) fn new(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Self {
+    /// Captures a response's status and replayable headers with its whole body. Fields the
+    /// response's `Connection` header lists describe this one connection and are left out.
+    pub(crate) fn new(status: StatusCode, headers: &HeaderMap, body: Bytes, meta: Meta) -> Self {
+        let listed = |name: &HeaderName| {
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+        };
         let headers = headers
             .iter()
-            .filter(|(n, _)| is_replayable(n))
+            .filter(|(n, _)| is_replayable(n) && !listed(n))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         CachedResponse(Arc::new(Stored {
@@ -61,7 +88,20 @@ impl CachedResponse {
             headers,
             body,
             stored_at: SystemTime::now(),
+            meta,
         }))
+    }
+
+    pub(crate) fn meta(&self) -> &Meta {
+        &self.0.meta
+    }
+
+    /// The first stored value of a header.
+    pub(crate) fn header(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.0
+            .headers
+            .iter()
+            .find_map(|(n, v)| (n == name).then_some(v))
     }
 
     pub(crate) fn status(&self) -> StatusCode {
@@ -72,19 +112,58 @@ impl CachedResponse {
         &self.0.body
     }
 
+    /// When the response was stored.
+    pub(crate) fn stored_at(&self) -> SystemTime {
+        self.0.stored_at
+    }
+
+    /// Writes the stored headers `keep` accepts into `map`.
+    pub(crate) fn write_headers_where(
+        &self,
+        map: &mut HeaderMap,
+        keep: impl Fn(&HeaderName) -> bool,
+    ) {
+        for (n, v) in self.0.headers.iter().filter(|(n, _)| keep(n)) {
+            map.append(n.clone(), v.clone());
+        }
+    }
+
     /// Writes the stored headers into `map`.
     pub(crate) fn write_headers(&self, map: &mut HeaderMap) {
-        map.reserve(self.0.headers.len() + 2);
+        // Room for what `respond` adds: `age`, `Cache-Status`, `x-cache` (a grow would
+        // reallocate on every hit).
+        map.reserve(self.0.headers.len() + 3);
         for (n, v) in &self.0.headers {
             map.append(n.clone(), v.clone());
         }
     }
 
-    /// Seconds since the response was stored (0 if the clock went backwards).
-    pub(crate) fn age(&self) -> u64 {
+    /// How long ago the response was stored (0 if the clock went backwards).
+    fn resident(&self) -> Duration {
         SystemTime::now()
             .duration_since(self.0.stored_at)
-            .map_or(0, |d| d.as_secs())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// The response's age in seconds (RFC 9111 §4.2.3): how old it was when stored plus
+    /// how long it has been stored.
+    pub(crate) fn age(&self) -> u64 {
+        (self.0.meta.initial_age + self.resident()).as_secs()
+    }
+
+    /// Seconds of freshness left, when its lifetime is known: rounded away from zero, so
+    /// that it is positive while the response is fresh and negative once it is stale.
+    pub(crate) fn ttl(&self) -> Option<i64> {
+        let fresh_for = self.0.meta.fresh_for?;
+        let resident = self.resident();
+        let ceil_secs = |d: Duration| {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            i64::try_from(secs).unwrap_or(i64::MAX)
+        };
+        Some(match fresh_for.checked_sub(resident) {
+            Some(left) => ceil_secs(left),
+            None => -ceil_secs(resident - fresh_for),
+        })
     }
 }
 
@@ -148,11 +227,15 @@ impl Serialize for CachedResponse {
             .stored_at
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let mut st = s.serialize_struct("CachedResponse", 4)?;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut st = s.serialize_struct("CachedResponse", 7)?;
         st.serialize_field("status", &stored.status.as_u16())?;
         st.serialize_field("headers", &HeadersSer(&stored.headers))?;
         st.serialize_field("body", &Bin(&stored.body))?;
         st.serialize_field("stored_at_ms", &at_ms)?;
+        st.serialize_field("age_ms", &ms(stored.meta.initial_age))?;
+        st.serialize_field("fresh_ms", &stored.meta.fresh_for.map(ms))?;
+        st.serialize_field("must_revalidate", &stored.meta.must_revalidate)?;
         st.end()
     }
 }
@@ -165,6 +248,13 @@ impl<'de> Deserialize<'de> for CachedResponse {
             headers: Vec<(String, BinBuf)>,
             body: BinBuf,
             stored_at_ms: u64,
+            // Absent from entries written before they existed.
+            #[serde(default)]
+            age_ms: u64,
+            #[serde(default)]
+            fresh_ms: Option<u64>,
+            #[serde(default)]
+            must_revalidate: bool,
         }
         let wire = Wire::deserialize(d)?;
         let status = StatusCode::from_u16(wire.status).map_err(de::Error::custom)?;
@@ -182,6 +272,12 @@ impl<'de> Deserialize<'de> for CachedResponse {
             headers,
             body: Bytes::from(wire.body.0),
             stored_at: UNIX_EPOCH + Duration::from_millis(wire.stored_at_ms),
+            meta: Meta {
+                initial_age: Duration::from_millis(wire.age_ms),
+                fresh_for: wire.fresh_ms.map(Duration::from_millis),
+                must_revalidate: wire.must_revalidate,
+                explicit: false,
+            },
         })))
     }
 }
@@ -203,7 +299,20 @@ mod tests {
             "x-bin",
             HeaderValue::from_bytes(b"caf\xe9").expect("obs-text"),
         );
-        CachedResponse::new(StatusCode::CREATED, &h, Bytes::from_static(b"{\"a\":1}"))
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        let meta = Meta {
+            initial_age: Duration::from_secs(30),
+            fresh_for: Some(Duration::from_secs(60)),
+            must_revalidate: true,
+            explicit: false,
+        };
+        CachedResponse::new(
+            StatusCode::CREATED,
+            &h,
+            Bytes::from_static(b"{\"a\":1}"),
+            meta,
+        )
     }
 
     #[test]
@@ -214,6 +323,8 @@ mod tests {
         assert!(out.contains_key(header::CONTENT_TYPE));
         assert!(!out.contains_key(header::CONTENT_LENGTH));
         assert!(!out.contains_key(header::CONNECTION));
+        assert!(!out.contains_key("x-hop"), "listed in Connection");
+        assert!(out.contains_key("x-bin"));
     }
 
     #[test]
@@ -225,6 +336,8 @@ mod tests {
             assert_eq!(back.status(), r.status());
             assert_eq!(back.body(), r.body());
             assert_eq!(back.0.headers, r.0.headers);
+            assert_eq!(back.0.meta, r.0.meta);
+            assert!(back.age() >= 30);
             // Millisecond precision on the wire.
             assert!(r.age() == back.age());
         }
@@ -233,9 +346,34 @@ mod tests {
             StatusCode::OK,
             &HeaderMap::new(),
             Bytes::from(vec![0xAB; 1000]),
+            Meta::default(),
         );
         let packed = MessagePack.to_vec(&big).expect("encode");
         assert!(packed.len() < 1100, "{} bytes", packed.len());
+    }
+
+    #[test]
+    fn entries_written_before_the_freshness_fields_still_decode() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            status: u16,
+            headers: Vec<(&'a str, Bin<'a>)>,
+            body: Bin<'a>,
+            stored_at_ms: u64,
+        }
+        let old = Old {
+            status: 200,
+            headers: vec![("etag", Bin(b"\"v1\""))],
+            body: Bin(b"old"),
+            stored_at_ms: 1,
+        };
+        for codec in [&MessagePack as &dyn Codec, &Json] {
+            let bytes = codec.to_vec(&old).expect("encode");
+            let back: CachedResponse = codec.from_slice(&bytes).expect("an old entry decodes");
+            assert_eq!(back.body(), &Bytes::from_static(b"old"));
+            assert_eq!(*back.meta(), Meta::default());
+            assert_eq!(back.ttl(), None);
+        }
     }
 
     #[test]

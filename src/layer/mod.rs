@@ -1,8 +1,9 @@
 //! Tower layers for axum: response caching and invalidation on mutating routes.
 //!
 //! - [`CacheLayer`] answers `GET`/`HEAD` requests from the [`Cache`](crate::Cache) and
-//!   stores what the handler says when HTTP allows it; every response says how it was
-//!   answered in `x-cache: hit | miss | stale | bypass`.
+//!   stores what the handler says when HTTP allows it, for as long as the response says
+//!   it is fresh; every response says how it was answered in `Cache-Status` (RFC 9211) and
+//!   `x-cache: hit | miss | stale | revalidated | bypass`.
 //! - [`InvalidateLayer`] removes entries after a successful `POST`/`PUT`/`PATCH`/`DELETE`:
 //!   the HTTP twin of `#[invalidate]`.
 //!
@@ -42,13 +43,17 @@
 //! ```
 //!
 //! When a route has a [`CacheLayer`] of its own (`route_layer`) inside a router-wide one, the
-//! inner, more specific layer owns the route's entries: the outer layer sees its `x-cache`
-//! header and neither stores the response again nor changes the header.
+//! inner, more specific layer owns the route's entries: the outer layer sees that the inner
+//! one answered and neither stores the response again nor changes its `x-cache` and
+//! `Cache-Status`.
 
 mod body;
 mod cache_control;
 pub mod cache_layer;
+mod cache_status;
 mod cached_response;
+mod conditional;
+mod freshness;
 mod inner_service;
 pub mod invalidate_layer;
 mod request_info;
@@ -56,7 +61,7 @@ mod request_key;
 mod x_cache;
 
 pub use body::ResponseBody;
-pub use cache_layer::{CacheLayer, CacheService, DEFAULT_MAX_BODY_SIZE};
+pub use cache_layer::{CacheLayer, CacheService, DEFAULT_MAX_BODY_SIZE, HEURISTIC_STATUSES};
 pub use invalidate_layer::{InvalidateLayer, InvalidateService};
 pub use request_info::RequestInfo;
 pub use x_cache::X_CACHE;

@@ -14,6 +14,7 @@ pub(super) enum XCache {
     Hit,
     Miss,
     Stale,
+    Revalidated,
     Bypass,
 }
 
@@ -23,6 +24,7 @@ impl XCache {
             XCache::Hit => "hit",
             XCache::Miss => "miss",
             XCache::Stale => "stale",
+            XCache::Revalidated => "revalidated",
             XCache::Bypass => "bypass",
         })
     }

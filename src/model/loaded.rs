@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::options::Lifetime;
 use crate::key::Key;
 
 /// A loaded value with how to cache it, decided by the loader — for values whose freshness
@@ -82,6 +83,8 @@ pub(crate) struct Adjust {
     pub(crate) ttl: Option<Duration>,
     pub(crate) tags: Vec<Key>,
     pub(crate) no_store: bool,
+    /// A lifetime the value's own metadata gives it: an exact TTL and a grace.
+    pub(crate) lifetime: Option<Lifetime>,
 }
 
 impl Adjust {
@@ -92,5 +95,8 @@ impl Adjust {
         }
         self.tags.extend(other.tags);
         self.no_store |= other.no_store;
+        if other.lifetime.is_some() {
+            self.lifetime = other.lifetime;
+        }
     }
 }

@@ -19,6 +19,7 @@ pub use self::fetched::{Cacheable, Fetched, Origin};
 pub use self::invalidation::{Invalidation, InvalidationReport, InvalidationRule, RedisOutcome};
 pub(crate) use self::loaded::Adjust;
 pub use self::loaded::Loaded;
+pub(crate) use self::options::Lifetime;
 pub use self::options::{EntryOptions, TtlJitter};
 pub use self::policy::{FlushScope, OutagePolicy, Tier};
 pub(crate) use self::status::unix_ms;

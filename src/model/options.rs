@@ -8,6 +8,15 @@ use std::time::Duration;
 
 use crate::key::Key;
 
+/// How long one loaded value is fresh, and kept past that, when the value itself says so
+/// (an HTTP response's own `max-age`, `must-revalidate`…): a `ttl` overrides the options'
+/// TTL (without jitter), a `grace` their grace, for that one store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Lifetime {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) grace: Option<Duration>,
+}
+
 /// Options of one cached call: TTL (with its jitter and the local copy's limit), class,
 /// tags, fail-safe grace, distributed stampede lock, eager refresh, and which stores the
 /// call uses.

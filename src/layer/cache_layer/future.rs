@@ -10,10 +10,10 @@ use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
 
-use super::rules::with_x_cache;
+use super::rules::{stamp_response, Stamp};
 use crate::layer::body::ResponseBody;
-use crate::layer::inner_service::Drive;
-use crate::layer::x_cache::XCache;
+use crate::layer::cache_status::Outcome;
+use crate::layer::inner_service::{BoxFuture, Drive};
 
 pin_project! {
     /// The response future of [`CacheService`](super::CacheService).
@@ -23,19 +23,34 @@ pin_project! {
     {
         #[pin]
         pub(super) kind: Drive<F, Result<Response<ResponseBody<B>>, E>>,
+        // How a bypassed response is marked.
+        pub(super) mark: (Stamp, Outcome),
     }
 }
 
 impl<F, B: Body, E> ResponseFuture<F, B, E> {
-    pub(super) fn bypass(fut: F) -> Self {
+    pub(super) fn bypass(fut: F, stamp: Stamp, outcome: Outcome) -> Self {
         ResponseFuture {
             kind: Drive::Inner { fut },
+            mark: (stamp, outcome),
         }
     }
 
-    pub(super) fn ready(res: Response<ResponseBody<B>>) -> Self {
+    pub(super) fn ready(res: Response<ResponseBody<B>>, stamp: Stamp) -> Self {
         ResponseFuture {
             kind: Drive::Ready { out: Some(Ok(res)) },
+            mark: (stamp, Outcome::Hit),
+        }
+    }
+
+    pub(super) fn boxed(
+        fut: BoxFuture<Result<Response<ResponseBody<B>>, E>>,
+        stamp: Stamp,
+    ) -> Self {
+        ResponseFuture {
+            kind: Drive::Boxed { fut },
+            // Unused: the boxed path marks its own answers.
+            mark: (stamp, Outcome::Hit),
         }
     }
 }
@@ -48,8 +63,10 @@ where
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().kind.poll_map(cx, |out| {
-            out.map(|res| with_x_cache(res.map(ResponseBody::inner), XCache::Bypass))
+        let this = self.project();
+        let (stamp, outcome) = *this.mark;
+        this.kind.poll_map(cx, |out| {
+            out.map(|res| stamp_response(res.map(ResponseBody::inner), stamp, outcome))
         })
     }
 }

@@ -18,6 +18,22 @@ pub(super) type PrincipalFn = Arc<dyn Fn(&RequestInfo<'_>) -> Option<String> + S
 /// The default largest body stored: 1 MiB. Larger bodies stream through uncached.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
 
+/// The statuses stored by default: those RFC 9110 §15.1 calls heuristically cacheable,
+/// less `206 Partial Content` (the layer does not store ranges).
+pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
+    StatusCode::OK,
+    StatusCode::NON_AUTHORITATIVE_INFORMATION,
+    StatusCode::NO_CONTENT,
+    StatusCode::MULTIPLE_CHOICES,
+    StatusCode::MOVED_PERMANENTLY,
+    StatusCode::PERMANENT_REDIRECT,
+    StatusCode::NOT_FOUND,
+    StatusCode::METHOD_NOT_ALLOWED,
+    StatusCode::GONE,
+    StatusCode::URI_TOO_LONG,
+    StatusCode::NOT_IMPLEMENTED,
+];
+
 /// Caches responses to `GET` and `HEAD` requests in a [`Cache`].
 ///
 /// A request is answered from the cache when it can be, otherwise by the inner service,
@@ -69,19 +85,58 @@ pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
 ///
 /// # HTTP rules
 ///
+/// The layer behaves as a shared cache (RFC 9111) on these points:
+///
 /// - Request `Cache-Control: no-store`: bypass. `no-cache` (or `Pragma: no-cache`): the
-///   handler answers and a storable response replaces the entry.
+///   handler answers and a storable response replaces the entry. A `Range` request
+///   bypasses the cache (the handler answers it; the layer never cuts ranges).
 /// - A response is stored only when its status is one of
-///   [`statuses`](CacheLayer::statuses) (default `200`), it has no `Set-Cookie`, no
-///   `Cache-Control: no-store`, `private`, `no-cache` or zero `max-age`/`s-maxage`, every
-///   header of its `Vary` is declared, and its body is at most
+///   [`statuses`](CacheLayer::statuses) (default [`HEURISTIC_STATUSES`]), it has no
+///   `Set-Cookie`, no `Cache-Control: no-store`, `private` or `no-cache` (the layer only
+///   revalidates expired entries, so it does not store what must be revalidated before
+///   each use), every
+///   header of its `Vary` is declared, it is not stale on arrival, and its body is at most
 ///   [`max_body_size`](CacheLayer::max_body_size) (default [`DEFAULT_MAX_BODY_SIZE`]);
-///   a larger body streams through as it is read.
-/// - Every response gets `x-cache: hit | miss | stale | bypass`; responses from the cache
-///   get `age` (seconds since stored, across processes: the time travels with the entry).
+///   a larger body streams through as it is read. Fields named in its `Connection`
+///   header are not stored.
+/// - Freshness comes from the response: `s-maxage`, else `max-age`, else `Expires` less
+///   `Date` (an invalid or past `Expires`, such as `Expires: 0`, is stale: not stored),
+///   less the age it already had on arrival (its `Age`, or `Date` when older). The entry
+///   lives that long in the cache, within [`min_ttl`](CacheLayer::min_ttl) and
+///   [`max_ttl`](CacheLayer::max_ttl) when set. A response that says nothing is fresh for
+///   the layer's [`ttl`](CacheLayer::ttl) (the class's when unset).
+/// - A `GET` or `HEAD` answered from a stored response (a hit, or the response a miss just
+///   stored) honours `If-None-Match` (weak comparison, `*` included) and, when there is
+///   none, `If-Modified-Since` (against the stored `Last-Modified`, else its `Date`, else
+///   the time stored): `304 Not Modified` with `ETag`, `Cache-Control`, `Expires`, `Vary`,
+///   `Date`, `Content-Location` (`Last-Modified` when there is no `ETag`) and no body. The
+///   preconditions still reach the handler on a miss: a handler that answers 304 itself is
+///   passed on, unstored.
+/// - Every response gets `Cache-Status` (RFC 9211), after any member an upstream cache
+///   wrote: `stormcache; hit; ttl=12`, `stormcache; fwd=miss; stored; ttl=60`,
+///   `stormcache; fwd=miss; detail=no-store` (not stored, and why: `no-store`, `private`,
+///   `no-cache`, `status`, `set-cookie`, `vary`, `size`, `stale`, `head`…),
+///   `stormcache; fwd=miss; collapsed` (joined another request's load),
+///   `stormcache; fwd=request; stored` (request `no-cache`),
+///   `stormcache; fwd=stale; fwd-status=503; ttl=-4`,
+///   `stormcache; fwd=stale; fwd-status=304; stored; ttl=60` (revalidated),
+///   `stormcache; fwd=method`,
+///   `stormcache; fwd=bypass; detail=credentials` (also `no-store`, `range`, `key`,
+///   `host`, `tag`). `ttl` is the freshness left in seconds, when known. It also gets
+///   `x-cache: hit | miss | stale | revalidated | bypass` unless [`x_cache`](CacheLayer::x_cache) turns
+///   it off. Responses from the cache get `age`: the age the response had when stored
+///   (the upstream's `Age`) plus the time since, across processes (the time travels with
+///   the entry).
 /// - With [`stale_for`](CacheLayer::stale_for), an expired entry inside its grace answers
 ///   when the handler fails (a 5xx status or an error of the inner service) — `x-cache:
-///   stale`. A non-5xx answer that is not storable is passed on instead.
+///   stale`. A non-5xx answer that is not storable is passed on instead. A response with
+///   `must-revalidate`, `proxy-revalidate` or `s-maxage` is never served stale.
+/// - With [`stale_for`](CacheLayer::stale_for) too, an expired entry with an `ETag` or a
+///   `Last-Modified` is revalidated: the handler gets the request with `If-None-Match` /
+///   `If-Modified-Since` from them (unless the client sent preconditions of its own), and
+///   its `304 Not Modified` freshens the entry — the stored body, the 304's header fields
+///   — which answers with `x-cache: revalidated`. Entries that must be revalidated are kept
+///   no longer than they are fresh, so they are loaded again instead.
 ///
 /// # Placement
 ///
@@ -110,6 +165,9 @@ pub(super) struct Config {
     pub(super) credential_headers: Vec<HeaderName>,
     pub(super) key_host: bool,
     pub(super) tag_path: bool,
+    pub(super) min_ttl: Option<Duration>,
+    pub(super) max_ttl: Option<Duration>,
+    pub(super) x_cache: bool,
 }
 
 impl Config {
@@ -121,6 +179,12 @@ impl Config {
     pub(super) fn has_dynamic_tags(&self) -> bool {
         self.tag_path || !self.tag_templates.is_empty() || self.tags_fn.is_some()
     }
+
+    /// A response's own freshness within the floor and ceiling set on the layer.
+    pub(super) fn clamp_ttl(&self, ttl: Duration) -> Duration {
+        let ttl = self.min_ttl.map_or(ttl, |floor| ttl.max(floor));
+        self.max_ttl.map_or(ttl, |ceiling| ttl.min(ceiling))
+    }
 }
 
 impl CacheLayer {
@@ -131,7 +195,7 @@ impl CacheLayer {
             cache,
             config: Arc::new(Config {
                 options: EntryOptions::new(),
-                statuses: vec![StatusCode::OK],
+                statuses: HEURISTIC_STATUSES.to_vec(),
                 max_body: DEFAULT_MAX_BODY_SIZE,
                 vary: Vec::new(),
                 key_fn: None,
@@ -142,6 +206,9 @@ impl CacheLayer {
                 credential_headers: Vec::new(),
                 key_host: true,
                 tag_path: true,
+                min_ttl: None,
+                max_ttl: None,
+                x_cache: true,
             }),
         }
     }
@@ -224,6 +291,28 @@ impl CacheLayer {
         self
     }
 
+    /// The floor of a response's own freshness (`s-maxage`, `max-age`, `Expires`): a
+    /// response fresh for less is stored for `ttl` (default: none). A response stale on
+    /// arrival (`max-age=0`, an `Expires` in the past) is still not stored.
+    pub fn min_ttl(mut self, ttl: Duration) -> Self {
+        self.config().min_ttl = Some(ttl);
+        self
+    }
+
+    /// The ceiling of a response's own freshness: a response fresh for longer is stored for
+    /// `ttl` (default: none, the response's word).
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.config().max_ttl = Some(ttl);
+        self
+    }
+
+    /// Whether responses say how they were answered in `x-cache` too (default `true`), beside
+    /// `Cache-Status`, which they always carry.
+    pub fn x_cache(mut self, enabled: bool) -> Self {
+        self.config().x_cache = enabled;
+        self
+    }
+
     /// Fail-safe grace: an expired response is kept this long and served (`x-cache: stale`)
     /// when the handler fails.
     pub fn stale_for(mut self, grace: Duration) -> Self {
@@ -242,7 +331,8 @@ impl CacheLayer {
         self
     }
 
-    /// The statuses whose responses are stored (default: `200` only).
+    /// The statuses whose responses are stored (default [`HEURISTIC_STATUSES`]: `200`,
+    /// `203`, `204`, `300`, `301`, `308`, `404`, `405`, `410`, `414`, `501`).
     pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.config().statuses = statuses.into_iter().collect();
         self
@@ -387,7 +477,10 @@ impl Config {
             .field("shared_with_credentials", &self.shared_with_credentials)
             .field("credential_headers", &self.credential_headers)
             .field("key_host", &self.key_host)
-            .field("tag_path", &self.tag_path);
+            .field("tag_path", &self.tag_path)
+            .field("min_ttl", &self.min_ttl)
+            .field("max_ttl", &self.max_ttl)
+            .field("x_cache", &self.x_cache);
         d.finish()
     }
 }

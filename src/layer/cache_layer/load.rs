@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
@@ -14,10 +15,15 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 
 use super::layer::Config;
-use super::rules::{mark_nested, not_storable, respond, with_x_cache};
+use super::revalidate::{add_validators, freshen, has_validators};
+use super::rules::{
+    lifetime_of, mark_nested, respond, stamp_response, store_plan, unstamped, Stamp,
+};
 use crate::layer::body::ResponseBody;
+use crate::layer::cache_status::{Outcome, Stored};
 use crate::layer::cached_response::CachedResponse;
-use crate::layer::x_cache::XCache;
+use crate::layer::conditional::Conditions;
+use crate::model::Lifetime;
 use crate::{Cache, EntryOptions, Fetched, Key, Origin};
 
 /// Everything the cached path needs once the request has left `call`.
@@ -28,10 +34,13 @@ pub(super) struct Run {
     pub(super) options: Option<EntryOptions>,
     pub(super) head: bool,
     pub(super) refresh: bool,
+    pub(super) stamp: Stamp,
+    pub(super) conditions: Option<Conditions>,
 }
 
-/// The result of the inner service, when it is not stored.
-type Passed<B, E> = Result<Response<ResponseBody<B>>, E>;
+/// The result of the inner service, when it is not stored: the response with why it was
+/// not, or the inner service's error.
+type Passed<B, E> = Result<(Response<ResponseBody<B>>, &'static str), E>;
 
 impl Run {
     /// The cached path. Kept small on a hit (its future is boxed per request): the refresh
@@ -58,70 +67,126 @@ impl Run {
             options,
             head,
             refresh,
+            stamp,
+            conditions,
         } = self;
         let options = options.as_ref().unwrap_or(&config.options);
+        let conditions = conditions.as_ref();
+        let answer =
+            |value: &CachedResponse, outcome| respond(value, head, stamp, outcome, conditions);
 
         if refresh {
-            return Box::pin(refresh_entry(
-                &cache, &config, key, options, head, inner, req,
-            ))
-            .await;
+            let refreshed = refresh_entry(&cache, &config, key, options, head, inner, req);
+            return Ok(match Box::pin(refreshed).await? {
+                Ok(stored) => answer(&stored, Outcome::Refresh(Stored::Yes)),
+                Err((passed, why)) => {
+                    stamp_response(passed, stamp, Outcome::Refresh(Stored::No(why)))
+                }
+            });
         }
 
         let mut passed: Option<Passed<ResBody, S::Error>> = None;
         let mut ran = false;
-        let (passed_slot, ran_flag, config_ref) = (&mut passed, &mut ran, &*config);
+        let mut revalidated = false;
+        // A stale entry is revalidated with its validators, unless the client sent
+        // preconditions of its own: those reach the handler as they are.
+        let may_revalidate = !head && conditions.is_none();
+        let (passed_slot, ran_flag, revalidated_flag, config_ref) =
+            (&mut passed, &mut ran, &mut revalidated, &*config);
         let fetched = cache
-            .fetch(key, options, move || -> LoadFuture<'_> {
-                Box::pin(async move {
-                    *ran_flag = true;
-                    let res = match inner.call(mark_nested(req)).await {
-                        Ok(res) => res,
-                        Err(e) => {
-                            *passed_slot = Some(Err(e));
+            .fetch_with_lifetime(
+                key,
+                options,
+                move |stale: Option<&CachedResponse>| -> LoadFuture<'_> {
+                    let stale = stale
+                        .filter(|s| may_revalidate && has_validators(s))
+                        .cloned();
+                    Box::pin(async move {
+                        *ran_flag = true;
+                        let mut req = mark_nested(req);
+                        if let Some(stale) = &stale {
+                            add_validators(stale, req.headers_mut());
+                        }
+                        let requested = SystemTime::now();
+                        let res = match inner.call(req).await {
+                            Ok(res) => res,
+                            Err(e) => {
+                                *passed_slot = Some(Err(e));
+                                return Err(());
+                            }
+                        };
+                        if let Some(stale) =
+                            stale.filter(|_| res.status() == StatusCode::NOT_MODIFIED)
+                        {
+                            return match freshen(&stale, res.headers(), config_ref, requested) {
+                                Ok(fresh) => {
+                                    *revalidated_flag = true;
+                                    Ok(fresh)
+                                }
+                                Err((merged, why)) => {
+                                    *passed_slot = Some(Ok((unstamped(&merged, false), why)));
+                                    Err(())
+                                }
+                            };
+                        }
+                        if head {
+                            // A HEAD response has no body to store; GET will fill the entry.
+                            *passed_slot = Some(Ok((res.map(ResponseBody::inner), "head")));
                             return Err(());
                         }
-                    };
-                    if head {
-                        // A HEAD response has no body to store; GET will fill the entry.
-                        *passed_slot = Some(Ok(res.map(ResponseBody::inner)));
-                        return Err(());
-                    }
-                    match capture(res, config_ref).await {
-                        Ok(stored) => Ok(stored),
-                        Err(res) => {
-                            *passed_slot = Some(Ok(res));
-                            Err(())
+                        match capture(res, config_ref, requested).await {
+                            Ok(stored) => Ok(stored),
+                            Err(passed) => {
+                                *passed_slot = Some(Ok(passed));
+                                Err(())
+                            }
                         }
-                    }
-                })
-            })
+                    })
+                },
+                lifetime_of,
+            )
             .await;
 
+        let passed_on = |res, why| stamp_response(res, stamp, Outcome::Miss(Stored::No(why)));
         match fetched {
             Ok(Fetched { value, origin }) => Ok(match origin {
-                // Our loader ran and the response was stored.
-                Origin::Loader if ran => respond(&value, head, XCache::Miss),
+                // Our loader ran: the handler's 304 freshened the stale entry...
+                Origin::Loader if revalidated => answer(&value, Outcome::Revalidated),
+                // ...or its response was stored.
+                Origin::Loader if ran => answer(&value, Outcome::Miss(Stored::Yes)),
+                // Another request's load of the same key, joined.
+                Origin::Loader => answer(&value, Outcome::Collapsed),
                 Origin::Stale => match passed {
                     // The handler answered with something not storable but not a failure:
                     // that answer wins over the stale entry.
-                    Some(Ok(res)) if !res.status().is_server_error() => {
-                        with_x_cache(res, XCache::Miss)
+                    Some(Ok((res, why))) if !res.status().is_server_error() => passed_on(res, why),
+                    // `must-revalidate` and its kin: never served stale, not even when the
+                    // handler fails (the cache stores such entries without grace, but one
+                    // may still be read from an older write).
+                    Some(Ok((res, _))) if value.meta().must_revalidate => {
+                        passed_on(res, "must-revalidate")
                     }
-                    _ => respond(&value, head, XCache::Stale),
+                    Some(Err(e)) if value.meta().must_revalidate => return Err(e),
+                    Some(Ok((res, _))) => answer(
+                        &value,
+                        Outcome::Stale {
+                            status: Some(res.status()),
+                        },
+                    ),
+                    _ => answer(&value, Outcome::Stale { status: None }),
                 },
-                // The local store, Redis, or another request's load of the same key.
-                _ => respond(&value, head, XCache::Hit),
+                // The local store or Redis.
+                _ => answer(&value, Outcome::Hit),
             }),
             Err(()) => match passed {
-                Some(Ok(res)) => Ok(with_x_cache(res, XCache::Miss)),
+                Some(Ok((res, why))) => Ok(passed_on(res, why)),
                 Some(Err(e)) => Err(e),
                 None => {
                     // Unreachable: the loader fills the slot before every `Err`.
                     tracing::error!("cache layer lost the inner response; answering 502");
                     let mut res = Response::new(ResponseBody::empty());
                     *res.status_mut() = StatusCode::BAD_GATEWAY;
-                    Ok(with_x_cache(res, XCache::Miss))
+                    Ok(passed_on(res, "lost"))
                 }
             },
         }
@@ -132,7 +197,8 @@ impl Run {
 type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<CachedResponse, ()>> + Send + 'a>>;
 
 /// `Cache-Control: no-cache`: the handler answers, and what it says replaces the entry when
-/// it may be stored.
+/// it may be stored. `Ok(Ok(_))`: the stored response; `Ok(Err(_))`: the response passed on,
+/// with why it was not stored.
 async fn refresh_entry<S, ReqBody, ResBody>(
     cache: &Cache,
     config: &Config,
@@ -141,33 +207,57 @@ async fn refresh_entry<S, ReqBody, ResBody>(
     head: bool,
     mut inner: S,
     req: Request<ReqBody>,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> Result<Result<CachedResponse, (Response<ResponseBody<ResBody>>, &'static str)>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body,
 {
+    let requested = SystemTime::now();
     let res = inner.call(mark_nested(req)).await?;
-    Ok(match capture(res, config).await {
-        Ok(stored) => {
-            if !head {
-                cache.set(key, stored.clone(), options).await;
-            }
-            respond(&stored, head, XCache::Miss)
-        }
-        Err(passed) => with_x_cache(passed, XCache::Miss),
-    })
+    if head {
+        // A HEAD response has no body to store.
+        return Ok(Err((res.map(ResponseBody::inner), "head")));
+    }
+    let stored = match capture(res, config, requested).await {
+        Ok(stored) => stored,
+        Err(passed) => return Ok(Err(passed)),
+    };
+    let options = match lifetime_of(&stored) {
+        None => options.clone(),
+        Some(lifetime) => with_lifetime(options, lifetime),
+    };
+    cache.set(key, stored.clone(), &options).await;
+    Ok(Ok(stored))
+}
+
+/// The options of a `set` for a response with a lifetime of its own: the TTL it gives,
+/// without jitter, and no grace if it must be revalidated.
+fn with_lifetime(options: &EntryOptions, lifetime: Lifetime) -> EntryOptions {
+    let mut options = options.clone();
+    if let Some(ttl) = lifetime.ttl {
+        options = options.ttl(ttl).ttl_jitter(Duration::ZERO);
+    }
+    if let Some(grace) = lifetime.grace {
+        options = options.stale_for(grace);
+    }
+    options
 }
 
 /// Reads a response whose headers allow storing it, up to the size limit. `Ok`: the whole
-/// response, to store. `Err`: the response to pass on (with what was read of its body).
+/// response, to store. `Err`: the response to pass on (with what was read of its body) and
+/// why it is not stored.
 async fn capture<B: Body>(
     res: Response<B>,
     config: &Config,
-) -> Result<CachedResponse, Response<ResponseBody<B>>> {
-    if let Some(reason) = not_storable(&res, config) {
-        tracing::debug!(status = %res.status(), %reason, "response not stored");
-        return Err(res.map(ResponseBody::inner));
-    }
+    requested: SystemTime,
+) -> Result<CachedResponse, (Response<ResponseBody<B>>, &'static str)> {
+    let meta = match store_plan(&res, config, requested) {
+        Ok(meta) => meta,
+        Err(reason) => {
+            tracing::debug!(status = %res.status(), %reason, "response not stored");
+            return Err((res.map(ResponseBody::inner), reason));
+        }
+    };
     let (parts, body) = res.into_parts();
     let mut body = Box::pin(body);
     let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
@@ -191,23 +281,23 @@ async fn capture<B: Body>(
                     );
                     let res =
                         Response::from_parts(parts, ResponseBody::replay(frames, Ok(Some(body))));
-                    return Err(res);
+                    return Err((res, "size"));
                 }
             }
             Some(Err(error)) => {
                 tracing::debug!("response body failed while being read; not stored");
-                return Err(Response::from_parts(
-                    parts,
-                    ResponseBody::replay(frames, Err(error)),
+                return Err((
+                    Response::from_parts(parts, ResponseBody::replay(frames, Err(error))),
+                    "body-error",
                 ));
             }
         }
     }
     if trailers {
         tracing::debug!("response has trailers; not stored");
-        return Err(Response::from_parts(
-            parts,
-            ResponseBody::replay(frames, Ok(None)),
+        return Err((
+            Response::from_parts(parts, ResponseBody::replay(frames, Ok(None))),
+            "trailers",
         ));
     }
     let body = match frames.len() {
@@ -226,5 +316,10 @@ async fn capture<B: Body>(
             all.freeze()
         }
     };
-    Ok(CachedResponse::new(parts.status, &parts.headers, body))
+    Ok(CachedResponse::new(
+        parts.status,
+        &parts.headers,
+        body,
+        meta,
+    ))
 }

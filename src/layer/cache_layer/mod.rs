@@ -39,9 +39,10 @@
 mod future;
 mod layer;
 mod load;
+mod revalidate;
 mod rules;
 mod service;
 
 pub use future::ResponseFuture;
-pub use layer::{CacheLayer, DEFAULT_MAX_BODY_SIZE};
+pub use layer::{CacheLayer, DEFAULT_MAX_BODY_SIZE, HEURISTIC_STATUSES};
 pub use service::CacheService;

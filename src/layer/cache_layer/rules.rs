@@ -1,18 +1,26 @@
 //! The HTTP rules of the cache layer: which requests may share an entry and under which key
 //! (credentials, `Vary`, principal, nested layers), which responses may be stored, and how
-//! an answer from the cache is written (`age`, `HEAD`, `x-cache`).
+//! an answer is written (`age`, `HEAD`, `304`, `x-cache`, `Cache-Status`).
+
+use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderValue, AGE, CONTENT_LENGTH, SET_COOKIE};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 
 use super::layer::Config;
 use crate::layer::body::ResponseBody;
-use crate::layer::cache_control::{response_forbids_storing, vary_is_covered};
-use crate::layer::cached_response::CachedResponse;
+use crate::layer::cache_control::{
+    directives_forbid_storing, response_directives, vary_is_covered, ResponseDirectives,
+};
+use crate::layer::cache_status::{age_value, Outcome, CACHE_STATUS};
+use crate::layer::cached_response::{CachedResponse, Meta};
+use crate::layer::conditional::{not_modified_headers, Conditions};
+use crate::layer::freshness::Freshness;
 use crate::layer::request_info::{original_uri, RequestInfo};
 use crate::layer::request_key::{custom_base, default_base, finish, has_credentials, with_host};
 use crate::layer::x_cache::{XCache, X_CACHE_HEADER};
+use crate::model::Lifetime;
 use crate::Key;
 
 /// Marks a request that a `CacheLayer` passes on to its inner service without answering it
@@ -26,56 +34,84 @@ pub(super) fn mark_nested<B>(mut req: Request<B>) -> Request<B> {
     req
 }
 
-/// The key of a request, or `None` to bypass the cache.
+/// Whether an outer `CacheLayer` passed the request on (see [`Nested`]).
+pub(super) fn is_nested(extensions: &http::Extensions) -> bool {
+    extensions.get::<Nested>().is_some()
+}
+
+/// Marks a response answered by a `CacheLayer` under another one: the outer layer neither
+/// stores it again nor changes how it says it was answered. An extension rather than the
+/// `x-cache` header, which can be turned off, and which an upstream may send too.
+#[derive(Clone, Copy, Debug)]
+struct AnsweredInside;
+
+/// How the answers to one request are marked: whether it came through an outer
+/// `CacheLayer`, and whether `x-cache` is written.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stamp {
+    pub(super) nested: bool,
+    pub(super) x_cache: bool,
+}
+
+/// The key of a request, or why it bypasses the cache (a `detail` token of
+/// `Cache-Status`).
 pub(super) fn plan_key(
     config: &Config,
     parts: &http::request::Parts,
     params: Option<&axum::extract::RawPathParams>,
     principal: Option<&str>,
-) -> Option<Key> {
+) -> Result<Key, &'static str> {
     if principal.is_none()
         && !config.shared_with_credentials
         && has_credentials(&parts.headers, &config.credential_headers)
     {
         tracing::trace!("request with credentials and no principal; bypassing the cache");
-        return None;
+        return Err("credentials");
     }
     let uri = original_uri(parts);
     let mut base = match &config.key_fn {
         None => default_base(uri.path(), uri.query()),
-        Some(f) => custom_base(&f(&RequestInfo::with(parts, params, principal))?),
+        Some(f) => custom_base(&f(&RequestInfo::with(parts, params, principal)).ok_or("key")?),
     };
     if config.key_host {
-        base = with_host(base, &parts.headers, uri)?;
+        base = with_host(base, &parts.headers, uri).ok_or("host")?;
     }
-    if parts.extensions.get::<Nested>().is_some() {
+    if is_nested(&parts.extensions) {
         // Under another CacheLayer, which is loading this very request: the same key in
         // the same class would join the outer layer's load and wait for itself.
         base = base.literal("|n:");
     }
-    finish(base, &parts.headers, &config.vary, principal)
+    finish(base, &parts.headers, &config.vary, principal).ok_or("key")
 }
 
-/// Why the response's head forbids storing it, if it does.
-pub(super) fn not_storable<B: Body>(res: &Response<B>, config: &Config) -> Option<String> {
+/// What storing the response would keep of its freshness, or why its head forbids storing
+/// it (a `detail` token of `Cache-Status`). `requested` is when the request went to the
+/// inner service.
+pub(super) fn store_plan<B: Body>(
+    res: &Response<B>,
+    config: &Config,
+    requested: SystemTime,
+) -> Result<Meta, &'static str> {
     if !config.statuses.contains(&res.status()) {
-        return Some(format!("status {} is not cached", res.status().as_u16()));
+        return Err("status");
     }
-    let headers = res.headers();
-    if headers.contains_key(X_CACHE_HEADER) {
+    if res.extensions().get::<AnsweredInside>().is_some() {
         // A `route_layer` cache inside a router-wide one: the inner, more specific layer
         // owns the entry (its TTL, class and tags); storing it again here would keep a copy
         // its invalidation cannot reach.
-        return Some("answered by an inner CacheLayer".to_owned());
+        return Err("inner");
     }
+    let headers = res.headers();
     if headers.contains_key(SET_COOKIE) {
-        return Some("set-cookie".to_owned());
+        return Err("set-cookie");
     }
-    if let Some(reason) = response_forbids_storing(headers) {
-        return Some(reason.to_owned());
+    let directives = response_directives(headers);
+    if let Some(reason) = directives_forbid_storing(&directives) {
+        return Err(reason);
     }
     if let Err(reason) = vary_is_covered(headers, &config.vary) {
-        return Some(reason);
+        tracing::debug!(%reason, "response varies on a header the key does not hold");
+        return Err("vary");
     }
     let declared_len = headers
         .get(CONTENT_LENGTH)
@@ -84,17 +120,81 @@ pub(super) fn not_storable<B: Body>(res: &Response<B>, config: &Config) -> Optio
     let hinted = res.body().size_hint().lower();
     let limit = config.max_body as u64;
     if declared_len.is_some_and(|n| n > limit) || hinted > limit {
-        return Some(format!("body larger than {limit} bytes"));
+        return Err("size");
     }
-    None
+    meta_of(headers, &directives, config, requested)
 }
 
-/// Builds the response for a stored entry.
+/// What the layer keeps of a storable response's freshness, or `stale` when it is stale on
+/// arrival.
+pub(super) fn meta_of(
+    headers: &http::HeaderMap,
+    directives: &ResponseDirectives,
+    config: &Config,
+    requested: SystemTime,
+) -> Result<Meta, &'static str> {
+    let freshness = Freshness::of(headers, directives, requested, SystemTime::now());
+    let fresh_for = match freshness.remaining() {
+        // Stale on arrival: storing it would only be worth it with revalidation.
+        Some(Duration::ZERO) => return Err("stale"),
+        Some(left) => Some(config.clamp_ttl(left)),
+        // The heuristic: the layer's TTL, when it sets one (else the class's).
+        None => config.options.ttl,
+    };
+    Ok(Meta {
+        initial_age: freshness.initial_age,
+        fresh_for,
+        must_revalidate: freshness.must_revalidate,
+        explicit: freshness.lifetime.is_some(),
+    })
+}
+
+/// The lifetime of a response in the cache: its own freshness when it gives one, never
+/// stale when it must be revalidated; `None` for the layer's TTL and grace.
+pub(super) fn lifetime_of(stored: &CachedResponse) -> Option<Lifetime> {
+    let meta = stored.meta();
+    let lifetime = Lifetime {
+        ttl: meta.fresh_for.filter(|_| meta.explicit),
+        grace: meta.must_revalidate.then_some(Duration::ZERO),
+    };
+    (lifetime != Lifetime::default()).then_some(lifetime)
+}
+
+/// Builds the response for a stored entry: in full, or `304 Not Modified` when the
+/// request's preconditions say the client has it.
 pub(super) fn respond<B: Body>(
     stored: &CachedResponse,
     head: bool,
-    x_cache: XCache,
+    stamp: Stamp,
+    outcome: Outcome,
+    conditions: Option<&Conditions>,
 ) -> Response<ResponseBody<B>> {
+    let mut res = if conditions.is_some_and(|c| c.not_modified(stored)) {
+        let mut res = Response::new(ResponseBody::empty());
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        not_modified_headers(stored, res.headers_mut());
+        res
+    } else {
+        unstamped(stored, head)
+    };
+    let headers = res.headers_mut();
+    // On a miss too: the upstream's own `Age` was kept with the entry.
+    let age = stored.age();
+    if outcome.x_cache() != XCache::Miss || age > 0 {
+        headers.insert(AGE, age_value(age));
+    }
+    headers.append(CACHE_STATUS, outcome.cache_status(stored.ttl()));
+    if stamp.x_cache {
+        headers.insert(X_CACHE_HEADER, outcome.x_cache().header_value());
+    }
+    if stamp.nested {
+        res.extensions_mut().insert(AnsweredInside);
+    }
+    res
+}
+
+/// A stored response as it was stored, not yet marked with how it was answered.
+pub(super) fn unstamped<B: Body>(stored: &CachedResponse, head: bool) -> Response<ResponseBody<B>> {
     let body = if head {
         ResponseBody::empty()
     } else {
@@ -107,20 +207,27 @@ pub(super) fn respond<B: Body>(
     if head {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(stored.body().len()));
     }
-    if x_cache != XCache::Miss {
-        headers.insert(AGE, HeaderValue::from(stored.age()));
-    }
-    headers.insert(X_CACHE_HEADER, x_cache.header_value());
     res
 }
 
-pub(super) fn with_x_cache<B: Body>(
+/// Marks a response that did not come from a stored entry with how it was answered.
+pub(super) fn stamp_response<B: Body>(
     mut res: Response<ResponseBody<B>>,
-    x_cache: XCache,
+    stamp: Stamp,
+    outcome: Outcome,
 ) -> Response<ResponseBody<B>> {
-    // An inner `CacheLayer` already said how it answered: its word stands.
-    res.headers_mut()
-        .entry(X_CACHE_HEADER)
-        .or_insert_with(|| x_cache.header_value());
+    if res.extensions().get::<AnsweredInside>().is_some() {
+        // An inner `CacheLayer` already said how it answered: its word stands.
+        return res;
+    }
+    let headers = res.headers_mut();
+    // After any members an upstream cache wrote: the list runs from the origin outwards.
+    headers.append(CACHE_STATUS, outcome.cache_status(None));
+    if stamp.x_cache {
+        headers.insert(X_CACHE_HEADER, outcome.x_cache().header_value());
+    }
+    if stamp.nested {
+        res.extensions_mut().insert(AnsweredInside);
+    }
     res
 }

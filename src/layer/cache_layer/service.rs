@@ -5,21 +5,23 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::header::RANGE;
 use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
 use super::layer::Config;
 use super::load::Run;
-use super::rules::{mark_nested, plan_key, respond};
+use super::rules::{is_nested, mark_nested, plan_key, respond, Stamp};
 use super::ResponseFuture;
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_control::request_directives;
+use crate::layer::cache_status::Outcome;
 use crate::layer::cached_response::CachedResponse;
-use crate::layer::inner_service::{define_inner_service_accessors, take_ready, Drive};
+use crate::layer::conditional::Conditions;
+use crate::layer::inner_service::{define_inner_service_accessors, take_ready};
 use crate::layer::request_info::{path_params, RequestInfo};
 use crate::layer::request_key::path_tag;
-use crate::layer::x_cache::XCache;
 use crate::{Cache, EntryOptions};
 
 /// The service [`CacheLayer`](super::CacheLayer) wraps around an inner service.
@@ -85,14 +87,24 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let head = req.method() == Method::HEAD;
+        let stamp = Stamp {
+            nested: is_nested(req.extensions()),
+            x_cache: self.config.x_cache,
+        };
         if !(head || req.method() == Method::GET) {
-            return ResponseFuture::bypass(self.inner.call(req));
+            return ResponseFuture::bypass(self.inner.call(req), stamp, Outcome::Method);
+        }
+        if req.headers().contains_key(RANGE) {
+            // The layer stores whole responses only and does not cut ranges out of them: a
+            // range request goes to the handler, so it never gets the full body as if it
+            // were the range.
+            tracing::trace!("range request; bypassing the cache");
+            return self.bypass(req, stamp, "range");
         }
         let directives = request_directives(req.headers());
         if directives.no_store {
             tracing::trace!("request cache-control: no-store; bypassing the cache");
-            self.cache.count_bypass(&self.config.options);
-            return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
+            return self.bypass(req, stamp, "no-store");
         }
         let config = &*self.config;
         let (mut parts, body) = req.into_parts();
@@ -105,11 +117,13 @@ where
             .principal_fn
             .as_ref()
             .and_then(|f| f(&RequestInfo::with(&parts, params.as_ref(), None)));
-        let Some(key) = plan_key(config, &parts, params.as_ref(), principal.as_deref()) else {
-            self.cache.count_bypass(&config.options);
-            let req = Request::from_parts(parts, body);
-            return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
+        let key = match plan_key(config, &parts, params.as_ref(), principal.as_deref()) {
+            Ok(key) => key,
+            Err(detail) => return self.bypass(Request::from_parts(parts, body), stamp, detail),
         };
+        // Only a request that has preconditions pays for reading them.
+        let conditions =
+            Conditions::present(&parts.headers).then(|| Conditions::of(&parts.headers));
         // The hit path: a synchronous look in the local store, no allocation but the key's,
         // no future boxed, the inner service left alone.
         let key = if directives.no_cache {
@@ -117,7 +131,8 @@ where
         } else {
             match self.cache.get_local::<CachedResponse>(key, &config.options) {
                 Ok(stored) => {
-                    return ResponseFuture::ready(respond(&stored, head, XCache::Hit));
+                    let res = respond(&stored, head, stamp, Outcome::Hit, conditions.as_ref());
+                    return ResponseFuture::ready(res, stamp);
                 }
                 Err(key) => key,
             }
@@ -125,8 +140,7 @@ where
         let planned = plan_options(config, &parts, params.as_ref(), principal.as_deref());
         let req = Request::from_parts(parts, body);
         let Some(options) = planned else {
-            self.cache.count_bypass(&config.options);
-            return ResponseFuture::bypass(self.inner.call(mark_nested(req)));
+            return self.bypass(req, stamp, "tag");
         };
 
         let inner = take_ready(&mut self.inner);
@@ -137,12 +151,31 @@ where
             options,
             head,
             refresh: directives.no_cache,
+            stamp,
+            conditions,
         };
-        ResponseFuture {
-            kind: Drive::Boxed {
-                fut: Box::pin(run.run(inner, req)),
-            },
-        }
+        ResponseFuture::boxed(Box::pin(run.run(inner, req)), stamp)
+    }
+}
+
+impl<S> CacheService<S> {
+    /// Passes the request to the inner service, uncached, counted as a bypass.
+    fn bypass<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+        stamp: Stamp,
+        detail: &'static str,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Body,
+    {
+        self.cache.count_bypass(&self.config.options);
+        ResponseFuture::bypass(
+            self.inner.call(mark_nested(req)),
+            stamp,
+            Outcome::Bypass(detail),
+        )
     }
 }
 
