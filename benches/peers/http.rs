@@ -43,8 +43,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const CONNECTIONS: [usize; 2] = [1, 64];
-const ROUNDS: usize = 5;
-const MEASURE: Duration = Duration::from_millis(1_500);
+const ROUNDS: usize = 9;
+const MEASURE: Duration = Duration::from_millis(1_000);
 const SLOW: Duration = Duration::from_millis(5);
 const TTL: Duration = Duration::from_secs(3600);
 
