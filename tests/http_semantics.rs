@@ -805,3 +805,98 @@ async fn a_stale_entry_is_revalidated_with_its_last_modified() {
         ("miss", "call 2")
     );
 }
+
+/// A handler that waits until the test opens its gate, counting its calls.
+fn gated_route(
+    gate: tokio::sync::watch::Receiver<bool>,
+    calls: Arc<AtomicUsize>,
+) -> axum::routing::MethodRouter {
+    get(move || {
+        let (mut gate, calls) = (gate.clone(), Arc::clone(&calls));
+        async move {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let _ = gate.wait_for(|open| *open).await;
+            format!("call {n}")
+        }
+    })
+}
+
+#[tokio::test]
+async fn hard_timeout_answers_504_and_nobody_waits_longer() {
+    let (_open, gate) = tokio::sync::watch::channel(false);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = Cache::builder("http-hard").build().expect("cache");
+    let app = Router::new()
+        .route("/slow", gated_route(gate, Arc::clone(&calls)))
+        .layer(CacheLayer::new(cache).hard_timeout(Duration::from_millis(300)));
+    let served = serve(app).await;
+    let started = Instant::now();
+    let got = served.get("/slow").await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        got.cache_status().contains("detail=timeout"),
+        "{}",
+        got.cache_status()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn soft_timeout_answers_the_collapsed_request_with_the_stale_response() {
+    let (open, gate) = tokio::sync::watch::channel(true);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = Cache::builder("http-soft").build().expect("cache");
+    let app = Router::new()
+        .route("/page", gated_route(gate, Arc::clone(&calls)))
+        .layer(
+            CacheLayer::new(cache)
+                .ttl(Duration::from_millis(100))
+                .stale_for(Duration::from_secs(600))
+                .soft_timeout(Duration::from_millis(150)),
+        );
+    let served = Arc::new(serve(app).await);
+    assert_eq!(served.get("/page").await.body, "call 1");
+    // From now on the handler hangs until the gate opens. The first request after the
+    // entry expires leads the reload, and waits for it.
+    open.send_replace(false);
+    let leader = {
+        let served = Arc::clone(&served);
+        tokio::spawn(async move {
+            served
+                .get_until("/page", Duration::from_secs(10), |g| g.x_cache() != "hit")
+                .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while calls.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the entry never expired");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Another request for the key joins that load, and gets the stale response at the
+    // soft timeout.
+    let started = Instant::now();
+    let waiter = served.get("/page").await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        (waiter.status, waiter.body.as_str()),
+        (StatusCode::OK, "call 1")
+    );
+    assert!(
+        waiter.cache_status().contains("fwd=stale"),
+        "{}",
+        waiter.cache_status()
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the waiter ran the handler"
+    );
+    open.send_replace(true);
+    let led = leader.await.expect("leader");
+    assert_eq!((led.status, led.body.as_str()), (StatusCode::OK, "call 2"));
+}

@@ -321,6 +321,28 @@ impl CacheLayer {
         self
     }
 
+    /// Soft handler timeout: a request that holds an expired response inside its
+    /// [`stale_for`](Self::stale_for) grace and has waited this long for the handler, run by
+    /// another request for the same key (here, or on another instance with a distributed
+    /// lock), is answered with the stale response (`Cache-Status: stormcache; fwd=stale`).
+    /// The request running the handler waits for it, and its response is stored as usual
+    /// (see [`EntryOptions::soft_timeout`](crate::EntryOptions::soft_timeout)).
+    pub fn soft_timeout(mut self, after: Duration) -> Self {
+        let options = std::mem::take(&mut self.config().options);
+        self.config().options = options.soft_timeout(after);
+        self
+    }
+
+    /// Hard handler timeout: no request waits for the handler longer than this. It is
+    /// answered with the stale response if the grace allows, else `504 Gateway Timeout`
+    /// (`Cache-Status: stormcache; fwd=miss; detail=timeout`); the handler's future is
+    /// dropped (see [`EntryOptions::hard_timeout`](crate::EntryOptions::hard_timeout)).
+    pub fn hard_timeout(mut self, after: Duration) -> Self {
+        let options = std::mem::take(&mut self.config().options);
+        self.config().options = options.hard_timeout(after);
+        self
+    }
+
     /// Replaces the entry options (TTL, class, fixed tags, grace) at once.
     ///
     /// # Panics

@@ -14,6 +14,8 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tower_service::Service;
 
+use crate::LoadTimeout;
+
 use super::layer::Config;
 use super::revalidate::{add_validators, freshen, has_validators};
 use super::rules::{
@@ -112,7 +114,7 @@ impl Run {
                             Ok(res) => res,
                             Err(e) => {
                                 *passed_slot = Some(Err(e));
-                                return Err(());
+                                return Err(NotStored::Passed);
                             }
                         };
                         if let Some(stale) =
@@ -125,20 +127,20 @@ impl Run {
                                 }
                                 Err((merged, why)) => {
                                     *passed_slot = Some(Ok((unstamped(&merged, false), why)));
-                                    Err(())
+                                    Err(NotStored::Passed)
                                 }
                             };
                         }
                         if head {
                             // A HEAD response has no body to store; GET will fill the entry.
                             *passed_slot = Some(Ok((res.map(ResponseBody::inner), "head")));
-                            return Err(());
+                            return Err(NotStored::Passed);
                         }
                         match capture(res, config_ref, requested).await {
                             Ok(stored) => Ok(stored),
                             Err(passed) => {
                                 *passed_slot = Some(Ok(passed));
-                                Err(())
+                                Err(NotStored::Passed)
                             }
                         }
                     })
@@ -178,7 +180,13 @@ impl Run {
                 // The local store or Redis.
                 _ => answer(&value, Outcome::Hit),
             }),
-            Err(()) => match passed {
+            // Nobody waits for a handler past the hard timeout: 504, as a gateway would.
+            Err(NotStored::TimedOut) => {
+                let mut res = Response::new(ResponseBody::empty());
+                *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+                Ok(passed_on(res, "timeout"))
+            }
+            Err(NotStored::Passed) => match passed {
                 Some(Ok((res, why))) => Ok(passed_on(res, why)),
                 Some(Err(e)) => Err(e),
                 None => {
@@ -194,7 +202,22 @@ impl Run {
 }
 
 /// The loader's future, boxed: it only exists on a miss.
-type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<CachedResponse, ()>> + Send + 'a>>;
+type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<CachedResponse, NotStored>> + Send + 'a>>;
+
+/// Why a load stored nothing.
+#[derive(Debug)]
+enum NotStored {
+    /// The handler's answer (or error) is in the loader's slot, to be passed on.
+    Passed,
+    /// The handler did not answer within the layer's hard timeout.
+    TimedOut,
+}
+
+impl From<LoadTimeout> for NotStored {
+    fn from(_: LoadTimeout) -> Self {
+        NotStored::TimedOut
+    }
+}
 
 /// `Cache-Control: no-cache`: the handler answers, and what it says replaces the entry when
 /// it may be stored. `Ok(Ok(_))`: the stored response; `Ok(Err(_))`: the response passed on,
