@@ -900,3 +900,31 @@ async fn soft_timeout_answers_the_collapsed_request_with_the_stale_response() {
     let led = leader.await.expect("leader");
     assert_eq!((led.status, led.body.as_str()), (StatusCode::OK, "call 2"));
 }
+
+/// tower-http's `TimeoutLayer` inside the cache answers `408` when the handler is too slow:
+/// like a 5xx, that is a failure the stale response stands in for; a `404` is an answer.
+#[tokio::test]
+async fn a_408_from_a_timeout_layer_is_answered_stale_and_a_404_is_passed_on() {
+    for (status, stale) in [(408, true), (404, false)] {
+        let origin = Origin::new(&[("cache-control", "max-age=1, no-transform")]);
+        let app = serve(
+            Router::new()
+                .route("/r", origin.route())
+                .layer(layer().stale_for(Duration::from_secs(60))),
+        )
+        .await;
+        app.get("/r").await;
+        origin.set_status(status);
+        let got = app
+            .get_until("/r", Duration::from_secs(5), |g| g.x_cache() != "hit")
+            .await;
+        if stale {
+            assert_eq!(
+                (got.status, got.x_cache(), got.body.as_str()),
+                (StatusCode::OK, "stale", "call 1")
+            );
+        } else {
+            assert_eq!(got.status.as_u16(), status);
+        }
+    }
+}

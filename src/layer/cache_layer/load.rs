@@ -161,7 +161,7 @@ impl Run {
                 Origin::Stale => match passed {
                     // The handler answered with something not storable but not a failure:
                     // that answer wins over the stale entry.
-                    Some(Ok((res, why))) if !res.status().is_server_error() => passed_on(res, why),
+                    Some(Ok((res, why))) if !failed(res.status()) => passed_on(res, why),
                     // `must-revalidate` and its kin: never served stale, not even when the
                     // handler fails (the cache stores such entries without grace, but one
                     // may still be read from an older write).
@@ -199,6 +199,12 @@ impl Run {
             },
         }
     }
+}
+
+/// Whether the handler's answer is a failure the stale response may stand in for: a 5xx, or
+/// the `408` tower-http's `TimeoutLayer` answers when the handler is too slow.
+fn failed(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT
 }
 
 /// The loader's future, boxed: it only exists on a miss.
