@@ -266,16 +266,18 @@ async fn hard_timeout_bounds_the_wait_for_another_instances_lock() {
     let (a, b) = (build(), build());
     wait_redis_ready(&a, scaled(Duration::from_secs(10))).await;
     wait_redis_ready(&b, scaled(Duration::from_secs(10))).await;
-    // A lock held for up to 10 s: without a hard timeout, B would wait that long.
-    let opts = EntryOptions::new()
-        .distributed_lock(Duration::from_secs(10))
-        .hard_timeout(Duration::from_millis(800));
+    // A lock held for up to 10 s: without a hard timeout, B would wait that long. A waits
+    // for its own loader longer than B's hard timeout, so A holds the lock all the while
+    // (at its own hard timeout A would release it, and B could take it and load).
+    let lock = EntryOptions::new().distributed_lock(Duration::from_secs(10));
+    let a_opts = lock.clone().hard_timeout(Duration::from_secs(30));
+    let b_opts = lock.hard_timeout(Duration::from_millis(800));
     let gate = Gate::default();
     let holder = {
-        let (a, gate, opts) = (a.clone(), gate.clone(), opts.clone());
+        let (a, gate) = (a.clone(), gate.clone());
         tokio::spawn(async move {
             let read: Result<u32, std::io::Error> =
-                a.try_get_or_load(key("k"), &opts, || gate.pass(1)).await;
+                a.try_get_or_load(key("k"), &a_opts, || gate.pass(1)).await;
             read
         })
     };
@@ -287,7 +289,7 @@ async fn hard_timeout_bounds_the_wait_for_another_instances_lock() {
     let b_loads = AtomicUsize::new(0);
     let started = Instant::now();
     let read: Result<u32, LoadTimeout> = b
-        .try_get_or_load(key("k"), &opts, || async {
+        .try_get_or_load(key("k"), &b_opts, || async {
             b_loads.fetch_add(1, Ordering::SeqCst);
             Ok(2)
         })
@@ -295,16 +297,10 @@ async fn hard_timeout_bounds_the_wait_for_another_instances_lock() {
     let took = started.elapsed();
     assert!(read.is_err(), "B got {read:?} while A held the lock");
     assert!(took < SLOW, "B waited {took:?} for A's lock");
-    assert_eq!(
-        b_loads.load(Ordering::SeqCst),
-        0,
-        "B loaded despite A's lock"
-    );
-    let held = holder.await.expect("task");
-    assert_eq!(
-        held.expect_err("A's loader never finishes").kind(),
-        std::io::ErrorKind::TimedOut
-    );
+    assert_eq!(b_loads.load(Ordering::SeqCst), 0, "B loaded despite A's lock");
+    // A's load goes on, and finishes when its loader does.
+    gate.open();
+    assert_eq!(holder.await.expect("task").expect("A's load"), 1);
 }
 
 #[cfg(feature = "macros")]
