@@ -117,7 +117,7 @@ pub use crate::key::{Key, KeyBuilder, KeyTemplate};
 pub use crate::model::{
     BackplaneStatus, CacheEvent, Cacheable, Class, Counters, EntryOptions, Fetched, FlushScope,
     HealthState, Invalidation, InvalidationReport, InvalidationRule, Loaded, Origin, OutagePolicy,
-    OutageRecord, RedisOutcome, Status, Tier, TtlJitter, DEFAULT_CLASS,
+    OutageRecord, RedisOutcome, Status, Tier, TrackingStatus, TtlJitter, DEFAULT_CLASS,
 };
 #[cfg(feature = "json")]
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]

@@ -22,4 +22,6 @@ pub use self::loaded::Loaded;
 pub use self::options::{EntryOptions, TtlJitter};
 pub use self::policy::{FlushScope, OutagePolicy, Tier};
 pub(crate) use self::status::unix_ms;
-pub use self::status::{BackplaneStatus, Counters, HealthState, OutageRecord, Status};
+pub use self::status::{
+    BackplaneStatus, Counters, HealthState, OutageRecord, Status, TrackingStatus,
+};

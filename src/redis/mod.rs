@@ -5,6 +5,7 @@
 //! - `bulk_delete`: tag invalidation and pattern flushes in small commands;
 //! - `lock`: the stampede lock; `heartbeat`: how old the data Redis came back with is;
 //! - `pubsub`: the invalidation channel's subscriber; `sentinel`: master switches;
+//! - `tracking` (feature `client-tracking`): the client-side tracking connection;
 //! - `error`: fred's errors as the crate's, keeping their kind.
 //!
 //! The `redis` feature is switched here and nowhere else. Without it, `disabled` provides the
@@ -32,6 +33,8 @@ mod pubsub;
 mod sentinel;
 #[cfg(feature = "redis")]
 mod store;
+#[cfg(feature = "client-tracking")]
+mod tracking;
 
 #[cfg(feature = "redis")]
 pub(crate) use self::{
@@ -40,6 +43,9 @@ pub(crate) use self::{
     sentinel::master_switches,
     store::{ConnectionEvent, RedisStore},
 };
+
+#[cfg(feature = "client-tracking")]
+pub(crate) use self::tracking::{Armed, Tracker, TrackerEvent};
 
 #[cfg(not(feature = "redis"))]
 mod disabled;
