@@ -226,6 +226,58 @@ async fn rearmed_after_a_restart() {
     report_after(&cache, before, "DEL reported").await;
 }
 
+/// A master dies and a replica takes over: tracking is armed on the new master and an
+/// outside write there is caught (on a Cluster, keys on every master, the new one among them).
+async fn rearmed_after_a_failover(t: Topology) {
+    let cache = ready(builder(&t, NS).client_tracking(true).build().expect("valid")).await;
+    let k = key("doc:before");
+    warm(&cache, &k, "v1").await;
+    let rearms = cache.status().tracking.expect("on").rearms;
+
+    match &t {
+        Topology::Sentinel(group) => {
+            let old = group.kill_master();
+            group.wait_for_new_master(old, scaled(Duration::from_secs(30)));
+        }
+        Topology::Cluster(cluster) => {
+            let old = cluster.master_ports()[0];
+            cluster.kill_node(old);
+            cluster.wait_for_promotion(old, scaled(Duration::from_secs(30)));
+        }
+        Topology::Standalone(_) => unreachable!("no replica to fail over to"),
+    }
+    until(
+        "tracking armed again on the new master",
+        scaled(Duration::from_secs(30)),
+        || {
+            let status = cache.status().tracking.expect("on");
+            status.armed && status.rearms > rearms && cache.coherent() && cache.redis_in_use()
+        },
+    )
+    .await;
+
+    let keys: Vec<Key> = (0..12).map(|i| key(&format!("after:{i}"))).collect();
+    for k in &keys {
+        warm(&cache, k, "v").await;
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let before = reported(&cache);
+        assert_eq!(t.cmd(&["DEL", &full_key(&format!("after:{i}"))]).as_int(), Some(1));
+        dropped_within(&cache, k, Instant::now(), "outside DEL after the failover").await;
+        report_after(&cache, before, "DEL reported").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rearmed_after_a_sentinel_failover() {
+    rearmed_after_a_failover(Topology::sentinel()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rearmed_after_a_cluster_failover() {
+    rearmed_after_a_failover(Topology::cluster()).await;
+}
+
 /// Percentile `p` (0–100) of sorted `samples`.
 fn pct(samples: &[Duration], p: usize) -> Duration {
     samples[(samples.len() - 1) * p / 100]

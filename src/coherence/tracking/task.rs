@@ -66,7 +66,8 @@ impl Task {
         // While not armed, check much more often, so that local entries are trusted again
         // soon after the connections are back.
         let unarmed_interval = interval.min(Duration::from_millis(25));
-        let deadline = self.tracking.command_timeout.max(Duration::from_millis(100)) * 10;
+        // Arming is a maintenance step, off the request path: a few command deadlines.
+        let deadline = (self.tracking.command_timeout * 5).max(Duration::from_millis(300));
         let mut next_check = tokio::time::Instant::now();
         loop {
             tokio::select! {
