@@ -68,7 +68,11 @@ async fn report_after(cache: &Cache, before: u64, what: &str) {
 
 /// Runs a write that Redis reports (`write` returns once it is made), then waits until its
 /// report is applied, so that no report is still on its way when the next step begins.
-async fn reported_write<T>(cache: &Cache, what: &str, write: impl std::future::Future<Output = T>) -> T {
+async fn reported_write<T>(
+    cache: &Cache,
+    what: &str,
+    write: impl std::future::Future<Output = T>,
+) -> T {
     let before = reported(cache);
     let out = write.await;
     report_after(cache, before, what).await;
@@ -107,7 +111,13 @@ fn full_key(k: &str) -> String {
 }
 
 async fn outside_writes_are_caught(t: Topology) {
-    let cache = ready(builder(&t, NS).client_tracking(true).build().expect("valid")).await;
+    let cache = ready(
+        builder(&t, NS)
+            .client_tracking(true)
+            .build()
+            .expect("valid"),
+    )
+    .await;
 
     // A DEL by redis-cli.
     let k = key("doc:del");
@@ -159,7 +169,10 @@ async fn outside_writes_are_caught(t: Topology) {
     }
     for (i, k) in keys.iter().enumerate() {
         let before = reported(&cache);
-        assert_eq!(t.cmd(&["DEL", &full_key(&format!("spread:{i}"))]).as_int(), Some(1));
+        assert_eq!(
+            t.cmd(&["DEL", &full_key(&format!("spread:{i}"))]).as_int(),
+            Some(1)
+        );
         dropped_within(&cache, k, Instant::now(), "outside DEL on any master").await;
         report_after(&cache, before, "DEL reported").await;
     }
@@ -196,16 +209,20 @@ async fn rearmed_after_a_restart() {
     let Topology::Standalone(server) = &t else {
         unreachable!()
     };
-    let cache = ready(builder(&t, NS).client_tracking(true).build().expect("valid")).await;
+    let cache = ready(
+        builder(&t, NS)
+            .client_tracking(true)
+            .build()
+            .expect("valid"),
+    )
+    .await;
     let k = key("doc:1");
     warm(&cache, &k, "v1").await;
 
     server.kill();
-    until(
-        "tracking disarmed",
-        scaled(Duration::from_secs(5)),
-        || !cache.status().tracking.expect("on").armed,
-    )
+    until("tracking disarmed", scaled(Duration::from_secs(5)), || {
+        !cache.status().tracking.expect("on").armed
+    })
     .await;
     server.restart();
     until(
@@ -229,7 +246,13 @@ async fn rearmed_after_a_restart() {
 /// A master dies and a replica takes over: tracking is armed on the new master and an
 /// outside write there is caught (on a Cluster, keys on every master, the new one among them).
 async fn rearmed_after_a_failover(t: Topology) {
-    let cache = ready(builder(&t, NS).client_tracking(true).build().expect("valid")).await;
+    let cache = ready(
+        builder(&t, NS)
+            .client_tracking(true)
+            .build()
+            .expect("valid"),
+    )
+    .await;
     let k = key("doc:before");
     warm(&cache, &k, "v1").await;
     let rearms = cache.status().tracking.expect("on").rearms;
@@ -262,7 +285,10 @@ async fn rearmed_after_a_failover(t: Topology) {
     }
     for (i, k) in keys.iter().enumerate() {
         let before = reported(&cache);
-        assert_eq!(t.cmd(&["DEL", &full_key(&format!("after:{i}"))]).as_int(), Some(1));
+        assert_eq!(
+            t.cmd(&["DEL", &full_key(&format!("after:{i}"))]).as_int(),
+            Some(1)
+        );
         dropped_within(&cache, k, Instant::now(), "outside DEL after the failover").await;
         report_after(&cache, before, "DEL reported").await;
     }
@@ -292,7 +318,13 @@ async fn propagation_next_to_the_backplane() {
     let Topology::Standalone(server) = &t else {
         unreachable!()
     };
-    let tracked = ready(builder(&t, NS).client_tracking(true).build().expect("valid")).await;
+    let tracked = ready(
+        builder(&t, NS)
+            .client_tracking(true)
+            .build()
+            .expect("valid"),
+    )
+    .await;
     let a = ready(builder(&t, "bp").build().expect("valid")).await;
     let b = ready(builder(&t, "bp").build().expect("valid")).await;
     let mut conn = support::resp::Conn::connect(server.port()).expect("raw connection");

@@ -174,7 +174,10 @@ impl Core {
     /// The names of the cache's classes.
     #[cfg_attr(not(feature = "client-tracking"), allow(dead_code))]
     pub(crate) fn class_names(&self) -> Vec<String> {
-        self.classes.iter().map(|(_, c)| c.name().to_owned()).collect()
+        self.classes
+            .iter()
+            .map(|(_, c)| c.name().to_owned())
+            .collect()
     }
 
     /// Whether the cache declares the class `name`.

@@ -32,8 +32,8 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::backplane::Backplane;
-use super::tracking::Tracking;
 use super::journal::{Journal, Remembered, Replay};
+use super::tracking::Tracking;
 use crate::core::{Core, Shape, WriteIf};
 use crate::error::Error;
 use crate::key::Key;

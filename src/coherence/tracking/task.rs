@@ -163,7 +163,11 @@ impl Task {
 
 /// The entry key (`class:key` after the namespace prefix `ns:`) that `full_key` names, if it
 /// names one of a class `declared` accepts.
-fn entry_key(namespace_prefix: &str, full_key: &str, declared: impl Fn(&str) -> bool) -> Option<Key> {
+fn entry_key(
+    namespace_prefix: &str,
+    full_key: &str,
+    declared: impl Fn(&str) -> bool,
+) -> Option<Key> {
     let rest = full_key.strip_prefix(namespace_prefix)?;
     let (class, key) = rest.split_once(':')?;
     if key.is_empty() || !declared(class) {
