@@ -243,6 +243,67 @@ async fn rearmed_after_a_restart() {
     report_after(&cache, before, "DEL reported").await;
 }
 
+/// The id of the tracking connection (the one speaking RESP3) on a standalone server.
+fn tracking_connection_id(t: &Topology) -> String {
+    let list = t.cmd(&["CLIENT", "LIST"]).to_display();
+    let line = list
+        .lines()
+        .find(|l| l.contains(" resp=3"))
+        .unwrap_or_else(|| panic!("no RESP3 connection in {list}"));
+    line.split(' ')
+        .find_map(|field| field.strip_prefix("id="))
+        .expect("an id field")
+        .to_owned()
+}
+
+/// Only the tracking connection is killed, and an outside write lands while it is gone: it
+/// is never reported, yet the stale copy is never served. The entry is suspect from the
+/// connection's loss (the backplane stays connected all along) and, after re-arming,
+/// entries written before it are revalidated against Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_missed_while_the_tracking_connection_is_down_is_never_served() {
+    let t = Topology::standalone();
+    let cache = ready(
+        builder(&t, NS)
+            .client_tracking(true)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let k = key("doc:1");
+    warm(&cache, &k, "v1").await;
+    let rearms = cache.status().tracking.expect("on").rearms;
+
+    let id = tracking_connection_id(&t);
+    assert_eq!(t.cmd(&["CLIENT", "KILL", "ID", &id]).as_int(), Some(1));
+    // Not armed on any connection now: this write is reported to no one.
+    assert!(t.cmd(&["SET", &full_key("doc:1"), "foreign"]).is_ok());
+    until(
+        "tracking armed again",
+        scaled(Duration::from_secs(10)),
+        || {
+            let status = cache.status().tracking.expect("on");
+            status.armed && status.rearms > rearms
+        },
+    )
+    .await;
+    assert!(
+        cache.status().backplane.expect("on").connected,
+        "the backplane saw no gap"
+    );
+    assert!(
+        !held(&cache, &k),
+        "the copy from before the gap is not served"
+    );
+    let v: String = cache
+        .get_or_load(k.clone(), &opts(), || async { "fresh".to_owned() })
+        .await;
+    assert_eq!(
+        v, "fresh",
+        "revalidated against Redis, which holds no entry of ours"
+    );
+}
+
 /// A master dies and a replica takes over: tracking is armed on the new master and an
 /// outside write there is caught (on a Cluster, keys on every master, the new one among them).
 async fn rearmed_after_a_failover(t: Topology) {
