@@ -18,7 +18,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use stormcache::{Cache, Class, EntryOptions, Key};
+use stormcache::{Cache, CacheEvent, Class, EntryOptions, Key};
 use support::caches::wait_redis_ready;
 use support::topology::Topology;
 use support::{scaled, until};
@@ -273,6 +273,7 @@ async fn a_write_missed_while_the_tracking_connection_is_down_is_never_served() 
     let k = key("doc:1");
     warm(&cache, &k, "v1").await;
     let rearms = cache.status().tracking.expect("on").rearms;
+    let mut events = cache.events();
 
     let id = tracking_connection_id(&t);
     assert_eq!(t.cmd(&["CLIENT", "KILL", "ID", &id]).as_int(), Some(1));
@@ -301,6 +302,21 @@ async fn a_write_missed_while_the_tracking_connection_is_down_is_never_served() 
     assert_eq!(
         v, "fresh",
         "revalidated against Redis, which holds no entry of ours"
+    );
+
+    // The gap was reported, and its end.
+    let mut opened = false;
+    let mut closed = false;
+    while let Ok(event) = events.try_recv() {
+        match event {
+            CacheEvent::GapOpened { reason } => opened |= reason.starts_with("client tracking:"),
+            CacheEvent::GapClosed { caught_up } => closed |= !caught_up,
+            _ => {}
+        }
+    }
+    assert!(
+        opened && closed,
+        "gap events: opened {opened}, closed {closed}"
     );
 }
 

@@ -93,7 +93,7 @@ impl Tracking {
     /// Has the task reconnect, as after a Sentinel master switch: its connection may be on
     /// the demoted master, which no longer sees the writes.
     pub(crate) fn restart(&self) {
-        self.armed.store(false, Ordering::SeqCst);
+        // The task opens the gap (and reports it) when it takes the request.
         self.restart.notify_one();
     }
 }

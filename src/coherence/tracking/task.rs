@@ -13,7 +13,7 @@ use crate::coherence::invalidator::Invalidator;
 use crate::core::{Core, ALL_SHARDS};
 use crate::error::RedisErrorKind;
 use crate::key::Key;
-use crate::model::Invalidation;
+use crate::model::{CacheEvent, Invalidation};
 use crate::redis::{Armed, RedisSettings, Tracker, TrackerEvent};
 
 /// Starts the tracking task of `invalidator`'s tracking state, if it has one. `classes` are
@@ -136,6 +136,9 @@ impl Task {
     /// Tracking may have missed changes: every local entry is suspect from now on.
     fn gap(&self, core: &Core, reason: &str) {
         if self.tracking.armed.swap(false, Ordering::SeqCst) {
+            core.events().emit(|| CacheEvent::GapOpened {
+                reason: format!("client tracking: {reason}"),
+            });
             tracing::warn!(
                 reason,
                 "client tracking interrupted: local entries are revalidated against Redis"
@@ -154,6 +157,8 @@ impl Task {
         drop(in_progress);
         if self.ever_armed {
             self.tracking.rearms.fetch_add(1, Ordering::Relaxed);
+            core.events()
+                .emit(|| CacheEvent::GapClosed { caught_up: false });
             tracing::info!("client tracking armed again; entries from before are revalidated on their next read");
         }
         self.ever_armed = true;
