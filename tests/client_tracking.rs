@@ -200,8 +200,10 @@ async fn outside_writes_are_caught(t: Topology) {
     let k = key("doc:after-probe");
     warm(&cache, &k, "v").await;
     assert_eq!(reported(&cache), before + 1, "only the entry's own write");
+    // Each check found every master still tracking: never armed twice on a healthy run.
     let status = cache.status().tracking.expect("tracking on");
     assert!(status.armed);
+    assert_eq!(status.rearms, 0, "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,8 +25,9 @@
 //!
 //! **Gaps.** Tracking lives on connections: a server forgets it when a connection drops,
 //! and changes made while it was off are never reported. So, as for the backplane, every
-//! local entry becomes suspect from the first sign of trouble (a connection error or
-//! reconnect, reports lost to a slow reader, a Sentinel master switch, a check that fails)
+//! local entry becomes suspect from the first sign of trouble (a connection error, a
+//! connection found not tracking, reports lost to a slow reader, a Sentinel master switch,
+//! a check that fails)
 //! — revalidated against Redis on its next read instead of being served — until every
 //! master is tracking again; then loads in progress are fenced off and entries written
 //! from then on are trusted. Entries from before stay suspect until they are rewritten:

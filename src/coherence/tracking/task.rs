@@ -79,10 +79,11 @@ impl Task {
                             self.gap(&core, &format!("{lost} tracking reports lost to a slow reader"));
                             next_check = tokio::time::Instant::now();
                         }
-                        TrackerEvent::Reconnected => {
-                            self.gap(&core, "tracking connection reconnected");
-                            next_check = tokio::time::Instant::now();
-                        }
+                        // Not a gap by itself: fred also reports the first connection,
+                        // and a connection that was lost reported an error first. Whether
+                        // this one tracks is checked at once; a new one does not, and that
+                        // check opens the gap.
+                        TrackerEvent::Reconnected => next_check = tokio::time::Instant::now(),
                         TrackerEvent::Failed => self.gap(&core, "tracking connection error"),
                         TrackerEvent::Closed => break,
                     }
@@ -98,9 +99,15 @@ impl Task {
                         + if self.tracking.is_armed() { interval } else { unarmed_interval };
                     match tracker.ensure_armed(deadline).await {
                         Ok(Armed::Already) if self.tracking.is_armed() => {}
-                        // Armed just now, or armed all along after a sign of trouble: either
-                        // way every change from here on is reported.
-                        Ok(_) => self.resume(&core).await,
+                        Ok(Armed::Now) => {
+                            // A connection that did not track: what changed before it was
+                            // armed was not reported.
+                            self.gap(&core, "tracking connection replaced");
+                            self.resume(&core).await;
+                        }
+                        // Armed all along after a sign of trouble: every change from here
+                        // on is reported.
+                        Ok(Armed::Already) => self.resume(&core).await,
                         Err(error) => {
                             self.gap(&core, &format!("tracking check failed: {error}"));
                             if error.redis_kind() == Some(RedisErrorKind::Timeout) {
