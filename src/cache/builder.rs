@@ -265,6 +265,11 @@ impl CacheBuilder {
     /// [`Cache::coherent`](crate::Cache::coherent) is false meanwhile), and entries written
     /// before it stay so until rewritten.
     ///
+    /// It needs RESP3 and `CLIENT TRACKINGINFO` (Redis 6.2 or later): against an older
+    /// server tracking is never armed, so local entries are always revalidated against Redis
+    /// and [`Cache::coherent`](crate::Cache::coherent) (and readiness) stays false — turn it
+    /// on only where every server qualifies.
+    ///
     /// The cost: this instance's own writes are reported too, and a report cannot be told
     /// apart from another writer's change made right after, so an entry written through
     /// this instance usually loses its local copy and is read back from Redis once (a GET,
