@@ -64,6 +64,11 @@
 //!   down, the **outage tier policy** decides for the local store as for Redis (nothing
 //!   under the first tier, then the volatile classes, then everything), and the rest is
 //!   trusted again.
+//! - **Writes made outside stormcache** (feature `client-tracking`,
+//!   `CacheBuilder::client_tracking`): Redis's client-side tracking reports every change to
+//!   the namespace's entries — a `DEL` from redis-cli, another service's write, an expiry —
+//!   and the local copies are dropped. The backplane stays for tags, classes, flushes and
+//!   its own gap detection; a tracking connection that drops is a gap of the same kind.
 //! - **Distributed stampede protection** ([`EntryOptions::distributed_lock`]): one load per
 //!   key across all instances; a dead lock holder blocks the others for the lock's TTL at
 //!   most.
@@ -75,6 +80,8 @@
 //! - `axum` (default): tower layers and the admin router;
 //! - `macros` (default): `#[cached]`, `#[invalidate]` and `key!`;
 //! - `json`: the JSON codec ([`Json`]);
+//! - `client-tracking`: Redis client-side tracking, so that writes made outside stormcache
+//!   and expiries in Redis drop local copies;
 //! - `compression`: LZ4 compression of large values in Redis
 //!   (`CacheBuilder::compress_above`);
 //! - `tls`: `rediss://` through rustls.
@@ -117,7 +124,7 @@ pub use crate::key::{Key, KeyBuilder, KeyTemplate};
 pub use crate::model::{
     BackplaneStatus, CacheEvent, Cacheable, Class, Counters, EntryOptions, Fetched, FlushScope,
     HealthState, Invalidation, InvalidationReport, InvalidationRule, Loaded, Origin, OutagePolicy,
-    OutageRecord, RedisOutcome, Status, Tier, TtlJitter, DEFAULT_CLASS,
+    OutageRecord, RedisOutcome, Status, Tier, TrackingStatus, TtlJitter, DEFAULT_CLASS,
 };
 #[cfg(feature = "json")]
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Cache;
-use crate::coherence::{self, Backplane, Invalidator, Journal, MonitorConfig};
+use crate::coherence::{self, Backplane, Invalidator, Journal, MonitorConfig, Tracking};
 use crate::core::{self, Breaker, Core, Events, Telemetry};
 use crate::error::Error;
 use crate::key::check_name;
@@ -55,6 +55,8 @@ pub struct CacheBuilder {
     journal_capacity: usize,
     failover_replay_window: Duration,
     backplane: bool,
+    /// Client-side tracking; only the `client-tracking` feature can turn it on.
+    client_tracking: bool,
 }
 
 impl CacheBuilder {
@@ -82,6 +84,7 @@ impl CacheBuilder {
             journal_capacity: 10_000,
             failover_replay_window: Duration::from_secs(30),
             backplane: true,
+            client_tracking: false,
         }
     }
 
@@ -238,6 +241,46 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether Redis reports every change to this cache's entries, so that local copies of
+    /// entries changed outside stormcache are dropped too (default off; feature
+    /// `client-tracking`).
+    ///
+    /// The backplane carries what stormcache instances do. It does not see a `DEL` from
+    /// redis-cli, another service writing an entry's key, or an entry that expires or is
+    /// evicted in Redis: without tracking, every instance keeps serving its local copy until
+    /// the copy's own TTL. With tracking, each instance opens one more connection per Redis
+    /// master (RESP3, Redis 6.2 or later) and arms `CLIENT TRACKING ON BCAST` with one
+    /// prefix per class (`<namespace>:<class>:`); each key Redis reports removes the local
+    /// entry of that class and key, typically within a millisecond or two of the change.
+    /// Works on standalone servers, Sentinel groups (moving to the new master on a switch)
+    /// and Clusters (every master is armed).
+    ///
+    /// What it does not replace: the backplane still carries tag, class and namespace
+    /// invalidations (a tag invalidation deletes keys in Redis, which tracking would report
+    /// one by one, but the local entries it reaches by tag may have no key in Redis), and
+    /// FLUSHALL/FLUSHDB are not reported. Tracking has gaps of its own: a server forgets it
+    /// when a connection drops, and changes made meanwhile are never reported. So from the
+    /// first sign of trouble until every master tracks again, local entries are revalidated
+    /// against Redis on their next read instead of being served (as during a backplane gap;
+    /// [`Cache::coherent`](crate::Cache::coherent) is false meanwhile), and entries written
+    /// before it stay so until rewritten.
+    ///
+    /// It needs RESP3 and `CLIENT TRACKINGINFO` (Redis 6.2 or later): against an older
+    /// server tracking is never armed, so local entries are always revalidated against Redis
+    /// and [`Cache::coherent`](crate::Cache::coherent) (and readiness) stays false — turn it
+    /// on only where every server qualifies.
+    ///
+    /// The cost: this instance's own writes are reported too, and a report cannot be told
+    /// apart from another writer's change made right after, so an entry written through
+    /// this instance usually loses its local copy and is read back from Redis once (a GET,
+    /// not a load). Loads that race a report are not stored locally.
+    #[cfg(feature = "client-tracking")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "client-tracking")))]
+    pub fn client_tracking(mut self, enabled: bool) -> Self {
+        self.client_tracking = enabled;
+        self
+    }
+
     /// Checks the configuration and builds the cache.
     ///
     /// With a Redis URL this must run inside a Tokio runtime: the connection is made in the
@@ -288,6 +331,8 @@ impl CacheBuilder {
                 self.probe_interval,
             ))
         });
+        let tracking = (redis.is_some() && self.client_tracking)
+            .then(|| Arc::new(Tracking::new(self.probe_interval, self.command_timeout)));
         let events = Events::default();
         let breaker =
             Breaker::new(self.failure_threshold).reporting_to(&self.namespace, events.clone());
@@ -310,10 +355,13 @@ impl CacheBuilder {
             .iter()
             .find(|t| t.scope == FlushScope::All)
             .map(|t| t.from.max(self.failover_replay_window));
-        let invalidator = Arc::new(Invalidator::new(
-            Journal::new(self.journal_capacity, memory_horizon).reporting_to(events.clone()),
-            backplane,
-        ));
+        let invalidator = Arc::new(
+            Invalidator::new(
+                Journal::new(self.journal_capacity, memory_horizon).reporting_to(events.clone()),
+                backplane,
+            )
+            .with_tracking(tracking),
+        );
         if let Some(settings) = &settings {
             let monitor = MonitorConfig {
                 probe_interval: self.probe_interval,

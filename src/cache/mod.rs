@@ -201,6 +201,7 @@ impl Cache {
             local_entries: self.local_entry_count(),
             counters: self.counters(),
             backplane: self.shared.invalidator.backplane().map(|b| b.status()),
+            tracking: self.shared.invalidator.tracking().map(|t| t.status()),
         }
     }
 
@@ -223,11 +224,13 @@ impl Cache {
     ///
     /// A service has both `redis_in_use()` and `coherent()` a moment after start (one ping
     /// over the channel) and again a moment after Redis comes back from an outage.
+    ///
+    /// With client-side tracking (feature `client-tracking`), it also needs tracking armed
+    /// on every master (see `CacheBuilder::client_tracking`).
     pub fn coherent(&self) -> bool {
-        self.shared
-            .invalidator
-            .backplane()
-            .map_or(true, |b| b.is_connected())
+        let invalidator = &self.shared.invalidator;
+        invalidator.backplane().map_or(true, |b| b.is_connected())
+            && invalidator.tracking().map_or(true, |t| t.is_armed())
     }
 
     /// Counts a read that `options`' caller served without the cache (the HTTP layer's

@@ -1,6 +1,7 @@
 //! Keeping every instance's view coherent: the invalidator (the one path that applies an
 //! invalidation everywhere), the journal of what Redis has not got yet, the health monitor and
-//! its recovery, the Sentinel watcher, and the backplane between instances.
+//! its recovery, the Sentinel watcher, the backplane between instances, and client-side
+//! tracking of the changes made to Redis by anyone (feature `client-tracking`).
 //!
 //! Everything here works on a [`Core`](crate::core::Core) it is given; the background tasks
 //! hold a `Weak<Core>` and their own state, and stop when the last cache handle is dropped.
@@ -14,11 +15,13 @@ mod recovery;
 mod sentinel_watch;
 mod suspect_writes;
 mod tag_trims;
+mod tracking;
 
 pub(crate) use self::backplane::Backplane;
 pub(crate) use self::invalidator::Invalidator;
 pub(crate) use self::journal::Journal;
 pub(crate) use self::monitor::MonitorConfig;
+pub(crate) use self::tracking::Tracking;
 
 use std::sync::Arc;
 
@@ -36,7 +39,8 @@ pub(crate) fn spawn_local(
 
 /// Starts the background tasks of a cache with Redis: the health monitor, the backplane's
 /// subscriber (if the invalidator has a backplane), for a Sentinel URL the watcher of master
-/// switches, and the invalidator of writes that may be stale.
+/// switches, the invalidator of writes that may be stale, and client-side tracking if the
+/// invalidator has it.
 pub(crate) fn spawn(
     core: &Arc<Core>,
     invalidator: &Arc<Invalidator>,
@@ -49,4 +53,6 @@ pub(crate) fn spawn(
     sentinel_watch::spawn(core, invalidator, &settings.url, reapply_window);
     suspect_writes::spawn(core, invalidator);
     tag_trims::spawn(core);
+    #[cfg(feature = "client-tracking")]
+    tracking::spawn(core, invalidator, settings, core.class_names());
 }

@@ -65,6 +65,10 @@ async fn on_switch(
     if let Some(backplane) = invalidator.backplane() {
         backplane.restart();
     }
+    // Tracking too may be on the demoted master, which no longer sees the writes.
+    if let Some(tracking) = invalidator.tracking() {
+        tracking.restart();
+    }
     if redis
         .force_reconnection(Duration::from_secs(2))
         .await

@@ -202,6 +202,15 @@ impl Core {
         }
     }
 
+    /// The names of the cache's classes.
+    #[cfg_attr(not(feature = "client-tracking"), allow(dead_code))]
+    pub(crate) fn class_names(&self) -> Vec<String> {
+        self.classes
+            .iter()
+            .map(|(_, c)| c.name().to_owned())
+            .collect()
+    }
+
     /// Whether the cache declares the class `name`.
     pub(crate) fn declares(&self, name: &str) -> bool {
         self.classes.resolve(Some(name)).is_some()
@@ -249,6 +258,20 @@ impl Core {
     /// Every local entry is trusted again.
     pub(crate) fn trust_local(&self) {
         self.local.trust_all();
+    }
+
+    /// From now on every local entry is suspect: client-side tracking may have missed
+    /// writes (its connection dropped or was replaced).
+    #[cfg_attr(not(feature = "client-tracking"), allow(dead_code))]
+    pub(crate) fn untrack_local(&self) {
+        self.local.untrack_all();
+    }
+
+    /// Tracking is armed again: local entries written from now on are covered by it.
+    /// Independent of the backplane's trust: an entry is served only if both vouch for it.
+    #[cfg_attr(not(feature = "client-tracking"), allow(dead_code))]
+    pub(crate) fn track_local_from_now(&self) {
+        self.local.tracked_from_now();
     }
 
     /// Whether a Redis URL was configured.

@@ -40,16 +40,19 @@ pub enum CacheEvent {
         /// The outage and its recovery.
         outage: OutageRecord,
     },
-    /// The invalidation channel between instances had a gap: local entries are revalidated
-    /// against Redis until it works again.
+    /// The invalidation channel between instances, or client-side tracking (feature
+    /// `client-tracking`), had a gap: local entries are revalidated against Redis until it
+    /// works again.
     GapOpened {
-        /// Why (a ping not echoed, the subscription lost).
+        /// Why (a ping not echoed, the subscription lost); for tracking it starts with
+        /// `client tracking:`.
         reason: String,
     },
     /// The gap ended.
     GapClosed {
         /// Whether what the other instances published during the gap was applied from the
-        /// invalidation log (otherwise older local entries stay distrusted).
+        /// invalidation log (otherwise older local entries stay distrusted). Always false
+        /// after a tracking gap: what Redis did not report is not logged anywhere.
         caught_up: bool,
     },
     /// The invalidation journal overflowed while Redis was down: recovery will flush the

@@ -23,4 +23,6 @@ pub(crate) use self::options::Lifetime;
 pub use self::options::{EntryOptions, TtlJitter};
 pub use self::policy::{FlushScope, OutagePolicy, Tier};
 pub(crate) use self::status::unix_ms;
-pub use self::status::{BackplaneStatus, Counters, HealthState, OutageRecord, Status};
+pub use self::status::{
+    BackplaneStatus, Counters, HealthState, OutageRecord, Status, TrackingStatus,
+};

@@ -40,6 +40,9 @@ pub struct Status {
     /// The invalidation channel between instances (`None` without Redis or with the
     /// backplane turned off).
     pub backplane: Option<BackplaneStatus>,
+    /// Client-side tracking (`None` unless turned on with `CacheBuilder::client_tracking`,
+    /// feature `client-tracking`).
+    pub tracking: Option<TrackingStatus>,
 }
 
 /// The state of the invalidation channel between instances; see
@@ -56,6 +59,23 @@ pub struct BackplaneStatus {
     pub received: u64,
     /// Gaps in the channel after which local entries were revalidated.
     pub reconciliations: u64,
+}
+
+/// The state of client-side tracking (feature `client-tracking`): Redis reporting every
+/// change to the namespace's entry keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TrackingStatus {
+    /// Every Redis master tracks this instance's connection: a change made since the last
+    /// (re)arming is reported. While it is `false`, local entries are revalidated against
+    /// Redis before being served.
+    pub armed: bool,
+    /// Reported key changes that named an entry of this cache (its own writes included),
+    /// each removing the local copy if there was one.
+    pub keys: u64,
+    /// Times tracking was armed again after a reconnect, a failover or a lost report (the
+    /// first arming is not counted).
+    pub rearms: u64,
 }
 
 /// The breaker's state.

@@ -6,6 +6,7 @@
 //! - `lock`: the stampede lock; `heartbeat`: how old the data Redis came back with is;
 //! - `pubsub`: the invalidation channel's subscriber; `sentinel`: master switches;
 //! - `trim`: removing expired entries from a tag's set;
+//! - `tracking` (feature `client-tracking`): the client-side tracking connection;
 //! - `error`: fred's errors as the crate's, keeping their kind.
 //!
 //! The `redis` feature is switched here and nowhere else. Without it, `disabled` provides the
@@ -35,6 +36,8 @@ mod sentinel;
 mod store;
 #[cfg(feature = "redis")]
 mod trim;
+#[cfg(feature = "client-tracking")]
+mod tracking;
 
 #[cfg(feature = "redis")]
 pub(crate) use self::{
@@ -43,6 +46,9 @@ pub(crate) use self::{
     sentinel::master_switches,
     store::{ConnectionEvent, RedisStore},
 };
+
+#[cfg(feature = "client-tracking")]
+pub(crate) use self::tracking::{Armed, Tracker, TrackerEvent};
 
 #[cfg(not(feature = "redis"))]
 mod disabled;

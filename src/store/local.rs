@@ -148,6 +148,10 @@ pub(crate) struct LocalStore {
     /// Entries written before this (nanoseconds since `created`) are suspect; `u64::MAX`
     /// while the invalidation channel is down.
     trusted_from: AtomicU64,
+    /// The same for client-side tracking (feature `client-tracking`), kept apart because
+    /// the two channels fail and recover independently: an entry is suspect if either says
+    /// so. Stays 0 when tracking is off.
+    tracked_from: AtomicU64,
 }
 
 impl LocalStore {
@@ -181,6 +185,7 @@ impl LocalStore {
             by_bytes,
             created: Instant::now(),
             trusted_from: AtomicU64::new(0),
+            tracked_from: AtomicU64::new(0),
         }
     }
 
@@ -207,6 +212,20 @@ impl LocalStore {
         self.trusted_from.store(now, Ordering::SeqCst);
     }
 
+    #[cfg_attr(not(feature = "client-tracking"), allow(dead_code))]
+    /// From now on every entry is suspect as far as tracking is concerned, until
+    /// [`tracked_from_now`](Self::tracked_from_now).
+    pub(crate) fn untrack_all(&self) {
+        self.tracked_from.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    #[cfg_attr(not(feature = "client-tracking"), allow(dead_code))]
+    /// Entries written from now on are covered by tracking; older ones stay suspect.
+    pub(crate) fn tracked_from_now(&self) {
+        let now = self.nanos_since_created(Instant::now());
+        self.tracked_from.store(now, Ordering::SeqCst);
+    }
+
     /// Whether inserts need the value's encoded size.
     pub(crate) fn weighs_bytes(&self) -> bool {
         self.by_bytes
@@ -222,7 +241,11 @@ impl LocalStore {
         let meta = &entry.meta;
         // Only entries with a grace period can be alive past their TTL.
         let stale = meta.expires_at > meta.fresh_until && Instant::now() >= meta.fresh_until;
-        let suspect = meta.written < self.trusted_from.load(Ordering::Relaxed);
+        let suspect = meta.written
+            < self
+                .trusted_from
+                .load(Ordering::Relaxed)
+                .max(self.tracked_from.load(Ordering::Relaxed));
         Some(LocalHit {
             value: entry.value.clone(),
             stale,

@@ -33,6 +33,7 @@ use tracing::Instrument;
 
 use super::backplane::Backplane;
 use super::journal::{Journal, Remembered, Replay};
+use super::tracking::Tracking;
 use crate::core::{Core, Shape, WriteIf};
 use crate::error::Error;
 use crate::key::Key;
@@ -106,11 +107,28 @@ pub(crate) struct Reapplied {
 pub(crate) struct Invalidator {
     journal: Journal,
     backplane: Option<Arc<Backplane>>,
+    /// Client-side tracking, when turned on: not a path invalidations take, but it shares
+    /// the backplane's owners (the cache's status, the Sentinel watcher).
+    tracking: Option<Arc<Tracking>>,
 }
 
 impl Invalidator {
     pub(crate) fn new(journal: Journal, backplane: Option<Arc<Backplane>>) -> Self {
-        Invalidator { journal, backplane }
+        Invalidator {
+            journal,
+            backplane,
+            tracking: None,
+        }
+    }
+
+    /// With client-side tracking's state.
+    pub(crate) fn with_tracking(mut self, tracking: Option<Arc<Tracking>>) -> Self {
+        self.tracking = tracking;
+        self
+    }
+
+    pub(crate) fn tracking(&self) -> Option<&Arc<Tracking>> {
+        self.tracking.as_ref()
     }
 
     /// Sets the cache's gauges (see [`Core::publish_gauges`]).
