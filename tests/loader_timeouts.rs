@@ -297,7 +297,11 @@ async fn hard_timeout_bounds_the_wait_for_another_instances_lock() {
     let took = started.elapsed();
     assert!(read.is_err(), "B got {read:?} while A held the lock");
     assert!(took < SLOW, "B waited {took:?} for A's lock");
-    assert_eq!(b_loads.load(Ordering::SeqCst), 0, "B loaded despite A's lock");
+    assert_eq!(
+        b_loads.load(Ordering::SeqCst),
+        0,
+        "B loaded despite A's lock"
+    );
     // A's load goes on, and finishes when its loader does.
     gate.open();
     assert_eq!(holder.await.expect("task").expect("A's load"), 1);
@@ -333,5 +337,52 @@ mod cached_functions {
             other => panic!("expected a timeout, got {other:?}"),
         }
         assert!(started.elapsed() < SLOW);
+    }
+
+    static SOFT_CACHE: std::sync::LazyLock<Cache> =
+        std::sync::LazyLock::new(|| local_cache("timeouts_macro_soft"));
+    static SOFT_GATE: std::sync::LazyLock<Gate> = std::sync::LazyLock::new(Gate::default);
+
+    /// Owned arguments: the load can outlive the call, so every caller gets the stale value
+    /// at the soft timeout.
+    #[cached(key = "quote:{id}", ttl = "50ms", stale_for = "10m", soft_timeout = "150ms", cache = SOFT_CACHE)]
+    async fn quote(id: u32) -> Result<u32, std::io::Error> {
+        let calls = SOFT_GATE.calls();
+        if calls == 0 {
+            SOFT_GATE.calls.fetch_add(1, Ordering::SeqCst);
+            return Ok(id);
+        }
+        SOFT_GATE.pass(id + 100).await
+    }
+
+    #[tokio::test]
+    async fn a_cached_function_with_owned_arguments_answers_stale_and_loads_in_the_background() {
+        assert_eq!(quote(1).await.expect("loaded"), 1);
+        let opts = EntryOptions::new().ttl(Duration::from_millis(50));
+        let deadline = Instant::now() + scaled(Duration::from_secs(5));
+        while SOFT_CACHE.get_local::<u32>(key("quote:1"), &opts).is_ok() {
+            assert!(Instant::now() < deadline, "the entry never expired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The caller that finds the entry expired runs the reload, and still gets the
+        // stale value at the soft timeout.
+        let started = Instant::now();
+        assert_eq!(quote(1).await.expect("stale value"), 1);
+        assert!(started.elapsed() < SLOW);
+        assert_eq!(
+            SOFT_CACHE.counters().load_timeouts,
+            1,
+            "not answered at the soft timeout"
+        );
+        assert_eq!(SOFT_GATE.calls(), 2, "the reload did not start");
+        SOFT_GATE.open();
+        let deadline = Instant::now() + scaled(Duration::from_secs(5));
+        while quote(1).await.expect("read") != 101 {
+            assert!(
+                Instant::now() < deadline,
+                "the background load was never stored"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -154,9 +154,10 @@ mod template;
 ///   async fn price(sku: String) -> u64 { sku.len() as u64 }
 ///   ```
 /// - **`soft_timeout = "100ms"`** — with a stale value at hand (an expired entry inside its
-///   `stale_for` grace), callers waiting for the function's run get the stale value after
-///   this long; the caller running the function waits for it, and its result is stored
-///   (`stormcache::EntryOptions::soft_timeout`).
+///   `stale_for` grace), callers get the stale value after this long and the function's
+///   result is stored when it comes (`stormcache::EntryOptions::soft_timeout`). When the
+///   function takes its arguments by value, that holds for every caller: the run goes on in
+///   the background. When it borrows (`&str`, `&self`), the caller running it waits for it.
 /// - **`hard_timeout = "2s"`** — callers stop waiting for the function after this long:
 ///   they get the stale value if the grace allows, else (for functions returning `Result`)
 ///   `Err(stormcache::LoadTimeout.into())`, so the error type implements

@@ -34,10 +34,10 @@ mod pubsub;
 mod sentinel;
 #[cfg(feature = "redis")]
 mod store;
-#[cfg(feature = "redis")]
-mod trim;
 #[cfg(feature = "client-tracking")]
 mod tracking;
+#[cfg(feature = "redis")]
+mod trim;
 
 #[cfg(feature = "redis")]
 pub(crate) use self::{

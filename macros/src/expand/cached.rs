@@ -223,8 +223,15 @@ pub(crate) fn cached(args: CachedArgs, item: ItemFn) -> syn::Result<TokenStream>
     let prelude = plan.prelude();
     let body = typed_body(ret, block);
     let loader = quote!(|| #body);
-    let call = match args.eager_refresh {
-        Some((_, span)) => refreshing_call(&args, &fn_args, returns, cache_none, ret, &body, span)?,
+    // A loader that owns the arguments can outlive the call: then a soft timeout answers
+    // every caller, and the load finishes in the background.
+    let owned_span = match (args.eager_refresh, &args.soft_timeout) {
+        (Some((_, span)), _) => Some(span),
+        (None, Some(soft)) if borrowed_argument(&fn_args).is_none() => Some(soft.span),
+        (None, _) => None,
+    };
+    let call = match owned_span {
+        Some(span) => refreshing_call(&args, &fn_args, returns, cache_none, ret, &body, span)?,
         None => read_call(&args, returns, cache_none, ret, &loader),
     };
     let main = quote! {
@@ -283,35 +290,8 @@ fn refreshing_call(
     body: &TokenStream,
     span: proc_macro2::Span,
 ) -> syn::Result<TokenStream> {
-    let borrowed = |why: String, at: &dyn quote::ToTokens| {
-        syn::Error::new_spanned(
-            at,
-            format!(
-                "`eager_refresh` reloads the value after the call has returned, so the \
-                 function's arguments must be owned ('static): {why}"
-            ),
-        )
-    };
-    if let Some(receiver) = fn_args.receiver {
-        return Err(borrowed(
-            "`self` is borrowed; make it a free function taking what it needs by value".into(),
-            receiver,
-        ));
-    }
-    for pt in fn_args
-        .named
-        .iter()
-        .map(|(_, pt)| *pt)
-        .chain(fn_args.unnamed.iter().copied())
-    {
-        if has_borrow(&pt.ty) {
-            let ty = &pt.ty;
-            let written = quote!(#ty).to_string().replace("& ", "&");
-            return Err(borrowed(
-                format!("`{written}` borrows; take an owned type"),
-                ty,
-            ));
-        }
+    if let Some(error) = borrowed_argument(fn_args) {
+        return Err(error);
     }
     let loader = quote_spanned!(span=> move || #body);
     Ok(match (returns, cache_none) {
@@ -330,6 +310,38 @@ fn refreshing_call(
             ::stormcache::__private::refreshing_option(__sc_cache, __sc_key, __sc_options, #loader).await
         },
     })
+}
+
+/// Why the function's loader cannot own its arguments, if it cannot: `self`, or an
+/// argument of a type that borrows.
+fn borrowed_argument(fn_args: &FnArgs) -> Option<syn::Error> {
+    let borrowed = |why: String, at: &dyn quote::ToTokens| {
+        syn::Error::new_spanned(
+            at,
+            format!(
+                "`eager_refresh` reloads the value after the call has returned, so the \
+                 function's arguments must be owned ('static): {why}"
+            ),
+        )
+    };
+    if let Some(receiver) = fn_args.receiver {
+        return Some(borrowed(
+            "`self` is borrowed; make it a free function taking what it needs by value".into(),
+            receiver,
+        ));
+    }
+    let typed = fn_args.named.iter().map(|(_, pt)| *pt);
+    for pt in typed.chain(fn_args.unnamed.iter().copied()) {
+        if has_borrow(&pt.ty) {
+            let ty = &pt.ty;
+            let written = quote!(#ty).to_string().replace("& ", "&");
+            return Some(borrowed(
+                format!("`{written}` borrows; take an owned type"),
+                ty,
+            ));
+        }
+    }
+    None
 }
 
 /// Whether a type borrows: a reference or a lifetime anywhere in it.
