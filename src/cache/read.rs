@@ -27,11 +27,8 @@ impl Cache {
         Fut: Future<Output = T>,
     {
         // No error to give: a hard timeout without a stale value does not stop it.
-        let loaded = self
-            .fetch(key, options, || async {
-                Ok::<T, Infallible>(loader().await)
-            })
-            .await;
+        let loader = |_: Option<&T>| async { Ok::<T, Infallible>(loader().await) };
+        let loaded = self.read(key, options, loader, None).await;
         match loaded {
             Ok(fetched) => fetched.value,
             Err(never) => match never {},
@@ -70,7 +67,9 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.fetch(key, options, loader).await.map(|f| f.value)
+        let loader = |_: Option<&T>| loader();
+        let loaded = self.read(key, options, loader, E::timeout_carrier()).await;
+        loaded.map(|f| f.value)
     }
 
     /// [`try_get_or_load`](Cache::try_get_or_load) for options without a hard timeout
@@ -86,7 +85,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.fetch_with(key, options, loader, None)
+        self.read(key, options, |_: Option<&T>| loader(), None)
             .await
             .map(|f| f.value)
     }
@@ -139,26 +138,8 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.fetch_with(key, options, loader, E::timeout_carrier())
-            .await
-    }
-
-    /// [`fetch`](Cache::fetch), with how a hard timeout becomes the caller's error (`None`:
-    /// the call cannot fail, and waits for its loader).
-    async fn fetch_with<T, E, F, Fut>(
-        &self,
-        key: Key,
-        options: &EntryOptions,
-        loader: F,
-        on_timeout: load::OnTimeout<E>,
-    ) -> Result<Fetched<T>, E>
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        self.read(key, options, |_: Option<&T>| loader(), on_timeout)
-            .await
+        let loader = |_: Option<&T>| loader();
+        self.read(key, options, loader, E::timeout_carrier()).await
     }
 
     /// The read every other is made of. The loader is shown the stale value kept for it, if
@@ -361,11 +342,11 @@ impl Cache {
         // Without the local store there is no hit to refresh early, nor a stale one.
         let threshold = options.eager_refresh.filter(|_| !options.skip_local);
         if threshold.is_none() && !detaches {
-            return self.fetch_with(key, options, loader, on_timeout).await;
+            return self.read(key, options, |_: Option<&T>| loader(), on_timeout).await;
         }
         let local_key = match self.shared.core.local_key(key, options) {
             Ok(local_key) => local_key,
-            Err(key) => return self.fetch_with(key, options, loader, on_timeout).await,
+            Err(key) => return self.read(key, options, |_: Option<&T>| loader(), on_timeout).await,
         };
         let (local_key, loader) = match threshold {
             Some(threshold) => match eager_refresh::serve_and_refresh(
@@ -387,7 +368,7 @@ impl Cache {
             let loader = move |_: Option<&T>| loader();
             return load::load_detached(core, local_key, options, loader, on_timeout).await;
         }
-        self.fetch_with(local_key.key, options, loader, on_timeout)
+        self.read(local_key.key, options, |_: Option<&T>| loader(), on_timeout)
             .await
     }
 }
