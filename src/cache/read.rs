@@ -67,8 +67,9 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let loader = |_: Option<&T>| loader();
-        let loaded = self.read(key, options, loader, E::timeout_carrier()).await;
+        let loaded = self
+            .read(key, options, plain(loader), E::timeout_carrier())
+            .await;
         loaded.map(|f| f.value)
     }
 
@@ -85,7 +86,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.read(key, options, |_: Option<&T>| loader(), None)
+        self.read(key, options, plain(loader), None)
             .await
             .map(|f| f.value)
     }
@@ -138,8 +139,8 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let loader = |_: Option<&T>| loader();
-        self.read(key, options, loader, E::timeout_carrier()).await
+        self.read(key, options, plain(loader), E::timeout_carrier())
+            .await
     }
 
     /// The read every other is made of. The loader is shown the stale value kept for it, if
@@ -342,11 +343,11 @@ impl Cache {
         // Without the local store there is no hit to refresh early, nor a stale one.
         let threshold = options.eager_refresh.filter(|_| !options.skip_local);
         if threshold.is_none() && !detaches {
-            return self.read(key, options, |_: Option<&T>| loader(), on_timeout).await;
+            return self.read(key, options, plain(loader), on_timeout).await;
         }
         let local_key = match self.shared.core.local_key(key, options) {
             Ok(local_key) => local_key,
-            Err(key) => return self.read(key, options, |_: Option<&T>| loader(), on_timeout).await,
+            Err(key) => return self.read(key, options, plain(loader), on_timeout).await,
         };
         let (local_key, loader) = match threshold {
             Some(threshold) => match eager_refresh::serve_and_refresh(
@@ -365,10 +366,15 @@ impl Cache {
         };
         if detaches {
             let core = &self.shared.core;
-            let loader = move |_: Option<&T>| loader();
+            let loader = plain(loader);
             return load::load_detached(core, local_key, options, loader, on_timeout).await;
         }
-        self.read(local_key.key, options, |_: Option<&T>| loader(), on_timeout)
+        self.read(local_key.key, options, plain(loader), on_timeout)
             .await
     }
+}
+
+/// A loader that has no use for the stale value, as the read path takes loaders.
+fn plain<T, F: FnOnce() -> Fut, Fut>(loader: F) -> impl FnOnce(Option<&T>) -> Fut {
+    move |_| loader()
 }
