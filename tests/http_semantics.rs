@@ -480,7 +480,7 @@ async fn cache_status_on_every_response() {
         Router::new()
             .route("/r", origin.route().post(|| async { "posted" }))
             .route("/n", uncacheable.route())
-            .layer(layer()),
+            .layer(layer().request_no_cache(true)),
     )
     .await;
     let miss = app.get("/r").await;

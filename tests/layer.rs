@@ -228,9 +228,24 @@ async fn shared_with_credentials_opts_out() {
 }
 
 #[tokio::test]
-async fn request_no_store_bypasses_and_no_cache_refreshes() {
+async fn request_no_cache_is_ignored_by_default() {
     let counter = Counter::default();
     let app = app_with(CacheLayer::new(cache()), &counter, &[]);
+    assert_eq!(send(&app, get_req("/r")).await.body, "call 1");
+    for headers in [[("cache-control", "no-cache")], [("pragma", "no-cache")]] {
+        let got = send(&app, get_with("/r", &headers)).await;
+        assert_eq!((got.x_cache(), got.body.as_str()), ("hit", "call 1"));
+    }
+}
+
+#[tokio::test]
+async fn request_no_store_bypasses_and_no_cache_refreshes() {
+    let counter = Counter::default();
+    let app = app_with(
+        CacheLayer::new(cache()).request_no_cache(true),
+        &counter,
+        &[],
+    );
     assert_eq!(send(&app, get_req("/r")).await.body, "call 1");
 
     let no_store = send(&app, get_with("/r", &[("cache-control", "no-store")])).await;

@@ -87,8 +87,9 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///
 /// The layer behaves as a shared cache (RFC 9111) on these points:
 ///
-/// - Request `Cache-Control: no-store`: bypass. `no-cache` (or `Pragma: no-cache`): the
-///   handler answers and a storable response replaces the entry. A `Range` request
+/// - Request `Cache-Control: no-store`: bypass. `no-cache` (or `Pragma: no-cache`): ignored
+///   unless [`request_no_cache(true)`](CacheLayer::request_no_cache); then the handler
+///   answers and a storable response replaces the entry. A `Range` request
 ///   bypasses the cache (the handler answers it; the layer never cuts ranges).
 /// - A response is stored only when its status is one of
 ///   [`statuses`](CacheLayer::statuses) (default [`HEURISTIC_STATUSES`]), it has no
@@ -168,6 +169,8 @@ pub(super) struct Config {
     pub(super) min_ttl: Option<Duration>,
     pub(super) max_ttl: Option<Duration>,
     pub(super) x_cache: bool,
+    /// Whether a request's `no-cache` makes the handler answer (and refresh the entry).
+    pub(super) honor_request_no_cache: bool,
 }
 
 impl Config {
@@ -209,6 +212,7 @@ impl CacheLayer {
                 min_ttl: None,
                 max_ttl: None,
                 x_cache: true,
+                honor_request_no_cache: false,
             }),
         }
     }
@@ -303,6 +307,20 @@ impl CacheLayer {
     /// `ttl` (default: none, the response's word).
     pub fn max_ttl(mut self, ttl: Duration) -> Self {
         self.config().max_ttl = Some(ttl);
+        self
+    }
+
+    /// Whether a request's `Cache-Control: no-cache` (or `Pragma: no-cache`) is honoured
+    /// (default `false`).
+    ///
+    /// By default it is ignored, as CDNs and Varnish do: any anonymous client could
+    /// otherwise make every request for a page run its handler and rewrite its entry on
+    /// every instance, which is origin load on demand. RFC 9111 words it as a preference
+    /// of the client. With `true`, such a request is answered by the handler and a storable
+    /// answer replaces the entry (`Cache-Status: stormcache; fwd=request`). Use it for
+    /// trusted clients only, or behind rate limiting.
+    pub fn request_no_cache(mut self, honor: bool) -> Self {
+        self.config().honor_request_no_cache = honor;
         self
     }
 

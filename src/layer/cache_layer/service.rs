@@ -126,7 +126,8 @@ where
             Conditions::present(&parts.headers).then(|| Conditions::of(&parts.headers));
         // The hit path: a synchronous look in the local store, no allocation but the key's,
         // no future boxed, the inner service left alone.
-        let key = if directives.no_cache {
+        let refresh = directives.no_cache && config.honor_request_no_cache;
+        let key = if refresh {
             key
         } else {
             match self.cache.get_local::<CachedResponse>(key, &config.options) {
@@ -150,7 +151,7 @@ where
             key,
             options,
             head,
-            refresh: directives.no_cache,
+            refresh,
             stamp,
             conditions,
         };
