@@ -45,27 +45,34 @@ pub(crate) struct Subscriber {
     errors: Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
 }
 
+/// A builder for a connection that receives what Redis pushes (messages, tracking reports):
+/// reconnected forever at the store's pace, with the store's connect timeout, and a
+/// broadcast channel of `buffer` pushes between fred and the reader.
+pub(super) fn channel_builder(settings: &RedisSettings, config: Config, buffer: usize) -> Builder {
+    let mut builder = Builder::from_config(config);
+    let delay_ms = u32::try_from(settings.reconnect_delay.as_millis()).unwrap_or(u32::MAX);
+    // 0 attempts = retry forever, as for the store.
+    builder.set_policy(ReconnectPolicy::new_constant(0, delay_ms.max(1)));
+    builder.with_connection_config(|conn| {
+        conn.connection_timeout = settings.connect_timeout;
+        conn.internal_command_timeout = settings.connect_timeout;
+    });
+    builder.with_performance_config(|perf| {
+        perf.broadcast_channel_capacity = buffer;
+    });
+    builder
+}
+
 impl Subscriber {
     /// Builds the client and starts connecting in the background.
     pub(crate) fn connect(settings: &RedisSettings) -> Result<Self, Error> {
         let config = Config::from_url(&settings.url)?;
-        let mut builder = Builder::from_config(config);
-        let delay_ms = u32::try_from(settings.reconnect_delay.as_millis()).unwrap_or(u32::MAX);
-        // 0 attempts = retry forever, as for the store.
-        builder.set_policy(ReconnectPolicy::new_constant(0, delay_ms.max(1)));
-        builder.with_connection_config(|conn| {
-            conn.connection_timeout = settings.connect_timeout;
-            conn.internal_command_timeout = settings.connect_timeout;
-        });
         // fred hands messages over on a broadcast channel of 32 by default: a burst of peer
         // invalidations (a membership change invalidates a tag on every instance) outruns the
         // reader while it applies them, and what overflows is lost. The owner catches up from
         // the invalidation log when that happens, but that reads the whole log: a few thousand
         // make it rare, at a few pointers each.
-        builder.with_performance_config(|perf| {
-            perf.broadcast_channel_capacity = MESSAGE_BUFFER;
-        });
-        let client = builder.build_subscriber_client()?;
+        let client = channel_builder(settings, config, MESSAGE_BUFFER).build_subscriber_client()?;
         let messages = client.message_rx();
         let reconnects = client.reconnect_rx();
         let errors = client.error_rx();

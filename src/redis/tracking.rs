@@ -22,13 +22,14 @@ use std::time::Duration;
 
 use fred::clients::Client;
 use fred::interfaces::{ClientInterface, ClusterInterface, TrackingInterface};
-use fred::prelude::{Builder, ClientLike, Config, EventInterface, ReconnectPolicy};
+use fred::prelude::{ClientLike, Config, EventInterface};
 use fred::types::client::Invalidation;
 use fred::types::config::Server;
 use fred::types::{RespVersion, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
 
+use super::pubsub::channel_builder;
 use super::RedisSettings;
 use crate::error::Error;
 
@@ -76,19 +77,8 @@ impl Tracker {
     pub(crate) fn connect(settings: &RedisSettings, prefixes: Vec<String>) -> Result<Self, Error> {
         let mut config = Config::from_url(&settings.url)?;
         config.version = RespVersion::RESP3;
-        let mut builder = Builder::from_config(config);
-        let delay_ms = u32::try_from(settings.reconnect_delay.as_millis()).unwrap_or(u32::MAX);
-        // 0 attempts = retry forever, as for the store.
-        builder.set_policy(ReconnectPolicy::new_constant(0, delay_ms.max(1)));
-        builder.with_connection_config(|conn| {
-            conn.connection_timeout = settings.connect_timeout;
-            conn.internal_command_timeout = settings.connect_timeout;
-        });
         // fred's default of 32 is outrun by a burst of writes; what overflows is a gap.
-        builder.with_performance_config(|perf| {
-            perf.broadcast_channel_capacity = REPORT_BUFFER;
-        });
-        let client = builder.build()?;
+        let client = channel_builder(settings, config, REPORT_BUFFER).build()?;
         let reports = client.invalidation_rx();
         let reconnects = client.reconnect_rx();
         let errors = client.error_rx();
