@@ -37,10 +37,16 @@ pub(super) struct Deadlines {
 
 impl Deadlines {
     pub(super) fn new(options: &EntryOptions, can_fail: bool) -> Self {
-        let now = Instant::now();
+        // Most reads have no timeout: they do not read the clock for one.
+        let now =
+            (options.soft_timeout.is_some() || options.hard_timeout.is_some()).then(Instant::now);
         Deadlines {
-            soft: options.soft_timeout.map(|after| now + after),
-            hard: options.hard_timeout.map(|after| now + after),
+            soft: now
+                .zip(options.soft_timeout)
+                .map(|(now, after)| now + after),
+            hard: now
+                .zip(options.hard_timeout)
+                .map(|(now, after)| now + after),
             can_fail,
         }
     }
