@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache as Moka;
 use moka::Expiry;
 
+use super::front::Front;
 use super::tag_index::TagIndex;
 use crate::key::Key;
 use crate::model::ClassId;
@@ -138,6 +139,8 @@ type Hasher = foldhash::fast::RandomState;
 
 pub(crate) struct LocalStore {
     cache: Moka<LocalKey, Value, Hasher>,
+    /// Copies of the entries read most, checked before moka.
+    front: Arc<Front<LocalKey, Value, Hasher>>,
     /// Tag → the keys of the entries that carry it.
     index: Arc<TagIndex<LocalKey>>,
     /// Ids of tagged inserts.
@@ -157,12 +160,18 @@ pub(crate) struct LocalStore {
 impl LocalStore {
     pub(crate) fn new(capacity: LocalCapacity) -> Self {
         let index: Arc<TagIndex<LocalKey>> = Arc::new(TagIndex::default());
-        let forget = Arc::clone(&index);
+        let front: Arc<Front<LocalKey, Value, Hasher>> = Arc::new(Front::new(Hasher::default()));
+        let (forget, evicted) = (Arc::clone(&index), Arc::clone(&front));
         let builder = Moka::builder()
             .expire_after(PerEntryExpiry)
-            .eviction_listener(move |key: Arc<LocalKey>, value: Value, _| {
+            .eviction_listener(move |key: Arc<LocalKey>, value: Value, cause| {
                 if let Some(tagged) = &value.meta().tagged {
                     forget.forget(&tagged.tags, &key, tagged.id);
+                }
+                // Replaced and explicitly removed entries were already voided by the write;
+                // an evicted or expired one must not stay alive in the table.
+                if cause.was_evicted() {
+                    evicted.changed(&*key);
                 }
             });
         let (cache, by_bytes) = match capacity {
@@ -180,6 +189,7 @@ impl LocalStore {
         };
         LocalStore {
             cache,
+            front,
             index,
             next_id: AtomicU64::new(0),
             by_bytes,
@@ -236,11 +246,44 @@ impl LocalStore {
         &self,
         key: &LocalKey,
     ) -> Option<LocalHit<T>> {
+        let ticket = self.front.ticket(key);
+        if let Some(found) = self.front.get(key, &ticket) {
+            // moka checks expiry itself; a copy must be checked here.
+            let now = Instant::now();
+            if let Some(hit) = found
+                .value()
+                .and_then(|stored| self.hit(stored, |meta| now >= meta.expires_at, now))
+            {
+                return Some(hit);
+            }
+        }
         let stored = self.cache.get(key)?;
+        // Only entries with a grace period can be alive past their TTL: the others need no
+        // clock read.
+        let grace = stored.meta().expires_at > stored.meta().fresh_until;
+        let now = if grace { Instant::now() } else { self.created };
+        let hit = self.hit(&stored, |_| false, now);
+        if hit.is_some() {
+            self.front.promote(key, &stored, &ticket);
+        }
+        hit
+    }
+
+    /// The hit an entry gives, if it holds a `T` and is not `expired`; `now` tells stale
+    /// from fresh for entries with a grace period.
+    #[inline]
+    fn hit<T: Clone + Send + Sync + 'static>(
+        &self,
+        stored: &Value,
+        expired: impl FnOnce(&EntryMeta) -> bool,
+        now: Instant,
+    ) -> Option<LocalHit<T>> {
         let entry = stored.as_any().downcast_ref::<Entry<T>>()?;
         let meta = &entry.meta;
-        // Only entries with a grace period can be alive past their TTL.
-        let stale = meta.expires_at > meta.fresh_until && Instant::now() >= meta.fresh_until;
+        if expired(meta) {
+            return None;
+        }
+        let stale = meta.expires_at > meta.fresh_until && now >= meta.fresh_until;
         let suspect = meta.written
             < self
                 .trusted_from
@@ -288,11 +331,13 @@ impl LocalStore {
             },
             value,
         });
-        self.cache.insert(key, entry);
+        self.cache.insert(key.clone(), entry);
+        self.front.changed(&key);
     }
 
     pub(crate) fn remove(&self, key: &LocalKey) {
         self.cache.invalidate(key);
+        self.front.changed(key);
     }
 
     /// Removes the entries that carry `tag`: those its index records, so the cost is theirs,
@@ -300,6 +345,7 @@ impl LocalStore {
     pub(crate) fn invalidate_tag(&self, tag: &Key) {
         for key in self.index.take(tag) {
             self.cache.invalidate(&key);
+            self.front.changed(&key);
         }
     }
 
@@ -310,6 +356,7 @@ impl LocalStore {
     pub(crate) fn invalidate_all(&self) {
         self.cache.invalidate_all();
         self.index.clear();
+        self.front.changed_all();
     }
 
     fn invalidate_if(&self, predicate: impl Fn(&LocalKey, &Value) -> bool + Send + Sync + 'static) {
@@ -324,6 +371,7 @@ impl LocalStore {
                 self.cache.invalidate(&*key);
             }
         }
+        self.front.changed_all();
     }
 
     /// Approximate weighted size: bytes when bounded in bytes, entries otherwise.

@@ -3,6 +3,7 @@
 
 pub(crate) mod codec;
 pub(crate) mod envelope;
+mod front;
 mod local;
 mod tag_index;
 
