@@ -101,6 +101,10 @@ if [[ ! -f $SUITE_DIR/test-engine/cli.mjs ]]; then
     git clone --quiet --depth 1 "$REPO" "$SUITE_DIR"
   fi
 elif [[ $UPDATE == 1 ]]; then
+  if [[ ! -d $SUITE_DIR/.git ]]; then
+    echo "cache-tests: $SUITE_DIR is not a clone; remove it to fetch the suite again" >&2
+    exit 1
+  fi
   git -C "$SUITE_DIR" pull --quiet --ff-only
   rm -rf "$SUITE_DIR/node_modules"
 fi
