@@ -2,7 +2,11 @@
 // stormcache's reverse proxy, next to the suite's published results for other reverse
 // proxies. Used by scripts/cache-tests.sh; runs on its own too:
 //
-//   node scripts/cache-tests-summary.mjs SUITE_DIR RESULTS.json [--markdown]
+//   node scripts/cache-tests-summary.mjs SUITE_DIR RESULTS.json [--markdown] [--checks]
+//        [--baseline OLD.json]
+//
+// --baseline lists the tests whose result changed since an earlier run (such as
+// docs/cache-tests-results.json, the run docs/cache-tests.md describes).
 //
 // Results are classified as the suite's own pages do (test-engine/lib/results.mjs, with
 // dependencies honoured): a test whose dependency did not pass counts as a dependency
@@ -14,10 +18,12 @@ import { pathToFileURL } from 'node:url'
 
 const [suiteDir, resultsFile, ...flags] = process.argv.slice(2)
 if (!suiteDir || !resultsFile) {
-  console.error('usage: node cache-tests-summary.mjs SUITE_DIR RESULTS.json [--markdown]')
+  console.error('usage: node cache-tests-summary.mjs SUITE_DIR RESULTS.json [--markdown] [--checks] [--baseline OLD.json]')
   process.exit(2)
 }
 const markdown = flags.includes('--markdown')
+const baselineAt = flags.indexOf('--baseline')
+const baselineFile = baselineAt >= 0 ? flags[baselineAt + 1] : undefined
 const load = (rel) => import(pathToFileURL(path.resolve(suiteDir, rel)).href)
 
 const suites = (await load('tests/index.mjs')).default
@@ -141,5 +147,25 @@ if (markdown) {
     console.log('')
     console.log('Checks (informational): our answer, and which focus proxies answer yes')
     for (const c of checks) console.log(`  ${pad(c.test.id, 52)} ${pad(c.result, 11)} [${c.yes.join(' ')}]`)
+  }
+}
+
+if (baselineFile) {
+  const before = { name: 'baseline', results: JSON.parse(fs.readFileSync(baselineFile, 'utf8')) }
+  const changed = []
+  for (const test of tests) {
+    const was = label.get(classify(before, test.id))
+    const now = label.get(classify(ours, test.id))
+    if (was !== now) changed.push({ test, was, now })
+  }
+  const gained = (k) => {
+    const count = (impl) => tests.filter((t) => t.kind === k && passed(classify(impl, t.id))).length
+    const d = count(ours) - count(before)
+    return `${k} ${d >= 0 ? '+' : ''}${d}`
+  }
+  console.log('')
+  console.log(`Changed since ${baselineFile}: ${changed.length} tests (${KINDS.map(gained).join(', ')})`)
+  for (const c of changed) {
+    console.log(`  ${pad(c.test.id, 52)} ${pad(c.test.kind, 9)} ${pad(c.was, 13)} -> ${c.now}`)
   }
 }

@@ -19,6 +19,9 @@
 #   -i ID    run the test ID alone and show its exchanges (no results file, no summary)
 #   -b BIN   the proxy binary to run (default: build the example with cargo)
 #   -u       update a suite directory given with -d (git pull) before running
+#   -c FILE  the earlier results to list changes against (default:
+#            docs/cache-tests-results.json, the run docs/cache-tests.md describes;
+#            `-c ''` for none)
 #
 # Environment:
 #   CACHE_TESTS_REPO  git URL of the suite (default https://github.com/http-tests/cache-tests.git)
@@ -40,12 +43,13 @@ MARKDOWN=""
 TEST_ID=""
 BIN=""
 UPDATE=0
+BASELINE="$ROOT/docs/cache-tests-results.json"
 
 usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 }
 
-while getopts "d:o:m:i:b:uh" opt; do
+while getopts "d:o:m:i:b:c:uh" opt; do
   case "$opt" in
     d) SUITE_DIR=$OPTARG ;;
     o) OUT=$OPTARG ;;
@@ -53,6 +57,7 @@ while getopts "d:o:m:i:b:uh" opt; do
     i) TEST_ID=$OPTARG ;;
     b) BIN=$OPTARG ;;
     u) UPDATE=1 ;;
+    c) BASELINE=$OPTARG ;;
     h) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -202,7 +207,9 @@ cp "$WORK/results.json" "$OUT"
 echo "cache-tests: results in $OUT" >&2
 
 echo "stormcache $OUR_COMMIT (HEURISTIC_TTL=${HEURISTIC_TTL:-0}); cache-tests $SUITE_COMMIT; $(date -u +%Y-%m-%dT%H:%MZ)"
-node "$ROOT/scripts/cache-tests-summary.mjs" "$SUITE_DIR" "$OUT"
+BASELINE_OPT=()
+[[ -n $BASELINE && -f $BASELINE ]] && BASELINE_OPT=(--baseline "$BASELINE")
+node "$ROOT/scripts/cache-tests-summary.mjs" "$SUITE_DIR" "$OUT" "${BASELINE_OPT[@]}"
 if [[ -n $MARKDOWN ]]; then
   {
     echo "Run $(date -u +%Y-%m-%d) — stormcache \`$OUR_COMMIT\` (\`HEURISTIC_TTL=${HEURISTIC_TTL:-0}\`), cache-tests \`$SUITE_COMMIT\`."
