@@ -15,7 +15,13 @@
 //! with one `REDIS_URL` share their entries.
 //!
 //! Environment: `UPSTREAM` (default `http://127.0.0.1:8080`), `PROXY_ADDR` (default
-//! `127.0.0.1:3100`), `REDIS_URL` (none: local store only), `RUST_LOG` (default `info`).
+//! `127.0.0.1:3100`), `REDIS_URL` (none: local store only), `HEURISTIC_TTL` (seconds a
+//! response that gives no freshness of its own is fresh for, default 60; `0` stores such a
+//! response already stale, so it is never answered from the cache while the upstream
+//! answers), `RUST_LOG` (default `info`).
+//!
+//! `scripts/cache-tests.sh` runs the public HTTP cache test suite (cache-tests.fyi) against
+//! this proxy; `docs/cache-tests.md` has the results.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -55,13 +61,19 @@ impl Upstream {
 
 /// The proxy: every request forwarded to `upstream`, through a cache layer on `cache`.
 pub fn proxy(upstream: Upstream, cache: Cache) -> Router {
+    proxy_with(upstream, cache, Duration::from_secs(60))
+}
+
+/// [`proxy`], a response that says nothing of its freshness being fresh for
+/// `heuristic_ttl`.
+pub fn proxy_with(upstream: Upstream, cache: Cache, heuristic_ttl: Duration) -> Router {
     let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
     Router::new()
         .fallback(move |req: Request| forward(client.clone(), upstream.clone(), req))
         .layer(
             CacheLayer::new(cache)
                 // For responses that say nothing of their freshness.
-                .ttl(Duration::from_secs(60))
+                .ttl(heuristic_ttl)
                 // An upstream that fails is answered for by what was stored, for an hour.
                 .stale_for(Duration::from_secs(3600))
                 // Nobody waits more than 10 s for the upstream.
@@ -145,8 +157,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr: SocketAddr = std::env::var("PROXY_ADDR")
         .unwrap_or_else(|_| "127.0.0.1:3100".into())
         .parse()?;
+    let heuristic_ttl = match std::env::var("HEURISTIC_TTL") {
+        Ok(secs) => Duration::from_secs(
+            secs.parse()
+                .map_err(|e| format!("HEURISTIC_TTL {secs:?}: {e}"))?,
+        ),
+        Err(_) => Duration::from_secs(60),
+    };
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, ?upstream, "caching reverse proxy listening");
-    axum::serve(listener, proxy(upstream, cache)).await?;
+    tracing::info!(addr = %listener.local_addr()?, ?upstream, ?heuristic_ttl, "caching reverse proxy listening");
+    axum::serve(listener, proxy_with(upstream, cache, heuristic_ttl)).await?;
     Ok(())
 }
