@@ -54,6 +54,7 @@ mod cache_status;
 mod cached_response;
 mod conditional;
 mod freshness;
+mod query_filter;
 mod inner_service;
 pub mod invalidate_layer;
 mod request_info;
@@ -61,7 +62,10 @@ mod request_key;
 mod x_cache;
 
 pub use body::ResponseBody;
-pub use cache_layer::{CacheLayer, CacheService, DEFAULT_MAX_BODY_SIZE, HEURISTIC_STATUSES};
+pub use cache_layer::{
+    CacheLayer, CacheService, DEFAULT_MAX_BODY_SIZE, DEFAULT_REQUEST_NO_CACHE_INTERVAL,
+    HEURISTIC_STATUSES,
+};
 pub use invalidate_layer::{InvalidateLayer, InvalidateService};
 pub use request_info::RequestInfo;
 pub use x_cache::X_CACHE;

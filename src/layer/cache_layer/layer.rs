@@ -1,13 +1,16 @@
 //! [`CacheLayer`] and its configuration: the builder methods and `impl Layer`.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
+use super::refresh::{Refreshes, DEFAULT_REQUEST_NO_CACHE_INTERVAL};
+use super::registry::Registry;
 use super::CacheService;
+use crate::layer::query_filter::QueryFilter;
 use crate::layer::RequestInfo;
 use crate::{Cache, EntryOptions, Key, KeyTemplate};
 
@@ -149,6 +152,10 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 pub struct CacheLayer {
     cache: Cache,
     config: Arc<Config>,
+    /// The configuration the services get, with the state shared by all the services of
+    /// this layer (the refresh limiter, the `max_entries` registry): made by the first
+    /// `layer` call, and made again after any builder method.
+    built: Arc<OnceLock<Arc<Config>>>,
 }
 
 /// What a [`CacheLayer`] was configured with, shared by every service it builds.
@@ -171,6 +178,16 @@ pub(super) struct Config {
     pub(super) x_cache: bool,
     /// Whether a request's `no-cache` makes the handler answer (and refresh the entry).
     pub(super) honor_request_no_cache: bool,
+    /// The least time between two refreshes of one key by `no-cache` requests.
+    pub(super) refresh_interval: Duration,
+    /// Which query parameters are part of the key.
+    pub(super) query: QueryFilter,
+    /// The most entries this layer keeps in the local store.
+    pub(super) max_entries: Option<u64>,
+    /// Built by `layer`: the refreshes of `no-cache` requests, when honoured.
+    pub(super) refreshes: Option<Arc<Refreshes>>,
+    /// Built by `layer`: the keys stored, with `max_entries`.
+    pub(super) entries: Option<Arc<Registry>>,
 }
 
 impl Config {
@@ -213,12 +230,39 @@ impl CacheLayer {
                 max_ttl: None,
                 x_cache: true,
                 honor_request_no_cache: false,
+                refresh_interval: DEFAULT_REQUEST_NO_CACHE_INTERVAL,
+                query: QueryFilter::default(),
+                max_entries: None,
+                refreshes: None,
+                entries: None,
             }),
+            built: Arc::default(),
         }
     }
 
-    fn config(&mut self) -> &mut Config {
+    pub(super) fn config(&mut self) -> &mut Config {
+        // The services of a layer configured further are not those of the layer it was.
+        self.built = Arc::default();
         Arc::make_mut(&mut self.config)
+    }
+
+    /// The configuration of the services, with the state they share.
+    fn built(&self) -> Arc<Config> {
+        let built = self.built.get_or_init(|| {
+            let mut config = (*self.config).clone();
+            config.refreshes = config
+                .honor_request_no_cache
+                .then(|| Arc::new(Refreshes::new(config.refresh_interval)));
+            config.entries = config.max_entries.map(|max| {
+                Arc::new(Registry::new(
+                    max,
+                    self.cache.clone(),
+                    config.options.clone(),
+                ))
+            });
+            Arc::new(config)
+        });
+        Arc::clone(built)
     }
 
     /// How long a stored response is fresh (default: the class's TTL).
@@ -317,8 +361,18 @@ impl CacheLayer {
     /// otherwise make every request for a page run its handler and rewrite its entry on
     /// every instance, which is origin load on demand. RFC 9111 words it as a preference
     /// of the client. With `true`, such a request is answered by the handler and a storable
-    /// answer replaces the entry (`Cache-Status: stormcache; fwd=request`). Use it for
-    /// trusted clients only, or behind rate limiting.
+    /// answer replaces the entry (`Cache-Status: stormcache; fwd=request`), within two
+    /// bounds that keep it from being origin load on demand:
+    ///
+    /// - `no-cache` requests of one key that arrive while its handler runs share that one
+    ///   call: they get the response it stored (`fwd=request; collapsed`), or, if it stored
+    ///   nothing, go on as requests without `no-cache`;
+    /// - a key is refreshed at most once per
+    ///   [`request_no_cache_interval`](Self::request_no_cache_interval) (default
+    ///   [`DEFAULT_REQUEST_NO_CACHE_INTERVAL`], 1 s): a `no-cache` request inside it is
+    ///   answered from the entry just refreshed (`Cache-Status: stormcache; hit;
+    ///   detail=rate-limited`). The limiter remembers the last 10,000 keys refreshed, no
+    ///   more.
     pub fn request_no_cache(mut self, honor: bool) -> Self {
         self.config().honor_request_no_cache = honor;
         self
@@ -483,6 +537,7 @@ impl CacheLayer {
         self.config().key_host = enabled;
         self
     }
+
 }
 
 impl<S> Layer<S> for CacheLayer {
@@ -492,7 +547,7 @@ impl<S> Layer<S> for CacheLayer {
         CacheService {
             inner,
             cache: self.cache.clone(),
-            config: Arc::clone(&self.config),
+            config: self.built(),
         }
     }
 }
@@ -520,7 +575,11 @@ impl Config {
             .field("tag_path", &self.tag_path)
             .field("min_ttl", &self.min_ttl)
             .field("max_ttl", &self.max_ttl)
-            .field("x_cache", &self.x_cache);
+            .field("x_cache", &self.x_cache)
+            .field("honor_request_no_cache", &self.honor_request_no_cache)
+            .field("request_no_cache_interval", &self.refresh_interval)
+            .field("query", &self.query)
+            .field("max_entries", &self.max_entries);
         d.finish()
     }
 }

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
@@ -17,6 +17,8 @@ use tower_service::Service;
 use crate::LoadTimeout;
 
 use super::layer::Config;
+use super::refresh::{self, Refresh, Refreshing};
+use super::registry::Recording;
 use super::revalidate::{add_validators, freshen, has_validators};
 use super::rules::{
     lifetime_of, mark_nested, respond, stamp_response, store_plan, unstamped, Stamp,
@@ -25,7 +27,6 @@ use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
 use crate::layer::cached_response::CachedResponse;
 use crate::layer::conditional::Conditions;
-use crate::model::Lifetime;
 use crate::{Cache, EntryOptions, Fetched, Key, Origin};
 
 /// Everything the cached path needs once the request has left `call`.
@@ -35,7 +36,7 @@ pub(super) struct Run {
     pub(super) key: Key,
     pub(super) options: Option<EntryOptions>,
     pub(super) head: bool,
-    pub(super) refresh: bool,
+    pub(super) refresh: Refresh,
     pub(super) stamp: Stamp,
     pub(super) conditions: Option<Conditions>,
 }
@@ -50,7 +51,7 @@ impl Run {
     /// boxed on their own, only when they run.
     pub(super) async fn run<S, ReqBody, ResBody>(
         self,
-        mut inner: S,
+        inner: S,
         req: Request<ReqBody>,
     ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
     where
@@ -76,16 +77,34 @@ impl Run {
         let conditions = conditions.as_ref();
         let answer =
             |value: &CachedResponse, outcome| respond(value, head, stamp, outcome, conditions);
+        // With `max_entries`, the key is recorded once whatever may store it has run (see
+        // `registry`).
+        let recording = config.entries.as_ref().map(|entries| entries.recording(&key));
 
-        if refresh {
-            let refreshed = refresh_entry(&cache, &config, key, options, head, inner, req);
-            return Ok(match Box::pin(refreshed).await? {
-                Ok(stored) => answer(&stored, Outcome::Refresh(Stored::Yes)),
-                Err((passed, why)) => {
-                    stamp_response(passed, stamp, Outcome::Refresh(Stored::No(why)))
+        let (mut inner, req) = match refresh {
+            Refresh::Join(slot) => {
+                let refreshing = Refreshing {
+                    cache: &cache,
+                    config: &config,
+                    key: &key,
+                    options,
+                    head,
+                    stamp,
+                    conditions,
+                };
+                match Box::pin(refresh::coalesced(refreshing, slot, inner, req)).await {
+                    Ok((answered, stored)) => {
+                        if !stored {
+                            recording.map(Recording::skip);
+                        }
+                        return answered;
+                    }
+                    // The refresh it joined stored nothing: on as any request.
+                    Err(parts) => parts,
                 }
-            });
-        }
+            }
+            Refresh::No | Refresh::Limited => (inner, req),
+        };
 
         let mut passed: Option<Passed<ResBody, S::Error>> = None;
         let mut ran = false;
@@ -149,6 +168,12 @@ impl Run {
             )
             .await;
 
+        // A value from the loader, Redis or another request's load is in the local store
+        // now; a stale one was there already, and a failed load stored nothing.
+        let stored = matches!(&fetched, Ok(f) if !matches!(f.origin, Origin::Stale));
+        if !stored {
+            recording.map(Recording::skip);
+        }
         let passed_on = |res, why| stamp_response(res, stamp, Outcome::Miss(Stored::No(why)));
         match fetched {
             Ok(Fetched { value, origin }) => Ok(match origin {
@@ -225,57 +250,10 @@ impl From<LoadTimeout> for NotStored {
     }
 }
 
-/// `Cache-Control: no-cache`: the handler answers, and what it says replaces the entry when
-/// it may be stored. `Ok(Ok(_))`: the stored response; `Ok(Err(_))`: the response passed on,
-/// with why it was not stored.
-async fn refresh_entry<S, ReqBody, ResBody>(
-    cache: &Cache,
-    config: &Config,
-    key: Key,
-    options: &EntryOptions,
-    head: bool,
-    mut inner: S,
-    req: Request<ReqBody>,
-) -> Result<Result<CachedResponse, (Response<ResponseBody<ResBody>>, &'static str)>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body,
-{
-    let requested = SystemTime::now();
-    let res = inner.call(mark_nested(req)).await?;
-    if head {
-        // A HEAD response has no body to store.
-        return Ok(Err((res.map(ResponseBody::inner), "head")));
-    }
-    let stored = match capture(res, config, requested).await {
-        Ok(stored) => stored,
-        Err(passed) => return Ok(Err(passed)),
-    };
-    let options = match lifetime_of(&stored) {
-        None => options.clone(),
-        Some(lifetime) => with_lifetime(options, lifetime),
-    };
-    cache.set(key, stored.clone(), &options).await;
-    Ok(Ok(stored))
-}
-
-/// The options of a `set` for a response with a lifetime of its own: the TTL it gives,
-/// without jitter, and no grace if it must be revalidated.
-fn with_lifetime(options: &EntryOptions, lifetime: Lifetime) -> EntryOptions {
-    let mut options = options.clone();
-    if let Some(ttl) = lifetime.ttl {
-        options = options.ttl(ttl).ttl_jitter(Duration::ZERO);
-    }
-    if let Some(grace) = lifetime.grace {
-        options = options.stale_for(grace);
-    }
-    options
-}
-
 /// Reads a response whose headers allow storing it, up to the size limit. `Ok`: the whole
 /// response, to store. `Err`: the response to pass on (with what was read of its body) and
 /// why it is not stored.
-async fn capture<B: Body>(
+pub(super) async fn capture<B: Body>(
     res: Response<B>,
     config: &Config,
     requested: SystemTime,

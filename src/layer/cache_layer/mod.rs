@@ -38,11 +38,15 @@
 
 mod future;
 mod layer;
+mod limits;
 mod load;
+mod refresh;
+mod registry;
 mod revalidate;
 mod rules;
 mod service;
 
 pub use future::ResponseFuture;
 pub use layer::{CacheLayer, DEFAULT_MAX_BODY_SIZE, HEURISTIC_STATUSES};
+pub use refresh::DEFAULT_REQUEST_NO_CACHE_INTERVAL;
 pub use service::CacheService;
