@@ -166,10 +166,12 @@ async fn concurrent_no_cache_requests_share_one_handler_call() {
         .route("/r", origin.route())
         .layer(layer)
         // Counts the requests that reached the cache layer.
-        .layer(tower::ServiceBuilder::new().map_request(move |req: Request<axum::body::Body>| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            req
-        }));
+        .layer(
+            tower::ServiceBuilder::new().map_request(move |req: Request<axum::body::Body>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                req
+            }),
+        );
     let app = serve(app).await;
 
     assert_eq!(app.get("/r").await.text(), "call 1");
@@ -182,9 +184,10 @@ async fn concurrent_no_cache_requests_share_one_handler_call() {
         .collect();
     // Every request is in the layer (joined the refresh, on this single-threaded runtime),
     // and the handler runs for one of them.
-    until("20 no-cache requests in the layer and the handler called", || {
-        entered.load(Ordering::SeqCst) == 21 && origin.calls() == 2
-    })
+    until(
+        "20 no-cache requests in the layer and the handler called",
+        || entered.load(Ordering::SeqCst) == 21 && origin.calls() == 2,
+    )
     .await;
     origin.gate.send_replace(true);
     let mut statuses = Vec::new();
@@ -193,7 +196,11 @@ async fn concurrent_no_cache_requests_share_one_handler_call() {
         assert_eq!(got.text(), "call 2");
         statuses.push(got.cache_status().to_owned());
     }
-    assert_eq!(origin.calls(), 2, "one handler call for the 20 no-cache requests");
+    assert_eq!(
+        origin.calls(),
+        2,
+        "one handler call for the 20 no-cache requests"
+    );
     let stored = statuses
         .iter()
         .filter(|s| s.starts_with("stormcache; fwd=request; stored"))
@@ -240,13 +247,19 @@ async fn a_key_is_refreshed_at_most_once_per_interval() {
     let mut limited = 0;
     loop {
         let got = app.no_cache("/r").await;
-        if got.cache_status().starts_with("stormcache; fwd=request; stored") {
+        if got
+            .cache_status()
+            .starts_with("stormcache; fwd=request; stored")
+        {
             assert_eq!(got.text(), "call 4");
             break;
         }
         assert!(got.cache_status().ends_with("detail=rate-limited"));
         limited += 1;
-        assert!(refreshed_at.elapsed() < Duration::from_secs(10), "never refreshed again");
+        assert!(
+            refreshed_at.elapsed() < Duration::from_secs(10),
+            "never refreshed again"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
@@ -255,7 +268,11 @@ async fn a_key_is_refreshed_at_most_once_per_interval() {
         refreshed_at.elapsed()
     );
     assert!(limited > 0);
-    assert_eq!(origin.calls(), 4, "one call per refresh, none per limited request");
+    assert_eq!(
+        origin.calls(),
+        4,
+        "one call per refresh, none per limited request"
+    );
 }
 
 #[tokio::test]
@@ -346,7 +363,10 @@ async fn enumerating_queries_on_a_route_of_big_bodies_stays_within_the_bound() {
         }
         if batch % 25 == 24 {
             let weight = cache.local_weighted_size();
-            assert!(weight <= BOUND, "{weight} bytes held for a bound of {BOUND}");
+            assert!(
+                weight <= BOUND,
+                "{weight} bytes held for a bound of {BOUND}"
+            );
             peak = peak.max(weight);
         }
     }
@@ -375,16 +395,28 @@ async fn ignored_query_params_leave_the_key_but_reach_the_handler() {
     let app = serve(Router::new().route("/p", echo_query(&calls)).layer(layer)).await;
 
     let first = app.get("/p?id=1&utm_source=mail").await;
-    assert_eq!((first.x_cache(), first.text().as_str()), ("miss", "id=1&utm_source=mail"));
+    assert_eq!(
+        (first.x_cache(), first.text().as_str()),
+        ("miss", "id=1&utm_source=mail")
+    );
     let same = app.get("/p?utm_campaign=x&id=1&fbclid=abc").await;
-    assert_eq!((same.x_cache(), same.text().as_str()), ("hit", "id=1&utm_source=mail"));
+    assert_eq!(
+        (same.x_cache(), same.text().as_str()),
+        ("hit", "id=1&utm_source=mail")
+    );
     // Escaped, the name is the same name.
     assert_eq!(app.get("/p?id=1&utm%5Fmedium=x").await.x_cache(), "hit");
     // A kept parameter still makes its own entry.
-    assert_eq!(app.get("/p?id=2&utm_source=mail").await.text(), "id=2&utm_source=mail");
+    assert_eq!(
+        app.get("/p?id=2&utm_source=mail").await.text(),
+        "id=2&utm_source=mail"
+    );
     // Enumerating ignored values makes no entry and no handler call.
     for i in 0..50 {
-        assert_eq!(app.get(&format!("/p?id=1&utm_term={i}")).await.x_cache(), "hit");
+        assert_eq!(
+            app.get(&format!("/p?id=1&utm_term={i}")).await.x_cache(),
+            "hit"
+        );
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // Only ignored parameters: the bare path's entry.
@@ -400,7 +432,10 @@ async fn only_allowed_query_params_make_the_key() {
     let app = serve(Router::new().route("/q", echo_query(&calls)).layer(layer)).await;
 
     let first = app.get("/q?x=1&id=7").await;
-    assert_eq!((first.x_cache(), first.text().as_str()), ("miss", "x=1&id=7"));
+    assert_eq!(
+        (first.x_cache(), first.text().as_str()),
+        ("miss", "x=1&id=7")
+    );
     assert_eq!(app.get("/q?id=7&x=2&y=3").await.x_cache(), "hit");
     assert_eq!(app.get("/q?id=7").await.x_cache(), "hit");
     assert_eq!(app.get("/q?id=8").await.x_cache(), "miss");
@@ -422,11 +457,19 @@ async fn max_entries_keeps_the_most_recent_keys_of_the_layer() {
 
     for i in 0..100 {
         assert_eq!(app.get(&format!("/m?i={i}")).await.x_cache(), "miss");
-        assert!(cache.local_entry_count() <= 20, "after {i}: {}", cache.local_entry_count());
+        assert!(
+            cache.local_entry_count() <= 20,
+            "after {i}: {}",
+            cache.local_entry_count()
+        );
     }
     assert_eq!(cache.local_entry_count(), 20);
     for i in 80..100 {
-        assert_eq!(app.get(&format!("/m?i={i}")).await.x_cache(), "hit", "i={i}");
+        assert_eq!(
+            app.get(&format!("/m?i={i}")).await.x_cache(),
+            "hit",
+            "i={i}"
+        );
     }
     assert_eq!(app.get("/m?i=0").await.x_cache(), "miss");
     assert!(cache.local_entry_count() <= 20);
@@ -445,7 +488,11 @@ async fn max_entries_evicts_the_least_recently_used_key() {
     assert_eq!(app.get("/m?i=0").await.x_cache(), "hit");
     assert_eq!(app.get("/m?i=5").await.x_cache(), "miss");
     assert_eq!(app.get("/m?i=0").await.x_cache(), "hit");
-    assert_eq!(app.get("/m?i=1").await.x_cache(), "miss", "the least recently used");
+    assert_eq!(
+        app.get("/m?i=1").await.x_cache(),
+        "miss",
+        "the least recently used"
+    );
 }
 
 #[tokio::test]
@@ -464,7 +511,11 @@ async fn max_entries_is_shared_by_the_routes_of_one_layer() {
         app.get(&format!("/a?i={i}")).await;
         app.get(&format!("/b?i={i}")).await;
     }
-    assert!(cache.local_entry_count() <= 10, "{}", cache.local_entry_count());
+    assert!(
+        cache.local_entry_count() <= 10,
+        "{}",
+        cache.local_entry_count()
+    );
     assert!(cache.local_entry_count() > 0);
 }
 
@@ -527,7 +578,11 @@ async fn max_entries_with_redis_records_entries_read_back_from_redis() {
     // Evicted here, still in Redis: read back from it (no handler call), and each one read
     // back is recorded again, so the cap holds.
     for i in 0..30 {
-        assert_eq!(app.get(&format!("/m?i={i}")).await.x_cache(), "hit", "i={i}");
+        assert_eq!(
+            app.get(&format!("/m?i={i}")).await.x_cache(),
+            "hit",
+            "i={i}"
+        );
         let count = cache.local_entry_count();
         assert!(count <= 10, "{count} entries after reading {i} back");
     }

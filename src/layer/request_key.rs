@@ -210,9 +210,9 @@ mod tests {
             &[],
             None,
         )
-            .expect("utf-8")
-            .as_str()
-            .to_owned()
+        .expect("utf-8")
+        .as_str()
+        .to_owned()
     }
 
     #[test]
@@ -258,10 +258,15 @@ mod tests {
         let mut f = QueryFilter::default();
         f.deny([NamePattern::parse("utm_*")]);
         let k = |q: &str| {
-            finish(default_base("/p", Some(q), &f), &HeaderMap::new(), &[], None)
-                .expect("utf-8")
-                .as_str()
-                .to_owned()
+            finish(
+                default_base("/p", Some(q), &f),
+                &HeaderMap::new(),
+                &[],
+                None,
+            )
+            .expect("utf-8")
+            .as_str()
+            .to_owned()
         };
         assert_eq!(k("utm_source=x&b=2&a=1"), key("/p", Some("a=1&b=2")));
         assert_eq!(k("utm%5Fsource=x&a=1"), key("/p", Some("a=1")));
@@ -269,7 +274,14 @@ mod tests {
         assert_eq!(k("utm_source=x"), key("/p", None));
         let mut only = QueryFilter::default();
         only.allow([NamePattern::parse("id")]);
-        let k = |q: &str| finish(default_base("/p", Some(q), &only), &HeaderMap::new(), &[], None);
+        let k = |q: &str| {
+            finish(
+                default_base("/p", Some(q), &only),
+                &HeaderMap::new(),
+                &[],
+                None,
+            )
+        };
         assert_eq!(k("z=1&id=7&a=2"), k("id=7"));
         assert_ne!(k("id=7"), k("id=8"));
     }

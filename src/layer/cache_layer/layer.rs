@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
-use super::refresh::{Refreshes, DEFAULT_REQUEST_NO_CACHE_INTERVAL};
+use super::limiter::{Refreshes, DEFAULT_REQUEST_NO_CACHE_INTERVAL};
 use super::registry::Registry;
 use super::CacheService;
 use crate::layer::query_filter::QueryFilter;
@@ -537,7 +537,6 @@ impl CacheLayer {
         self.config().key_host = enabled;
         self
     }
-
 }
 
 impl<S> Layer<S> for CacheLayer {

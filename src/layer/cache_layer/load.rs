@@ -17,8 +17,6 @@ use tower_service::Service;
 use crate::LoadTimeout;
 
 use super::layer::Config;
-use super::refresh::{self, Refresh, Refreshing};
-use super::registry::Recording;
 use super::revalidate::{add_validators, freshen, has_validators};
 use super::rules::{
     lifetime_of, mark_nested, respond, stamp_response, store_plan, unstamped, Stamp,
@@ -36,7 +34,6 @@ pub(super) struct Run {
     pub(super) key: Key,
     pub(super) options: Option<EntryOptions>,
     pub(super) head: bool,
-    pub(super) refresh: Refresh,
     pub(super) stamp: Stamp,
     pub(super) conditions: Option<Conditions>,
 }
@@ -51,7 +48,7 @@ impl Run {
     /// boxed on their own, only when they run.
     pub(super) async fn run<S, ReqBody, ResBody>(
         self,
-        inner: S,
+        mut inner: S,
         req: Request<ReqBody>,
     ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
     where
@@ -69,7 +66,6 @@ impl Run {
             key,
             options,
             head,
-            refresh,
             stamp,
             conditions,
         } = self;
@@ -79,32 +75,10 @@ impl Run {
             |value: &CachedResponse, outcome| respond(value, head, stamp, outcome, conditions);
         // With `max_entries`, the key is recorded once whatever may store it has run (see
         // `registry`).
-        let recording = config.entries.as_ref().map(|entries| entries.recording(&key));
-
-        let (mut inner, req) = match refresh {
-            Refresh::Join(slot) => {
-                let refreshing = Refreshing {
-                    cache: &cache,
-                    config: &config,
-                    key: &key,
-                    options,
-                    head,
-                    stamp,
-                    conditions,
-                };
-                match Box::pin(refresh::coalesced(refreshing, slot, inner, req)).await {
-                    Ok((answered, stored)) => {
-                        if !stored {
-                            recording.map(Recording::skip);
-                        }
-                        return answered;
-                    }
-                    // The refresh it joined stored nothing: on as any request.
-                    Err(parts) => parts,
-                }
-            }
-            Refresh::No | Refresh::Limited => (inner, req),
-        };
+        let recording = config
+            .entries
+            .as_ref()
+            .map(|entries| entries.recording(&key));
 
         let mut passed: Option<Passed<ResBody, S::Error>> = None;
         let mut ran = false;
@@ -172,7 +146,9 @@ impl Run {
         // now; a stale one was there already, and a failed load stored nothing.
         let stored = matches!(&fetched, Ok(f) if !matches!(f.origin, Origin::Stale));
         if !stored {
-            recording.map(Recording::skip);
+            if let Some(recording) = recording {
+                recording.skip();
+            }
         }
         let passed_on = |res, why| stamp_response(res, stamp, Outcome::Miss(Stored::No(why)));
         match fetched {

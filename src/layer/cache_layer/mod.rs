@@ -38,6 +38,7 @@
 
 mod future;
 mod layer;
+mod limiter;
 mod limits;
 mod load;
 mod refresh;
@@ -48,5 +49,5 @@ mod service;
 
 pub use future::ResponseFuture;
 pub use layer::{CacheLayer, DEFAULT_MAX_BODY_SIZE, HEURISTIC_STATUSES};
-pub use refresh::DEFAULT_REQUEST_NO_CACHE_INTERVAL;
+pub use limiter::DEFAULT_REQUEST_NO_CACHE_INTERVAL;
 pub use service::CacheService;

@@ -15,18 +15,15 @@
 //!   cannot itself be made to grow. A slot evicted early only allows one more refresh.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use http::{Request, Response};
 use http_body::Body;
-use moka::ops::compute::Op;
-use moka::sync::Cache as Moka;
-use moka::Expiry;
-use tokio::sync::OnceCell;
 use tower_service::Service;
 
 use super::layer::Config;
-use super::load::capture;
+use super::limiter::Slot;
+use super::load::{capture, Run};
 use super::rules::{lifetime_of, mark_nested, respond, stamp_response, Stamp};
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
@@ -35,100 +32,51 @@ use crate::layer::conditional::Conditions;
 use crate::model::Lifetime;
 use crate::{Cache, EntryOptions, Key};
 
-/// The default interval between two refreshes of one key by `no-cache` requests.
-pub const DEFAULT_REQUEST_NO_CACHE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How many keys the limiter remembers at most (a slot is a few dozen bytes).
-const REMEMBERED_KEYS: u64 = 10_000;
-
-/// How long a slot whose refresh has not finished is kept: past it, a handler that still has
-/// not answered no longer holds back the refreshes of its key.
-const PENDING_FOR: Duration = Duration::from_secs(60);
-
-/// One key's refresh: set once it is done, with the response it stored, if any.
-#[derive(Default)]
-pub(super) struct Slot {
-    done: OnceCell<Option<CachedResponse>>,
-}
-
-/// What a request's `no-cache` leads to.
-pub(super) enum Refresh {
-    /// The request did not ask (or the layer does not honour it).
-    No,
-    /// The key was refreshed less than the interval ago: answered as any request.
-    Limited,
-    /// Leads or joins the key's refresh.
-    Join(Arc<Slot>),
-}
-
-/// The refreshes of one layer: a slot per key refreshed lately.
-pub(crate) struct Refreshes {
-    slots: Moka<Key, Arc<Slot>, foldhash::fast::RandomState>,
-}
-
-struct SlotExpiry {
-    interval: Duration,
-}
-
-impl SlotExpiry {
-    fn life(&self, slot: &Slot) -> Duration {
-        if slot.done.initialized() {
-            self.interval
-        } else {
-            PENDING_FOR.max(self.interval)
+/// The cached path of a request whose `no-cache` leads or joins the refresh in `slot`; when
+/// the refresh stored nothing, it goes on as a request without `no-cache` ([`Run::run`]).
+pub(super) async fn refresh_then_run<S, ReqBody, ResBody>(
+    run: Run,
+    slot: Arc<Slot>,
+    inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Send + 'static,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Send,
+{
+    let config = Arc::clone(&run.config);
+    let refreshing = Refreshing {
+        cache: &run.cache,
+        config: &config,
+        key: &run.key,
+        options: run.options.as_ref().unwrap_or(&config.options),
+        head: run.head,
+        stamp: run.stamp,
+        conditions: run.conditions.as_ref(),
+    };
+    // With `max_entries`, the key is recorded once the refresh may have stored it (see
+    // `registry`), also if this request is dropped mid-way.
+    let recording = config.entries.as_ref().map(|e| e.recording(&run.key));
+    match Box::pin(coalesced(refreshing, slot, inner, req)).await {
+        Ok((answered, stored)) => {
+            if let Some(recording) = recording.filter(|_| !stored) {
+                recording.skip();
+            }
+            answered
         }
-    }
-}
-
-impl Expiry<Key, Arc<Slot>> for SlotExpiry {
-    fn expire_after_create(&self, _: &Key, slot: &Arc<Slot>, _: Instant) -> Option<Duration> {
-        Some(self.life(slot))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &Key,
-        slot: &Arc<Slot>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(self.life(slot))
-    }
-}
-
-impl Refreshes {
-    pub(super) fn new(interval: Duration) -> Self {
-        Refreshes {
-            slots: Moka::builder()
-                .max_capacity(REMEMBERED_KEYS)
-                .expire_after(SlotExpiry { interval })
-                .build_with_hasher(foldhash::fast::RandomState::default()),
+        // The refresh it joined stored nothing: on as any request (which records its key
+        // itself).
+        Err((inner, req)) => {
+            if let Some(recording) = recording {
+                recording.skip();
+            }
+            run.run(inner, req).await
         }
-    }
-
-    /// What a `no-cache` request of `key` does: join the key's refresh, or none if one
-    /// finished less than the interval ago.
-    pub(super) fn admit(&self, key: &Key) -> Refresh {
-        let slot = self
-            .slots
-            .get_with_by_ref(key, || Arc::new(Slot::default()));
-        if slot.done.initialized() {
-            tracing::trace!(%key, "request no-cache inside the refresh interval; not refreshing");
-            Refresh::Limited
-        } else {
-            Refresh::Join(slot)
-        }
-    }
-
-    /// The refresh in `slot` is done: the interval starts now. Written again only if it is
-    /// still the key's slot, so that a newer one (after this one was evicted) is kept.
-    fn finished(&self, key: &Key, slot: &Arc<Slot>) {
-        self.slots
-            .entry_by_ref(key)
-            .and_compute_with(|current| match current {
-                Some(entry) if Arc::ptr_eq(entry.value(), slot) => Op::Put(Arc::clone(slot)),
-                _ => Op::Nop,
-            });
     }
 }
 
@@ -185,9 +133,8 @@ where
         })
         .await
         .clone();
-    let answer = |stored: &CachedResponse, outcome| {
-        respond(stored, r.head, r.stamp, outcome, r.conditions)
-    };
+    let answer =
+        |stored: &CachedResponse, outcome| respond(stored, r.head, r.stamp, outcome, r.conditions);
     let Some(parts) = parts else {
         // This request ran the refresh.
         if let Some(refreshes) = &r.config.refreshes {

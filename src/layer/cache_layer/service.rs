@@ -11,8 +11,9 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::layer::Config;
+use super::limiter::Refresh;
 use super::load::Run;
-use super::refresh::Refresh;
+use super::refresh::refresh_then_run;
 use super::rules::{is_nested, mark_nested, plan_key, respond, Stamp};
 use super::ResponseFuture;
 use crate::layer::body::ResponseBody;
@@ -164,11 +165,17 @@ where
             key,
             options,
             head,
-            refresh,
             stamp,
             conditions,
         };
-        ResponseFuture::boxed(Box::pin(run.run(inner, req)), stamp)
+        match refresh {
+            Refresh::Join(slot) => {
+                ResponseFuture::boxed(Box::pin(refresh_then_run(run, slot, inner, req)), stamp)
+            }
+            Refresh::No | Refresh::Limited => {
+                ResponseFuture::boxed(Box::pin(run.run(inner, req)), stamp)
+            }
+        }
     }
 }
 
