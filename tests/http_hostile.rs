@@ -109,13 +109,20 @@ impl Served {
 struct Gated {
     calls: Arc<AtomicUsize>,
     gate: watch::Sender<bool>,
+    cache_control: &'static str,
 }
 
 impl Gated {
     fn new() -> Gated {
+        Gated::answering("max-age=60")
+    }
+
+    /// A handler whose answers carry this `Cache-Control`.
+    fn answering(cache_control: &'static str) -> Gated {
         Gated {
             calls: Arc::new(AtomicUsize::new(0)),
             gate: watch::Sender::new(true),
+            cache_control,
         }
     }
 
@@ -132,7 +139,10 @@ impl Gated {
                 let mut open = this.gate.subscribe();
                 open.wait_for(|open| *open).await.expect("gate");
                 let mut h = HeaderMap::new();
-                h.insert("cache-control", HeaderValue::from_static("max-age=60"));
+                h.insert(
+                    "cache-control",
+                    HeaderValue::from_static(this.cache_control),
+                );
                 (h, format!("call {n}"))
             }
         })
@@ -212,6 +222,60 @@ async fn concurrent_no_cache_requests_share_one_handler_call() {
     assert_eq!((stored, collapsed), (1, 19), "{statuses:?}");
     let after = app.get("/r").await;
     assert_eq!((after.x_cache(), after.text().as_str()), ("hit", "call 2"));
+}
+
+#[tokio::test]
+async fn requests_that_joined_a_refresh_that_stored_nothing_go_on_as_any_request() {
+    let origin = Gated::answering("no-store");
+    let entered = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&entered);
+    let cache = Cache::builder("hostile-unstored").build().expect("cache");
+    let layer = CacheLayer::new(cache)
+        .request_no_cache(true)
+        .request_no_cache_interval(Duration::from_secs(60));
+    let app = Router::new()
+        .route("/r", origin.route())
+        .layer(layer)
+        .layer(
+            tower::ServiceBuilder::new().map_request(move |req: Request<axum::body::Body>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                req
+            }),
+        );
+    let app = serve(app).await;
+    origin.gate.send_replace(false);
+    let requests: Vec<_> = (0..5)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { app.no_cache("/r").await })
+        })
+        .collect();
+    until(
+        "5 no-cache requests in the layer and the handler called",
+        || entered.load(Ordering::SeqCst) == 5 && origin.calls() == 1,
+    )
+    .await;
+    origin.gate.send_replace(true);
+    let mut statuses = Vec::new();
+    for request in requests {
+        let got = request.await.expect("request task");
+        assert_eq!(got.status, StatusCode::OK);
+        statuses.push(got.cache_status().to_owned());
+    }
+    statuses.sort();
+    // The refresh's response could not be shared (nothing stored): the others asked the
+    // handler as requests without `no-cache` do for a response that is not stored.
+    assert_eq!(
+        statuses,
+        [
+            "stormcache; fwd=miss; detail=no-store",
+            "stormcache; fwd=miss; detail=no-store",
+            "stormcache; fwd=miss; detail=no-store",
+            "stormcache; fwd=miss; detail=no-store",
+            "stormcache; fwd=request; detail=no-store",
+        ]
+    );
+    assert_eq!(origin.calls(), 5);
 }
 
 #[tokio::test]

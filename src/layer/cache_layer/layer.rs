@@ -74,7 +74,12 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 /// - The key is built from the path (the full one, even under `nest`), the query with its
 ///   pairs sorted by name, the values of the headers declared with
 ///   [`vary`](CacheLayer::vary), and the principal (see below). A
-///   [`key_fn`](CacheLayer::key_fn) replaces the path-and-query part.
+///   [`key_fn`](CacheLayer::key_fn) replaces the path-and-query part;
+///   [`query_params`](CacheLayer::query_params) and
+///   [`ignore_query_params`](CacheLayer::ignore_query_params) leave parameters out of it.
+/// - [`max_entries`](CacheLayer::max_entries) caps the entries one layer keeps in the local
+///   store, which is itself bounded in bytes by default
+///   ([`CacheBuilder::local_capacity`](crate::CacheBuilder::local_capacity)).
 /// - Keys and tags live in the cache's namespace under `http:`, apart from the keys the
 ///   application uses directly.
 ///
@@ -92,7 +97,9 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///
 /// - Request `Cache-Control: no-store`: bypass. `no-cache` (or `Pragma: no-cache`): ignored
 ///   unless [`request_no_cache(true)`](CacheLayer::request_no_cache); then the handler
-///   answers and a storable response replaces the entry. A `Range` request
+///   answers and a storable response replaces the entry, once for all the concurrent
+///   `no-cache` requests of a key and at most once per
+///   [`request_no_cache_interval`](CacheLayer::request_no_cache_interval). A `Range` request
 ///   bypasses the cache (the handler answers it; the layer never cuts ranges).
 /// - A response is stored only when its status is one of
 ///   [`statuses`](CacheLayer::statuses) (default [`HEURISTIC_STATUSES`]), it has no
@@ -122,6 +129,8 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   `no-cache`, `status`, `set-cookie`, `vary`, `size`, `stale`, `head`…),
 ///   `stormcache; fwd=miss; collapsed` (joined another request's load),
 ///   `stormcache; fwd=request; stored` (request `no-cache`),
+///   `stormcache; fwd=request; collapsed` (joined another `no-cache` request's refresh),
+///   `stormcache; hit; ttl=3; detail=rate-limited` (`no-cache` inside the interval),
 ///   `stormcache; fwd=stale; fwd-status=503; ttl=-4`,
 ///   `stormcache; fwd=stale; fwd-status=304; stored; ttl=60` (revalidated),
 ///   `stormcache; fwd=method`,
@@ -150,12 +159,12 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 #[derive(Clone)]
 #[must_use]
 pub struct CacheLayer {
-    cache: Cache,
-    config: Arc<Config>,
+    pub(super) cache: Cache,
+    pub(super) config: Arc<Config>,
     /// The configuration the services get, with the state shared by all the services of
     /// this layer (the refresh limiter, the `max_entries` registry): made by the first
     /// `layer` call, and made again after any builder method.
-    built: Arc<OnceLock<Arc<Config>>>,
+    pub(super) built: Arc<OnceLock<Arc<Config>>>,
 }
 
 /// What a [`CacheLayer`] was configured with, shared by every service it builds.
@@ -244,25 +253,6 @@ impl CacheLayer {
         // The services of a layer configured further are not those of the layer it was.
         self.built = Arc::default();
         Arc::make_mut(&mut self.config)
-    }
-
-    /// The configuration of the services, with the state they share.
-    fn built(&self) -> Arc<Config> {
-        let built = self.built.get_or_init(|| {
-            let mut config = (*self.config).clone();
-            config.refreshes = config
-                .honor_request_no_cache
-                .then(|| Arc::new(Refreshes::new(config.refresh_interval)));
-            config.entries = config.max_entries.map(|max| {
-                Arc::new(Registry::new(
-                    max,
-                    self.cache.clone(),
-                    config.options.clone(),
-                ))
-            });
-            Arc::new(config)
-        });
-        Arc::clone(built)
     }
 
     /// How long a stored response is fresh (default: the class's TTL).

@@ -2,8 +2,12 @@
 //! how often a request's `no-cache` reaches the handler, which query parameters make new
 //! keys, and how many entries one layer keeps.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::layer::Config;
+use super::limiter::Refreshes;
+use super::registry::Registry;
 use super::CacheLayer;
 use crate::layer::query_filter::NamePattern;
 
@@ -110,5 +114,24 @@ impl CacheLayer {
     pub fn max_entries(mut self, n: u64) -> Self {
         self.config().max_entries = Some(n);
         self
+    }
+
+    /// The configuration of the services, with the state they share.
+    pub(super) fn built(&self) -> Arc<Config> {
+        let built = self.built.get_or_init(|| {
+            let mut config = (*self.config).clone();
+            config.refreshes = config
+                .honor_request_no_cache
+                .then(|| Arc::new(Refreshes::new(config.refresh_interval)));
+            config.entries = config.max_entries.map(|max| {
+                Arc::new(Registry::new(
+                    max,
+                    self.cache.clone(),
+                    config.options.clone(),
+                ))
+            });
+            Arc::new(config)
+        });
+        Arc::clone(built)
     }
 }

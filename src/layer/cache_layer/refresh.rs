@@ -11,8 +11,12 @@
 //! - once done, the slot is kept for the interval: a `no-cache` request of the key meanwhile
 //!   is answered as if it had not asked (`hit; detail=rate-limited` from the entry just
 //!   refreshed);
-//! - the slots live in a small moka cache with an expiry, bounded in entries: the limiter
-//!   cannot itself be made to grow. A slot evicted early only allows one more refresh.
+//! - the slots live in a small moka cache with an expiry, bounded in entries (see
+//!   `limiter`): the limiter cannot itself be made to grow.
+//!
+//! A `HEAD` request's refresh stores nothing (there is no body), but it counts as the key's
+//! refresh all the same: otherwise `HEAD` with `no-cache` would reach the handler as often as
+//! it is sent.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
