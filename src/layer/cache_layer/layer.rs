@@ -362,7 +362,8 @@ impl CacheLayer {
     ///   [`DEFAULT_REQUEST_NO_CACHE_INTERVAL`], 1 s): a `no-cache` request inside it is
     ///   answered from the entry just refreshed (`Cache-Status: stormcache; hit;
     ///   detail=rate-limited`). The limiter remembers the last 10,000 keys refreshed, no
-    ///   more.
+    ///   more, and is kept per process: `k` instances refresh a key at most `k` times per
+    ///   interval.
     pub fn request_no_cache(mut self, honor: bool) -> Self {
         self.config().honor_request_no_cache = honor;
         self

@@ -10,7 +10,6 @@ use moka::sync::Cache as Moka;
 use moka::Expiry;
 use tokio::sync::OnceCell;
 
-use crate::layer::cached_response::CachedResponse;
 use crate::Key;
 
 /// The default interval between two refreshes of one key by `no-cache` requests.
@@ -23,10 +22,11 @@ const REMEMBERED_KEYS: u64 = 10_000;
 /// not answered no longer holds back the refreshes of its key.
 const PENDING_FOR: Duration = Duration::from_secs(60);
 
-/// One key's refresh: set once it is done, with the response it stored, if any.
+/// One key's refresh: set once it is done, to whether it stored a response (which those
+/// who joined it read from the local store: the slot holds no body).
 #[derive(Default)]
 pub(super) struct Slot {
-    pub(super) done: OnceCell<Option<CachedResponse>>,
+    pub(super) done: OnceCell<bool>,
 }
 
 /// What a request's `no-cache` leads to.

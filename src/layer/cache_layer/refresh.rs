@@ -98,8 +98,7 @@ pub(super) struct Refreshing<'a> {
 
 /// What the request answers from its refresh: `Ok` the answer and whether the refresh
 /// stored a response, or `Err` the inner service and the request back when the refresh it
-/// joined stored nothing (it goes on as a request without `no-cache`, to be coalesced with
-/// the others).
+/// joined stored nothing it can answer (it goes on as a request without `no-cache`).
 type Refreshed<S, ReqBody, ResBody, E> =
     Result<(Result<Response<ResponseBody<ResBody>>, E>, bool), (S, Request<ReqBody>)>;
 
@@ -114,29 +113,22 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body,
 {
-    type Passed<B, E> = Result<(Response<ResponseBody<B>>, &'static str), E>;
     let mut parts = Some((inner, req));
-    let mut passed: Option<Passed<ResBody, S::Error>> = None;
-    let (parts_slot, passed_slot) = (&mut parts, &mut passed);
+    let mut mine: Option<RefreshResult<ResBody, S::Error>> = None;
+    let (parts_slot, mine_slot) = (&mut parts, &mut mine);
     // If the leader's request is dropped mid-way, a waiting one runs its own refresh.
-    let stored = slot
+    let stored = *slot
         .done
         .get_or_init(|| async move {
-            let (inner, req) = parts_slot.take()?;
-            match refresh_entry(&r, inner, req).await {
-                Ok(Ok(stored)) => Some(stored),
-                Ok(Err(not_stored)) => {
-                    *passed_slot = Some(Ok(not_stored));
-                    None
-                }
-                Err(error) => {
-                    *passed_slot = Some(Err(error));
-                    None
-                }
-            }
+            let Some((inner, req)) = parts_slot.take() else {
+                return false;
+            };
+            let result = refresh_entry(&r, inner, req).await;
+            let stored = matches!(result, Ok(Ok(_)));
+            *mine_slot = Some(result);
+            stored
         })
-        .await
-        .clone();
+        .await;
     let answer =
         |stored: &CachedResponse, outcome| respond(stored, r.head, r.stamp, outcome, r.conditions);
     let Some(parts) = parts else {
@@ -144,17 +136,16 @@ where
         if let Some(refreshes) = &r.config.refreshes {
             refreshes.finished(r.key, &slot);
         }
-        let was_stored = stored.is_some();
-        let answered = match (stored, passed) {
-            (Some(stored), _) => Ok(answer(&stored, Outcome::Refresh(Stored::Yes))),
-            (None, Some(Ok((res, why)))) => Ok(stamp_response(
+        let answered = match mine {
+            Some(Ok(Ok(stored))) => Ok(answer(&stored, Outcome::Refresh(Stored::Yes))),
+            Some(Ok(Err((res, why)))) => Ok(stamp_response(
                 res,
                 r.stamp,
                 Outcome::Refresh(Stored::No(why)),
             )),
-            (None, Some(Err(error))) => Err(error),
-            (None, None) => {
-                // Unreachable: the refresh fills the slot whenever it stores nothing.
+            Some(Err(error)) => Err(error),
+            None => {
+                // Unreachable: the refresh fills `mine` before it is done.
                 tracing::error!("cache layer lost the refreshed response; answering 502");
                 let mut res = Response::new(ResponseBody::empty());
                 *res.status_mut() = http::StatusCode::BAD_GATEWAY;
@@ -165,13 +156,26 @@ where
                 ))
             }
         };
-        return Ok((answered, was_stored));
+        return Ok((answered, stored));
     };
-    match stored {
-        Some(stored) => Ok((Ok(answer(&stored, Outcome::RefreshCollapsed)), true)),
-        None => Err(parts),
+    // Joined: the response the refresh stored, read from the local store rather than kept in
+    // the slot, so that the limiter holds no bodies. Gone already (evicted, invalidated, or
+    // a class that skips the local store): on as any request.
+    if stored {
+        if let Ok(fresh) = r
+            .cache
+            .get_local::<CachedResponse>(r.key.clone(), r.options)
+        {
+            return Ok((Ok(answer(&fresh, Outcome::RefreshCollapsed)), true));
+        }
     }
+    Err(parts)
 }
+
+/// What a refresh gives its leader: the stored response, or the response passed on with why
+/// it was not stored, or the inner service's error.
+type RefreshResult<B, E> =
+    Result<Result<CachedResponse, (Response<ResponseBody<B>>, &'static str)>, E>;
 
 /// The handler answers, and what it says replaces the entry when it may be stored.
 /// `Ok(Ok(_))`: the stored response; `Ok(Err(_))`: the response passed on, with why it was
@@ -180,7 +184,7 @@ async fn refresh_entry<S, ReqBody, ResBody>(
     r: &Refreshing<'_>,
     mut inner: S,
     req: Request<ReqBody>,
-) -> Result<Result<CachedResponse, (Response<ResponseBody<ResBody>>, &'static str)>, S::Error>
+) -> RefreshResult<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body,
