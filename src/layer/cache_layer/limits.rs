@@ -94,8 +94,8 @@ impl CacheLayer {
     /// the entries of the least recently stored or used keys are removed, so that a client
     /// enumerating query strings on one route cannot push out the entries of the others.
     ///
-    /// The bound is per layer value: a layer given to `Router::layer` bounds all the routes
-    /// together, one given to each `route_layer` bounds its route. It is kept in this
+    /// The bound is per layer value (clones share it): a layer given to `Router::layer`
+    /// bounds all the routes together, one given to each `route_layer` bounds its route. It is kept in this
     /// process: entries are removed from the local store only. In Redis they live out their
     /// TTL, and another instance keeps its own `n`; bound Redis with its own `maxmemory`
     /// and an eviction policy. The count is of keys recorded, which may include entries
