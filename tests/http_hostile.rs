@@ -410,6 +410,34 @@ async fn the_default_local_store_is_bounded_in_bytes() {
     );
 }
 
+/// GETs `/big?x=<i>` for `0..n`, 8 at a time; every `check_every` requests, checks that the
+/// local store of `cache` holds at most `bound`. Returns the largest size seen.
+async fn enumerate(app: &Served, cache: &Cache, n: usize, bound: u64, check_every: usize) -> u64 {
+    let mut peak = 0;
+    for batch in 0..n / 8 {
+        let requests: Vec<_> = (0..8)
+            .map(|i| {
+                let app = app.clone();
+                tokio::spawn(async move { app.get(&format!("/big?x={}", batch * 8 + i)).await })
+            })
+            .collect();
+        for request in requests {
+            let got = request.await.expect("request task");
+            assert_eq!(got.status, StatusCode::OK);
+            assert_eq!(got.body.len(), 64 * 1024);
+        }
+        if (batch + 1) * 8 % check_every == 0 {
+            let weight = cache.local_weighted_size();
+            assert!(
+                weight <= bound,
+                "{weight} bytes held for a bound of {bound}"
+            );
+            peak = peak.max(weight);
+        }
+    }
+    peak
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn enumerating_queries_on_a_route_of_big_bodies_stays_within_the_bound() {
     const BOUND: u64 = 4 * 1024 * 1024;
@@ -423,31 +451,28 @@ async fn enumerating_queries_on_a_route_of_big_bodies_stays_within_the_bound() {
             .layer(CacheLayer::new(cache.clone())),
     )
     .await;
-    let mut peak = 0;
-    // 3,000 distinct queries, 8 at a time: about 190 MiB of responses for a 4 MiB bound.
-    for batch in 0..375 {
-        let requests: Vec<_> = (0..8)
-            .map(|i| {
-                let app = app.clone();
-                tokio::spawn(async move { app.get(&format!("/big?x={}", batch * 8 + i)).await })
-            })
-            .collect();
-        for request in requests {
-            let got = request.await.expect("request task");
-            assert_eq!(got.status, StatusCode::OK);
-            assert_eq!(got.body.len(), 64 * 1024);
-        }
-        if batch % 25 == 24 {
-            let weight = cache.local_weighted_size();
-            assert!(
-                weight <= BOUND,
-                "{weight} bytes held for a bound of {BOUND}"
-            );
-            peak = peak.max(weight);
-        }
-    }
+    // 3,000 distinct queries: about 190 MiB of responses for a 4 MiB bound.
+    let peak = enumerate(&app, &cache, 3_000, BOUND, 200).await;
     // It still caches: a good part of the bound is in use.
     assert!(peak > BOUND / 2, "only {peak} bytes held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_default_bound_holds_against_enumeration() {
+    const DEFAULT: u64 = 256 * 1024 * 1024;
+    let cache = Cache::builder("hostile-bytes-default")
+        .build()
+        .expect("cache");
+    let app = serve(
+        Router::new()
+            .route("/big", big_bodies())
+            .layer(CacheLayer::new(cache.clone())),
+    )
+    .await;
+    // 4,800 distinct queries: about 300 MiB of responses, more than the default bound (a
+    // bound of 10,000 entries would have kept them all).
+    let peak = enumerate(&app, &cache, 4_800, DEFAULT, 400).await;
+    assert!(peak > DEFAULT * 3 / 4, "only {peak} bytes held");
 }
 
 // ---------------------------------------------------------------------------------------------
