@@ -228,6 +228,58 @@ async fn concurrent_no_cache_requests_share_one_handler_call() {
     assert_eq!((after.x_cache(), after.text().as_str()), ("hit", "call 2"));
 }
 
+/// In process rather than over a socket: dropping a client's request does not reliably drop
+/// the server's future for it, and this test needs the leader's future dropped.
+#[tokio::test]
+async fn a_refresh_whose_leader_is_dropped_is_taken_over_by_a_waiting_request() {
+    use tower::ServiceExt;
+
+    let origin = Gated::new();
+    let entered = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&entered);
+    let cache = Cache::builder("hostile-dropped").build().expect("cache");
+    let layer = CacheLayer::new(cache)
+        .request_no_cache(true)
+        .request_no_cache_interval(Duration::from_secs(60));
+    let app = Router::new()
+        .route("/r", origin.route())
+        .layer(layer)
+        .layer(
+            tower::ServiceBuilder::new().map_request(move |req: Request<axum::body::Body>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                req
+            }),
+        );
+    let no_cache = || {
+        Request::get("/r")
+            .header("cache-control", "no-cache")
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    origin.gate.send_replace(false);
+    let leader = tokio::spawn(app.clone().oneshot(no_cache()));
+    until("the leader's handler called", || origin.calls() == 1).await;
+    let waiter = tokio::spawn(app.clone().oneshot(no_cache()));
+    until("the second request in the layer", || {
+        entered.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // On this runtime's only thread, a request counted in the layer has been polled up to
+    // where it waits: it joined the leader's refresh.
+    leader.abort();
+    assert!(leader.await.expect_err("aborted").is_cancelled());
+    until("the waiter's own handler call", || origin.calls() == 2).await;
+    origin.gate.send_replace(true);
+    let res = waiter.await.expect("waiter task").expect("infallible");
+    assert_eq!(
+        res.headers()["cache-status"],
+        "stormcache; fwd=request; stored; ttl=60"
+    );
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body, "call 2");
+    assert_eq!(origin.calls(), 2);
+}
+
 #[tokio::test]
 async fn requests_that_joined_a_refresh_that_stored_nothing_go_on_as_any_request() {
     let origin = Gated::answering("no-store");
