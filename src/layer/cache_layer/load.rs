@@ -1,6 +1,6 @@
 //! The miss path of the cache layer: [`Run`] loads the response through the [`Cache`] (one
-//! load per key, the stale entry on failure), `Cache-Control: no-cache` refreshes the entry,
-//! and [`capture`] reads a storable response's body up to the size limit.
+//! load per key, the stale entry on failure), and [`capture`] reads a storable response's
+//! body up to the size limit. A request's honoured `no-cache` goes through `refresh` first.
 
 use std::collections::VecDeque;
 use std::future::Future;
