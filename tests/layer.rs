@@ -241,8 +241,11 @@ async fn request_no_cache_is_ignored_by_default() {
 #[tokio::test]
 async fn request_no_store_bypasses_and_no_cache_refreshes() {
     let counter = Counter::default();
+    // No interval between refreshes: each `no-cache` request below refreshes the entry.
     let app = app_with(
-        CacheLayer::new(cache()).request_no_cache(true),
+        CacheLayer::new(cache())
+            .request_no_cache(true)
+            .request_no_cache_interval(Duration::ZERO),
         &counter,
         &[],
     );

@@ -97,7 +97,12 @@ impl CacheBuilder {
         self
     }
 
-    /// How big the local store may grow (default 10,000 entries).
+    /// How big the local store may grow (default [`LocalCapacity::Bytes`] of 256 MiB).
+    ///
+    /// The default bounds memory whatever the size of the values: a bound in entries lets
+    /// 10,000 responses of a megabyte hold 10 GB. Weighing costs an encoding of each value
+    /// stored locally when the cache has no Redis (with Redis the encoding is made for the
+    /// Redis write anyway); [`LocalCapacity::Entries`] skips it, for small values.
     pub fn local_capacity(mut self, capacity: LocalCapacity) -> Self {
         self.capacity = capacity;
         self

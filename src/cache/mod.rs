@@ -95,6 +95,27 @@ impl Cache {
         self.shared.core.local_entry_count()
     }
 
+    /// Approximate weighted size of the local store: bytes under [`LocalCapacity::Bytes`]
+    /// (the default; each value's encoded size plus its key and a fixed overhead per
+    /// entry), entries under [`LocalCapacity::Entries`]. Pending evictions run first, so
+    /// it is within the bound.
+    ///
+    /// [`LocalCapacity::Bytes`]: crate::LocalCapacity::Bytes
+    /// [`LocalCapacity::Entries`]: crate::LocalCapacity::Entries
+    pub fn local_weighted_size(&self) -> u64 {
+        self.shared.core.local_weighted_size()
+    }
+
+    /// Removes `key` (of `options`' class) from this process's local store only: no Redis,
+    /// no other instance. For bounds kept per caller (the HTTP layer's `max_entries`).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn forget_local(&self, key: &Key, options: &EntryOptions) {
+        let core = &*self.shared.core;
+        if let Ok(local_key) = core.local_key(key.clone(), options) {
+            core.remove_local(&local_key);
+        }
+    }
+
     /// Writes a value to the local store and to Redis; other instances drop their local
     /// copies of the key (see [multi-instance coherence](crate#multi-instance-coherence)).
     ///

@@ -245,6 +245,17 @@ impl Core {
         self.local.entry_count()
     }
 
+    /// Approximate weighted size of the local store (bytes, or entries).
+    pub(crate) fn local_weighted_size(&self) -> u64 {
+        self.local.weighted_size()
+    }
+
+    /// Removes one entry from the local store only.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn remove_local(&self, key: &LocalKey) {
+        self.local.remove(key);
+    }
+
     /// From now on every local entry is suspect (the invalidation channel has a gap).
     pub(crate) fn distrust_local(&self) {
         self.local.distrust_all();

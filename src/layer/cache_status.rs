@@ -28,6 +28,11 @@ pub(crate) enum Stored {
 pub(crate) enum Outcome {
     /// From the cache, the handler not called.
     Hit,
+    /// From the cache although the request said `no-cache`: its key was refreshed less
+    /// than the layer's interval ago.
+    RateLimited,
+    /// From another `no-cache` request's refresh of the same key, joined while it ran.
+    RefreshCollapsed,
     /// From another request's load of the same key, joined while it ran.
     Collapsed,
     /// From the handler, and stored or not.
@@ -49,7 +54,10 @@ pub(crate) enum Outcome {
 impl Outcome {
     pub(crate) fn x_cache(self) -> XCache {
         match self {
-            Outcome::Hit | Outcome::Collapsed => XCache::Hit,
+            Outcome::Hit
+            | Outcome::Collapsed
+            | Outcome::RateLimited
+            | Outcome::RefreshCollapsed => XCache::Hit,
             Outcome::Miss(_) | Outcome::Refresh(_) => XCache::Miss,
             Outcome::Stale { .. } => XCache::Stale,
             Outcome::Revalidated => XCache::Revalidated,
@@ -68,6 +76,8 @@ impl Outcome {
         let base = match self {
             Outcome::Hit => "stormcache; hit",
             Outcome::Collapsed => "stormcache; fwd=miss; collapsed",
+            Outcome::RateLimited => "stormcache; hit",
+            Outcome::RefreshCollapsed => "stormcache; fwd=request; collapsed",
             Outcome::Miss(Stored::Yes) => "stormcache; fwd=miss; stored",
             Outcome::Miss(Stored::No(_)) => "stormcache; fwd=miss",
             Outcome::Refresh(Stored::Yes) => "stormcache; fwd=request; stored",
@@ -98,6 +108,8 @@ impl Outcome {
             self,
             Outcome::Hit
                 | Outcome::Collapsed
+                | Outcome::RateLimited
+                | Outcome::RefreshCollapsed
                 | Outcome::Stale { .. }
                 | Outcome::Revalidated
                 | Outcome::Miss(Stored::Yes)
@@ -106,6 +118,11 @@ impl Outcome {
         if let (true, Some(ttl)) = (with_ttl, ttl) {
             value.push_str("; ttl=");
             value.push_str(&ttl.to_string());
+        }
+        if self == Outcome::RateLimited {
+            // After `ttl`: the member reads as a hit, then says why `no-cache` was not
+            // followed.
+            value.push_str("; detail=rate-limited");
         }
         if value.len() == base.len() {
             return HeaderValue::from_static(base);
@@ -187,6 +204,16 @@ mod tests {
                 "stormcache; fwd=bypass; detail=range",
             ),
             (Outcome::Collapsed, None, "stormcache; fwd=miss; collapsed"),
+            (
+                Outcome::RateLimited,
+                Some(30),
+                "stormcache; hit; ttl=30; detail=rate-limited",
+            ),
+            (
+                Outcome::RefreshCollapsed,
+                Some(30),
+                "stormcache; fwd=request; collapsed; ttl=30",
+            ),
         ];
         for (outcome, ttl, want) in cases {
             assert_eq!(outcome.cache_status(ttl), want, "{outcome:?}");

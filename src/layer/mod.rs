@@ -56,12 +56,16 @@ mod conditional;
 mod freshness;
 mod inner_service;
 pub mod invalidate_layer;
+mod query_filter;
 mod request_info;
 mod request_key;
 mod x_cache;
 
 pub use body::ResponseBody;
-pub use cache_layer::{CacheLayer, CacheService, DEFAULT_MAX_BODY_SIZE, HEURISTIC_STATUSES};
+pub use cache_layer::{
+    CacheLayer, CacheService, DEFAULT_MAX_BODY_SIZE, DEFAULT_REQUEST_NO_CACHE_INTERVAL,
+    HEURISTIC_STATUSES,
+};
 pub use invalidate_layer::{InvalidateLayer, InvalidateService};
 pub use request_info::RequestInfo;
 pub use x_cache::X_CACHE;

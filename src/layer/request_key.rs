@@ -24,22 +24,23 @@
 use http::header::{AUTHORIZATION, COOKIE, HOST};
 use http::{HeaderMap, HeaderName};
 
+use super::query_filter::QueryFilter;
 use crate::{Key, KeyBuilder};
 
 /// The prefix of every key and tag the HTTP layers write.
 pub(crate) const PREFIX: &str = "http:";
 
-/// Starts the default base of a request: `http:GET:<path>[|q:<normalized query>]`.
-pub(crate) fn default_base(path: &str, query: Option<&str>) -> KeyBuilder {
-    let mut b = KeyBuilder::new()
+/// Starts the default base of a request: `http:GET:<path>[|q:<normalized query>]`, the
+/// query holding only the parameters `filter` keeps (no `|q:` when it keeps none).
+pub(crate) fn default_base(path: &str, query: Option<&str>, filter: &QueryFilter) -> KeyBuilder {
+    let b = KeyBuilder::new()
         .literal(PREFIX)
         .literal("GET:")
         .value(path);
-    if let Some(query) = query.filter(|q| !q.is_empty()) {
-        b = b.literal("|q:");
-        b = push_normalized_query(b, query);
+    match query.filter(|q| !q.is_empty()) {
+        Some(query) => push_normalized_query(b, query, filter),
+        None => b,
     }
-    b
 }
 
 /// Starts a key from a key function's base.
@@ -120,11 +121,13 @@ fn host_name(authority: &str) -> &str {
     }
 }
 
-fn push_normalized_query(mut b: KeyBuilder, query: &str) -> KeyBuilder {
+/// Appends `|q:` and the query's pairs that `filter` keeps, sorted by name; nothing when it
+/// keeps none.
+fn push_normalized_query(mut b: KeyBuilder, query: &str, filter: &QueryFilter) -> KeyBuilder {
     fn name<'q>(pair: &&'q str) -> &'q str {
         pair.split_once('=').map_or(*pair, |(n, _)| n)
     }
-    let mut pairs = query.split('&').filter(|p| !p.is_empty());
+    let pairs = query.split('&').filter(|p| !p.is_empty());
     // Most queries are short and already sorted: then nothing is collected.
     let sorted = {
         let mut prev: Option<&str> = None;
@@ -135,23 +138,27 @@ fn push_normalized_query(mut b: KeyBuilder, query: &str) -> KeyBuilder {
             ok
         })
     };
+    let mut first = true;
+    let mut push = |b: KeyBuilder, pair: &str| {
+        let b = b.literal(if first { "|q:" } else { "&" });
+        first = false;
+        b.value(pair)
+    };
     if sorted && !query.contains('%') {
-        if let Some(first) = pairs.next() {
-            b = b.value(first);
-        }
-        for pair in pairs {
-            b = b.literal("&").value(pair);
+        for pair in pairs.filter(|p| filter.keeps_all() || filter.keeps(name(p))) {
+            b = push(b, pair);
         }
         return b;
     }
-    // Percent-escapes are normalized before sorting, so `a=%41` and `a=A` are one entry.
-    let mut all: Vec<std::borrow::Cow<'_, str>> = pairs.map(normalize_escapes).collect();
+    // Percent-escapes are normalized before sorting (and filtering), so `a=%41` and `a=A`
+    // are one entry, and `utm%5Fsource` is `utm_source`.
+    let mut all: Vec<std::borrow::Cow<'_, str>> = pairs
+        .map(normalize_escapes)
+        .filter(|p| filter.keeps_all() || filter.keeps(name(&&**p)))
+        .collect();
     all.sort_by(|x, y| name(&&**x).cmp(name(&&**y)));
-    for (i, pair) in all.iter().enumerate() {
-        if i > 0 {
-            b = b.literal("&");
-        }
-        b = b.value(&**pair);
+    for pair in &all {
+        b = push(b, pair);
     }
     b
 }
@@ -193,13 +200,19 @@ fn normalize_escapes(pair: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::query_filter::NamePattern;
     use http::HeaderValue;
 
     fn key(path: &str, query: Option<&str>) -> String {
-        finish(default_base(path, query), &HeaderMap::new(), &[], None)
-            .expect("utf-8")
-            .as_str()
-            .to_owned()
+        finish(
+            default_base(path, query, &QueryFilter::default()),
+            &HeaderMap::new(),
+            &[],
+            None,
+        )
+        .expect("utf-8")
+        .as_str()
+        .to_owned()
     }
 
     #[test]
@@ -241,21 +254,59 @@ mod tests {
     }
 
     #[test]
+    fn filtered_parameters_leave_the_key() {
+        let mut f = QueryFilter::default();
+        f.deny([NamePattern::parse("utm_*")]);
+        let k = |q: &str| {
+            finish(
+                default_base("/p", Some(q), &f),
+                &HeaderMap::new(),
+                &[],
+                None,
+            )
+            .expect("utf-8")
+            .as_str()
+            .to_owned()
+        };
+        assert_eq!(k("utm_source=x&b=2&a=1"), key("/p", Some("a=1&b=2")));
+        assert_eq!(k("utm%5Fsource=x&a=1"), key("/p", Some("a=1")));
+        // Nothing kept: the key of the bare path.
+        assert_eq!(k("utm_source=x"), key("/p", None));
+        let mut only = QueryFilter::default();
+        only.allow([NamePattern::parse("id")]);
+        let k = |q: &str| {
+            finish(
+                default_base("/p", Some(q), &only),
+                &HeaderMap::new(),
+                &[],
+                None,
+            )
+        };
+        assert_eq!(k("z=1&id=7&a=2"), k("id=7"));
+        assert_ne!(k("id=7"), k("id=8"));
+    }
+
+    #[test]
     fn request_parts_cannot_forge_markers() {
         let anon = finish(
-            default_base("/p", Some("x|p:bob")),
+            default_base("/p", Some("x|p:bob"), &QueryFilter::default()),
             &HeaderMap::new(),
             &[],
             None,
         );
         let bob = finish(
-            default_base("/p", Some("x")),
+            default_base("/p", Some("x"), &QueryFilter::default()),
             &HeaderMap::new(),
             &[],
             Some("bob"),
         );
         assert_ne!(anon, bob);
-        let path = finish(default_base("/p|q:x", None), &HeaderMap::new(), &[], None);
+        let path = finish(
+            default_base("/p|q:x", None, &QueryFilter::default()),
+            &HeaderMap::new(),
+            &[],
+            None,
+        );
         assert_ne!(
             path.as_ref().map(Key::as_str),
             Some(key("/p", Some("x")).as_str())
@@ -271,7 +322,7 @@ mod tests {
         empty.insert(&lang, HeaderValue::from_static(""));
         let k = |h: &HeaderMap| {
             finish(
-                default_base("/", None),
+                default_base("/", None, &QueryFilter::default()),
                 h,
                 std::slice::from_ref(&lang),
                 None,

@@ -45,9 +45,12 @@ pub enum LocalCapacity {
     Bytes(u64),
 }
 
+/// The default bound: 256 MiB of weighed values. A bound in bytes rather than in entries,
+/// so that many large values (HTTP responses up to a megabyte each, for one) cannot hold
+/// more memory than it says.
 impl Default for LocalCapacity {
     fn default() -> Self {
-        LocalCapacity::Entries(10_000)
+        LocalCapacity::Bytes(256 * 1024 * 1024)
     }
 }
 
@@ -376,6 +379,7 @@ impl LocalStore {
 
     /// Approximate weighted size: bytes when bounded in bytes, entries otherwise.
     pub(crate) fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks();
         self.cache.weighted_size()
     }
 

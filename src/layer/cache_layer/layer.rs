@@ -1,13 +1,16 @@
 //! [`CacheLayer`] and its configuration: the builder methods and `impl Layer`.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
+use super::limiter::{Refreshes, DEFAULT_REQUEST_NO_CACHE_INTERVAL};
+use super::registry::Registry;
 use super::CacheService;
+use crate::layer::query_filter::QueryFilter;
 use crate::layer::RequestInfo;
 use crate::{Cache, EntryOptions, Key, KeyTemplate};
 
@@ -71,7 +74,12 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 /// - The key is built from the path (the full one, even under `nest`), the query with its
 ///   pairs sorted by name, the values of the headers declared with
 ///   [`vary`](CacheLayer::vary), and the principal (see below). A
-///   [`key_fn`](CacheLayer::key_fn) replaces the path-and-query part.
+///   [`key_fn`](CacheLayer::key_fn) replaces the path-and-query part;
+///   [`query_params`](CacheLayer::query_params) and
+///   [`ignore_query_params`](CacheLayer::ignore_query_params) leave parameters out of it.
+/// - [`max_entries`](CacheLayer::max_entries) caps the entries one layer keeps in the local
+///   store, which is itself bounded in bytes by default
+///   ([`CacheBuilder::local_capacity`](crate::CacheBuilder::local_capacity)).
 /// - Keys and tags live in the cache's namespace under `http:`, apart from the keys the
 ///   application uses directly.
 ///
@@ -89,7 +97,9 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///
 /// - Request `Cache-Control: no-store`: bypass. `no-cache` (or `Pragma: no-cache`): ignored
 ///   unless [`request_no_cache(true)`](CacheLayer::request_no_cache); then the handler
-///   answers and a storable response replaces the entry. A `Range` request
+///   answers and a storable response replaces the entry, once for all the concurrent
+///   `no-cache` requests of a key and at most once per
+///   [`request_no_cache_interval`](CacheLayer::request_no_cache_interval). A `Range` request
 ///   bypasses the cache (the handler answers it; the layer never cuts ranges).
 /// - A response is stored only when its status is one of
 ///   [`statuses`](CacheLayer::statuses) (default [`HEURISTIC_STATUSES`]), it has no
@@ -119,6 +129,8 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   `no-cache`, `status`, `set-cookie`, `vary`, `size`, `stale`, `head`…),
 ///   `stormcache; fwd=miss; collapsed` (joined another request's load),
 ///   `stormcache; fwd=request; stored` (request `no-cache`),
+///   `stormcache; fwd=request; collapsed` (joined another `no-cache` request's refresh),
+///   `stormcache; hit; ttl=3; detail=rate-limited` (`no-cache` inside the interval),
 ///   `stormcache; fwd=stale; fwd-status=503; ttl=-4`,
 ///   `stormcache; fwd=stale; fwd-status=304; stored; ttl=60` (revalidated),
 ///   `stormcache; fwd=method`,
@@ -147,8 +159,12 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 #[derive(Clone)]
 #[must_use]
 pub struct CacheLayer {
-    cache: Cache,
-    config: Arc<Config>,
+    pub(super) cache: Cache,
+    pub(super) config: Arc<Config>,
+    /// The configuration the services get, with the state shared by all the services of
+    /// this layer (the refresh limiter, the `max_entries` registry): made by the first
+    /// `layer` call, and made again after any builder method.
+    pub(super) built: Arc<OnceLock<Arc<Config>>>,
 }
 
 /// What a [`CacheLayer`] was configured with, shared by every service it builds.
@@ -171,6 +187,16 @@ pub(super) struct Config {
     pub(super) x_cache: bool,
     /// Whether a request's `no-cache` makes the handler answer (and refresh the entry).
     pub(super) honor_request_no_cache: bool,
+    /// The least time between two refreshes of one key by `no-cache` requests.
+    pub(super) refresh_interval: Duration,
+    /// Which query parameters are part of the key.
+    pub(super) query: QueryFilter,
+    /// The most entries this layer keeps in the local store.
+    pub(super) max_entries: Option<u64>,
+    /// Built by `layer`: the refreshes of `no-cache` requests, when honoured.
+    pub(super) refreshes: Option<Arc<Refreshes>>,
+    /// Built by `layer`: the keys stored, with `max_entries`.
+    pub(super) entries: Option<Arc<Registry>>,
 }
 
 impl Config {
@@ -213,11 +239,19 @@ impl CacheLayer {
                 max_ttl: None,
                 x_cache: true,
                 honor_request_no_cache: false,
+                refresh_interval: DEFAULT_REQUEST_NO_CACHE_INTERVAL,
+                query: QueryFilter::default(),
+                max_entries: None,
+                refreshes: None,
+                entries: None,
             }),
+            built: Arc::default(),
         }
     }
 
-    fn config(&mut self) -> &mut Config {
+    pub(super) fn config(&mut self) -> &mut Config {
+        // The services of a layer configured further are not those of the layer it was.
+        self.built = Arc::default();
         Arc::make_mut(&mut self.config)
     }
 
@@ -317,8 +351,19 @@ impl CacheLayer {
     /// otherwise make every request for a page run its handler and rewrite its entry on
     /// every instance, which is origin load on demand. RFC 9111 words it as a preference
     /// of the client. With `true`, such a request is answered by the handler and a storable
-    /// answer replaces the entry (`Cache-Status: stormcache; fwd=request`). Use it for
-    /// trusted clients only, or behind rate limiting.
+    /// answer replaces the entry (`Cache-Status: stormcache; fwd=request`), within two
+    /// bounds that keep it from being origin load on demand:
+    ///
+    /// - `no-cache` requests of one key that arrive while its handler runs share that one
+    ///   call: they get the response it stored (`fwd=request; collapsed`), or, if it stored
+    ///   nothing, go on as requests without `no-cache`;
+    /// - a key is refreshed at most once per
+    ///   [`request_no_cache_interval`](Self::request_no_cache_interval) (default
+    ///   [`DEFAULT_REQUEST_NO_CACHE_INTERVAL`], 1 s): a `no-cache` request inside it is
+    ///   answered from the entry just refreshed (`Cache-Status: stormcache; hit;
+    ///   detail=rate-limited`). The limiter remembers the last 10,000 keys refreshed, no
+    ///   more, and is kept per process: `k` instances refresh a key at most `k` times per
+    ///   interval.
     pub fn request_no_cache(mut self, honor: bool) -> Self {
         self.config().honor_request_no_cache = honor;
         self
@@ -492,7 +537,7 @@ impl<S> Layer<S> for CacheLayer {
         CacheService {
             inner,
             cache: self.cache.clone(),
-            config: Arc::clone(&self.config),
+            config: self.built(),
         }
     }
 }
@@ -520,7 +565,11 @@ impl Config {
             .field("tag_path", &self.tag_path)
             .field("min_ttl", &self.min_ttl)
             .field("max_ttl", &self.max_ttl)
-            .field("x_cache", &self.x_cache);
+            .field("x_cache", &self.x_cache)
+            .field("honor_request_no_cache", &self.honor_request_no_cache)
+            .field("request_no_cache_interval", &self.refresh_interval)
+            .field("query", &self.query)
+            .field("max_entries", &self.max_entries);
         d.finish()
     }
 }

@@ -1,12 +1,12 @@
 //! The miss path of the cache layer: [`Run`] loads the response through the [`Cache`] (one
-//! load per key, the stale entry on failure), `Cache-Control: no-cache` refreshes the entry,
-//! and [`capture`] reads a storable response's body up to the size limit.
+//! load per key, the stale entry on failure), and [`capture`] reads a storable response's
+//! body up to the size limit. A request's honoured `no-cache` goes through `refresh` first.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
@@ -25,7 +25,6 @@ use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
 use crate::layer::cached_response::CachedResponse;
 use crate::layer::conditional::Conditions;
-use crate::model::Lifetime;
 use crate::{Cache, EntryOptions, Fetched, Key, Origin};
 
 /// Everything the cached path needs once the request has left `call`.
@@ -35,7 +34,6 @@ pub(super) struct Run {
     pub(super) key: Key,
     pub(super) options: Option<EntryOptions>,
     pub(super) head: bool,
-    pub(super) refresh: bool,
     pub(super) stamp: Stamp,
     pub(super) conditions: Option<Conditions>,
 }
@@ -68,7 +66,6 @@ impl Run {
             key,
             options,
             head,
-            refresh,
             stamp,
             conditions,
         } = self;
@@ -76,16 +73,12 @@ impl Run {
         let conditions = conditions.as_ref();
         let answer =
             |value: &CachedResponse, outcome| respond(value, head, stamp, outcome, conditions);
-
-        if refresh {
-            let refreshed = refresh_entry(&cache, &config, key, options, head, inner, req);
-            return Ok(match Box::pin(refreshed).await? {
-                Ok(stored) => answer(&stored, Outcome::Refresh(Stored::Yes)),
-                Err((passed, why)) => {
-                    stamp_response(passed, stamp, Outcome::Refresh(Stored::No(why)))
-                }
-            });
-        }
+        // With `max_entries`, the key is recorded once whatever may store it has run (see
+        // `registry`).
+        let recording = config
+            .entries
+            .as_ref()
+            .map(|entries| entries.recording(&key));
 
         let mut passed: Option<Passed<ResBody, S::Error>> = None;
         let mut ran = false;
@@ -149,6 +142,14 @@ impl Run {
             )
             .await;
 
+        // A value from the loader, Redis or another request's load is in the local store
+        // now; a stale one was there already, and a failed load stored nothing.
+        let stored = matches!(&fetched, Ok(f) if !matches!(f.origin, Origin::Stale));
+        if !stored {
+            if let Some(recording) = recording {
+                recording.skip();
+            }
+        }
         let passed_on = |res, why| stamp_response(res, stamp, Outcome::Miss(Stored::No(why)));
         match fetched {
             Ok(Fetched { value, origin }) => Ok(match origin {
@@ -225,57 +226,10 @@ impl From<LoadTimeout> for NotStored {
     }
 }
 
-/// `Cache-Control: no-cache`: the handler answers, and what it says replaces the entry when
-/// it may be stored. `Ok(Ok(_))`: the stored response; `Ok(Err(_))`: the response passed on,
-/// with why it was not stored.
-async fn refresh_entry<S, ReqBody, ResBody>(
-    cache: &Cache,
-    config: &Config,
-    key: Key,
-    options: &EntryOptions,
-    head: bool,
-    mut inner: S,
-    req: Request<ReqBody>,
-) -> Result<Result<CachedResponse, (Response<ResponseBody<ResBody>>, &'static str)>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body,
-{
-    let requested = SystemTime::now();
-    let res = inner.call(mark_nested(req)).await?;
-    if head {
-        // A HEAD response has no body to store.
-        return Ok(Err((res.map(ResponseBody::inner), "head")));
-    }
-    let stored = match capture(res, config, requested).await {
-        Ok(stored) => stored,
-        Err(passed) => return Ok(Err(passed)),
-    };
-    let options = match lifetime_of(&stored) {
-        None => options.clone(),
-        Some(lifetime) => with_lifetime(options, lifetime),
-    };
-    cache.set(key, stored.clone(), &options).await;
-    Ok(Ok(stored))
-}
-
-/// The options of a `set` for a response with a lifetime of its own: the TTL it gives,
-/// without jitter, and no grace if it must be revalidated.
-fn with_lifetime(options: &EntryOptions, lifetime: Lifetime) -> EntryOptions {
-    let mut options = options.clone();
-    if let Some(ttl) = lifetime.ttl {
-        options = options.ttl(ttl).ttl_jitter(Duration::ZERO);
-    }
-    if let Some(grace) = lifetime.grace {
-        options = options.stale_for(grace);
-    }
-    options
-}
-
 /// Reads a response whose headers allow storing it, up to the size limit. `Ok`: the whole
 /// response, to store. `Err`: the response to pass on (with what was read of its body) and
 /// why it is not stored.
-async fn capture<B: Body>(
+pub(super) async fn capture<B: Body>(
     res: Response<B>,
     config: &Config,
     requested: SystemTime,

@@ -34,15 +34,22 @@
 //! [`CacheService`], whose future is a [`ResponseFuture`]. Inside, the service decides in
 //! `call` whether the request bypasses the cache or is answered from the local store; a miss
 //! goes to the load, which asks the inner service once per key and stores what the HTTP
-//! rules allow.
+//! rules allow. A request's `no-cache`, when honoured, goes through the refresh (one per key
+//! at a time, one per interval: `refresh`, `limiter`); `max_entries` keeps its own record of
+//! the keys stored (`registry`); `limits` holds the builder methods of these bounds.
 
 mod future;
 mod layer;
+mod limiter;
+mod limits;
 mod load;
+mod refresh;
+mod registry;
 mod revalidate;
 mod rules;
 mod service;
 
 pub use future::ResponseFuture;
 pub use layer::{CacheLayer, DEFAULT_MAX_BODY_SIZE, HEURISTIC_STATUSES};
+pub use limiter::DEFAULT_REQUEST_NO_CACHE_INTERVAL;
 pub use service::CacheService;

@@ -70,7 +70,7 @@ pub(super) fn plan_key(
     }
     let uri = original_uri(parts);
     let mut base = match &config.key_fn {
-        None => default_base(uri.path(), uri.query()),
+        None => default_base(uri.path(), uri.query(), &config.query),
         Some(f) => custom_base(&f(&RequestInfo::with(parts, params, principal)).ok_or("key")?),
     };
     if config.key_host {

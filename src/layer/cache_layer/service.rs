@@ -11,7 +11,9 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::layer::Config;
+use super::limiter::Refresh;
 use super::load::Run;
+use super::refresh::refresh_then_run;
 use super::rules::{is_nested, mark_nested, plan_key, respond, Stamp};
 use super::ResponseFuture;
 use crate::layer::body::ResponseBody;
@@ -124,15 +126,27 @@ where
         // Only a request that has preconditions pays for reading them.
         let conditions =
             Conditions::present(&parts.headers).then(|| Conditions::of(&parts.headers));
+        // A `no-cache` the layer honours: lead or join the key's refresh, unless the key
+        // was refreshed less than the interval ago.
+        let refresh = match config.refreshes.as_ref().filter(|_| directives.no_cache) {
+            Some(refreshes) => refreshes.admit(&key),
+            None => Refresh::No,
+        };
+        if let Some(entries) = &config.entries {
+            entries.touch(&key);
+        }
         // The hit path: a synchronous look in the local store, no allocation but the key's,
         // no future boxed, the inner service left alone.
-        let refresh = directives.no_cache && config.honor_request_no_cache;
-        let key = if refresh {
+        let key = if matches!(refresh, Refresh::Join(_)) {
             key
         } else {
             match self.cache.get_local::<CachedResponse>(key, &config.options) {
                 Ok(stored) => {
-                    let res = respond(&stored, head, stamp, Outcome::Hit, conditions.as_ref());
+                    let outcome = match refresh {
+                        Refresh::Limited => Outcome::RateLimited,
+                        _ => Outcome::Hit,
+                    };
+                    let res = respond(&stored, head, stamp, outcome, conditions.as_ref());
                     return ResponseFuture::ready(res, stamp);
                 }
                 Err(key) => key,
@@ -151,11 +165,17 @@ where
             key,
             options,
             head,
-            refresh,
             stamp,
             conditions,
         };
-        ResponseFuture::boxed(Box::pin(run.run(inner, req)), stamp)
+        match refresh {
+            Refresh::Join(slot) => {
+                ResponseFuture::boxed(Box::pin(refresh_then_run(run, slot, inner, req)), stamp)
+            }
+            Refresh::No | Refresh::Limited => {
+                ResponseFuture::boxed(Box::pin(run.run(inner, req)), stamp)
+            }
+        }
     }
 }
 
