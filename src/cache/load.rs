@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::adapt;
 use crate::core::{telemetry, wait, Core, Epoch, Join, Lease, Outcome, RedisRead, WriteIf};
 use crate::error::LoadTimeout;
-use crate::model::{Cacheable, EntryOptions, Fetched, Origin};
+use crate::model::{Cacheable, EntryOptions, Fetched, Origin, ValueGrace};
 use crate::store::LocalKey;
 
 /// Turns a hard timeout into the caller's error; `None` for calls that cannot fail
@@ -352,7 +352,11 @@ where
                 return (Ok(fetched), false);
             }
             RedisRead::Expired(value, lease) => {
-                if !grace.is_zero() && stale.is_none() {
+                // Redis keeps an entry for its grace only, so an expired one is inside it:
+                // the options' grace, or the one the value declares for itself.
+                let kept = !grace.is_zero()
+                    || !ValueGrace::of(options.value_grace, &value).is_zero();
+                if kept && stale.is_none() {
                     stale = Some(value);
                 }
                 redis_key = Some((full_key, lease));

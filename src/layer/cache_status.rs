@@ -37,6 +37,9 @@ pub(crate) enum Outcome {
     /// The stale entry, which the handler's `304 Not Modified` freshened (and it was
     /// stored again).
     Revalidated,
+    /// The stale entry, inside its `stale-while-revalidate` window, answered at once while
+    /// the handler refreshes it in the background.
+    StaleWhileRevalidate,
     /// The stale entry, the handler having failed (`status`: its status, `None` for an
     /// error of the inner service).
     Stale { status: Option<StatusCode> },
@@ -51,7 +54,7 @@ impl Outcome {
         match self {
             Outcome::Hit | Outcome::Collapsed => XCache::Hit,
             Outcome::Miss(_) | Outcome::Refresh(_) => XCache::Miss,
-            Outcome::Stale { .. } => XCache::Stale,
+            Outcome::Stale { .. } | Outcome::StaleWhileRevalidate => XCache::Stale,
             Outcome::Revalidated => XCache::Revalidated,
             Outcome::Method | Outcome::Bypass(_) => XCache::Bypass,
         }
@@ -73,6 +76,8 @@ impl Outcome {
             Outcome::Refresh(Stored::Yes) => "stormcache; fwd=request; stored",
             Outcome::Refresh(Stored::No(_)) => "stormcache; fwd=request",
             Outcome::Stale { .. } => "stormcache; fwd=stale",
+            // Not forwarded: the handler runs in the background, for the next requests.
+            Outcome::StaleWhileRevalidate => "stormcache; hit",
             Outcome::Revalidated => "stormcache; fwd=stale; fwd-status=304; stored",
             Outcome::Method => "stormcache; fwd=method",
             Outcome::Bypass(_) => "stormcache; fwd=bypass",
@@ -99,6 +104,7 @@ impl Outcome {
             Outcome::Hit
                 | Outcome::Collapsed
                 | Outcome::Stale { .. }
+                | Outcome::StaleWhileRevalidate
                 | Outcome::Revalidated
                 | Outcome::Miss(Stored::Yes)
                 | Outcome::Refresh(Stored::Yes)
@@ -106,6 +112,9 @@ impl Outcome {
         if let (true, Some(ttl)) = (with_ttl, ttl) {
             value.push_str("; ttl=");
             value.push_str(&ttl.to_string());
+        }
+        if self == Outcome::StaleWhileRevalidate {
+            value.push_str("; detail=stale-while-revalidate");
         }
         if value.len() == base.len() {
             return HeaderValue::from_static(base);
@@ -187,6 +196,11 @@ mod tests {
                 "stormcache; fwd=bypass; detail=range",
             ),
             (Outcome::Collapsed, None, "stormcache; fwd=miss; collapsed"),
+            (
+                Outcome::StaleWhileRevalidate,
+                Some(-3),
+                "stormcache; hit; ttl=-3; detail=stale-while-revalidate",
+            ),
         ];
         for (outcome, ttl, want) in cases {
             assert_eq!(outcome.cache_status(ttl), want, "{outcome:?}");

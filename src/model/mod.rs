@@ -19,7 +19,7 @@ pub use self::fetched::{Cacheable, Fetched, Origin};
 pub use self::invalidation::{Invalidation, InvalidationReport, InvalidationRule, RedisOutcome};
 pub(crate) use self::loaded::Adjust;
 pub use self::loaded::Loaded;
-pub(crate) use self::options::Lifetime;
+pub(crate) use self::options::{Lifetime, ValueGrace};
 pub use self::options::{EntryOptions, TtlJitter};
 pub use self::policy::{FlushScope, OutagePolicy, Tier};
 pub(crate) use self::status::unix_ms;

@@ -9,6 +9,7 @@ use tower_layer::Layer;
 
 use super::CacheService;
 use crate::layer::RequestInfo;
+use crate::model::ValueGrace;
 use crate::{Cache, EntryOptions, Key, KeyTemplate};
 
 pub(super) type KeyFn = Arc<dyn Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync>;
@@ -171,6 +172,10 @@ pub(super) struct Config {
     pub(super) x_cache: bool,
     /// Whether a request's `no-cache` makes the handler answer (and refresh the entry).
     pub(super) honor_request_no_cache: bool,
+    /// The `stale-while-revalidate` window of responses that do not give one.
+    pub(super) stale_while_revalidate: Option<Duration>,
+    /// Whether a successful unsafe request invalidates what is stored for its URIs.
+    pub(super) invalidate_on_unsafe: bool,
 }
 
 impl Config {
@@ -197,7 +202,7 @@ impl CacheLayer {
         CacheLayer {
             cache,
             config: Arc::new(Config {
-                options: EntryOptions::new(),
+                options: with_value_grace(EntryOptions::new()),
                 statuses: HEURISTIC_STATUSES.to_vec(),
                 max_body: DEFAULT_MAX_BODY_SIZE,
                 vary: Vec::new(),
@@ -213,6 +218,8 @@ impl CacheLayer {
                 max_ttl: None,
                 x_cache: true,
                 honor_request_no_cache: false,
+                stale_while_revalidate: None,
+                invalidate_on_unsafe: true,
             }),
         }
     }
@@ -366,7 +373,7 @@ impl CacheLayer {
     /// # Panics
     /// If they name a class the cache does not declare (see [`class`](Self::class)).
     pub fn options(mut self, options: EntryOptions) -> Self {
-        self.config().options = options;
+        self.config().options = with_value_grace(options);
         self.check_class();
         self
     }
@@ -483,6 +490,55 @@ impl CacheLayer {
         self.config().key_host = enabled;
         self
     }
+
+    /// The `stale-while-revalidate` window (RFC 5861) of responses that do not give one
+    /// (default: none). For this long after a stored response stops being fresh, a request
+    /// for it is answered with it at once (`x-cache: stale`, `Cache-Status: stormcache;
+    /// hit; ttl=-3; detail=stale-while-revalidate`) while the handler refreshes it in the
+    /// background — once per key in this process, and once across instances: the refresh
+    /// takes the key's distributed lock without waiting (the options'
+    /// [`distributed_lock`](crate::EntryOptions::distributed_lock) TTL, else 30 s) and
+    /// leaves the key to whoever holds it. A failed refresh (a 5xx, an error) keeps the
+    /// stale entry; a storable answer replaces it. A response's own
+    /// `stale-while-revalidate=N` wins over this default. Never for responses with
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stormcache::layer::CacheLayer;
+    ///
+    /// # fn main() -> Result<(), stormcache::Error> {
+    /// let cache = stormcache::Cache::builder("docs").build()?;
+    /// // Fresh for a minute, then answered for up to ten more while refreshed.
+    /// let layer = CacheLayer::new(cache)
+    ///     .ttl(Duration::from_secs(60))
+    ///     .stale_while_revalidate(Duration::from_secs(600));
+    /// # let _ = layer; Ok(()) }
+    /// ```
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.config().stale_while_revalidate = Some(window);
+        self
+    }
+
+    /// Whether a `2xx` or `3xx` answer to an unsafe request (any method but `GET`, `HEAD`,
+    /// `OPTIONS`, `TRACE`) invalidates what is stored for its URI, and for the URIs of its
+    /// `Location` and `Content-Location` when they are on the same host (RFC 9111 §4.4)
+    /// (default `true`). Every stored variant of those paths goes, on every instance,
+    /// whatever its query, `Vary` values or principal: the entries are reached through
+    /// their path tags, so this needs [`tag_path`](Self::tag_path) (on by default). The
+    /// invalidation finishes before the response is returned.
+    pub fn invalidate_on_unsafe(mut self, enabled: bool) -> Self {
+        self.config().invalidate_on_unsafe = enabled;
+        self
+    }
+}
+
+/// The options with the reader of a stored response's own grace
+/// (`stale-while-revalidate`, `stale-if-error`), so that an instance that reads it from
+/// Redis keeps it as long as the one that stored it.
+fn with_value_grace(mut options: EntryOptions) -> EntryOptions {
+    options.value_grace = Some(ValueGrace(super::rules::declared_grace));
+    options
 }
 
 impl<S> Layer<S> for CacheLayer {
@@ -520,7 +576,9 @@ impl Config {
             .field("tag_path", &self.tag_path)
             .field("min_ttl", &self.min_ttl)
             .field("max_ttl", &self.max_ttl)
-            .field("x_cache", &self.x_cache);
+            .field("x_cache", &self.x_cache)
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
+            .field("invalidate_on_unsafe", &self.invalidate_on_unsafe);
         d.finish()
     }
 }

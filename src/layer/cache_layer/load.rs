@@ -19,7 +19,8 @@ use crate::LoadTimeout;
 use super::layer::Config;
 use super::revalidate::{add_validators, freshen, has_validators};
 use super::rules::{
-    lifetime_of, mark_nested, respond, stamp_response, store_plan, unstamped, Stamp,
+    lifetime_of, mark_nested, may_stand_in, respond, stamp_response, store_plan, unstamped,
+    Stamp,
 };
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
@@ -145,7 +146,7 @@ impl Run {
                         }
                     })
                 },
-                lifetime_of,
+                |stored: &CachedResponse| lifetime_of(stored, options.stale_for),
             )
             .await;
 
@@ -164,11 +165,22 @@ impl Run {
                     Some(Ok((res, why))) if !failed(res.status()) => passed_on(res, why),
                     // `must-revalidate` and its kin: never served stale, not even when the
                     // handler fails (the cache stores such entries without grace, but one
-                    // may still be read from an older write).
-                    Some(Ok((res, _))) if value.meta().must_revalidate => {
-                        passed_on(res, "must-revalidate")
+                    // may still be read from an older write). Nor an entry kept for its
+                    // `stale-while-revalidate` window past the grace a failure allows.
+                    Some(Ok((res, _))) if !may_stand_in(&value, options.stale_for) => {
+                        let why = match value.meta().must_revalidate {
+                            true => "must-revalidate",
+                            false => "stale",
+                        };
+                        passed_on(res, why)
                     }
-                    Some(Err(e)) if value.meta().must_revalidate => return Err(e),
+                    Some(Err(e)) if !may_stand_in(&value, options.stale_for) => return Err(e),
+                    // A timeout with nothing to stand in: as a gateway would.
+                    None if !may_stand_in(&value, options.stale_for) => {
+                        let mut res = Response::new(ResponseBody::empty());
+                        *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+                        passed_on(res, "timeout")
+                    }
                     Some(Ok((res, _))) => answer(
                         &value,
                         Outcome::Stale {
@@ -201,9 +213,10 @@ impl Run {
     }
 }
 
-/// Whether the handler's answer is a failure the stale response may stand in for: a 5xx, or
-/// the `408` tower-http's `TimeoutLayer` answers when the handler is too slow.
-fn failed(status: StatusCode) -> bool {
+/// Whether the handler's answer is a failure the stale response may stand in for: a 5xx
+/// (`504` included), or the `408` tower-http's `TimeoutLayer` answers by default when the
+/// handler is too slow.
+pub(super) fn failed(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT
 }
 
@@ -251,7 +264,7 @@ where
         Ok(stored) => stored,
         Err(passed) => return Ok(Err(passed)),
     };
-    let options = match lifetime_of(&stored) {
+    let options = match lifetime_of(&stored, options.stale_for) {
         None => options.clone(),
         Some(lifetime) => with_lifetime(options, lifetime),
     };
@@ -275,7 +288,7 @@ fn with_lifetime(options: &EntryOptions, lifetime: Lifetime) -> EntryOptions {
 /// Reads a response whose headers allow storing it, up to the size limit. `Ok`: the whole
 /// response, to store. `Err`: the response to pass on (with what was read of its body) and
 /// why it is not stored.
-async fn capture<B: Body>(
+pub(super) async fn capture<B: Body>(
     res: Response<B>,
     config: &Config,
     requested: SystemTime,

@@ -36,12 +36,14 @@
 //! goes to the load, which asks the inner service once per key and stores what the HTTP
 //! rules allow.
 
+mod background;
 mod future;
 mod layer;
 mod load;
 mod revalidate;
 mod rules;
 mod service;
+mod unsafe_methods;
 
 pub use future::ResponseFuture;
 pub use layer::{CacheLayer, DEFAULT_MAX_BODY_SIZE, HEURISTIC_STATUSES};

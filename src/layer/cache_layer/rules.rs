@@ -11,7 +11,7 @@ use http_body::Body;
 use super::layer::Config;
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_control::{
-    directives_forbid_storing, response_directives, vary_is_covered, ResponseDirectives,
+    directives_forbid_storing, response_directives, vary_is_covered, Delta, ResponseDirectives,
 };
 use crate::layer::cache_status::{age_value, Outcome, CACHE_STATUS};
 use crate::layer::cached_response::{CachedResponse, Meta};
@@ -141,21 +141,79 @@ pub(super) fn meta_of(
         // The heuristic: the layer's TTL, when it sets one (else the class's).
         None => config.options.ttl,
     };
+    // RFC 5861 windows: the response's own, else (for `stale-while-revalidate`) the
+    // layer's default; an invalid value grants nothing. None for what must be revalidated.
+    let may_be_stale = !freshness.must_revalidate;
+    let stale_while_revalidate = directives
+        .stale_while_revalidate
+        .map_or(config.stale_while_revalidate, Delta::secs)
+        .filter(|w| may_be_stale && !w.is_zero());
+    let stale_if_error = directives
+        .stale_if_error
+        .and_then(Delta::secs)
+        .filter(|w| may_be_stale && !w.is_zero());
     Ok(Meta {
         initial_age: freshness.initial_age,
         fresh_for,
         must_revalidate: freshness.must_revalidate,
         explicit: freshness.lifetime.is_some(),
+        stale_while_revalidate,
+        stale_if_error,
     })
+}
+
+/// The grace a stored response declares for itself: the larger of its
+/// `stale-while-revalidate` and `stale-if-error` windows (see
+/// [`EntryOptions::value_grace`](crate::EntryOptions)).
+pub(super) fn declared_grace(value: &dyn std::any::Any) -> Option<Duration> {
+    let meta = value.downcast_ref::<CachedResponse>()?.meta();
+    if meta.must_revalidate {
+        return None;
+    }
+    meta.stale_while_revalidate.max(meta.stale_if_error)
+}
+
+/// Whether a stored response is inside its `stale-while-revalidate` window: stale, for no
+/// longer than the window.
+pub(super) fn in_revalidate_window(stored: &CachedResponse) -> bool {
+    let meta = stored.meta();
+    match (meta.stale_while_revalidate, stored.staleness()) {
+        (Some(window), Some(stale)) => !meta.must_revalidate && stale <= window,
+        _ => false,
+    }
+}
+
+/// Whether a stale stored response may answer for a failing handler: never when it must be
+/// revalidated; otherwise inside the layer's grace ([`stale_for`](super::CacheLayer::stale_for))
+/// or its own `stale-if-error` window. The entry may be kept longer than both, for its
+/// `stale-while-revalidate` window, which is no licence to hide an error.
+pub(super) fn may_stand_in(stored: &CachedResponse, grace: Option<Duration>) -> bool {
+    let meta = stored.meta();
+    if meta.must_revalidate {
+        return false;
+    }
+    match stored.staleness() {
+        // Fresh, or of unknown lifetime: the cache kept it for the layer's grace.
+        None => true,
+        Some(stale) => stale <= grace.unwrap_or_default().max(meta.stale_if_error.unwrap_or_default()),
+    }
 }
 
 /// The lifetime of a response in the cache: its own freshness when it gives one, never
 /// stale when it must be revalidated; `None` for the layer's TTL and grace.
-pub(super) fn lifetime_of(stored: &CachedResponse) -> Option<Lifetime> {
+///
+/// A response with `stale-while-revalidate` or `stale-if-error` is kept for the largest of
+/// those windows and the layer's `grace`, so that it is there to be served.
+pub(super) fn lifetime_of(stored: &CachedResponse, grace: Option<Duration>) -> Option<Lifetime> {
     let meta = stored.meta();
+    let declared = declared_grace(stored);
     let lifetime = Lifetime {
         ttl: meta.fresh_for.filter(|_| meta.explicit),
-        grace: meta.must_revalidate.then_some(Duration::ZERO),
+        grace: match declared {
+            _ if meta.must_revalidate => Some(Duration::ZERO),
+            Some(declared) => Some(declared.max(grace.unwrap_or_default())),
+            None => None,
+        },
     };
     (lifetime != Lifetime::default()).then_some(lifetime)
 }
