@@ -29,8 +29,8 @@ use hyper_util::rt::TokioExecutor;
 use stormcache::layer::{CacheLayer, InvalidateLayer};
 use stormcache::Cache;
 use support::caches::wait_redis_ready;
-use support::RedisServer;
 use support::scaled;
+use support::RedisServer;
 use tokio::sync::Semaphore;
 
 /// A handler: the headers it answers with, its status (changeable), how many times it ran,
@@ -222,7 +222,12 @@ fn is_swr(got: &Got) -> bool {
 async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     let origin = Origin::new(&[("cache-control", "max-age=1, stale-while-revalidate=30")]);
     let cache = local_cache("swr-once");
-    let app = serve(Router::new().route("/r", origin.route()).layer(layer(cache))).await;
+    let app = serve(
+        Router::new()
+            .route("/r", origin.route())
+            .layer(layer(cache)),
+    )
+    .await;
     let first = app.get("/r").await;
     assert_eq!((first.x_cache(), first.body.as_str()), ("miss", "call 1"));
 
@@ -237,9 +242,11 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
         "RFC 9211: not forwarded, stale: {status}"
     );
     assert!(stale.header("age").parse::<u64>().expect("an age") >= 1);
-    until(Duration::from_secs(5), "the refresh reaches the handler", || {
-        origin.calls() == 2
-    })
+    until(
+        Duration::from_secs(5),
+        "the refresh reaches the handler",
+        || origin.calls() == 2,
+    )
     .await;
     let concurrent = (0..20).map(|_| {
         let app = app.clone();
@@ -264,11 +271,19 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
 async fn a_failed_background_refresh_keeps_the_stale_response() {
     let origin = Origin::new(&[("cache-control", "max-age=1, stale-while-revalidate=30")]);
     let cache = local_cache("swr-fail");
-    let app = serve(Router::new().route("/r", origin.route()).layer(layer(cache))).await;
+    let app = serve(
+        Router::new()
+            .route("/r", origin.route())
+            .layer(layer(cache)),
+    )
+    .await;
     assert_eq!(app.get("/r").await.body, "call 1");
     origin.set_status(503);
     app.get_until("/r", Duration::from_secs(5), is_swr).await;
-    until(Duration::from_secs(5), "the refresh ran", || origin.calls() >= 2).await;
+    until(Duration::from_secs(5), "the refresh ran", || {
+        origin.calls() >= 2
+    })
+    .await;
     // Its 503 stored nothing: the stale response still answers, and the next stale
     // request tries again.
     let again = app
@@ -298,7 +313,9 @@ async fn the_layer_default_window_applies_unless_the_response_must_be_revalidate
     for path in ["/plain", "/strict", "/shared"] {
         assert_eq!(app.get(path).await.x_cache(), "miss", "{path}");
     }
-    let stale = app.get_until("/plain", Duration::from_secs(5), is_swr).await;
+    let stale = app
+        .get_until("/plain", Duration::from_secs(5), is_swr)
+        .await;
     assert_eq!(stale.body, "call 1");
     // Never served stale: once expired, the handler answers before the client does.
     for (path, origin) in [("/strict", &strict), ("/shared", &shared)] {
@@ -325,9 +342,14 @@ async fn stale_if_error_answers_a_failure_within_its_window_only() {
     declared.set_status(500);
     undeclared.set_status(500);
     let stale = app
-        .get_until("/declared", Duration::from_secs(5), |g| g.x_cache() == "stale")
+        .get_until("/declared", Duration::from_secs(5), |g| {
+            g.x_cache() == "stale"
+        })
         .await;
-    assert_eq!((stale.status, stale.body.as_str()), (StatusCode::OK, "call 1"));
+    assert_eq!(
+        (stale.status, stale.body.as_str()),
+        (StatusCode::OK, "call 1")
+    );
     assert!(
         stale.cache_status().contains("fwd=stale; fwd-status=500"),
         "{}",
@@ -335,7 +357,9 @@ async fn stale_if_error_answers_a_failure_within_its_window_only() {
     );
     // No stale-if-error, no grace on the layer: the failure is passed on.
     let failed = app
-        .get_until("/undeclared", Duration::from_secs(5), |g| g.x_cache() != "hit")
+        .get_until("/undeclared", Duration::from_secs(5), |g| {
+            g.x_cache() != "hit"
+        })
         .await;
     assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(failed.x_cache(), "miss");
@@ -345,7 +369,12 @@ async fn stale_if_error_answers_a_failure_within_its_window_only() {
 async fn stale_if_error_ends_with_its_window() {
     let origin = Origin::new(&[("cache-control", "max-age=1, stale-if-error=1")]);
     let cache = local_cache("sie-window");
-    let app = serve(Router::new().route("/r", origin.route()).layer(layer(cache))).await;
+    let app = serve(
+        Router::new()
+            .route("/r", origin.route())
+            .layer(layer(cache)),
+    )
+    .await;
     assert_eq!(app.get("/r").await.x_cache(), "miss");
     origin.set_status(503);
     app.get_until("/r", Duration::from_secs(5), |g| g.x_cache() == "stale")
@@ -376,18 +405,27 @@ async fn stale_while_revalidate_refreshes_once_across_instances() {
     let server = RedisServer::start();
     let [a, b] = two_instances(&server, "swr-instances").await;
     let origin = Origin::new(&[("cache-control", "max-age=1, stale-while-revalidate=30")]);
-    let app = |cache| Router::new().route("/r", origin.route()).layer(layer(cache));
+    let app = |cache| {
+        Router::new()
+            .route("/r", origin.route())
+            .layer(layer(cache))
+    };
     let (on_a, on_b) = (serve(app(a)).await, serve(app(b)).await);
     assert_eq!(on_a.get("/r").await.x_cache(), "miss");
     let from_redis = on_b.get("/r").await;
-    assert_eq!((from_redis.x_cache(), from_redis.body.as_str()), ("hit", "call 1"));
+    assert_eq!(
+        (from_redis.x_cache(), from_redis.body.as_str()),
+        ("hit", "call 1")
+    );
 
     origin.close_gate();
     // A's stale hit starts the refresh, which holds the key's lock while it waits...
     on_a.get_until("/r", Duration::from_secs(5), is_swr).await;
-    until(Duration::from_secs(5), "A's refresh reaches the handler", || {
-        origin.calls() == 2
-    })
+    until(
+        Duration::from_secs(5),
+        "A's refresh reaches the handler",
+        || origin.calls() == 2,
+    )
     .await;
     // ...so B answers its stale copy (kept past its freshness for the window it declares)
     // and leaves the refresh to A.
@@ -451,7 +489,16 @@ async fn a_successful_unsafe_request_invalidates_its_uris_on_every_instance() {
         ("location", "/items/42"),
         ("content-location", "http://elsewhere.example/other"),
     ];
-    let app = |cache| items_app(cache, &listing, &item, status.clone(), headers.clone(), true);
+    let app = |cache| {
+        items_app(
+            cache,
+            &listing,
+            &item,
+            status.clone(),
+            headers.clone(),
+            true,
+        )
+    };
     let (on_a, on_b) = (serve(app(a)).await, serve(app(b)).await);
     // Variants of the listing (queries) and the item, warmed on B.
     for path in ["/items?page=1", "/items?page=2", "/items/42", "/other"] {
@@ -465,12 +512,20 @@ async fn a_successful_unsafe_request_invalidates_its_uris_on_every_instance() {
     status.store(409, Ordering::SeqCst);
     let rejected = on_a.send(Method::POST, "/items").await;
     assert_eq!(rejected.status, StatusCode::CONFLICT);
-    assert_eq!(on_a.get("/items?page=3").await.x_cache(), "hit", "after a 409");
+    assert_eq!(
+        on_a.get("/items?page=3").await.x_cache(),
+        "hit",
+        "after a 409"
+    );
     status.store(201, Ordering::SeqCst);
     let created = on_a.send(Method::POST, "/items").await;
     assert_eq!(created.status, StatusCode::CREATED);
     assert_eq!(created.x_cache(), "bypass");
-    assert_eq!(on_a.get("/items?page=3").await.x_cache(), "miss", "at once on A");
+    assert_eq!(
+        on_a.get("/items?page=3").await.x_cache(),
+        "miss",
+        "at once on A"
+    );
     // Every variant of /items and the Location go, on B too; another host's URI stays.
     for path in ["/items?page=1", "/items?page=2", "/items/42"] {
         on_b.get_until(path, Duration::from_secs(5), |g| g.x_cache() == "miss")
@@ -495,7 +550,10 @@ async fn unsafe_invalidation_can_be_turned_off_and_ignores_other_hosts() {
     for path in ["/items", "/items/42"] {
         app.get(path).await;
     }
-    assert_eq!(app.send(Method::POST, "/items").await.status, StatusCode::OK);
+    assert_eq!(
+        app.send(Method::POST, "/items").await.status,
+        StatusCode::OK
+    );
     for path in ["/items", "/items/42"] {
         assert_eq!(app.get(path).await.x_cache(), "hit", "{path}");
     }
@@ -545,14 +603,25 @@ async fn invalidate_layer_counts_a_303_as_success_and_a_302_not() {
     app.get("/items").await;
     assert_eq!(app.get("/items").await.x_cache(), "hit");
     status.store(302, Ordering::SeqCst);
-    assert_eq!(app.send(Method::POST, "/items").await.status, StatusCode::FOUND);
-    assert_eq!(app.get("/items").await.x_cache(), "hit", "302: not a success");
+    assert_eq!(
+        app.send(Method::POST, "/items").await.status,
+        StatusCode::FOUND
+    );
+    assert_eq!(
+        app.get("/items").await.x_cache(),
+        "hit",
+        "302: not a success"
+    );
     status.store(303, Ordering::SeqCst);
     assert_eq!(
         app.send(Method::POST, "/items").await.status,
         StatusCode::SEE_OTHER
     );
-    assert_eq!(app.get("/items").await.x_cache(), "miss", "303: invalidated");
+    assert_eq!(
+        app.get("/items").await.x_cache(),
+        "miss",
+        "303: invalidated"
+    );
 }
 
 #[tokio::test]
@@ -587,7 +656,11 @@ async fn tower_http_trace_and_timeout_in_the_same_stack() {
     for (path, origin) in [("/declared", &declared), ("/graced", &graced)] {
         assert_eq!(app.get(path).await.x_cache(), "miss", "{path}");
         let hit = app.get(path).await;
-        assert_eq!((hit.x_cache(), hit.body.as_str()), ("hit", "call 1"), "{path}");
+        assert_eq!(
+            (hit.x_cache(), hit.body.as_str()),
+            ("hit", "call 1"),
+            "{path}"
+        );
         assert_eq!(origin.calls(), 1, "{path}: a hit through TraceLayer");
         origin.set_slow(true);
         let stale = app

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use super::{adapt, Cache};
 use crate::coherence::Invalidator;
-use crate::key::Key;
 use crate::core::{Core, RedisRead, WriteIf};
+use crate::key::Key;
 use crate::model::{Cacheable, EntryOptions, Fetched, Lifetime, Origin};
 use crate::store::LocalKey;
 

@@ -354,8 +354,8 @@ where
             RedisRead::Expired(value, lease) => {
                 // Redis keeps an entry for its grace only, so an expired one is inside it:
                 // the options' grace, or the one the value declares for itself.
-                let kept = !grace.is_zero()
-                    || !ValueGrace::of(options.value_grace, &value).is_zero();
+                let kept =
+                    !grace.is_zero() || !ValueGrace::of(options.value_grace, &value).is_zero();
                 if kept && stale.is_none() {
                     stale = Some(value);
                 }

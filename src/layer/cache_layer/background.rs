@@ -76,7 +76,10 @@ where
         };
         if revalidate && res.status() == StatusCode::NOT_MODIFIED {
             return freshen(&stale, res.headers(), &config, requested).map_err(|(_, why)| {
-                tracing::debug!(why, "the refresh's 304 cannot be stored; the stale entry is kept");
+                tracing::debug!(
+                    why,
+                    "the refresh's 304 cannot be stored; the stale entry is kept"
+                );
             });
         }
         if failed(res.status()) {
@@ -84,7 +87,10 @@ where
             return Err(());
         }
         capture(res, &config, requested).await.map_err(|(_, why)| {
-            tracing::debug!(why, "the refreshed response is not storable; the stale entry is kept");
+            tracing::debug!(
+                why,
+                "the refreshed response is not storable; the stale entry is kept"
+            );
         })
     };
     cache.refresh_in_background(key, options, loader, move |stored: &CachedResponse| {

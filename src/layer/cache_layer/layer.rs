@@ -7,9 +7,9 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
+use super::stale::with_value_grace;
 use super::CacheService;
 use crate::layer::RequestInfo;
-use crate::model::ValueGrace;
 use crate::{Cache, EntryOptions, Key, KeyTemplate};
 
 pub(super) type KeyFn = Arc<dyn Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync>;
@@ -68,7 +68,9 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 /// # What is cached, under which key
 ///
 /// - Only `GET` responses are stored; `HEAD` is answered from `GET`'s entry and passed to
-///   the handler on a miss. Other methods pass through (`x-cache: bypass`).
+///   the handler on a miss. Other methods pass through (`x-cache: bypass`); a `2xx` or
+///   `3xx` answer to an unsafe one invalidates the request's URI (see
+///   [`invalidate_on_unsafe`](CacheLayer::invalidate_on_unsafe)).
 /// - The key is built from the path (the full one, even under `nest`), the query with its
 ///   pairs sorted by name, the values of the headers declared with
 ///   [`vary`](CacheLayer::vary), and the principal (see below). A
@@ -132,7 +134,17 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 /// - With [`stale_for`](CacheLayer::stale_for), an expired entry inside its grace answers
 ///   when the handler fails (a 5xx status or an error of the inner service) — `x-cache:
 ///   stale`. A non-5xx answer that is not storable is passed on instead. A response with
-///   `must-revalidate`, `proxy-revalidate` or `s-maxage` is never served stale.
+///   `must-revalidate`, `proxy-revalidate` or `s-maxage` is never served stale. A `408`
+///   (tower-http's `TimeoutLayer` inside the cache) counts as a failure too.
+/// - `stale-if-error=N` (RFC 5861 §4) is a grace the response declares: for `N` seconds
+///   after it stops being fresh it answers when the handler fails, as with `stale_for`.
+/// - `stale-while-revalidate=N` (RFC 5861 §3), or the layer's
+///   [`stale_while_revalidate`](CacheLayer::stale_while_revalidate) default: for `N` seconds
+///   after it stops being fresh, the stored response answers at once (`x-cache: stale`,
+///   `Cache-Status: stormcache; hit; ttl=-3; detail=stale-while-revalidate`) and the handler
+///   refreshes it in the background, once per key here and once across instances. An entry
+///   is kept in both stores for its freshness plus the largest of these windows and the
+///   grace. The windows are void on responses that must be revalidated.
 /// - With [`stale_for`](CacheLayer::stale_for) too, an expired entry with an `ETag` or a
 ///   `Last-Modified` is revalidated: the handler gets the request with `If-None-Match` /
 ///   `If-Modified-Since` from them (unless the client sent preconditions of its own), and
@@ -145,6 +157,32 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 /// `Router::layer` caches every route; `route_layer` (or a layer on a `MethodRouter`) runs
 /// after routing, which is what [`RequestInfo::param`] and
 /// [`RequestInfo::matched_path`] need, and gives each route its own TTL, class and tags.
+///
+/// With tower-http in one `ServiceBuilder`, outermost first: `TraceLayer` (it sees every
+/// request; a hit, answered in `call`, is not slowed), `CacheLayer`, then `TimeoutLayer`:
+/// inside the cache, hits never wait on its timer, and its answer to a slow handler (`408`,
+/// or e.g. `504` with `with_status_code`) reaches the cache as a failure, which a stale
+/// response inside its grace (`stale_for`, `stale-if-error`) answers instead.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::http::StatusCode;
+/// use axum::{routing::get, Router};
+/// use stormcache::layer::CacheLayer;
+/// use stormcache::Cache;
+/// use tower::ServiceBuilder;
+/// use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+///
+/// # fn main() -> Result<(), stormcache::Error> {
+/// let cache = Cache::builder("docs").build()?;
+/// let app: Router = Router::new().route("/report", get(|| async { "…" })).layer(
+///     ServiceBuilder::new()
+///         .layer(TraceLayer::new_for_http())
+///         .layer(CacheLayer::new(cache).stale_for(Duration::from_secs(3600)))
+///         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, Duration::from_secs(2))),
+/// );
+/// # let _ = app; Ok(()) }
+/// ```
 #[derive(Clone)]
 #[must_use]
 pub struct CacheLayer {
@@ -492,53 +530,27 @@ impl CacheLayer {
     }
 
     /// The `stale-while-revalidate` window (RFC 5861) of responses that do not give one
-    /// (default: none). For this long after a stored response stops being fresh, a request
-    /// for it is answered with it at once (`x-cache: stale`, `Cache-Status: stormcache;
-    /// hit; ttl=-3; detail=stale-while-revalidate`) while the handler refreshes it in the
-    /// background — once per key in this process, and once across instances: the refresh
-    /// takes the key's distributed lock without waiting (the options'
-    /// [`distributed_lock`](crate::EntryOptions::distributed_lock) TTL, else 30 s) and
-    /// leaves the key to whoever holds it. A failed refresh (a 5xx, an error) keeps the
-    /// stale entry; a storable answer replaces it. A response's own
-    /// `stale-while-revalidate=N` wins over this default. Never for responses with
-    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use stormcache::layer::CacheLayer;
-    ///
-    /// # fn main() -> Result<(), stormcache::Error> {
-    /// let cache = stormcache::Cache::builder("docs").build()?;
-    /// // Fresh for a minute, then answered for up to ten more while refreshed.
-    /// let layer = CacheLayer::new(cache)
-    ///     .ttl(Duration::from_secs(60))
-    ///     .stale_while_revalidate(Duration::from_secs(600));
-    /// # let _ = layer; Ok(()) }
-    /// ```
+    /// (default: none). For this long after a stored response stops being fresh, it answers
+    /// at once (`x-cache: stale`, `Cache-Status: stormcache; hit; ttl=-3;
+    /// detail=stale-while-revalidate`) while the handler refreshes it in the background:
+    /// once per key here, and once across instances (the refresh takes the key's
+    /// [`distributed_lock`](crate::EntryOptions::distributed_lock), else a 30 s one, without
+    /// waiting). A failed refresh keeps the stale entry. A response's own
+    /// `stale-while-revalidate=N` wins; none for those that must be revalidated.
     pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
         self.config().stale_while_revalidate = Some(window);
         self
     }
 
-    /// Whether a `2xx` or `3xx` answer to an unsafe request (any method but `GET`, `HEAD`,
-    /// `OPTIONS`, `TRACE`) invalidates what is stored for its URI, and for the URIs of its
-    /// `Location` and `Content-Location` when they are on the same host (RFC 9111 §4.4)
-    /// (default `true`). Every stored variant of those paths goes, on every instance,
-    /// whatever its query, `Vary` values or principal: the entries are reached through
-    /// their path tags, so this needs [`tag_path`](Self::tag_path) (on by default). The
-    /// invalidation finishes before the response is returned.
+    /// Whether a `2xx` or `3xx` answer to an unsafe method (not `GET`, `HEAD`, `OPTIONS`,
+    /// `TRACE`) invalidates what is stored for its path and its same-host `Location` and
+    /// `Content-Location` (RFC 9111 §4.4), every variant, on every instance, before the
+    /// response returns (default `true`). Through the path tags: needs
+    /// [`tag_path`](Self::tag_path).
     pub fn invalidate_on_unsafe(mut self, enabled: bool) -> Self {
         self.config().invalidate_on_unsafe = enabled;
         self
     }
-}
-
-/// The options with the reader of a stored response's own grace
-/// (`stale-while-revalidate`, `stale-if-error`), so that an instance that reads it from
-/// Redis keeps it as long as the one that stored it.
-fn with_value_grace(mut options: EntryOptions) -> EntryOptions {
-    options.value_grace = Some(ValueGrace(super::rules::declared_grace));
-    options
 }
 
 impl<S> Layer<S> for CacheLayer {

@@ -19,9 +19,9 @@ use crate::LoadTimeout;
 use super::layer::Config;
 use super::revalidate::{add_validators, freshen, has_validators};
 use super::rules::{
-    lifetime_of, mark_nested, may_stand_in, respond, stamp_response, store_plan, unstamped,
-    Stamp,
+    lifetime_of, mark_nested, respond, stamp_response, store_plan, unstamped, Stamp,
 };
+use super::stale::may_stand_in;
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
 use crate::layer::cached_response::CachedResponse;

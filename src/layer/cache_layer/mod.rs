@@ -43,6 +43,7 @@ mod load;
 mod revalidate;
 mod rules;
 mod service;
+mod stale;
 mod unsafe_methods;
 
 pub use future::ResponseFuture;

@@ -9,6 +9,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 
 use super::layer::Config;
+use super::stale::declared_grace;
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_control::{
     directives_forbid_storing, response_directives, vary_is_covered, Delta, ResponseDirectives,
@@ -160,43 +161,6 @@ pub(super) fn meta_of(
         stale_while_revalidate,
         stale_if_error,
     })
-}
-
-/// The grace a stored response declares for itself: the larger of its
-/// `stale-while-revalidate` and `stale-if-error` windows (see
-/// [`EntryOptions::value_grace`](crate::EntryOptions)).
-pub(super) fn declared_grace(value: &dyn std::any::Any) -> Option<Duration> {
-    let meta = value.downcast_ref::<CachedResponse>()?.meta();
-    if meta.must_revalidate {
-        return None;
-    }
-    meta.stale_while_revalidate.max(meta.stale_if_error)
-}
-
-/// Whether a stored response is inside its `stale-while-revalidate` window: stale, for no
-/// longer than the window.
-pub(super) fn in_revalidate_window(stored: &CachedResponse) -> bool {
-    let meta = stored.meta();
-    match (meta.stale_while_revalidate, stored.staleness()) {
-        (Some(window), Some(stale)) => !meta.must_revalidate && stale <= window,
-        _ => false,
-    }
-}
-
-/// Whether a stale stored response may answer for a failing handler: never when it must be
-/// revalidated; otherwise inside the layer's grace ([`stale_for`](super::CacheLayer::stale_for))
-/// or its own `stale-if-error` window. The entry may be kept longer than both, for its
-/// `stale-while-revalidate` window, which is no licence to hide an error.
-pub(super) fn may_stand_in(stored: &CachedResponse, grace: Option<Duration>) -> bool {
-    let meta = stored.meta();
-    if meta.must_revalidate {
-        return false;
-    }
-    match stored.staleness() {
-        // Fresh, or of unknown lifetime: the cache kept it for the layer's grace.
-        None => true,
-        Some(stale) => stale <= grace.unwrap_or_default().max(meta.stale_if_error.unwrap_or_default()),
-    }
 }
 
 /// The lifetime of a response in the cache: its own freshness when it gives one, never

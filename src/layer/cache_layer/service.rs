@@ -10,10 +10,11 @@ use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::layer::Config;
 use super::background::refresh_stale;
+use super::layer::Config;
 use super::load::Run;
-use super::rules::{in_revalidate_window, is_nested, mark_nested, plan_key, respond, Stamp};
+use super::rules::{is_nested, mark_nested, plan_key, respond, Stamp};
+use super::stale::in_revalidate_window;
 use super::unsafe_methods::{call_and_invalidate, is_unsafe};
 use super::ResponseFuture;
 use crate::layer::body::ResponseBody;
@@ -94,8 +95,7 @@ where
             x_cache: self.config.x_cache,
         };
         if !(head || req.method() == Method::GET) {
-            if self.config.invalidate_on_unsafe && self.config.tag_path && is_unsafe(req.method())
-            {
+            if self.config.invalidate_on_unsafe && self.config.tag_path && is_unsafe(req.method()) {
                 let inner = take_ready(&mut self.inner);
                 let cache = self.cache.clone();
                 let fut = call_and_invalidate(cache, inner, req, stamp);
@@ -173,7 +173,10 @@ where
                     body,
                     stale,
                 );
-                tracing::debug!(started, "stale-while-revalidate: answered the stale response");
+                tracing::debug!(
+                    started,
+                    "stale-while-revalidate: answered the stale response"
+                );
                 return ResponseFuture::ready(res, stamp);
             }
         }

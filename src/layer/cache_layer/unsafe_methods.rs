@@ -104,7 +104,11 @@ pub(super) fn same_host_path(
             return None;
         }
         let path = rest[end..].split('?').next().unwrap_or_default();
-        return Some(if path.is_empty() { "/".to_owned() } else { path.to_owned() });
+        return Some(if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path.to_owned()
+        });
     }
     let path = text.split('?').next().unwrap_or_default();
     if path.is_empty() {
@@ -115,9 +119,7 @@ pub(super) fn same_host_path(
         return Some(remove_dot_segments(path));
     }
     // A relative path: against the request path's directory.
-    let dir = request_path
-        .rsplit_once('/')
-        .map_or("", |(dir, _)| dir);
+    let dir = request_path.rsplit_once('/').map_or("", |(dir, _)| dir);
     Some(remove_dot_segments(&format!("{dir}/{path}")))
 }
 
@@ -168,10 +170,7 @@ mod tests {
             resolve("http://SHOP.example:8080/items/9").as_deref(),
             Some("/items/9")
         );
-        assert_eq!(
-            resolve("//shop.example:8080").as_deref(),
-            Some("/")
-        );
+        assert_eq!(resolve("//shop.example:8080").as_deref(), Some("/"));
     }
 
     #[test]
