@@ -404,13 +404,22 @@ async fn two_instances(server: &RedisServer, namespace: &str) -> [Cache; 2] {
 async fn stale_while_revalidate_refreshes_once_across_instances() {
     let server = RedisServer::start();
     let [a, b] = two_instances(&server, "swr-instances").await;
+    // A third instance that holds no copy of its own: it finds the stale one in Redis.
+    let c = redis_builder(&server, "swr-instances")
+        .build()
+        .expect("cache");
+    wait_redis_ready(&c, scaled(Duration::from_secs(20))).await;
     let origin = Origin::new(&[("cache-control", "max-age=1, stale-while-revalidate=30")]);
     let app = |cache| {
         Router::new()
             .route("/r", origin.route())
             .layer(layer(cache))
     };
-    let (on_a, on_b) = (serve(app(a)).await, serve(app(b)).await);
+    let (on_a, on_b, on_c) = (
+        serve(app(a)).await,
+        serve(app(b)).await,
+        serve(app(c)).await,
+    );
     assert_eq!(on_a.get("/r").await.x_cache(), "miss");
     let from_redis = on_b.get("/r").await;
     assert_eq!(
@@ -427,11 +436,12 @@ async fn stale_while_revalidate_refreshes_once_across_instances() {
         || origin.calls() == 2,
     )
     .await;
-    // ...so B answers its stale copy (kept past its freshness for the window it declares)
-    // and leaves the refresh to A.
+    // ...so B answers its stale copy (kept past its freshness for the window it declares),
+    // C the one it reads from Redis, without waiting for A's refresh, and both leave the
+    // refresh to A.
     let mut answers = Vec::new();
     for _ in 0..10 {
-        for app in [&on_a, &on_b] {
+        for app in [&on_a, &on_b, &on_c] {
             let app = app.clone();
             answers.push(tokio::spawn(async move { app.get("/r").await }));
         }
@@ -448,7 +458,8 @@ async fn stale_while_revalidate_refreshes_once_across_instances() {
         .await;
     assert_eq!(fresh.x_cache(), "hit");
     assert_eq!(on_a.get("/r").await.body, "call 2");
-    assert_eq!(origin.calls(), 2, "one refresh across both instances");
+    assert_eq!(on_c.get("/r").await.body, "call 2");
+    assert_eq!(origin.calls(), 2, "one refresh across the instances");
 }
 
 /// `GET /items…` cached; `POST /items` answers `status` with `headers`.

@@ -57,6 +57,10 @@ pub struct EntryOptions {
     /// `stale-if-error`), for the reads that find it in Redis: its local copy is kept that
     /// long past its freshness, and an expired one is handed to the caller as stale.
     pub(crate) value_grace: Option<ValueGrace>,
+    /// Whether an expired value found in Redis is answered at once, without waiting for a
+    /// load (an HTTP response inside its `stale-while-revalidate` window): the caller
+    /// refreshes it in the background.
+    pub(crate) stale_now: Option<StaleNow>,
 }
 
 /// See [`EntryOptions::value_grace`]: reads the grace a value declares for itself.
@@ -81,6 +85,24 @@ impl PartialEq for ValueGrace {
 }
 
 impl Eq for ValueGrace {}
+
+/// See [`EntryOptions::stale_now`]: whether an expired value answers at once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StaleNow(pub(crate) fn(&dyn std::any::Any) -> bool);
+
+impl StaleNow {
+    pub(crate) fn holds<T: 'static>(stale_now: Option<StaleNow>, value: &T) -> bool {
+        stale_now.is_some_and(|s| (s.0)(value as &dyn std::any::Any))
+    }
+}
+
+impl PartialEq for StaleNow {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 as usize == other.0 as usize
+    }
+}
+
+impl Eq for StaleNow {}
 
 impl EntryOptions {
     /// No TTL (the class's), the default class, no tags, no grace.

@@ -16,12 +16,13 @@ use tower_service::Service;
 
 use crate::LoadTimeout;
 
+use super::background::refresh_stale;
 use super::layer::Config;
 use super::revalidate::{add_validators, freshen, has_validators};
 use super::rules::{
     lifetime_of, mark_nested, respond, stamp_response, store_plan, unstamped, Stamp,
 };
-use super::stale::may_stand_in;
+use super::stale::{in_revalidate_window, may_stand_in};
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
 use crate::layer::cached_response::CachedResponse;
@@ -51,7 +52,7 @@ impl Run {
     /// boxed on their own, only when they run.
     pub(super) async fn run<S, ReqBody, ResBody>(
         self,
-        mut inner: S,
+        inner: S,
         req: Request<ReqBody>,
     ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
     where
@@ -94,8 +95,17 @@ impl Run {
         // A stale entry is revalidated with its validators, unless the client sent
         // preconditions of its own: those reach the handler as they are.
         let may_revalidate = !head && conditions.is_none();
-        let (passed_slot, ran_flag, revalidated_flag, config_ref) =
-            (&mut passed, &mut ran, &mut revalidated, &*config);
+        // The inner service and the request, for the loader; or, when the stale entry from
+        // Redis answers at once (`stale-while-revalidate`), for the background refresh.
+        let mut pending = Some((inner, req));
+        let refresh_key = key.clone();
+        let (passed_slot, ran_flag, revalidated_flag, config_ref, pending_slot) = (
+            &mut passed,
+            &mut ran,
+            &mut revalidated,
+            &*config,
+            &mut pending,
+        );
         let fetched = cache
             .fetch_with_lifetime(
                 key,
@@ -104,6 +114,10 @@ impl Run {
                     let stale = stale
                         .filter(|s| may_revalidate && has_validators(s))
                         .cloned();
+                    let Some((mut inner, req)) = pending_slot.take() else {
+                        // Unreachable: the loader runs once. Answered as a lost response.
+                        return Box::pin(async { Err(NotStored::Passed) });
+                    };
                     Box::pin(async move {
                         *ran_flag = true;
                         let mut req = mark_nested(req);
@@ -159,6 +173,25 @@ impl Run {
                 Origin::Loader if ran => answer(&value, Outcome::Miss(Stored::Yes)),
                 // Another request's load of the same key, joined.
                 Origin::Loader => answer(&value, Outcome::Collapsed),
+                // Redis's stale copy, inside its `stale-while-revalidate` window: answered
+                // now, refreshed in the background.
+                Origin::Stale if !ran && in_revalidate_window(&value) => {
+                    if let Some((inner, req)) = pending.take() {
+                        let (parts, body) = req.into_parts();
+                        let stale = value.clone();
+                        refresh_stale(
+                            &cache,
+                            &config,
+                            refresh_key,
+                            options,
+                            inner,
+                            parts,
+                            body,
+                            stale,
+                        );
+                    }
+                    answer(&value, Outcome::StaleWhileRevalidate)
+                }
                 Origin::Stale => match passed {
                     // The handler answered with something not storable but not a failure:
                     // that answer wins over the stale entry.

@@ -5,14 +5,23 @@
 use std::time::Duration;
 
 use crate::layer::cached_response::CachedResponse;
-use crate::model::ValueGrace;
+use crate::model::{StaleNow, ValueGrace};
 use crate::EntryOptions;
 
-/// The options with the reader of a stored response's own grace, so that an instance that
-/// reads it from Redis keeps it as long as the one that stored it.
+/// The options with the readers of a stored response's own windows: an instance that reads
+/// it from Redis keeps it as long as the one that stored it, and answers it at once inside
+/// its `stale-while-revalidate` window.
 pub(super) fn with_value_grace(mut options: EntryOptions) -> EntryOptions {
     options.value_grace = Some(ValueGrace(declared_grace));
+    options.stale_now = Some(StaleNow(answers_now));
     options
+}
+
+/// [`in_revalidate_window`] for a value of any type (see `EntryOptions::stale_now`).
+fn answers_now(value: &dyn std::any::Any) -> bool {
+    value
+        .downcast_ref::<CachedResponse>()
+        .is_some_and(in_revalidate_window)
 }
 
 /// The grace a stored response declares for itself: the larger of its
