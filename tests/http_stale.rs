@@ -690,3 +690,54 @@ async fn tower_http_trace_and_timeout_in_the_same_stack() {
         );
     }
 }
+
+#[tokio::test]
+async fn stale_if_error_answers_an_error_of_the_inner_service() {
+    use axum::error_handling::HandleErrorLayer;
+    use tower::{service_fn, BoxError, ServiceBuilder};
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failing = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let (calls, failing) = (calls.clone(), failing.clone());
+        service_fn(move |_req: Request<axum::body::Body>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let failing = failing.load(Ordering::SeqCst);
+            async move {
+                if failing {
+                    return Err(BoxError::from("upstream connection refused"));
+                }
+                let res = axum::http::Response::builder()
+                    .header("cache-control", "max-age=1, stale-if-error=60")
+                    .body(axum::body::Body::from(format!("call {n}")))
+                    .expect("response");
+                Ok(res)
+            }
+        })
+    };
+    let svc = ServiceBuilder::new()
+        // Outside the cache: what it cannot answer becomes a 502 the server can send.
+        .layer(HandleErrorLayer::new(|_: BoxError| async {
+            StatusCode::BAD_GATEWAY
+        }))
+        .layer(layer(local_cache("sie-error")))
+        .service(handler);
+    let app = serve(Router::new().route_service("/r", svc)).await;
+    assert_eq!(app.get("/r").await.x_cache(), "miss");
+    failing.store(true, Ordering::SeqCst);
+    let stale = app
+        .get_until("/r", Duration::from_secs(5), |g| g.x_cache() != "hit")
+        .await;
+    assert_eq!(
+        (stale.status, stale.x_cache(), stale.body.as_str()),
+        (StatusCode::OK, "stale", "call 1"),
+        "{}",
+        stale.cache_status()
+    );
+    assert!(
+        stale.cache_status().contains("fwd=stale; detail=error"),
+        "{}",
+        stale.cache_status()
+    );
+    assert!(calls.load(Ordering::SeqCst) >= 2, "the handler was asked");
+}
