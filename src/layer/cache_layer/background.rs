@@ -12,8 +12,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
+use super::capture::{capture, failed};
 use super::layer::Config;
-use super::load::{capture, failed};
 use super::revalidate::{add_validators, freshen, has_validators};
 use super::rules::{lifetime_of, mark_nested};
 use crate::layer::cached_response::CachedResponse;

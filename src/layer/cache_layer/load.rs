@@ -1,27 +1,23 @@
 //! The miss path of the cache layer: [`Run`] loads the response through the [`Cache`] (one
 //! load per key, the stale entry on failure), `Cache-Control: no-cache` refreshes the entry,
-//! and [`capture`] reads a storable response's body up to the size limit.
+//! and the handler's response is read (see `capture`) and stored.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
-use http_body::{Body, Frame};
-use http_body_util::BodyExt;
+use http_body::Body;
 use tower_service::Service;
 
 use crate::LoadTimeout;
 
 use super::background::refresh_stale;
+use super::capture::{capture, failed};
 use super::layer::Config;
 use super::revalidate::{add_validators, freshen, has_validators};
-use super::rules::{
-    lifetime_of, mark_nested, respond, stamp_response, store_plan, unstamped, Stamp,
-};
+use super::rules::{lifetime_of, mark_nested, respond, stamp_response, unstamped, Stamp};
 use super::stale::{in_revalidate_window, may_stand_in};
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
@@ -246,13 +242,6 @@ impl Run {
     }
 }
 
-/// Whether the handler's answer is a failure the stale response may stand in for: a 5xx
-/// (`504` included), or the `408` tower-http's `TimeoutLayer` answers by default when the
-/// handler is too slow.
-pub(super) fn failed(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT
-}
-
 /// The loader's future, boxed: it only exists on a miss.
 type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<CachedResponse, NotStored>> + Send + 'a>>;
 
@@ -316,85 +305,4 @@ fn with_lifetime(options: &EntryOptions, lifetime: Lifetime) -> EntryOptions {
         options = options.stale_for(grace);
     }
     options
-}
-
-/// Reads a response whose headers allow storing it, up to the size limit. `Ok`: the whole
-/// response, to store. `Err`: the response to pass on (with what was read of its body) and
-/// why it is not stored.
-pub(super) async fn capture<B: Body>(
-    res: Response<B>,
-    config: &Config,
-    requested: SystemTime,
-) -> Result<CachedResponse, (Response<ResponseBody<B>>, &'static str)> {
-    let meta = match store_plan(&res, config, requested) {
-        Ok(meta) => meta,
-        Err(reason) => {
-            tracing::debug!(status = %res.status(), %reason, "response not stored");
-            return Err((res.map(ResponseBody::inner), reason));
-        }
-    };
-    let (parts, body) = res.into_parts();
-    let mut body = Box::pin(body);
-    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
-    let mut len = 0usize;
-    let mut trailers = false;
-    loop {
-        match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
-                let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
-                if let Some(data) = frame.data_ref() {
-                    len += data.len();
-                } else {
-                    trailers = true;
-                }
-                frames.push_back(frame);
-                if len > config.max_body {
-                    tracing::debug!(
-                        limit = config.max_body,
-                        "response body over the size limit; streaming it uncached"
-                    );
-                    let res =
-                        Response::from_parts(parts, ResponseBody::replay(frames, Ok(Some(body))));
-                    return Err((res, "size"));
-                }
-            }
-            Some(Err(error)) => {
-                tracing::debug!("response body failed while being read; not stored");
-                return Err((
-                    Response::from_parts(parts, ResponseBody::replay(frames, Err(error))),
-                    "body-error",
-                ));
-            }
-        }
-    }
-    if trailers {
-        tracing::debug!("response has trailers; not stored");
-        return Err((
-            Response::from_parts(parts, ResponseBody::replay(frames, Ok(None))),
-            "trailers",
-        ));
-    }
-    let body = match frames.len() {
-        0 => Bytes::new(),
-        1 => frames
-            .pop_front()
-            .and_then(|f| f.into_data().ok())
-            .unwrap_or_default(),
-        _ => {
-            let mut all = BytesMut::with_capacity(len);
-            for frame in frames {
-                if let Ok(data) = frame.into_data() {
-                    all.extend_from_slice(&data);
-                }
-            }
-            all.freeze()
-        }
-    };
-    Ok(CachedResponse::new(
-        parts.status,
-        &parts.headers,
-        body,
-        meta,
-    ))
 }

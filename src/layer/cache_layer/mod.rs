@@ -37,6 +37,7 @@
 //! rules allow.
 
 mod background;
+mod capture;
 mod future;
 mod layer;
 mod load;
