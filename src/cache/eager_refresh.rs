@@ -68,8 +68,8 @@ impl Cache {
     /// layer's `stale-while-revalidate`). Once per key at a time in this process; across
     /// instances, the refresh takes the key's lock without waiting (the options' lock TTL,
     /// else 30 s) and gives up if another instance holds it, or has stored a fresh value
-    /// already (then that value is kept here). A failed load stores nothing. Returns whether
-    /// a refresh started.
+    /// already (then that value is kept here). A failed load stores nothing. Counted with
+    /// the eager refreshes. Returns whether a refresh started.
     pub(crate) fn refresh_in_background<T, E, F, Fut, L>(
         &self,
         key: Key,
