@@ -17,10 +17,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::adapt;
+use super::{adapt, Cache};
 use crate::coherence::Invalidator;
 use crate::core::{Core, RedisRead, WriteIf};
-use crate::model::{Cacheable, EntryOptions, Fetched, Origin};
+use crate::key::Key;
+use crate::model::{Cacheable, EntryOptions, Fetched, Lifetime, Origin};
 use crate::store::LocalKey;
 
 /// The keys being refreshed in the background, so each is refreshed once at a time.
@@ -53,6 +54,63 @@ impl Drop for Claim {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.key);
+    }
+}
+
+/// How long a background refresh holds the key's lock across instances when the options
+/// name no [`distributed_lock`](EntryOptions::distributed_lock): long enough for a slow
+/// handler, short enough that a crashed instance does not stop the others for long.
+const REFRESH_LOCK: Duration = Duration::from_secs(30);
+
+impl Cache {
+    /// Refreshes `key` in the background with `loader`, whose value may set its own
+    /// lifetime (`lifetime_of`), as an expired value is being served meanwhile (the HTTP
+    /// layer's `stale-while-revalidate`). Once per key at a time in this process; across
+    /// instances, the refresh takes the key's lock without waiting (the options' lock TTL,
+    /// else 30 s) and gives up if another instance holds it, or has stored a fresh value
+    /// already (then that value is kept here). A failed load stores nothing. Counted with
+    /// the eager refreshes. Returns whether a refresh started.
+    pub(crate) fn refresh_in_background<T, E, F, Fut, L>(
+        &self,
+        key: Key,
+        options: &EntryOptions,
+        loader: F,
+        lifetime_of: L,
+    ) -> bool
+    where
+        T: Cacheable,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        L: FnOnce(&T) -> Option<Lifetime> + Send + 'static,
+    {
+        let core = &self.shared.core;
+        let Ok(local_key) = core.local_key(key, options) else {
+            return false;
+        };
+        let Some(claim) = self.shared.refreshing.claim(&local_key) else {
+            return false;
+        };
+        let mut options = options.clone();
+        options.lock = options.lock.or(Some(REFRESH_LOCK));
+        let loader = move || async move {
+            let loaded = loader().await;
+            if let Some(lifetime) = loaded.as_ref().ok().and_then(lifetime_of) {
+                adapt::record_lifetime(lifetime);
+            }
+            loaded
+        };
+        core.stats().eager_refresh();
+        tokio::spawn(refresh(
+            Arc::clone(core),
+            Arc::clone(&self.shared.invalidator),
+            claim,
+            options,
+            // Any fresh value another instance stored is as good as this refresh's.
+            Duration::ZERO,
+            loader,
+        ));
+        true
     }
 }
 

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::adapt;
 use crate::core::{telemetry, wait, Core, Epoch, Join, Lease, Outcome, RedisRead, WriteIf};
 use crate::error::LoadTimeout;
-use crate::model::{Cacheable, EntryOptions, Fetched, Origin};
+use crate::model::{Cacheable, EntryOptions, Fetched, Origin, StaleNow, ValueGrace};
 use crate::store::LocalKey;
 
 /// Turns a hard timeout into the caller's error; `None` for calls that cannot fail
@@ -352,7 +352,11 @@ where
                 return (Ok(fetched), false);
             }
             RedisRead::Expired(value, lease) => {
-                if !grace.is_zero() && stale.is_none() {
+                // Redis keeps an entry for its grace only, so an expired one is inside it:
+                // the options' grace, or the one the value declares for itself.
+                let kept =
+                    !grace.is_zero() || !ValueGrace::of(options.value_grace, &value).is_zero();
+                if kept && stale.is_none() {
                     stale = Some(value);
                 }
                 redis_key = Some((full_key, lease));
@@ -361,6 +365,17 @@ where
             // Do not write either: a request waits for one deadline at most.
             RedisRead::Failed => {}
         }
+    }
+
+    // A stale value the caller answers at once (and refreshes in the background itself):
+    // neither the lock nor the loader is waited for.
+    if let Some(value) = stale.take_if(|v| StaleNow::holds(options.stale_now, v)) {
+        core.stats().stale_served(local_key.class);
+        let fetched = Fetched {
+            value,
+            origin: Origin::Stale,
+        };
+        return (Ok(fetched), false);
     }
 
     // Across instances, too, one load: wait for the holder of the lock, if asked to.

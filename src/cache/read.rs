@@ -124,6 +124,28 @@ impl Cache {
         }
     }
 
+    /// The value of `key` the local store keeps past its freshness, inside its grace (a
+    /// fresh one too, though callers ask after [`get_local`](Cache::get_local) missed), with
+    /// the key back. Not counted as a hit: the caller decides whether the
+    /// stale value may answer.
+    pub(crate) fn get_local_stale<T: Cacheable>(
+        &self,
+        key: Key,
+        options: &EntryOptions,
+    ) -> (Key, Option<T>) {
+        if options.skip_local {
+            return (key, None);
+        }
+        let core = &*self.shared.core;
+        match core.local_key(key, options) {
+            Ok(local_key) => {
+                let hit = core.lookup::<T>(&local_key).map(|hit| hit.value);
+                (local_key.key, hit)
+            }
+            Err(key) => (key, None),
+        }
+    }
+
     /// Read-through that also says where the value came from (the HTTP layer uses it for
     /// `x-cache`). With `stale_for` in the options, a failing loader is answered with the
     /// expired value if it is still inside its grace ([`Origin::Stale`]).

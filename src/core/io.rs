@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{flights, Core, Epoch, Shape, ShardMask, ALL_SHARDS};
 use crate::error::Error;
 use crate::key::Key;
-use crate::model::{Cacheable, ClassId, EntryOptions, Invalidation};
+use crate::model::{Cacheable, ClassId, EntryOptions, Invalidation, ValueGrace};
 use crate::redis::{RedisStore, Seen, WriteOutcome, LEASE_TTL};
 use crate::store::{envelope, CodecExt, Encodable, LocalKey};
 
@@ -173,7 +173,9 @@ impl Core {
                     local_key.clone(),
                     fresh.value.clone(),
                     shape.local_fresh_for(fresh.fresh_for.min(shape.ttl)),
-                    shape.grace,
+                    shape
+                        .grace
+                        .max(ValueGrace::of(options.value_grace, &fresh.value)),
                     &tags,
                     fresh.len,
                 );

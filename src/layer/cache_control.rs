@@ -2,7 +2,8 @@
 //! allocating.
 //!
 //! On requests `no-cache` and `no-store` are read; on responses `no-store`, `no-cache`,
-//! `private`, `must-revalidate`, `proxy-revalidate`, `max-age` and `s-maxage`. Directive
+//! `private`, `must-revalidate`, `proxy-revalidate`, `max-age`, `s-maxage`, and RFC 5861's
+//! `stale-while-revalidate` and `stale-if-error`. Directive
 //! names are matched case-insensitively and a directive with a value (`private="set-cookie"`)
 //! counts as the directive.
 //!
@@ -57,6 +58,10 @@ pub(crate) struct ResponseDirectives {
     pub(crate) must_revalidate: bool,
     pub(crate) max_age: Option<Delta>,
     pub(crate) s_maxage: Option<Delta>,
+    /// RFC 5861 `stale-while-revalidate=N`.
+    pub(crate) stale_while_revalidate: Option<Delta>,
+    /// RFC 5861 `stale-if-error=N`.
+    pub(crate) stale_if_error: Option<Delta>,
 }
 
 /// A `delta-seconds` value: a number of seconds, or a value that is not one (the response
@@ -72,6 +77,14 @@ pub(crate) enum Delta {
 const DELTA_MAX: u64 = 2_147_483_648;
 
 impl Delta {
+    /// The seconds, as a duration; `None` for an invalid value (which grants nothing).
+    pub(crate) fn secs(self) -> Option<std::time::Duration> {
+        match self {
+            Delta::Secs(secs) => Some(std::time::Duration::from_secs(secs)),
+            Delta::Invalid => None,
+        }
+    }
+
     fn parse(value: Option<&str>) -> Delta {
         let Some(v) = value.map(|v| v.trim().trim_matches('"')) else {
             return Delta::Invalid;
@@ -102,6 +115,11 @@ pub(crate) fn response_directives(headers: &HeaderMap) -> ResponseDirectives {
         } else if n.eq_ignore_ascii_case("s-maxage") {
             out.s_maxage.get_or_insert(Delta::parse(value));
             out.must_revalidate = true;
+        } else if n.eq_ignore_ascii_case("stale-while-revalidate") {
+            out.stale_while_revalidate
+                .get_or_insert(Delta::parse(value));
+        } else if n.eq_ignore_ascii_case("stale-if-error") {
+            out.stale_if_error.get_or_insert(Delta::parse(value));
         }
     }
     out
@@ -232,6 +250,18 @@ mod tests {
             response_directives(&map(&[("cache-control", "max-age")])).max_age,
             Some(Delta::Invalid)
         );
+    }
+
+    #[test]
+    fn rfc5861_directives() {
+        let d = response_directives(&map(&[(
+            "cache-control",
+            "max-age=1, Stale-While-Revalidate=30, stale-if-error=\"600\"",
+        )]));
+        assert_eq!(d.stale_while_revalidate, Some(Delta::Secs(30)));
+        assert_eq!(d.stale_if_error, Some(Delta::Secs(600)));
+        let d = response_directives(&map(&[("cache-control", "stale-while-revalidate")]));
+        assert_eq!(d.stale_while_revalidate.and_then(Delta::secs), None);
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub(crate) enum Outcome {
     /// The stale entry, which the handler's `304 Not Modified` freshened (and it was
     /// stored again).
     Revalidated,
+    /// The stale entry, inside its `stale-while-revalidate` window, answered at once while
+    /// the handler refreshes it in the background.
+    StaleWhileRevalidate,
     /// The stale entry, the handler having failed (`status`: its status, `None` for an
     /// error of the inner service).
     Stale { status: Option<StatusCode> },
@@ -59,7 +62,7 @@ impl Outcome {
             | Outcome::RateLimited
             | Outcome::RefreshCollapsed => XCache::Hit,
             Outcome::Miss(_) | Outcome::Refresh(_) => XCache::Miss,
-            Outcome::Stale { .. } => XCache::Stale,
+            Outcome::Stale { .. } | Outcome::StaleWhileRevalidate => XCache::Stale,
             Outcome::Revalidated => XCache::Revalidated,
             Outcome::Method | Outcome::Bypass(_) => XCache::Bypass,
         }
@@ -83,6 +86,8 @@ impl Outcome {
             Outcome::Refresh(Stored::Yes) => "stormcache; fwd=request; stored",
             Outcome::Refresh(Stored::No(_)) => "stormcache; fwd=request",
             Outcome::Stale { .. } => "stormcache; fwd=stale",
+            // Not forwarded: the handler runs in the background, for the next requests.
+            Outcome::StaleWhileRevalidate => "stormcache; hit",
             Outcome::Revalidated => "stormcache; fwd=stale; fwd-status=304; stored",
             Outcome::Method => "stormcache; fwd=method",
             Outcome::Bypass(_) => "stormcache; fwd=bypass",
@@ -111,6 +116,7 @@ impl Outcome {
                 | Outcome::RateLimited
                 | Outcome::RefreshCollapsed
                 | Outcome::Stale { .. }
+                | Outcome::StaleWhileRevalidate
                 | Outcome::Revalidated
                 | Outcome::Miss(Stored::Yes)
                 | Outcome::Refresh(Stored::Yes)
@@ -123,6 +129,9 @@ impl Outcome {
             // After `ttl`: the member reads as a hit, then says why `no-cache` was not
             // followed.
             value.push_str("; detail=rate-limited");
+        }
+        if self == Outcome::StaleWhileRevalidate {
+            value.push_str("; detail=stale-while-revalidate");
         }
         if value.len() == base.len() {
             return HeaderValue::from_static(base);
@@ -213,6 +222,11 @@ mod tests {
                 Outcome::RefreshCollapsed,
                 Some(30),
                 "stormcache; fwd=request; collapsed; ttl=30",
+            ),
+            (
+                Outcome::StaleWhileRevalidate,
+                Some(-3),
+                "stormcache; hit; ttl=-3; detail=stale-while-revalidate",
             ),
         ];
         for (outcome, ttl, want) in cases {

@@ -5,9 +5,10 @@
 //! In memory it is an `Arc`, so a local hit clones a pointer, and the body is a `Bytes`, so
 //! building the response clones a reference count rather than the bytes. In Redis it is the
 //! cache's codec (MessagePack by default) of `{status, headers, body, stored_at_ms,
-//! age_ms, fresh_ms, must_revalidate}`, the body and header values as binary strings. The
-//! last three were added later: an entry written without them reads as age 0, no known
-//! lifetime, may be served stale — what the layer did when it wrote them.
+//! age_ms, fresh_ms, must_revalidate, swr_ms, sie_ms}`, the body and header values as binary
+//! strings. The last five were added later: an entry written without them reads as age 0,
+//! no known lifetime, may be served stale, no stale window of its own — what the layer did
+//! when it wrote them.
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,6 +46,12 @@ pub(crate) struct Meta {
     /// Whether `fresh_for` came from the response itself rather than the layer's TTL; only
     /// needed when storing, so not written.
     pub(crate) explicit: bool,
+    /// How long after it stops being fresh it is answered at once while being refreshed in
+    /// the background (`stale-while-revalidate`, or the layer's default).
+    pub(crate) stale_while_revalidate: Option<Duration>,
+    /// How long after it stops being fresh it may stand in for a failing handler
+    /// (`stale-if-error`).
+    pub(crate) stale_if_error: Option<Duration>,
 }
 
 /// Headers that describe one connection or one transfer, or that the layer sets itself:
@@ -151,6 +158,14 @@ impl CachedResponse {
         (self.0.meta.initial_age + self.resident()).as_secs()
     }
 
+    /// How long it has been stale, `None` while fresh or when its lifetime is unknown.
+    pub(crate) fn staleness(&self) -> Option<Duration> {
+        let fresh_for = self.0.meta.fresh_for?;
+        self.resident()
+            .checked_sub(fresh_for)
+            .filter(|d| !d.is_zero())
+    }
+
     /// Seconds of freshness left, when its lifetime is known: rounded away from zero, so
     /// that it is positive while the response is fresh and negative once it is stale.
     pub(crate) fn ttl(&self) -> Option<i64> {
@@ -228,7 +243,7 @@ impl Serialize for CachedResponse {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let mut st = s.serialize_struct("CachedResponse", 7)?;
+        let mut st = s.serialize_struct("CachedResponse", 9)?;
         st.serialize_field("status", &stored.status.as_u16())?;
         st.serialize_field("headers", &HeadersSer(&stored.headers))?;
         st.serialize_field("body", &Bin(&stored.body))?;
@@ -236,6 +251,8 @@ impl Serialize for CachedResponse {
         st.serialize_field("age_ms", &ms(stored.meta.initial_age))?;
         st.serialize_field("fresh_ms", &stored.meta.fresh_for.map(ms))?;
         st.serialize_field("must_revalidate", &stored.meta.must_revalidate)?;
+        st.serialize_field("swr_ms", &stored.meta.stale_while_revalidate.map(ms))?;
+        st.serialize_field("sie_ms", &stored.meta.stale_if_error.map(ms))?;
         st.end()
     }
 }
@@ -255,6 +272,10 @@ impl<'de> Deserialize<'de> for CachedResponse {
             fresh_ms: Option<u64>,
             #[serde(default)]
             must_revalidate: bool,
+            #[serde(default)]
+            swr_ms: Option<u64>,
+            #[serde(default)]
+            sie_ms: Option<u64>,
         }
         let wire = Wire::deserialize(d)?;
         let status = StatusCode::from_u16(wire.status).map_err(de::Error::custom)?;
@@ -277,6 +298,8 @@ impl<'de> Deserialize<'de> for CachedResponse {
                 fresh_for: wire.fresh_ms.map(Duration::from_millis),
                 must_revalidate: wire.must_revalidate,
                 explicit: false,
+                stale_while_revalidate: wire.swr_ms.map(Duration::from_millis),
+                stale_if_error: wire.sie_ms.map(Duration::from_millis),
             },
         })))
     }
@@ -306,6 +329,8 @@ mod tests {
             fresh_for: Some(Duration::from_secs(60)),
             must_revalidate: true,
             explicit: false,
+            stale_while_revalidate: Some(Duration::from_secs(5)),
+            stale_if_error: None,
         };
         CachedResponse::new(
             StatusCode::CREATED,
@@ -341,7 +366,8 @@ mod tests {
             // Millisecond precision on the wire.
             assert!(r.age() == back.age());
         }
-        // Binary strings, not arrays of numbers (bytes ≥ 0x80 would take 2 bytes each).
+        // Binary strings, not arrays of numbers (bytes ≥ 0x80 would take 2 bytes each, about
+        // 2,000 in all): the body, then about a hundred bytes of named fields.
         let big = CachedResponse::new(
             StatusCode::OK,
             &HeaderMap::new(),
@@ -349,7 +375,7 @@ mod tests {
             Meta::default(),
         );
         let packed = MessagePack.to_vec(&big).expect("encode");
-        assert!(packed.len() < 1100, "{} bytes", packed.len());
+        assert!(packed.len() < 1150, "{} bytes", packed.len());
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub use self::fetched::{Cacheable, Fetched, Origin};
 pub use self::invalidation::{Invalidation, InvalidationReport, InvalidationRule, RedisOutcome};
 pub(crate) use self::loaded::Adjust;
 pub use self::loaded::Loaded;
-pub(crate) use self::options::Lifetime;
 pub use self::options::{EntryOptions, TtlJitter};
+pub(crate) use self::options::{Lifetime, StaleNow, ValueGrace};
 pub use self::policy::{FlushScope, OutagePolicy, Tier};
 pub(crate) use self::status::unix_ms;
 pub use self::status::{

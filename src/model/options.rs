@@ -53,7 +53,56 @@ pub struct EntryOptions {
     pub(crate) soft_timeout: Option<Duration>,
     /// Give up on the load after this long.
     pub(crate) hard_timeout: Option<Duration>,
+    /// The grace a value declares for itself (an HTTP response's `stale-while-revalidate`,
+    /// `stale-if-error`), for the reads that find it in Redis: its local copy is kept that
+    /// long past its freshness, and an expired one is handed to the caller as stale.
+    pub(crate) value_grace: Option<ValueGrace>,
+    /// Whether an expired value found in Redis is answered at once, without waiting for a
+    /// load (an HTTP response inside its `stale-while-revalidate` window): the caller
+    /// refreshes it in the background.
+    pub(crate) stale_now: Option<StaleNow>,
 }
+
+/// See [`EntryOptions::value_grace`]: reads the grace a value declares for itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ValueGrace(pub(crate) fn(&dyn std::any::Any) -> Option<Duration>);
+
+impl ValueGrace {
+    /// The grace `value` declares, zero when it declares none.
+    pub(crate) fn of<T: 'static>(grace: Option<ValueGrace>, value: &T) -> Duration {
+        grace
+            .and_then(|g| (g.0)(value as &dyn std::any::Any))
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+impl PartialEq for ValueGrace {
+    fn eq(&self, other: &Self) -> bool {
+        // The same function, compared by address: options are equal when they read values
+        // the same way.
+        self.0 as usize == other.0 as usize
+    }
+}
+
+impl Eq for ValueGrace {}
+
+/// See [`EntryOptions::stale_now`]: whether an expired value answers at once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StaleNow(pub(crate) fn(&dyn std::any::Any) -> bool);
+
+impl StaleNow {
+    pub(crate) fn holds<T: 'static>(stale_now: Option<StaleNow>, value: &T) -> bool {
+        stale_now.is_some_and(|s| (s.0)(value as &dyn std::any::Any))
+    }
+}
+
+impl PartialEq for StaleNow {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 as usize == other.0 as usize
+    }
+}
+
+impl Eq for StaleNow {}
 
 impl EntryOptions {
     /// No TTL (the class's), the default class, no tags, no grace.

@@ -9,6 +9,7 @@ use tower_layer::Layer;
 
 use super::limiter::{Refreshes, DEFAULT_REQUEST_NO_CACHE_INTERVAL};
 use super::registry::Registry;
+use super::stale::with_value_grace;
 use super::CacheService;
 use crate::layer::query_filter::QueryFilter;
 use crate::layer::RequestInfo;
@@ -70,7 +71,9 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 /// # What is cached, under which key
 ///
 /// - Only `GET` responses are stored; `HEAD` is answered from `GET`'s entry and passed to
-///   the handler on a miss. Other methods pass through (`x-cache: bypass`).
+///   the handler on a miss. Other methods pass through (`x-cache: bypass`); a `2xx` or
+///   `3xx` answer to an unsafe one invalidates the request's URI (see
+///   [`invalidate_on_unsafe`](CacheLayer::invalidate_on_unsafe)).
 /// - The key is built from the path (the full one, even under `nest`), the query with its
 ///   pairs sorted by name, the values of the headers declared with
 ///   [`vary`](CacheLayer::vary), and the principal (see below). A
@@ -143,7 +146,17 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 /// - With [`stale_for`](CacheLayer::stale_for), an expired entry inside its grace answers
 ///   when the handler fails (a 5xx status or an error of the inner service) — `x-cache:
 ///   stale`. A non-5xx answer that is not storable is passed on instead. A response with
-///   `must-revalidate`, `proxy-revalidate` or `s-maxage` is never served stale.
+///   `must-revalidate`, `proxy-revalidate` or `s-maxage` is never served stale. A `408`
+///   (tower-http's `TimeoutLayer` inside the cache) counts as a failure too.
+/// - `stale-if-error=N` (RFC 5861 §4) is a grace the response declares: for `N` seconds
+///   after it stops being fresh it answers when the handler fails, as with `stale_for`.
+/// - `stale-while-revalidate=N` (RFC 5861 §3), or the layer's
+///   [`stale_while_revalidate`](CacheLayer::stale_while_revalidate) default: for `N` seconds
+///   after it stops being fresh, the stored response answers at once (`x-cache: stale`,
+///   `Cache-Status: stormcache; hit; ttl=-3; detail=stale-while-revalidate`) and the handler
+///   refreshes it in the background, once per key here and once across instances. An entry
+///   is kept in both stores for its freshness plus the largest of these windows and the
+///   grace. The windows are void on responses that must be revalidated.
 /// - With [`stale_for`](CacheLayer::stale_for) too, an expired entry with an `ETag` or a
 ///   `Last-Modified` is revalidated: the handler gets the request with `If-None-Match` /
 ///   `If-Modified-Since` from them (unless the client sent preconditions of its own), and
@@ -156,6 +169,32 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 /// `Router::layer` caches every route; `route_layer` (or a layer on a `MethodRouter`) runs
 /// after routing, which is what [`RequestInfo::param`] and
 /// [`RequestInfo::matched_path`] need, and gives each route its own TTL, class and tags.
+///
+/// With tower-http in one `ServiceBuilder`, outermost first: `TraceLayer` (it sees every
+/// request; a hit, answered in `call`, is not slowed), `CacheLayer`, then `TimeoutLayer`:
+/// inside the cache, hits never wait on its timer, and its answer to a slow handler (`408`,
+/// or e.g. `504` with `with_status_code`) reaches the cache as a failure, which a stale
+/// response inside its grace (`stale_for`, `stale-if-error`) answers instead.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::http::StatusCode;
+/// use axum::{routing::get, Router};
+/// use stormcache::layer::CacheLayer;
+/// use stormcache::Cache;
+/// use tower::ServiceBuilder;
+/// use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+///
+/// # fn main() -> Result<(), stormcache::Error> {
+/// let cache = Cache::builder("docs").build()?;
+/// let app: Router = Router::new().route("/report", get(|| async { "…" })).layer(
+///     ServiceBuilder::new()
+///         .layer(TraceLayer::new_for_http())
+///         .layer(CacheLayer::new(cache).stale_for(Duration::from_secs(3600)))
+///         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, Duration::from_secs(2))),
+/// );
+/// # let _ = app; Ok(()) }
+/// ```
 #[derive(Clone)]
 #[must_use]
 pub struct CacheLayer {
@@ -197,6 +236,10 @@ pub(super) struct Config {
     pub(super) refreshes: Option<Arc<Refreshes>>,
     /// Built by `layer`: the keys stored, with `max_entries`.
     pub(super) entries: Option<Arc<Registry>>,
+    /// The `stale-while-revalidate` window of responses that do not give one.
+    pub(super) stale_while_revalidate: Option<Duration>,
+    /// Whether a successful unsafe request invalidates what is stored for its URIs.
+    pub(super) invalidate_on_unsafe: bool,
 }
 
 impl Config {
@@ -223,7 +266,7 @@ impl CacheLayer {
         CacheLayer {
             cache,
             config: Arc::new(Config {
-                options: EntryOptions::new(),
+                options: with_value_grace(EntryOptions::new()),
                 statuses: HEURISTIC_STATUSES.to_vec(),
                 max_body: DEFAULT_MAX_BODY_SIZE,
                 vary: Vec::new(),
@@ -244,6 +287,8 @@ impl CacheLayer {
                 max_entries: None,
                 refreshes: None,
                 entries: None,
+                stale_while_revalidate: None,
+                invalidate_on_unsafe: true,
             }),
             built: Arc::default(),
         }
@@ -411,7 +456,7 @@ impl CacheLayer {
     /// # Panics
     /// If they name a class the cache does not declare (see [`class`](Self::class)).
     pub fn options(mut self, options: EntryOptions) -> Self {
-        self.config().options = options;
+        self.config().options = with_value_grace(options);
         self.check_class();
         self
     }
@@ -528,6 +573,29 @@ impl CacheLayer {
         self.config().key_host = enabled;
         self
     }
+
+    /// The `stale-while-revalidate` window (RFC 5861) of responses that do not give one
+    /// (default: none). For this long after a stored response stops being fresh, it answers
+    /// at once (`x-cache: stale`, `Cache-Status: stormcache; hit; ttl=-3;
+    /// detail=stale-while-revalidate`) while the handler refreshes it in the background:
+    /// once per key here, and once across instances (the refresh takes the key's
+    /// [`distributed_lock`](crate::EntryOptions::distributed_lock), else a 30 s one, without
+    /// waiting). A failed refresh keeps the stale entry. A response's own
+    /// `stale-while-revalidate=N` wins; none for those that must be revalidated.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.config().stale_while_revalidate = Some(window);
+        self
+    }
+
+    /// Whether a `2xx` or `3xx` answer to an unsafe method (not `GET`, `HEAD`, `OPTIONS`,
+    /// `TRACE`) invalidates what is stored for its path and its same-host `Location` and
+    /// `Content-Location` (RFC 9111 §4.4), every variant, on every instance, before the
+    /// response returns (default `true`). Through the path tags: needs
+    /// [`tag_path`](Self::tag_path).
+    pub fn invalidate_on_unsafe(mut self, enabled: bool) -> Self {
+        self.config().invalidate_on_unsafe = enabled;
+        self
+    }
 }
 
 impl<S> Layer<S> for CacheLayer {
@@ -569,7 +637,9 @@ impl Config {
             .field("honor_request_no_cache", &self.honor_request_no_cache)
             .field("request_no_cache_interval", &self.refresh_interval)
             .field("query", &self.query)
-            .field("max_entries", &self.max_entries);
+            .field("max_entries", &self.max_entries)
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
+            .field("invalidate_on_unsafe", &self.invalidate_on_unsafe);
         d.finish()
     }
 }

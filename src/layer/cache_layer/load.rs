@@ -1,26 +1,24 @@
 //! The miss path of the cache layer: [`Run`] loads the response through the [`Cache`] (one
-//! load per key, the stale entry on failure), and [`capture`] reads a storable response's
-//! body up to the size limit. A request's honoured `no-cache` goes through `refresh` first.
+//! load per key, the stale entry on failure), and the handler's response is read (see
+//! `capture`) and stored. A request's honoured `no-cache` goes through `refresh` first.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
-use http_body::{Body, Frame};
-use http_body_util::BodyExt;
+use http_body::Body;
 use tower_service::Service;
 
 use crate::LoadTimeout;
 
+use super::background::refresh_stale;
+use super::capture::{capture, failed};
 use super::layer::Config;
 use super::revalidate::{add_validators, freshen, has_validators};
-use super::rules::{
-    lifetime_of, mark_nested, respond, stamp_response, store_plan, unstamped, Stamp,
-};
+use super::rules::{lifetime_of, mark_nested, respond, stamp_response, unstamped, Stamp};
+use super::stale::{in_revalidate_window, may_stand_in};
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
 use crate::layer::cached_response::CachedResponse;
@@ -48,7 +46,7 @@ impl Run {
     /// boxed on their own, only when they run.
     pub(super) async fn run<S, ReqBody, ResBody>(
         self,
-        mut inner: S,
+        inner: S,
         req: Request<ReqBody>,
     ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
     where
@@ -86,8 +84,17 @@ impl Run {
         // A stale entry is revalidated with its validators, unless the client sent
         // preconditions of its own: those reach the handler as they are.
         let may_revalidate = !head && conditions.is_none();
-        let (passed_slot, ran_flag, revalidated_flag, config_ref) =
-            (&mut passed, &mut ran, &mut revalidated, &*config);
+        // The inner service and the request, for the loader; or, when the stale entry from
+        // Redis answers at once (`stale-while-revalidate`), for the background refresh.
+        let mut pending = Some((inner, req));
+        let refresh_key = key.clone();
+        let (passed_slot, ran_flag, revalidated_flag, config_ref, pending_slot) = (
+            &mut passed,
+            &mut ran,
+            &mut revalidated,
+            &*config,
+            &mut pending,
+        );
         let fetched = cache
             .fetch_with_lifetime(
                 key,
@@ -96,6 +103,10 @@ impl Run {
                     let stale = stale
                         .filter(|s| may_revalidate && has_validators(s))
                         .cloned();
+                    let Some((mut inner, req)) = pending_slot.take() else {
+                        // Unreachable: the loader runs once. Answered as a lost response.
+                        return Box::pin(async { Err(NotStored::Passed) });
+                    };
                     Box::pin(async move {
                         *ran_flag = true;
                         let mut req = mark_nested(req);
@@ -138,7 +149,7 @@ impl Run {
                         }
                     })
                 },
-                lifetime_of,
+                |stored: &CachedResponse| lifetime_of(stored, options.stale_for),
             )
             .await;
 
@@ -159,17 +170,47 @@ impl Run {
                 Origin::Loader if ran => answer(&value, Outcome::Miss(Stored::Yes)),
                 // Another request's load of the same key, joined.
                 Origin::Loader => answer(&value, Outcome::Collapsed),
+                // Redis's stale copy, inside its `stale-while-revalidate` window: answered
+                // now, refreshed in the background.
+                Origin::Stale if !ran && in_revalidate_window(&value) => {
+                    if let Some((inner, req)) = pending.take() {
+                        let (parts, body) = req.into_parts();
+                        let stale = value.clone();
+                        refresh_stale(
+                            &cache,
+                            &config,
+                            refresh_key,
+                            options,
+                            inner,
+                            parts,
+                            body,
+                            stale,
+                        );
+                    }
+                    answer(&value, Outcome::StaleWhileRevalidate)
+                }
                 Origin::Stale => match passed {
                     // The handler answered with something not storable but not a failure:
                     // that answer wins over the stale entry.
                     Some(Ok((res, why))) if !failed(res.status()) => passed_on(res, why),
                     // `must-revalidate` and its kin: never served stale, not even when the
                     // handler fails (the cache stores such entries without grace, but one
-                    // may still be read from an older write).
-                    Some(Ok((res, _))) if value.meta().must_revalidate => {
-                        passed_on(res, "must-revalidate")
+                    // may still be read from an older write). Nor an entry kept for its
+                    // `stale-while-revalidate` window past the grace a failure allows.
+                    Some(Ok((res, _))) if !may_stand_in(&value, options.stale_for) => {
+                        let why = match value.meta().must_revalidate {
+                            true => "must-revalidate",
+                            false => "stale",
+                        };
+                        passed_on(res, why)
                     }
-                    Some(Err(e)) if value.meta().must_revalidate => return Err(e),
+                    Some(Err(e)) if !may_stand_in(&value, options.stale_for) => return Err(e),
+                    // A timeout with nothing to stand in: as a gateway would.
+                    None if !may_stand_in(&value, options.stale_for) => {
+                        let mut res = Response::new(ResponseBody::empty());
+                        *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+                        passed_on(res, "timeout")
+                    }
                     Some(Ok((res, _))) => answer(
                         &value,
                         Outcome::Stale {
@@ -202,12 +243,6 @@ impl Run {
     }
 }
 
-/// Whether the handler's answer is a failure the stale response may stand in for: a 5xx, or
-/// the `408` tower-http's `TimeoutLayer` answers when the handler is too slow.
-fn failed(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT
-}
-
 /// The loader's future, boxed: it only exists on a miss.
 type LoadFuture<'a> = Pin<Box<dyn Future<Output = Result<CachedResponse, NotStored>> + Send + 'a>>;
 
@@ -224,85 +259,4 @@ impl From<LoadTimeout> for NotStored {
     fn from(_: LoadTimeout) -> Self {
         NotStored::TimedOut
     }
-}
-
-/// Reads a response whose headers allow storing it, up to the size limit. `Ok`: the whole
-/// response, to store. `Err`: the response to pass on (with what was read of its body) and
-/// why it is not stored.
-pub(super) async fn capture<B: Body>(
-    res: Response<B>,
-    config: &Config,
-    requested: SystemTime,
-) -> Result<CachedResponse, (Response<ResponseBody<B>>, &'static str)> {
-    let meta = match store_plan(&res, config, requested) {
-        Ok(meta) => meta,
-        Err(reason) => {
-            tracing::debug!(status = %res.status(), %reason, "response not stored");
-            return Err((res.map(ResponseBody::inner), reason));
-        }
-    };
-    let (parts, body) = res.into_parts();
-    let mut body = Box::pin(body);
-    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
-    let mut len = 0usize;
-    let mut trailers = false;
-    loop {
-        match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
-                let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
-                if let Some(data) = frame.data_ref() {
-                    len += data.len();
-                } else {
-                    trailers = true;
-                }
-                frames.push_back(frame);
-                if len > config.max_body {
-                    tracing::debug!(
-                        limit = config.max_body,
-                        "response body over the size limit; streaming it uncached"
-                    );
-                    let res =
-                        Response::from_parts(parts, ResponseBody::replay(frames, Ok(Some(body))));
-                    return Err((res, "size"));
-                }
-            }
-            Some(Err(error)) => {
-                tracing::debug!("response body failed while being read; not stored");
-                return Err((
-                    Response::from_parts(parts, ResponseBody::replay(frames, Err(error))),
-                    "body-error",
-                ));
-            }
-        }
-    }
-    if trailers {
-        tracing::debug!("response has trailers; not stored");
-        return Err((
-            Response::from_parts(parts, ResponseBody::replay(frames, Ok(None))),
-            "trailers",
-        ));
-    }
-    let body = match frames.len() {
-        0 => Bytes::new(),
-        1 => frames
-            .pop_front()
-            .and_then(|f| f.into_data().ok())
-            .unwrap_or_default(),
-        _ => {
-            let mut all = BytesMut::with_capacity(len);
-            for frame in frames {
-                if let Ok(data) = frame.into_data() {
-                    all.extend_from_slice(&data);
-                }
-            }
-            all.freeze()
-        }
-    };
-    Ok(CachedResponse::new(
-        parts.status,
-        &parts.headers,
-        body,
-        meta,
-    ))
 }

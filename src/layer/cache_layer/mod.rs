@@ -38,6 +38,8 @@
 //! at a time, one per interval: `refresh`, `limiter`); `max_entries` keeps its own record of
 //! the keys stored (`registry`); `limits` holds the builder methods of these bounds.
 
+mod background;
+mod capture;
 mod future;
 mod layer;
 mod limiter;
@@ -48,6 +50,8 @@ mod registry;
 mod revalidate;
 mod rules;
 mod service;
+mod stale;
+mod unsafe_methods;
 
 pub use future::ResponseFuture;
 pub use layer::{CacheLayer, DEFAULT_MAX_BODY_SIZE, HEURISTIC_STATUSES};

@@ -27,7 +27,8 @@ use tower_service::Service;
 
 use super::layer::Config;
 use super::limiter::Slot;
-use super::load::{capture, Run};
+use super::capture::capture;
+use super::load::Run;
 use super::rules::{lifetime_of, mark_nested, respond, stamp_response, Stamp};
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
@@ -199,7 +200,7 @@ where
         Ok(stored) => stored,
         Err(passed) => return Ok(Err(passed)),
     };
-    let options = match lifetime_of(&stored) {
+    let options = match lifetime_of(&stored, r.options.stale_for) {
         None => r.options.clone(),
         Some(lifetime) => with_lifetime(r.options, lifetime),
     };

@@ -9,9 +9,10 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 
 use super::layer::Config;
+use super::stale::declared_grace;
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_control::{
-    directives_forbid_storing, response_directives, vary_is_covered, ResponseDirectives,
+    directives_forbid_storing, response_directives, vary_is_covered, Delta, ResponseDirectives,
 };
 use crate::layer::cache_status::{age_value, Outcome, CACHE_STATUS};
 use crate::layer::cached_response::{CachedResponse, Meta};
@@ -141,21 +142,42 @@ pub(super) fn meta_of(
         // The heuristic: the layer's TTL, when it sets one (else the class's).
         None => config.options.ttl,
     };
+    // RFC 5861 windows: the response's own, else (for `stale-while-revalidate`) the
+    // layer's default; an invalid value grants nothing. None for what must be revalidated.
+    let may_be_stale = !freshness.must_revalidate;
+    let stale_while_revalidate = directives
+        .stale_while_revalidate
+        .map_or(config.stale_while_revalidate, Delta::secs)
+        .filter(|w| may_be_stale && !w.is_zero());
+    let stale_if_error = directives
+        .stale_if_error
+        .and_then(Delta::secs)
+        .filter(|w| may_be_stale && !w.is_zero());
     Ok(Meta {
         initial_age: freshness.initial_age,
         fresh_for,
         must_revalidate: freshness.must_revalidate,
         explicit: freshness.lifetime.is_some(),
+        stale_while_revalidate,
+        stale_if_error,
     })
 }
 
 /// The lifetime of a response in the cache: its own freshness when it gives one, never
 /// stale when it must be revalidated; `None` for the layer's TTL and grace.
-pub(super) fn lifetime_of(stored: &CachedResponse) -> Option<Lifetime> {
+///
+/// A response with `stale-while-revalidate` or `stale-if-error` is kept for the largest of
+/// those windows and the layer's `grace`, so that it is there to be served.
+pub(super) fn lifetime_of(stored: &CachedResponse, grace: Option<Duration>) -> Option<Lifetime> {
     let meta = stored.meta();
+    let declared = declared_grace(stored);
     let lifetime = Lifetime {
         ttl: meta.fresh_for.filter(|_| meta.explicit),
-        grace: meta.must_revalidate.then_some(Duration::ZERO),
+        grace: match declared {
+            _ if meta.must_revalidate => Some(Duration::ZERO),
+            Some(declared) => Some(declared.max(grace.unwrap_or_default())),
+            None => None,
+        },
     };
     (lifetime != Lifetime::default()).then_some(lifetime)
 }

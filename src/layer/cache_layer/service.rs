@@ -10,11 +10,14 @@ use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::background::refresh_stale;
 use super::layer::Config;
 use super::limiter::Refresh;
 use super::load::Run;
 use super::refresh::refresh_then_run;
 use super::rules::{is_nested, mark_nested, plan_key, respond, Stamp};
+use super::stale::in_revalidate_window;
+use super::unsafe_methods::{call_and_invalidate, is_unsafe};
 use super::ResponseFuture;
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_control::request_directives;
@@ -94,6 +97,12 @@ where
             x_cache: self.config.x_cache,
         };
         if !(head || req.method() == Method::GET) {
+            if self.config.invalidate_on_unsafe && self.config.tag_path && is_unsafe(req.method()) {
+                let inner = take_ready(&mut self.inner);
+                let cache = self.cache.clone();
+                let fut = call_and_invalidate(cache, inner, req, stamp);
+                return ResponseFuture::boxed(Box::pin(fut), stamp);
+            }
             return ResponseFuture::bypass(self.inner.call(req), stamp, Outcome::Method);
         }
         if req.headers().contains_key(RANGE) {
@@ -137,7 +146,8 @@ where
         }
         // The hit path: a synchronous look in the local store, no allocation but the key's,
         // no future boxed, the inner service left alone.
-        let key = if matches!(refresh, Refresh::Join(_)) {
+        let refreshing = matches!(refresh, Refresh::Join(_));
+        let mut key = if refreshing {
             key
         } else {
             match self.cache.get_local::<CachedResponse>(key, &config.options) {
@@ -153,10 +163,39 @@ where
             }
         };
         let planned = plan_options(config, &parts, params.as_ref(), principal.as_deref());
-        let req = Request::from_parts(parts, body);
         let Some(options) = planned else {
-            return self.bypass(req, stamp, "tag");
+            return self.bypass(Request::from_parts(parts, body), stamp, "tag");
         };
+        if !refreshing {
+            // Inside its `stale-while-revalidate` window, the stale response answers now and
+            // the handler refreshes it in the background.
+            let entry_options = options.as_ref().unwrap_or(&config.options);
+            let (back, stale) = self
+                .cache
+                .get_local_stale::<CachedResponse>(key, entry_options);
+            key = back;
+            if let Some(stale) = stale.filter(in_revalidate_window) {
+                let outcome = Outcome::StaleWhileRevalidate;
+                let res = respond(&stale, head, stamp, outcome, conditions.as_ref());
+                let inner = self.inner.clone();
+                let started = refresh_stale(
+                    &self.cache,
+                    &self.config,
+                    key,
+                    entry_options,
+                    inner,
+                    parts,
+                    body,
+                    stale,
+                );
+                tracing::debug!(
+                    started,
+                    "stale-while-revalidate: answered the stale response"
+                );
+                return ResponseFuture::ready(res, stamp);
+            }
+        }
+        let req = Request::from_parts(parts, body);
 
         let inner = take_ready(&mut self.inner);
         let run = Run {

@@ -23,7 +23,9 @@ pub(super) type ExtractFn =
     Arc<dyn for<'a> Fn(&'a mut Parts) -> BoxFuture<'a, Option<Invalidation>> + Send + Sync>;
 
 /// Invalidates cache entries after a mutating request (`POST`, `PUT`, `PATCH`, `DELETE`)
-/// gets a `2xx` response — the HTTP twin of `#[invalidate]`.
+/// gets a `2xx` response, or `303 See Other` (the post/redirect/get answer to a form) — the
+/// HTTP twin of `#[invalidate]`. [`when_status`](InvalidateLayer::when_status) changes which
+/// answers count as success.
 ///
 /// What goes is computed from the request before the handler runs: key and tag
 /// [templates](KeyTemplate) rendered with the path parameters, rule functions over a

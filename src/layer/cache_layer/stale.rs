@@ -1,0 +1,66 @@
+//! The stale windows of a stored response: the grace it declares for itself
+//! (`stale-while-revalidate`, `stale-if-error`, RFC 5861), whether it is inside its
+//! `stale-while-revalidate` window, and whether it may stand in for a failing handler.
+
+use std::time::Duration;
+
+use crate::layer::cached_response::CachedResponse;
+use crate::model::{StaleNow, ValueGrace};
+use crate::EntryOptions;
+
+/// The options with the readers of a stored response's own windows: an instance that reads
+/// it from Redis keeps it as long as the one that stored it, and answers it at once inside
+/// its `stale-while-revalidate` window.
+pub(super) fn with_value_grace(mut options: EntryOptions) -> EntryOptions {
+    options.value_grace = Some(ValueGrace(declared_grace));
+    options.stale_now = Some(StaleNow(answers_now));
+    options
+}
+
+/// [`in_revalidate_window`] for a value of any type (see `EntryOptions::stale_now`).
+fn answers_now(value: &dyn std::any::Any) -> bool {
+    value
+        .downcast_ref::<CachedResponse>()
+        .is_some_and(in_revalidate_window)
+}
+
+/// The grace a stored response declares for itself: the larger of its
+/// `stale-while-revalidate` and `stale-if-error` windows (see `EntryOptions::value_grace`).
+pub(super) fn declared_grace(value: &dyn std::any::Any) -> Option<Duration> {
+    let meta = value.downcast_ref::<CachedResponse>()?.meta();
+    if meta.must_revalidate {
+        return None;
+    }
+    meta.stale_while_revalidate.max(meta.stale_if_error)
+}
+
+/// Whether a stored response is inside its `stale-while-revalidate` window: stale, for no
+/// longer than the window.
+pub(super) fn in_revalidate_window(stored: &CachedResponse) -> bool {
+    let meta = stored.meta();
+    match (meta.stale_while_revalidate, stored.staleness()) {
+        (Some(window), Some(stale)) => !meta.must_revalidate && stale <= window,
+        _ => false,
+    }
+}
+
+/// Whether a stale stored response may answer for a failing handler: never when it must be
+/// revalidated; otherwise inside the layer's grace ([`stale_for`](super::CacheLayer::stale_for))
+/// or its own `stale-if-error` window. The entry may be kept longer than both, for its
+/// `stale-while-revalidate` window, which is no licence to hide an error.
+pub(super) fn may_stand_in(stored: &CachedResponse, grace: Option<Duration>) -> bool {
+    let meta = stored.meta();
+    if meta.must_revalidate {
+        return false;
+    }
+    match stored.staleness() {
+        // Fresh, or of unknown lifetime: the cache kept it for the layer's grace.
+        None => true,
+        Some(stale) => {
+            stale
+                <= grace
+                    .unwrap_or_default()
+                    .max(meta.stale_if_error.unwrap_or_default())
+        }
+    }
+}
