@@ -20,11 +20,13 @@
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwapOption, Guard};
 
-/// Slots in the table: a few hundred KiB per store, enough for the hot set of most services.
+/// Slots in the table, two copies each (so that two hot keys sharing a slot both stay):
+/// about 100 KiB per store, enough for the hot set of most services.
 const SLOTS: usize = 4096;
 
 /// One read in this many (per thread) goes to moka, for its eviction policy.
@@ -38,6 +40,45 @@ thread_local! {
     static TICKS: Cell<u32> = const { Cell::new(0) };
 }
 
+/// The clock the table checks deadlines with: the CPU's time-stamp counter where it is
+/// reliable (a few nanoseconds a read, against tens for the system clock, which a hit would
+/// otherwise read every time), the system's monotonic clock elsewhere.
+static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
+
+fn clock() -> &'static quanta::Clock {
+    // Calibrated once per process, when the first store is built: not on a read.
+    CLOCK.get_or_init(quanta::Clock::new)
+}
+
+/// When a copy stops being fresh, and when it expires, on the table's clock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadlines {
+    fresh_until: quanta::Instant,
+    expires_at: quanta::Instant,
+}
+
+impl Deadlines {
+    /// The same instants as `fresh_until` and `expires_at`, on the table's clock.
+    pub(crate) fn of(fresh_until: Instant, expires_at: Instant) -> Self {
+        let (now, std_now) = (clock().now(), Instant::now());
+        let left = |at: Instant| at.saturating_duration_since(std_now);
+        // Past the clock's range: some 34 years, else expired (a copy is never needed).
+        let far = |d: Duration| {
+            now.checked_add(d)
+                .or_else(|| now.checked_add(Duration::from_secs(1 << 30)))
+                .unwrap_or(now)
+        };
+        Deadlines {
+            fresh_until: far(left(fresh_until)),
+            expires_at: far(left(expires_at)),
+        }
+    }
+}
+
+/// Where a copy stands now: `None` once expired, else whether it is stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stale(pub(crate) bool);
+
 /// A thread's read counter: spreads the sampled reads without a shared cache line.
 fn tick() -> u32 {
     TICKS.with(|t| {
@@ -50,13 +91,15 @@ fn tick() -> u32 {
 struct Copy<K, V> {
     key: K,
     value: V,
+    deadlines: Deadlines,
     version: u64,
     epoch: u64,
 }
 
 struct Slot<K, V> {
+    /// Bumped by a change of any key mapped to the slot: voids both copies.
     version: AtomicU64,
-    copy: ArcSwapOption<Copy<K, V>>,
+    copies: [ArcSwapOption<Copy<K, V>>; 2],
 }
 
 /// Where a read's key lives in the table, and the state it saw before looking anywhere.
@@ -70,8 +113,13 @@ pub(crate) struct Ticket {
 pub(crate) struct Found<K, V>(Guard<Option<Arc<Copy<K, V>>>>);
 
 impl<K, V> Found<K, V> {
-    pub(crate) fn value(&self) -> Option<&V> {
-        self.0.as_ref().map(|c| &c.value)
+    /// The copy's value, unless it has expired; with whether it is stale.
+    #[inline]
+    pub(crate) fn value(&self) -> Option<(&V, Stale)> {
+        let copy = self.0.as_ref()?;
+        let now = clock().now();
+        (now < copy.deadlines.expires_at)
+            .then_some((&copy.value, Stale(now >= copy.deadlines.fresh_until)))
     }
 }
 
@@ -83,11 +131,12 @@ pub(crate) struct Front<K, V, S> {
 
 impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher> Front<K, V, S> {
     pub(crate) fn new(hasher: S) -> Self {
+        clock();
         Front {
             slots: (0..SLOTS)
                 .map(|_| Slot {
                     version: AtomicU64::new(0),
-                    copy: ArcSwapOption::const_empty(),
+                    copies: [ArcSwapOption::const_empty(), ArcSwapOption::const_empty()],
                 })
                 .collect(),
             epoch: AtomicU64::new(0),
@@ -118,27 +167,55 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher> Front<K, V, S> {
         if tick() % RECORD_EVERY == 0 {
             return None;
         }
-        let copy = self.slots[ticket.slot].copy.load();
-        let valid = matches!(&*copy, Some(c) if c.version == ticket.version
-            && c.epoch == ticket.epoch
-            && c.key == *key);
-        valid.then_some(Found(copy))
+        let slot = &self.slots[ticket.slot];
+        let is_it = |copy: &Option<Arc<Copy<K, V>>>| {
+            matches!(copy, Some(c) if c.version == ticket.version
+                && c.epoch == ticket.epoch
+                && c.key == *key)
+        };
+        let first = slot.copies[0].load();
+        if is_it(&first) {
+            return Some(Found(first));
+        }
+        let second = slot.copies[1].load();
+        is_it(&second).then_some(Found(second))
     }
 
-    /// Keeps a copy of `value`, just read from moka under `ticket`, unless the slot holds
-    /// another key's valid copy (then only now and then).
-    pub(crate) fn promote(&self, key: &K, value: &V, ticket: &Ticket) {
+    /// Keeps a copy of `value`, just read from moka under `ticket`, unless the slot holds a
+    /// valid copy already: of this key (a read sampled for moka's policy), or of another
+    /// (then only now and then). `deadlines` is only asked for when a copy is made.
+    pub(crate) fn promote(
+        &self,
+        key: &K,
+        value: &V,
+        deadlines: impl FnOnce() -> Deadlines,
+        ticket: &Ticket,
+    ) {
         let slot = &self.slots[ticket.slot];
-        let current = slot.copy.load();
-        let occupied = matches!(&*current, Some(c) if c.key != *key
-            && c.version == slot.version.load(Ordering::Relaxed)
-            && c.epoch == self.epoch.load(Ordering::Relaxed));
-        if occupied && tick() % REPLACE_EVERY != 0 {
-            return;
+        let version = slot.version.load(Ordering::Relaxed);
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let mut free = None;
+        for (i, place) in slot.copies.iter().enumerate() {
+            match &*place.load() {
+                Some(c) if c.version == version && c.epoch == epoch => {
+                    if c.key == *key {
+                        return;
+                    }
+                }
+                _ => free = free.or(Some(i)),
+            }
         }
-        slot.copy.store(Some(Arc::new(Copy {
+        // Both hold other keys' valid copies: replace one now and then, so that a third hot
+        // key gets its turn without every read paying for a copy.
+        let place = match free {
+            Some(i) => i,
+            None if tick() % REPLACE_EVERY == 0 => (tick() / REPLACE_EVERY % 2) as usize,
+            None => return,
+        };
+        slot.copies[place].store(Some(Arc::new(Copy {
             key: key.clone(),
             value: value.clone(),
+            deadlines: deadlines(),
             version: ticket.version,
             epoch: ticket.epoch,
         })));
@@ -149,9 +226,11 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher> Front<K, V, S> {
     pub(crate) fn changed(&self, key: &K) {
         let slot = &self.slots[self.slot_of(key)];
         slot.version.fetch_add(1, Ordering::AcqRel);
-        let current = slot.copy.load();
-        if matches!(&*current, Some(c) if c.key == *key) {
-            slot.copy.compare_and_swap(&*current, None);
+        for place in &slot.copies {
+            let current = place.load();
+            if matches!(&*current, Some(c) if c.key == *key) {
+                place.compare_and_swap(&*current, None);
+            }
         }
     }
 
@@ -159,7 +238,9 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher> Front<K, V, S> {
     pub(crate) fn changed_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         for slot in self.slots.iter() {
-            slot.copy.store(None);
+            for place in &slot.copies {
+                place.store(None);
+            }
         }
     }
 }
@@ -174,18 +255,48 @@ mod tests {
         Front::new(foldhash::fast::RandomState::default())
     }
 
+    fn forever() -> Deadlines {
+        let far = Instant::now() + Duration::from_secs(3600);
+        Deadlines::of(far, far)
+    }
+
     /// A read through the table, as the store does it: the copy, else the source (and a
     /// copy of what it gave).
     fn read(front: &Table, source: &std::sync::Mutex<Option<u64>>, key: u32) -> Option<u64> {
         let ticket = front.ticket(&key);
         if let Some(found) = front.get(&key, &ticket) {
-            return found.value().copied();
+            return found.value().map(|(v, _)| *v);
         }
         let value = *source.lock().expect("source");
         if let Some(v) = value {
-            front.promote(&key, &v, &ticket);
+            front.promote(&key, &v, forever, &ticket);
         }
         value
+    }
+
+    #[test]
+    fn a_copy_expires_and_goes_stale_on_time() {
+        let front = table();
+        let now = Instant::now();
+        let ticket = front.ticket(&1);
+        front.promote(
+            &1,
+            &10,
+            || Deadlines::of(now, now + Duration::from_secs(60)),
+            &ticket,
+        );
+        let found = front.get(&1, &ticket).or_else(|| front.get(&1, &ticket));
+        let (value, stale) = found
+            .as_ref()
+            .and_then(Found::value)
+            .expect("kept for its grace");
+        assert_eq!((*value, stale), (10, Stale(true)));
+        // A table of its own: in the first, key 2 might share key 1's slot.
+        let front = table();
+        let ticket = front.ticket(&2);
+        front.promote(&2, &20, || Deadlines::of(now, now), &ticket);
+        let found = front.get(&2, &ticket).or_else(|| front.get(&2, &ticket));
+        assert!(found.expect("a valid copy").value().is_none(), "expired");
     }
 
     #[test]
@@ -229,12 +340,12 @@ mod tests {
                         let seen = match front.get(&7, &ticket) {
                             Some(found) => {
                                 copies += 1;
-                                found.value().copied()
+                                found.value().map(|(v, _)| *v)
                             }
                             None => {
                                 let v = *source.lock().expect("source");
                                 if let Some(v) = v {
-                                    front.promote(&7, &v, &ticket);
+                                    front.promote(&7, &v, forever, &ticket);
                                 }
                                 v
                             }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache as Moka;
 use moka::Expiry;
 
-use super::front::Front;
+use super::front::{Deadlines, Front, Stale};
 use super::tag_index::TagIndex;
 use crate::key::Key;
 use crate::model::ClassId;
@@ -251,42 +251,35 @@ impl LocalStore {
     ) -> Option<LocalHit<T>> {
         let ticket = self.front.ticket(key);
         if let Some(found) = self.front.get(key, &ticket) {
-            // moka checks expiry itself; a copy must be checked here.
-            let now = Instant::now();
             if let Some(hit) = found
                 .value()
-                .and_then(|stored| self.hit(stored, |meta| now >= meta.expires_at, now))
+                .and_then(|(stored, Stale(stale))| self.hit(stored, stale))
             {
                 return Some(hit);
             }
         }
         let stored = self.cache.get(key)?;
+        let meta = stored.meta();
         // Only entries with a grace period can be alive past their TTL: the others need no
-        // clock read.
-        let grace = stored.meta().expires_at > stored.meta().fresh_until;
-        let now = if grace { Instant::now() } else { self.created };
-        let hit = self.hit(&stored, |_| false, now);
+        // clock read (moka checked their expiry).
+        let stale = meta.expires_at > meta.fresh_until && Instant::now() >= meta.fresh_until;
+        let hit = self.hit(&stored, stale);
         if hit.is_some() {
-            self.front.promote(key, &stored, &ticket);
+            let deadlines = || Deadlines::of(meta.fresh_until, meta.expires_at);
+            self.front.promote(key, &stored, deadlines, &ticket);
         }
         hit
     }
 
-    /// The hit an entry gives, if it holds a `T` and is not `expired`; `now` tells stale
-    /// from fresh for entries with a grace period.
+    /// The hit an entry gives, if it holds a `T`.
     #[inline]
     fn hit<T: Clone + Send + Sync + 'static>(
         &self,
         stored: &Value,
-        expired: impl FnOnce(&EntryMeta) -> bool,
-        now: Instant,
+        stale: bool,
     ) -> Option<LocalHit<T>> {
         let entry = stored.as_any().downcast_ref::<Entry<T>>()?;
         let meta = &entry.meta;
-        if expired(meta) {
-            return None;
-        }
-        let stale = meta.expires_at > meta.fresh_until && now >= meta.fresh_until;
         let suspect = meta.written
             < self
                 .trusted_from

@@ -25,9 +25,9 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::capture::capture;
 use super::layer::Config;
 use super::limiter::Slot;
-use super::capture::capture;
 use super::load::Run;
 use super::rules::{lifetime_of, mark_nested, respond, stamp_response, Stamp};
 use crate::layer::body::ResponseBody;
