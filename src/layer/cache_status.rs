@@ -37,6 +37,9 @@ pub(crate) enum Outcome {
     /// The stale entry, which the handler's `304 Not Modified` freshened (and it was
     /// stored again).
     Revalidated,
+    /// A stored `no-cache` response, which the handler's `304 Not Modified` confirmed
+    /// before this use.
+    Validated,
     /// The stale entry, the handler having failed (`status`: its status, `None` for an
     /// error of the inner service).
     Stale { status: Option<StatusCode> },
@@ -52,7 +55,7 @@ impl Outcome {
             Outcome::Hit | Outcome::Collapsed => XCache::Hit,
             Outcome::Miss(_) | Outcome::Refresh(_) => XCache::Miss,
             Outcome::Stale { .. } => XCache::Stale,
-            Outcome::Revalidated => XCache::Revalidated,
+            Outcome::Revalidated | Outcome::Validated => XCache::Revalidated,
             Outcome::Method | Outcome::Bypass(_) => XCache::Bypass,
         }
     }
@@ -74,6 +77,7 @@ impl Outcome {
             Outcome::Refresh(Stored::No(_)) => "stormcache; fwd=request",
             Outcome::Stale { .. } => "stormcache; fwd=stale",
             Outcome::Revalidated => "stormcache; fwd=stale; fwd-status=304; stored",
+            Outcome::Validated => "stormcache; fwd=stale; fwd-status=304",
             Outcome::Method => "stormcache; fwd=method",
             Outcome::Bypass(_) => "stormcache; fwd=bypass",
         };
@@ -100,6 +104,7 @@ impl Outcome {
                 | Outcome::Collapsed
                 | Outcome::Stale { .. }
                 | Outcome::Revalidated
+                | Outcome::Validated
                 | Outcome::Miss(Stored::Yes)
                 | Outcome::Refresh(Stored::Yes)
         );
@@ -187,6 +192,11 @@ mod tests {
                 "stormcache; fwd=bypass; detail=range",
             ),
             (Outcome::Collapsed, None, "stormcache; fwd=miss; collapsed"),
+            (
+                Outcome::Validated,
+                Some(30),
+                "stormcache; fwd=stale; fwd-status=304; ttl=30",
+            ),
         ];
         for (outcome, ttl, want) in cases {
             assert_eq!(outcome.cache_status(ttl), want, "{outcome:?}");

@@ -31,6 +31,17 @@ struct Stored {
     body: Bytes,
     stored_at: SystemTime,
     meta: Meta,
+    /// Set on a response stored under a request's key that varies on fields the key does
+    /// not hold: which fields, and the selector of the request it answered (see
+    /// `layer::vary`).
+    variant: Option<Box<Variant>>,
+}
+
+/// The fields a stored response varies on, and the selector it was stored for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Variant {
+    pub(crate) fields: Vec<HeaderName>,
+    pub(crate) selector: String,
 }
 
 /// What the layer learnt of a response's freshness when it stored it.
@@ -45,6 +56,11 @@ pub(crate) struct Meta {
     /// Whether `fresh_for` came from the response itself rather than the layer's TTL; only
     /// needed when storing, so not written.
     pub(crate) explicit: bool,
+    /// `Cache-Control: no-cache`: revalidated with the handler before each use.
+    pub(crate) no_cache: bool,
+    /// Its `ETag` was made by the layer (`CacheLayer::etag`): the handler does not know it,
+    /// so it is never sent to the handler in `If-None-Match`.
+    pub(crate) etag_generated: bool,
 }
 
 /// Headers that describe one connection or one transfer, or that the layer sets itself:
@@ -89,7 +105,28 @@ impl CachedResponse {
             body,
             stored_at: SystemTime::now(),
             meta,
+            variant: None,
         }))
+    }
+
+    /// The same response, marked as the variant that `selector` picks among the responses
+    /// varying on `fields`.
+    pub(crate) fn with_variant(self, fields: Vec<HeaderName>, selector: String) -> Self {
+        let stored = &*self.0;
+        CachedResponse(Arc::new(Stored {
+            status: stored.status,
+            headers: stored.headers.clone(),
+            body: stored.body.clone(),
+            stored_at: stored.stored_at,
+            meta: stored.meta,
+            variant: Some(Box::new(Variant { fields, selector })),
+        }))
+    }
+
+    /// The fields it varies on and the selector it was stored for, when it was stored
+    /// under a request's key and varies on fields the key does not hold.
+    pub(crate) fn variant(&self) -> Option<&Variant> {
+        self.0.variant.as_deref()
     }
 
     pub(crate) fn meta(&self) -> &Meta {
@@ -228,14 +265,29 @@ impl Serialize for CachedResponse {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let mut st = s.serialize_struct("CachedResponse", 7)?;
-        st.serialize_field("status", &stored.status.as_u16())?;
+        let mut st = s.serialize_struct("CachedResponse", 10)?;
+        // A variant is written with status 0 and its real status beside its fields: a
+        // decoder from before variants existed refuses status 0, so it reads the entry as
+        // a miss rather than serving one client's variant to every client.
+        let status = if stored.variant.is_some() {
+            0
+        } else {
+            stored.status.as_u16()
+        };
+        st.serialize_field("status", &status)?;
         st.serialize_field("headers", &HeadersSer(&stored.headers))?;
         st.serialize_field("body", &Bin(&stored.body))?;
         st.serialize_field("stored_at_ms", &at_ms)?;
         st.serialize_field("age_ms", &ms(stored.meta.initial_age))?;
         st.serialize_field("fresh_ms", &stored.meta.fresh_for.map(ms))?;
         st.serialize_field("must_revalidate", &stored.meta.must_revalidate)?;
+        st.serialize_field("no_cache", &stored.meta.no_cache)?;
+        st.serialize_field("etag_generated", &stored.meta.etag_generated)?;
+        let variant = stored.variant.as_ref().map(|v| {
+            let fields: Vec<&str> = v.fields.iter().map(HeaderName::as_str).collect();
+            (stored.status.as_u16(), fields, v.selector.as_str())
+        });
+        st.serialize_field("variant", &variant)?;
         st.end()
     }
 }
@@ -255,9 +307,25 @@ impl<'de> Deserialize<'de> for CachedResponse {
             fresh_ms: Option<u64>,
             #[serde(default)]
             must_revalidate: bool,
+            #[serde(default)]
+            no_cache: bool,
+            #[serde(default)]
+            etag_generated: bool,
+            #[serde(default)]
+            variant: Option<(u16, Vec<String>, String)>,
         }
         let wire = Wire::deserialize(d)?;
-        let status = StatusCode::from_u16(wire.status).map_err(de::Error::custom)?;
+        let (status, variant) = match wire.variant {
+            None => (wire.status, None),
+            Some((status, fields, selector)) => {
+                let fields = fields
+                    .iter()
+                    .map(|f| HeaderName::from_bytes(f.as_bytes()).map_err(de::Error::custom))
+                    .collect::<Result<Vec<_>, D::Error>>()?;
+                (status, Some(Box::new(Variant { fields, selector })))
+            }
+        };
+        let status = StatusCode::from_u16(status).map_err(de::Error::custom)?;
         let headers = wire
             .headers
             .into_iter()
@@ -277,7 +345,10 @@ impl<'de> Deserialize<'de> for CachedResponse {
                 fresh_for: wire.fresh_ms.map(Duration::from_millis),
                 must_revalidate: wire.must_revalidate,
                 explicit: false,
+                no_cache: wire.no_cache,
+                etag_generated: wire.etag_generated,
             },
+            variant,
         })))
     }
 }
@@ -306,6 +377,8 @@ mod tests {
             fresh_for: Some(Duration::from_secs(60)),
             must_revalidate: true,
             explicit: false,
+            no_cache: true,
+            etag_generated: true,
         };
         CachedResponse::new(
             StatusCode::CREATED,
@@ -373,6 +446,26 @@ mod tests {
             assert_eq!(back.body(), &Bytes::from_static(b"old"));
             assert_eq!(*back.meta(), Meta::default());
             assert_eq!(back.ttl(), None);
+        }
+    }
+
+    #[test]
+    fn variants_round_trip_and_older_decoders_refuse_them() {
+        let fields = vec![HeaderName::from_static("accept-language")];
+        let r = sample().with_variant(fields, "accept-language=fr".to_owned());
+        for codec in [&MessagePack as &dyn Codec, &Json] {
+            let bytes = codec.to_vec(&r).expect("encode");
+            let back: CachedResponse = codec.from_slice(&bytes).expect("decode");
+            assert_eq!(back.status(), StatusCode::CREATED);
+            assert_eq!(back.variant(), r.variant());
+            assert_eq!(back.0.meta, r.0.meta);
+            // What a decoder without the `variant` field reads: status 0, refused.
+            #[derive(Deserialize)]
+            struct Before {
+                status: u16,
+            }
+            let before: Before = codec.from_slice(&bytes).expect("decode");
+            assert!(StatusCode::from_u16(before.status).is_err());
         }
     }
 

@@ -58,6 +58,7 @@ mod inner_service;
 pub mod invalidate_layer;
 mod request_info;
 mod request_key;
+mod vary;
 mod x_cache;
 
 pub use body::ResponseBody;

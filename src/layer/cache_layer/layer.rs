@@ -171,6 +171,8 @@ pub(super) struct Config {
     pub(super) x_cache: bool,
     /// Whether a request's `no-cache` makes the handler answer (and refresh the entry).
     pub(super) honor_request_no_cache: bool,
+    /// Whether a stored response without an `ETag` gets one made from its body.
+    pub(super) etag: bool,
 }
 
 impl Config {
@@ -213,6 +215,7 @@ impl CacheLayer {
                 max_ttl: None,
                 x_cache: true,
                 honor_request_no_cache: false,
+                etag: false,
             }),
         }
     }
@@ -520,7 +523,8 @@ impl Config {
             .field("tag_path", &self.tag_path)
             .field("min_ttl", &self.min_ttl)
             .field("max_ttl", &self.max_ttl)
-            .field("x_cache", &self.x_cache);
+            .field("x_cache", &self.x_cache)
+            .field("etag", &self.etag);
         d.finish()
     }
 }

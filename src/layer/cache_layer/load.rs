@@ -1,31 +1,29 @@
 //! The miss path of the cache layer: [`Run`] loads the response through the [`Cache`] (one
-//! load per key, the stale entry on failure), `Cache-Control: no-cache` refreshes the entry,
-//! and [`capture`] reads a storable response's body up to the size limit.
+//! load per key, the stale entry on failure), follows a varying response's entry to the
+//! request's own variant, and sends the requests whose handler must answer before an entry
+//! is used (a request's honoured `no-cache`, a stored `no-cache` response) straight to it
+//! (see `store`).
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::{Request, Response, StatusCode};
-use http_body::{Body, Frame};
-use http_body_util::BodyExt;
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
+use http_body::Body;
 use tower_service::Service;
 
 use crate::LoadTimeout;
 
 use super::layer::Config;
 use super::revalidate::{add_validators, freshen, has_validators};
-use super::rules::{
-    lifetime_of, mark_nested, respond, stamp_response, store_plan, unstamped, Stamp,
-};
+use super::rules::{lifetime_of, mark_nested, respond, stamp_response, unstamped, Stamp};
+use super::store::{answer_directly, capture, forget, Direct, Level, Target, VARY_CHANGED};
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
 use crate::layer::cached_response::CachedResponse;
 use crate::layer::conditional::Conditions;
-use crate::model::Lifetime;
+use crate::layer::vary::{selector, variant_key};
 use crate::{Cache, EntryOptions, Fetched, Key, Origin};
 
 /// Everything the cached path needs once the request has left `call`.
@@ -38,21 +36,71 @@ pub(super) struct Run {
     pub(super) refresh: bool,
     pub(super) stamp: Stamp,
     pub(super) conditions: Option<Conditions>,
+    /// When `key` is the key of the request's variant (found in `call`): the request's own
+    /// key, and the fields its variants vary on.
+    pub(super) variant_of: Option<(Key, Vec<HeaderName>)>,
+    /// A `no-cache` response found in `call`, to revalidate with the handler before use.
+    pub(super) validate: Option<CachedResponse>,
 }
 
 /// The result of the inner service, when it is not stored: the response with why it was
 /// not, or the inner service's error.
 type Passed<B, E> = Result<(Response<ResponseBody<B>>, &'static str), E>;
 
+/// The answer of the cached path.
+type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
+
+/// What one key's load came to.
+enum Step<B: Body, E> {
+    /// The answer.
+    Done(Answer<B, E>),
+    /// A response this request may be answered with, found in the cache or loaded by
+    /// another request (`Hit` or `Collapsed`): the handler was not called for it.
+    Cached(CachedResponse, Outcome),
+    /// The entry is another request's variant: the request's own is read by these fields.
+    OtherVariant(Vec<HeaderName>),
+}
+
+/// What every step of one request shares.
+struct Ctx<'a> {
+    cache: &'a Cache,
+    config: &'a Config,
+    options: &'a EntryOptions,
+    head: bool,
+    stamp: Stamp,
+    conditions: Option<&'a Conditions>,
+    /// The request's headers, which pick its variant (the request itself goes to the
+    /// handler).
+    request: &'a HeaderMap,
+}
+
+impl Ctx<'_> {
+    fn answer<B: Body>(&self, value: &CachedResponse, outcome: Outcome) -> Response<ResponseBody<B>> {
+        respond(value, self.head, self.stamp, outcome, self.conditions)
+    }
+
+    fn pass<B: Body>(&self, res: Response<ResponseBody<B>>, why: &'static str) -> Response<ResponseBody<B>> {
+        stamp_response(res, self.stamp, Outcome::Miss(Stored::No(why)))
+    }
+}
+
+/// Whether a stored response may answer a request with these headers: it does not vary, or
+/// it is the variant the request selects.
+fn selects(stored: &CachedResponse, request: &HeaderMap) -> bool {
+    stored
+        .variant()
+        .map_or(true, |v| selector(request, &v.fields).as_deref() == Some(v.selector.as_str()))
+}
+
 impl Run {
-    /// The cached path. Kept small on a hit (its future is boxed per request): the refresh
+    /// The cached path. Kept small on a hit (its future is boxed per request): the direct
     /// path and the loader, which hold the inner service's future and the body reader, are
     /// boxed on their own, only when they run.
     pub(super) async fn run<S, ReqBody, ResBody>(
         self,
         mut inner: S,
         req: Request<ReqBody>,
-    ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+    ) -> Answer<ResBody, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
         S::Future: Send,
@@ -71,134 +119,273 @@ impl Run {
             refresh,
             stamp,
             conditions,
+            variant_of,
+            validate,
         } = self;
-        let options = options.as_ref().unwrap_or(&config.options);
-        let conditions = conditions.as_ref();
-        let answer =
-            |value: &CachedResponse, outcome| respond(value, head, stamp, outcome, conditions);
-
-        if refresh {
-            let refreshed = refresh_entry(&cache, &config, key, options, head, inner, req);
-            return Ok(match Box::pin(refreshed).await? {
-                Ok(stored) => answer(&stored, Outcome::Refresh(Stored::Yes)),
-                Err((passed, why)) => {
-                    stamp_response(passed, stamp, Outcome::Refresh(Stored::No(why)))
-                }
-            });
+        let request = req.headers().clone();
+        let ctx = Ctx {
+            cache: &cache,
+            config: &config,
+            options: options.as_ref().unwrap_or(&config.options),
+            head,
+            stamp,
+            conditions: conditions.as_ref(),
+            request: &request,
+        };
+        let (mut base, mut fields) = match variant_of {
+            Some((base, fields)) => (Some(base), Some(fields)),
+            None => (None, None),
+        };
+        let mut key = key;
+        if refresh || validate.is_some() {
+            let level = fields.as_deref().map_or(Level::Base, Level::Variant);
+            return direct(&ctx, key, level, base.as_ref(), inner, req, validate.as_ref(), refresh)
+                .await;
         }
-
-        let mut passed: Option<Passed<ResBody, S::Error>> = None;
-        let mut ran = false;
-        let mut revalidated = false;
-        // A stale entry is revalidated with its validators, unless the client sent
-        // preconditions of its own: those reach the handler as they are.
-        let may_revalidate = !head && conditions.is_none();
-        let (passed_slot, ran_flag, revalidated_flag, config_ref) =
-            (&mut passed, &mut ran, &mut revalidated, &*config);
-        let fetched = cache
-            .fetch_with_lifetime(
-                key,
-                options,
-                move |stale: Option<&CachedResponse>| -> LoadFuture<'_> {
-                    let stale = stale
-                        .filter(|s| may_revalidate && has_validators(s))
-                        .cloned();
-                    Box::pin(async move {
-                        *ran_flag = true;
-                        let mut req = mark_nested(req);
-                        if let Some(stale) = &stale {
-                            add_validators(stale, req.headers_mut());
-                        }
-                        let requested = SystemTime::now();
-                        let res = match inner.call(req).await {
-                            Ok(res) => res,
-                            Err(e) => {
-                                *passed_slot = Some(Err(e));
-                                return Err(NotStored::Passed);
-                            }
-                        };
-                        if let Some(stale) =
-                            stale.filter(|_| res.status() == StatusCode::NOT_MODIFIED)
-                        {
-                            return match freshen(&stale, res.headers(), config_ref, requested) {
-                                Ok(fresh) => {
-                                    *revalidated_flag = true;
-                                    Ok(fresh)
-                                }
-                                Err((merged, why)) => {
-                                    *passed_slot = Some(Ok((unstamped(&merged, false), why)));
-                                    Err(NotStored::Passed)
-                                }
-                            };
-                        }
-                        if head {
-                            // A HEAD response has no body to store; GET will fill the entry.
-                            *passed_slot = Some(Ok((res.map(ResponseBody::inner), "head")));
-                            return Err(NotStored::Passed);
-                        }
-                        match capture(res, config_ref, requested).await {
-                            Ok(stored) => Ok(stored),
-                            Err(passed) => {
-                                *passed_slot = Some(Ok(passed));
-                                Err(NotStored::Passed)
-                            }
-                        }
-                    })
-                },
-                lifetime_of,
-            )
-            .await;
-
-        let passed_on = |res, why| stamp_response(res, stamp, Outcome::Miss(Stored::No(why)));
-        match fetched {
-            Ok(Fetched { value, origin }) => Ok(match origin {
-                // Our loader ran: the handler's 304 freshened the stale entry...
-                Origin::Loader if revalidated => answer(&value, Outcome::Revalidated),
-                // ...or its response was stored.
-                Origin::Loader if ran => answer(&value, Outcome::Miss(Stored::Yes)),
-                // Another request's load of the same key, joined.
-                Origin::Loader => answer(&value, Outcome::Collapsed),
-                Origin::Stale => match passed {
-                    // The handler answered with something not storable but not a failure:
-                    // that answer wins over the stale entry.
-                    Some(Ok((res, why))) if !failed(res.status()) => passed_on(res, why),
-                    // `must-revalidate` and its kin: never served stale, not even when the
-                    // handler fails (the cache stores such entries without grace, but one
-                    // may still be read from an older write).
-                    Some(Ok((res, _))) if value.meta().must_revalidate => {
-                        passed_on(res, "must-revalidate")
-                    }
-                    Some(Err(e)) if value.meta().must_revalidate => return Err(e),
-                    Some(Ok((res, _))) => answer(
-                        &value,
-                        Outcome::Stale {
-                            status: Some(res.status()),
-                        },
-                    ),
-                    _ => answer(&value, Outcome::Stale { status: None }),
-                },
-                // The local store or Redis.
-                _ => answer(&value, Outcome::Hit),
-            }),
-            // Nobody waits for a handler past the hard timeout: 504, as a gateway would.
-            Err(NotStored::TimedOut) => {
-                let mut res = Response::new(ResponseBody::empty());
-                *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-                Ok(passed_on(res, "timeout"))
-            }
-            Err(NotStored::Passed) => match passed {
-                Some(Ok((res, why))) => Ok(passed_on(res, why)),
-                Some(Err(e)) => Err(e),
-                None => {
-                    // Unreachable: the loader fills the slot before every `Err`.
-                    tracing::error!("cache layer lost the inner response; answering 502");
-                    let mut res = Response::new(ResponseBody::empty());
-                    *res.status_mut() = StatusCode::BAD_GATEWAY;
-                    Ok(passed_on(res, "lost"))
+        let mut req = Some(req);
+        loop {
+            let level = fields.as_deref().map_or(Level::Base, Level::Variant);
+            let loading = load_key(&ctx, key.clone(), level, base.as_ref(), &mut inner, &mut req);
+            let step = match Box::pin(loading).await {
+                Step::Done(answer) => return answer,
+                step => step,
+            };
+            // Not `Done`: the loader did not run, the request is still here.
+            let Some(req_now) = req.take() else {
+                return Ok(lost(&ctx));
+            };
+            match step {
+                Step::Done(answer) => return answer,
+                Step::Cached(stored, Outcome::Hit) if stored.meta().no_cache => {
+                    let (base, stored) = (base.as_ref(), Some(&stored));
+                    return direct(&ctx, key, level, base, inner, req_now, stored, false).await;
                 }
-            },
+                Step::Cached(stored, outcome) => return Ok(ctx.answer(&stored, outcome)),
+                Step::OtherVariant(by) if base.is_none() => {
+                    let Some(selector) = selector(&request, &by) else {
+                        // Field values that are not text: the handler answers, unstored.
+                        return direct(&ctx, key, level, None, inner, req_now, None, false).await;
+                    };
+                    let variant = variant_key(&key, &selector);
+                    base = Some(std::mem::replace(&mut key, variant));
+                    fields = Some(by);
+                    req = Some(req_now);
+                }
+                // A variant's key never holds another variant; answered by the handler.
+                Step::OtherVariant(_) => {
+                    let base = base.as_ref();
+                    return direct(&ctx, key, level, base, inner, req_now, None, false).await;
+                }
+            }
         }
     }
+}
+
+/// A request the handler answers before any entry is used (see `store::answer_directly`).
+#[allow(clippy::too_many_arguments)]
+async fn direct<S, ReqBody, ResBody>(
+    ctx: &Ctx<'_>,
+    key: Key,
+    level: Level<'_>,
+    base: Option<&Key>,
+    inner: S,
+    req: Request<ReqBody>,
+    validate: Option<&CachedResponse>,
+    refresh: bool,
+) -> Answer<ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
+{
+    let target = Target {
+        cache: ctx.cache,
+        config: ctx.config,
+        key,
+        options: ctx.options,
+        level,
+        base,
+        head: ctx.head,
+    };
+    let stored = |why| match refresh {
+        true => Outcome::Refresh(why),
+        false => Outcome::Miss(why),
+    };
+    Ok(match Box::pin(answer_directly(target, inner, req, validate)).await? {
+        Direct::Stored(value) => ctx.answer(&value, stored(Stored::Yes)),
+        Direct::Validated(value) => ctx.answer(&value, Outcome::Validated),
+        Direct::Passed(res, why) => stamp_response(res, ctx.stamp, stored(Stored::No(why))),
+    })
+}
+
+/// Loads one key: the request's own (`Level::Base`) or its variant's.
+async fn load_key<S, ReqBody, ResBody>(
+    ctx: &Ctx<'_>,
+    key: Key,
+    level: Level<'_>,
+    base: Option<&Key>,
+    inner: &mut S,
+    req: &mut Option<Request<ReqBody>>,
+) -> Step<ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Send,
+    ResBody: Body + Send,
+    ResBody::Data: Send,
+    ResBody::Error: Send,
+{
+    let Ctx {
+        cache,
+        config,
+        options,
+        head,
+        conditions,
+        request,
+        ..
+    } = *ctx;
+    let mut passed: Option<Passed<ResBody, S::Error>> = None;
+    let mut ran = false;
+    let mut revalidated = false;
+    // A stale entry is revalidated with its validators, unless the client sent
+    // preconditions of its own (those reach the handler as they are), or it is another
+    // request's variant.
+    let may_revalidate = !head && conditions.is_none();
+    let (passed_slot, ran_flag, revalidated_flag) = (&mut passed, &mut ran, &mut revalidated);
+    let fetched = cache
+        .fetch_with_lifetime(
+            key,
+            options,
+            move |stale: Option<&CachedResponse>| -> LoadFuture<'_> {
+                let stale = stale
+                    .filter(|s| may_revalidate && has_validators(s) && selects(s, request))
+                    .cloned();
+                let req = req.take();
+                Box::pin(async move {
+                    *ran_flag = true;
+                    let Some(req) = req else {
+                        return Err(NotStored::Passed);
+                    };
+                    let mut req = mark_nested(req);
+                    if let Some(stale) = &stale {
+                        add_validators(stale, req.headers_mut());
+                    }
+                    let requested = SystemTime::now();
+                    let res = match inner.call(req).await {
+                        Ok(res) => res,
+                        Err(e) => {
+                            *passed_slot = Some(Err(e));
+                            return Err(NotStored::Passed);
+                        }
+                    };
+                    if let Some(stale) = stale.filter(|_| res.status() == StatusCode::NOT_MODIFIED)
+                    {
+                        return match freshen(&stale, res.headers(), config, requested) {
+                            Ok(fresh) => {
+                                *revalidated_flag = true;
+                                Ok(fresh)
+                            }
+                            Err((merged, why)) => {
+                                *passed_slot = Some(Ok((unstamped(&merged, false), why)));
+                                Err(NotStored::Passed)
+                            }
+                        };
+                    }
+                    if head {
+                        // A HEAD response has no body to store; GET will fill the entry.
+                        *passed_slot = Some(Ok((res.map(ResponseBody::inner), "head")));
+                        return Err(NotStored::Passed);
+                    }
+                    match capture(res, config, requested, level, request).await {
+                        Ok(stored) => Ok(stored),
+                        Err((res, why)) => {
+                            if let (VARY_CHANGED, Some(base)) = (why, base) {
+                                forget(cache, base).await;
+                            }
+                            *passed_slot = Some(Ok((res, why)));
+                            Err(NotStored::Passed)
+                        }
+                    }
+                })
+            },
+            lifetime_of,
+        )
+        .await;
+
+    let other_variant = |value: &CachedResponse| {
+        let fields = value.variant().map(|v| v.fields.clone());
+        Step::OtherVariant(fields.unwrap_or_default())
+    };
+    match fetched {
+        Ok(Fetched { value, origin }) => match origin {
+            // Our loader ran: the handler's 304 freshened the stale entry...
+            Origin::Loader if revalidated => Step::Done(Ok(ctx.answer(&value, Outcome::Revalidated))),
+            // ...or its response was stored.
+            Origin::Loader if ran => Step::Done(Ok(ctx.answer(&value, Outcome::Miss(Stored::Yes)))),
+            // Another request's load of the same key, joined: its response answers this
+            // request only if this request selects it too.
+            Origin::Loader if selects(&value, request) => Step::Cached(value, Outcome::Collapsed),
+            Origin::Loader => other_variant(&value),
+            Origin::Stale => Step::Done(stale_answer(ctx, &value, passed)),
+            // The local store or Redis.
+            _ if selects(&value, request) => Step::Cached(value, Outcome::Hit),
+            _ => other_variant(&value),
+        },
+        // Nobody waits for a handler past the hard timeout: 504, as a gateway would.
+        Err(NotStored::TimedOut) => {
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+            Step::Done(Ok(ctx.pass(res, "timeout")))
+        }
+        Err(NotStored::Passed) => Step::Done(match passed {
+            Some(Ok((res, why))) => Ok(ctx.pass(res, why)),
+            Some(Err(e)) => Err(e),
+            None => Ok(lost(ctx)),
+        }),
+    }
+}
+
+/// The answer when the handler failed and the cache kept an expired entry.
+fn stale_answer<B: Body, E>(
+    ctx: &Ctx<'_>,
+    value: &CachedResponse,
+    passed: Option<Passed<B, E>>,
+) -> Answer<B, E> {
+    // `must-revalidate` and its kin (and `no-cache`) are never served stale, not even when
+    // the handler fails (the cache stores such entries without grace, but one may still be
+    // read from an older write); nor is another request's variant.
+    let ours = selects(value, ctx.request);
+    let forbidden = value.meta().must_revalidate || !ours;
+    let why = if ours { "must-revalidate" } else { "vary" };
+    match passed {
+        // The handler answered with something not storable but not a failure: that answer
+        // wins over the stale entry.
+        Some(Ok((res, why))) if !failed(res.status()) => Ok(ctx.pass(res, why)),
+        Some(Ok((res, _))) if forbidden => Ok(ctx.pass(res, why)),
+        Some(Err(e)) if forbidden => Err(e),
+        Some(Ok((res, _))) => Ok(ctx.answer(
+            value,
+            Outcome::Stale {
+                status: Some(res.status()),
+            },
+        )),
+        // The hard timeout, with only another request's variant to stand in.
+        None if !ours => {
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+            Ok(ctx.pass(res, "timeout"))
+        }
+        _ => Ok(ctx.answer(value, Outcome::Stale { status: None })),
+    }
+}
+
+/// The answer when the inner response was lost: unreachable, as the loader fills its slot
+/// before every `Err` and a step that is not `Done` leaves the request where it was.
+fn lost<B: Body>(ctx: &Ctx<'_>) -> Response<ResponseBody<B>> {
+    tracing::error!("cache layer lost the inner response; answering 502");
+    let mut res = Response::new(ResponseBody::empty());
+    *res.status_mut() = StatusCode::BAD_GATEWAY;
+    ctx.pass(res, "lost")
 }
 
 /// Whether the handler's answer is a failure the stale response may stand in for: a 5xx, or
@@ -223,132 +410,4 @@ impl From<LoadTimeout> for NotStored {
     fn from(_: LoadTimeout) -> Self {
         NotStored::TimedOut
     }
-}
-
-/// `Cache-Control: no-cache`: the handler answers, and what it says replaces the entry when
-/// it may be stored. `Ok(Ok(_))`: the stored response; `Ok(Err(_))`: the response passed on,
-/// with why it was not stored.
-async fn refresh_entry<S, ReqBody, ResBody>(
-    cache: &Cache,
-    config: &Config,
-    key: Key,
-    options: &EntryOptions,
-    head: bool,
-    mut inner: S,
-    req: Request<ReqBody>,
-) -> Result<Result<CachedResponse, (Response<ResponseBody<ResBody>>, &'static str)>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body,
-{
-    let requested = SystemTime::now();
-    let res = inner.call(mark_nested(req)).await?;
-    if head {
-        // A HEAD response has no body to store.
-        return Ok(Err((res.map(ResponseBody::inner), "head")));
-    }
-    let stored = match capture(res, config, requested).await {
-        Ok(stored) => stored,
-        Err(passed) => return Ok(Err(passed)),
-    };
-    let options = match lifetime_of(&stored) {
-        None => options.clone(),
-        Some(lifetime) => with_lifetime(options, lifetime),
-    };
-    cache.set(key, stored.clone(), &options).await;
-    Ok(Ok(stored))
-}
-
-/// The options of a `set` for a response with a lifetime of its own: the TTL it gives,
-/// without jitter, and no grace if it must be revalidated.
-fn with_lifetime(options: &EntryOptions, lifetime: Lifetime) -> EntryOptions {
-    let mut options = options.clone();
-    if let Some(ttl) = lifetime.ttl {
-        options = options.ttl(ttl).ttl_jitter(Duration::ZERO);
-    }
-    if let Some(grace) = lifetime.grace {
-        options = options.stale_for(grace);
-    }
-    options
-}
-
-/// Reads a response whose headers allow storing it, up to the size limit. `Ok`: the whole
-/// response, to store. `Err`: the response to pass on (with what was read of its body) and
-/// why it is not stored.
-async fn capture<B: Body>(
-    res: Response<B>,
-    config: &Config,
-    requested: SystemTime,
-) -> Result<CachedResponse, (Response<ResponseBody<B>>, &'static str)> {
-    let meta = match store_plan(&res, config, requested) {
-        Ok(meta) => meta,
-        Err(reason) => {
-            tracing::debug!(status = %res.status(), %reason, "response not stored");
-            return Err((res.map(ResponseBody::inner), reason));
-        }
-    };
-    let (parts, body) = res.into_parts();
-    let mut body = Box::pin(body);
-    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
-    let mut len = 0usize;
-    let mut trailers = false;
-    loop {
-        match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
-                let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
-                if let Some(data) = frame.data_ref() {
-                    len += data.len();
-                } else {
-                    trailers = true;
-                }
-                frames.push_back(frame);
-                if len > config.max_body {
-                    tracing::debug!(
-                        limit = config.max_body,
-                        "response body over the size limit; streaming it uncached"
-                    );
-                    let res =
-                        Response::from_parts(parts, ResponseBody::replay(frames, Ok(Some(body))));
-                    return Err((res, "size"));
-                }
-            }
-            Some(Err(error)) => {
-                tracing::debug!("response body failed while being read; not stored");
-                return Err((
-                    Response::from_parts(parts, ResponseBody::replay(frames, Err(error))),
-                    "body-error",
-                ));
-            }
-        }
-    }
-    if trailers {
-        tracing::debug!("response has trailers; not stored");
-        return Err((
-            Response::from_parts(parts, ResponseBody::replay(frames, Ok(None))),
-            "trailers",
-        ));
-    }
-    let body = match frames.len() {
-        0 => Bytes::new(),
-        1 => frames
-            .pop_front()
-            .and_then(|f| f.into_data().ok())
-            .unwrap_or_default(),
-        _ => {
-            let mut all = BytesMut::with_capacity(len);
-            for frame in frames {
-                if let Ok(data) = frame.into_data() {
-                    all.extend_from_slice(&data);
-                }
-            }
-            all.freeze()
-        }
-    };
-    Ok(CachedResponse::new(
-        parts.status,
-        &parts.headers,
-        body,
-        meta,
-    ))
 }

@@ -42,6 +42,7 @@ mod load;
 mod revalidate;
 mod rules;
 mod service;
+mod store;
 
 pub use future::ResponseFuture;
 pub use layer::{CacheLayer, DEFAULT_MAX_BODY_SIZE, HEURISTIC_STATUSES};

@@ -4,20 +4,21 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderValue, AGE, CONTENT_LENGTH, SET_COOKIE};
+use http::header::{HeaderValue, AGE, CONTENT_LENGTH, ETAG, LAST_MODIFIED, SET_COOKIE};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 
 use super::layer::Config;
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_control::{
-    directives_forbid_storing, response_directives, vary_is_covered, ResponseDirectives,
+    directives_forbid_storing, response_directives, ResponseDirectives,
 };
 use crate::layer::cache_status::{age_value, Outcome, CACHE_STATUS};
 use crate::layer::cached_response::{CachedResponse, Meta};
 use crate::layer::conditional::{not_modified_headers, Conditions};
 use crate::layer::freshness::Freshness;
 use crate::layer::request_info::{original_uri, RequestInfo};
+use crate::layer::vary::uncovered_fields;
 use crate::layer::request_key::{custom_base, default_base, finish, has_credentials, with_host};
 use crate::layer::x_cache::{XCache, X_CACHE_HEADER};
 use crate::model::Lifetime;
@@ -106,13 +107,11 @@ pub(super) fn store_plan<B: Body>(
         return Err("set-cookie");
     }
     let directives = response_directives(headers);
-    if let Some(reason) = directives_forbid_storing(&directives) {
+    if let Some(reason) = directives_forbid_storing(&directives, has_own_validators(headers)) {
         return Err(reason);
     }
-    if let Err(reason) = vary_is_covered(headers, &config.vary) {
-        tracing::debug!(%reason, "response varies on a header the key does not hold");
-        return Err("vary");
-    }
+    // A response that varies is stored as a variant (see `layer::vary`); `Vary: *` never.
+    uncovered_fields(headers, &config.vary)?;
     let declared_len = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -144,9 +143,18 @@ pub(super) fn meta_of(
     Ok(Meta {
         initial_age: freshness.initial_age,
         fresh_for,
-        must_revalidate: freshness.must_revalidate,
+        // A `no-cache` response is never served without the handler's word: not stale
+        // either when the handler fails.
+        must_revalidate: freshness.must_revalidate || directives.no_cache,
         explicit: freshness.lifetime.is_some(),
+        no_cache: directives.no_cache,
+        etag_generated: false,
     })
+}
+
+/// Whether the response carries a validator of its own (`ETag`, `Last-Modified`).
+pub(super) fn has_own_validators(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED)
 }
 
 /// The lifetime of a response in the cache: its own freshness when it gives one, never

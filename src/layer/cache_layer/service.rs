@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::RANGE;
-use http::{Method, Request, Response};
+use http::{HeaderName, Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
@@ -22,7 +22,8 @@ use crate::layer::conditional::Conditions;
 use crate::layer::inner_service::{define_inner_service_accessors, take_ready};
 use crate::layer::request_info::{path_params, RequestInfo};
 use crate::layer::request_key::path_tag;
-use crate::{Cache, EntryOptions};
+use crate::layer::vary::{selector, variant_key};
+use crate::{Cache, EntryOptions, Key};
 
 /// The service [`CacheLayer`](super::CacheLayer) wraps around an inner service.
 ///
@@ -127,14 +128,34 @@ where
         // The hit path: a synchronous look in the local store, no allocation but the key's,
         // no future boxed, the inner service left alone.
         let refresh = directives.no_cache && config.honor_request_no_cache;
+        let mut found = Found::default();
         let key = if refresh {
             key
         } else {
             match self.cache.get_local::<CachedResponse>(key, &config.options) {
-                Ok(stored) => {
+                Ok(stored) if stored.variant().is_none() && !stored.meta().no_cache => {
                     let res = respond(&stored, head, stamp, Outcome::Hit, conditions.as_ref());
                     return ResponseFuture::ready(res, stamp);
                 }
+                // A response that varies, or that must be revalidated before use: the key
+                // went into the lookup, so it is made again (the same as above).
+                Ok(stored) => match plan_key(config, &parts, params.as_ref(), principal.as_deref())
+                {
+                    Ok(key) => match self.resolve(key, stored, &parts.headers) {
+                        Resolved::Hit(stored) => {
+                            let res =
+                                respond(&stored, head, stamp, Outcome::Hit, conditions.as_ref());
+                            return ResponseFuture::ready(res, stamp);
+                        }
+                        Resolved::Load(key, then) => {
+                            found = then;
+                            key
+                        }
+                    },
+                    Err(detail) => {
+                        return self.bypass(Request::from_parts(parts, body), stamp, detail)
+                    }
+                },
                 Err(key) => key,
             }
         };
@@ -154,12 +175,68 @@ where
             refresh,
             stamp,
             conditions,
+            variant_of: found.variant_of,
+            validate: found.validate,
         };
         ResponseFuture::boxed(Box::pin(run.run(inner, req)), stamp)
     }
 }
 
+/// What the hit path learnt from an entry it could not answer with.
+#[derive(Default)]
+struct Found {
+    /// The request's own key and the fields its variants vary on, when the key to load is
+    /// its variant's.
+    variant_of: Option<(Key, Vec<HeaderName>)>,
+    /// A `no-cache` response to revalidate before use.
+    validate: Option<CachedResponse>,
+}
+
+/// Where the hit path goes from an entry that varies or must be revalidated.
+enum Resolved {
+    /// A response to answer with.
+    Hit(CachedResponse),
+    /// The key to load, and what is known of it.
+    Load(Key, Found),
+}
+
 impl<S> CacheService<S> {
+    /// Follows a stored response that varies to the request's variant (in the local store
+    /// too, when there), and says which `no-cache` response is to be revalidated.
+    fn resolve(&self, key: Key, stored: CachedResponse, request: &http::HeaderMap) -> Resolved {
+        let mut found = Found::default();
+        let (key, stored) = match stored.variant() {
+            None => (key, stored),
+            Some(variant) => match selector(request, &variant.fields) {
+                Some(own) if own == variant.selector => (key, stored),
+                // Values that are not text: the load passes the request to the handler.
+                None => return Resolved::Load(key, found),
+                Some(own) => {
+                    let fields = variant.fields.clone();
+                    let options = &self.config.options;
+                    let in_store = self
+                        .cache
+                        .get_local::<CachedResponse>(variant_key(&key, &own), options);
+                    let variant_key = match in_store {
+                        Ok(stored) if !stored.meta().no_cache => return Resolved::Hit(stored),
+                        Ok(stored) => {
+                            found.validate = Some(stored);
+                            variant_key(&key, &own)
+                        }
+                        Err(variant_key) => variant_key,
+                    };
+                    found.variant_of = Some((key, fields));
+                    return Resolved::Load(variant_key, found);
+                }
+            },
+        };
+        if stored.meta().no_cache {
+            found.validate = Some(stored);
+            return Resolved::Load(key, found);
+        }
+        Resolved::Hit(stored)
+    }
+
     /// Passes the request to the inner service, uncached, counted as a bypass.
     fn bypass<ReqBody, ResBody>(
         &mut self,
