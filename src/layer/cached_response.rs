@@ -265,7 +265,11 @@ impl Serialize for CachedResponse {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let mut st = s.serialize_struct("CachedResponse", 10)?;
+        // The fields added later are written only when set: most entries do without them.
+        let later = usize::from(stored.meta.no_cache)
+            + usize::from(stored.meta.etag_generated)
+            + usize::from(stored.variant.is_some());
+        let mut st = s.serialize_struct("CachedResponse", 7 + later)?;
         // A variant is written with status 0 and its real status beside its fields: a
         // decoder from before variants existed refuses status 0, so it reads the entry as
         // a miss rather than serving one client's variant to every client.
@@ -281,13 +285,16 @@ impl Serialize for CachedResponse {
         st.serialize_field("age_ms", &ms(stored.meta.initial_age))?;
         st.serialize_field("fresh_ms", &stored.meta.fresh_for.map(ms))?;
         st.serialize_field("must_revalidate", &stored.meta.must_revalidate)?;
-        st.serialize_field("no_cache", &stored.meta.no_cache)?;
-        st.serialize_field("etag_generated", &stored.meta.etag_generated)?;
-        let variant = stored.variant.as_ref().map(|v| {
+        if stored.meta.no_cache {
+            st.serialize_field("no_cache", &true)?;
+        }
+        if stored.meta.etag_generated {
+            st.serialize_field("etag_generated", &true)?;
+        }
+        if let Some(v) = &stored.variant {
             let fields: Vec<&str> = v.fields.iter().map(HeaderName::as_str).collect();
-            (stored.status.as_u16(), fields, v.selector.as_str())
-        });
-        st.serialize_field("variant", &variant)?;
+            st.serialize_field("variant", &(stored.status.as_u16(), fields, &v.selector))?;
+        }
         st.end()
     }
 }

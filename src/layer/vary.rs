@@ -14,8 +14,9 @@
 //! fields whose values are case-insensitive (`Accept`, `Accept-Charset`,
 //! `Accept-Language`) are lowercased. `Accept-Encoding` is reduced to what decides which
 //! coding a server picks: the codings it accepts, ranked by q-value, ties in the order
-//! tower-http's compression prefers (`zstd`, `br`, `gzip`, `deflate`, `identity`), plus an
-//! explicit refusal of `identity` or `*`. So `gzip, deflate, br, zstd` and
+//! tower-http's compression prefers (`zstd`, `br`, `gzip`, `deflate`, `identity`), up to
+//! `identity` (the fallback, which outranks what follows it), plus an explicit refusal of
+//! `identity` or `*`. So `gzip, deflate, br, zstd` and
 //! `br;q=1, zstd, deflate, gzip` are one variant, while a client that only accepts `gzip`
 //! never shares one with a client that also accepts `br`.
 
@@ -187,6 +188,11 @@ fn push_ranked_codings(out: &mut String, value: &str) {
             .then(coding_rank(b).cmp(&coding_rank(a)))
             .then(a.cmp(b))
     });
+    // `identity` is what a server falls back to: the codings ranked below it are never
+    // picked, and it need not be named.
+    if let Some(at) = accepted.iter().position(|(_, c)| c == "identity") {
+        accepted.truncate(at);
+    }
     let mut first = true;
     for (_, coding) in &accepted {
         if !first {
@@ -279,6 +285,10 @@ mod tests {
         assert_eq!(encoding("gzip, br;q=0"), encoding("gzip"));
         assert_eq!(encoding("gzip;q=2, br"), "accept-encoding=br");
         assert_eq!(encoding("identity;q=0, gzip"), "accept-encoding=gzip,identity;q=0");
+        // Identity is the fallback: naming it below a coding changes nothing, and the
+        // codings it outranks are never picked.
+        assert_eq!(encoding("gzip, identity;q=0.5"), encoding("gzip"));
+        assert_eq!(encoding("identity, gzip;q=0.5"), "accept-encoding=");
         assert_eq!(encoding("*;q=0"), "accept-encoding=*;q=0");
         assert_eq!(encoding(""), "accept-encoding=");
         assert_eq!(

@@ -93,13 +93,29 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   bypasses the cache (the handler answers it; the layer never cuts ranges).
 /// - A response is stored only when its status is one of
 ///   [`statuses`](CacheLayer::statuses) (default [`HEURISTIC_STATUSES`]), it has no
-///   `Set-Cookie`, no `Cache-Control: no-store`, `private` or `no-cache` (the layer only
-///   revalidates expired entries, so it does not store what must be revalidated before
-///   each use), every
-///   header of its `Vary` is declared, it is not stale on arrival, and its body is at most
-///   [`max_body_size`](CacheLayer::max_body_size) (default [`DEFAULT_MAX_BODY_SIZE`]);
-///   a larger body streams through as it is read. Fields named in its `Connection`
-///   header are not stored.
+///   `Set-Cookie`, no `Cache-Control: no-store` or `private`, no `no-cache` unless it
+///   has an `ETag` or `Last-Modified` (see below), no `Vary: *`, it is not stale on
+///   arrival, and its body is at most [`max_body_size`](CacheLayer::max_body_size)
+///   (default [`DEFAULT_MAX_BODY_SIZE`]); a larger body streams through as it is read.
+///   Fields named in its `Connection` header are not stored.
+/// - A response whose `Vary` names request fields (RFC 9111 §4.1) is stored for the
+///   values the request had, normalized: field lines combined, whitespace around commas
+///   dropped, `Accept`, `Accept-Charset` and `Accept-Language` lowercased, and
+///   `Accept-Encoding` reduced to the codings it accepts ranked by q-value (ties in the
+///   order `zstd`, `br`, `gzip`, `deflate`, `identity`, as tower-http's compression picks
+///   them), so that browsers' many spellings share a handful of variants. The request's
+///   key holds the first response with the fields it varies on; a request whose values
+///   differ reads its own variant under a second key (as Varnish does), and requests
+///   waiting for another request's load of the key are answered with it only when their
+///   values are the same (else they ask the handler). A variant whose response varies on
+///   other fields now is passed on unstored and the request's entry removed, so the next
+///   request stores the new shape. Invalidating a path or a tag removes every variant.
+/// - A `no-cache` response with an `ETag` or `Last-Modified` is stored, and every request
+///   it would answer goes to the handler first, made conditional on them (unless the
+///   client sent preconditions of its own): a `304 Not Modified` answers with the stored
+///   response, its fields updated (`Cache-Status: stormcache; fwd=stale; fwd-status=304`,
+///   `x-cache: revalidated`), and a storable `200` replaces it. It is never served stale.
+///   Requests that joined the load that stored it are answered with it.
 /// - Freshness comes from the response: `s-maxage`, else `max-age`, else `Expires` less
 ///   `Date` (an invalid or past `Expires`, such as `Expires: 0`, is stale: not stored),
 ///   less the age it already had on arrival (its `Age`, or `Date` when older). The entry
@@ -116,11 +132,13 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 /// - Every response gets `Cache-Status` (RFC 9211), after any member an upstream cache
 ///   wrote: `stormcache; hit; ttl=12`, `stormcache; fwd=miss; stored; ttl=60`,
 ///   `stormcache; fwd=miss; detail=no-store` (not stored, and why: `no-store`, `private`,
-///   `no-cache`, `status`, `set-cookie`, `vary`, `size`, `stale`, `head`…),
+///   `no-cache`, `status`, `set-cookie`, `vary`, `vary-changed`, `size`, `stale`,
+///   `head`…),
 ///   `stormcache; fwd=miss; collapsed` (joined another request's load),
 ///   `stormcache; fwd=request; stored` (request `no-cache`),
 ///   `stormcache; fwd=stale; fwd-status=503; ttl=-4`,
 ///   `stormcache; fwd=stale; fwd-status=304; stored; ttl=60` (revalidated),
+///   `stormcache; fwd=stale; fwd-status=304; ttl=60` (a `no-cache` response confirmed),
 ///   `stormcache; fwd=method`,
 ///   `stormcache; fwd=bypass; detail=credentials` (also `no-store`, `range`, `key`,
 ///   `host`, `tag`). `ttl` is the freshness left in seconds, when known. It also gets
@@ -144,6 +162,7 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 /// `Router::layer` caches every route; `route_layer` (or a layer on a `MethodRouter`) runs
 /// after routing, which is what [`RequestInfo::param`] and
 /// [`RequestInfo::matched_path`] need, and gives each route its own TTL, class and tags.
+#[doc = include_str!("compression.md")]
 #[derive(Clone)]
 #[must_use]
 pub struct CacheLayer {
@@ -388,8 +407,13 @@ impl CacheLayer {
         self
     }
 
-    /// Declares a request header the response depends on: its value becomes part of the key.
-    /// A response whose `Vary` names a header not declared here is not stored.
+    /// Declares a request header every response of the route depends on: its value becomes
+    /// part of the key, as it is sent (no normalization).
+    ///
+    /// Not needed for a response's own `Vary`: a response that varies on headers not declared
+    /// here is stored as a variant, found by the request's normalized values of those
+    /// headers (see [HTTP rules](CacheLayer#http-rules)). Declaring a header saves the
+    /// second lookup a variant costs, for a header every response varies on.
     pub fn vary(mut self, header: HeaderName) -> Self {
         self.config().vary.push(header);
         self
@@ -484,6 +508,40 @@ impl CacheLayer {
     /// another's page. Turn it off only when every host serves the same content.
     pub fn key_host(mut self, enabled: bool) -> Self {
         self.config().key_host = enabled;
+        self
+    }
+
+    /// Whether a stored `2xx` response without an `ETag` gets a strong one made from a hash
+    /// of its body, `Content-Type` and `Content-Encoding` (default `false`), so that clients
+    /// can revalidate it with `If-None-Match` and get `304 Not Modified` from the cache.
+    ///
+    /// The hash is 64-bit FNV-1a, the same on every instance and every version, so
+    /// instances that store the same body give it the same `ETag`. The layer never sends
+    /// the `ETag` it made to the handler (which does not know it) when it revalidates an
+    /// entry, and it does not count as a validator: a `no-cache` response without one of
+    /// its own is still not stored.
+    ///
+    /// ```
+    /// use axum::{body::Body, http::Request, routing::get, Router};
+    /// use stormcache::layer::CacheLayer;
+    /// use stormcache::Cache;
+    /// use tower::ServiceExt; // for `oneshot`
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = Cache::builder("docs").build()?;
+    /// let app = Router::new()
+    ///     .route("/report", get(|| async { "quarterly figures" }))
+    ///     .layer(CacheLayer::new(cache).etag(true));
+    ///
+    /// let first = app.clone().oneshot(Request::get("/report").body(Body::empty())?).await?;
+    /// let etag = first.headers()["etag"].clone();
+    /// let again = Request::get("/report").header("if-none-match", etag).body(Body::empty())?;
+    /// assert_eq!(app.oneshot(again).await?.status(), 304);
+    /// # Ok(()) }
+    /// ```
+    pub fn etag(mut self, enabled: bool) -> Self {
+        self.config().etag = enabled;
         self
     }
 }
