@@ -177,19 +177,29 @@ async fn responses_that_vary_are_stored_per_normalized_value() {
 
     let fr = app.get("/greeting", &[("accept-language", "fr")]).await;
     assert_eq!((fr.text(), fr.x_cache()), ("fr - call 1", "miss"));
-    assert!(fr.cache_status().contains("stored"), "{}", fr.cache_status());
+    assert!(
+        fr.cache_status().contains("stored"),
+        "{}",
+        fr.cache_status()
+    );
     let en = app.get("/greeting", &[("accept-language", "en")]).await;
     assert_eq!((en.text(), en.x_cache()), ("en - call 2", "miss"));
 
     // Each gets its own variant back, under any spelling of the same value.
-    for (value, body) in [("fr", "fr - call 1"), ("FR", "fr - call 1"), ("en", "en - call 2")] {
+    for (value, body) in [
+        ("fr", "fr - call 1"),
+        ("FR", "fr - call 1"),
+        ("en", "en - call 2"),
+    ] {
         let got = app.get("/greeting", &[("accept-language", value)]).await;
         assert_eq!((got.text(), got.x_cache()), (body, "hit"), "{value}");
     }
     let combined = [("accept-language", "de"), ("accept-language", "en;q=0.5")];
     let de = app.get("/greeting", &combined).await;
     assert_eq!((de.text(), de.x_cache()), ("de - call 3", "miss"));
-    let de = app.get("/greeting", &[("accept-language", "de ,EN;q=0.5")]).await;
+    let de = app
+        .get("/greeting", &[("accept-language", "de ,EN;q=0.5")])
+        .await;
     assert_eq!((de.text(), de.x_cache()), ("de - call 3", "hit"));
     // No Accept-Language is a value of its own.
     let none = app.get("/greeting", &[]).await;
@@ -214,7 +224,11 @@ async fn vary_star_is_never_stored() {
 }
 
 /// Counts the requests that reached the app, before the cache layer.
-async fn count_arrivals(arrived: Arc<AtomicUsize>, req: AxumRequest, next: Next) -> axum::response::Response {
+async fn count_arrivals(
+    arrived: Arc<AtomicUsize>,
+    req: AxumRequest,
+    next: Next,
+) -> axum::response::Response {
     arrived.fetch_add(1, Ordering::SeqCst);
     next.run(req).await
 }
@@ -241,14 +255,18 @@ async fn a_collapsed_request_never_gets_another_variant() {
         tokio::spawn(async move { app.get("/greeting", &[("accept-language", lang)]).await })
     };
     let leader = send("fr");
-    until("the first request in the handler", scaled(Duration::from_secs(5)), || {
-        origin.calls() == 1
-    })
+    until(
+        "the first request in the handler",
+        scaled(Duration::from_secs(5)),
+        || origin.calls() == 1,
+    )
     .await;
     let (en, fr) = (send("en"), send("fr"));
-    until("three requests in the app", scaled(Duration::from_secs(5)), || {
-        arrived.load(Ordering::SeqCst) == 3
-    })
+    until(
+        "three requests in the app",
+        scaled(Duration::from_secs(5)),
+        || arrived.load(Ordering::SeqCst) == 3,
+    )
     .await;
     // Both wait for the leader's load of the key: none has called the handler.
     assert_eq!(origin.calls(), 1);
@@ -258,9 +276,15 @@ async fn a_collapsed_request_never_gets_another_variant() {
     assert_eq!((leader.text(), leader.x_cache()), ("fr - call 1", "miss"));
     let fr = fr.await.expect("fr");
     assert_eq!(fr.text(), "fr - call 1");
-    assert!(fr.cache_status().starts_with("stormcache; fwd=miss; collapsed"));
+    assert!(fr
+        .cache_status()
+        .starts_with("stormcache; fwd=miss; collapsed"));
     let en = en.await.expect("en");
-    assert_eq!(en.text(), "en - call 2", "en must never get the response loaded for fr");
+    assert_eq!(
+        en.text(),
+        "en - call 2",
+        "en must never get the response loaded for fr"
+    );
     assert_eq!(en.x_cache(), "miss");
     assert_eq!(origin.calls(), 2);
     let again = app.get("/greeting", &[("accept-language", "en")]).await;
@@ -287,7 +311,10 @@ async fn a_variant_whose_vary_changes_does_not_stay_stuck() {
     origin.set_vary("accept-language, x-region");
     let changed = app.get("/greeting", &en).await;
     assert_eq!(changed.text(), "en - call 2");
-    assert_eq!(changed.cache_status(), "stormcache; fwd=miss; detail=vary-changed");
+    assert_eq!(
+        changed.cache_status(),
+        "stormcache; fwd=miss; detail=vary-changed"
+    );
     let got = app.get("/greeting", &fr_eu).await;
     assert_eq!((got.text(), got.x_cache()), ("fr eu call 3", "miss"));
     let got = app.get("/greeting", &fr_us).await;
@@ -300,7 +327,10 @@ async fn a_variant_whose_vary_changes_does_not_stay_stuck() {
     // And on fewer: no variant is stuck on the old shape either.
     origin.set_vary("");
     let got = app.get("/greeting", &[("accept-language", "de")]).await;
-    assert_eq!(got.cache_status(), "stormcache; fwd=miss; detail=vary-changed");
+    assert_eq!(
+        got.cache_status(),
+        "stormcache; fwd=miss; detail=vary-changed"
+    );
     let got = app.get("/greeting", &en).await;
     assert_eq!((got.text(), got.x_cache()), ("en - call 6", "miss"));
     let got = app.get("/greeting", &fr_us).await;
@@ -353,10 +383,24 @@ async fn another_instance_reads_the_variants_through_redis() {
     let a = serve(app(&caches[0])).await;
     let b = serve(app(&caches[1])).await;
 
-    assert_eq!(a.get("/greeting", &[("accept-language", "fr")]).await.text(), "fr - call 1");
-    assert_eq!(a.get("/greeting", &[("accept-language", "en")]).await.text(), "en - call 2");
+    assert_eq!(
+        a.get("/greeting", &[("accept-language", "fr")])
+            .await
+            .text(),
+        "fr - call 1"
+    );
+    assert_eq!(
+        a.get("/greeting", &[("accept-language", "en")])
+            .await
+            .text(),
+        "en - call 2"
+    );
     // The other instance has neither in its local store: Redis answers, each with its own.
-    for (lang, body) in [("en", "en - call 2"), ("fr", "fr - call 1"), ("EN", "en - call 2")] {
+    for (lang, body) in [
+        ("en", "en - call 2"),
+        ("fr", "fr - call 1"),
+        ("EN", "en - call 2"),
+    ] {
         let got = b.get("/greeting", &[("accept-language", lang)]).await;
         assert_eq!((got.text(), got.x_cache()), (body, "hit"), "{lang}");
     }
@@ -365,7 +409,11 @@ async fn another_instance_reads_the_variants_through_redis() {
     let de = a.get("/greeting", &[("accept-language", "de")]).await;
     assert_eq!((de.text(), de.x_cache()), ("de - call 3", "hit"));
     assert_eq!(origin.calls(), 3);
-    assert!(caches[1].counters().l2_hits >= 2, "{:?}", caches[1].counters());
+    assert!(
+        caches[1].counters().l2_hits >= 2,
+        "{:?}",
+        caches[1].counters()
+    );
 }
 
 fn gunzip(body: &[u8]) -> String {
@@ -395,11 +443,18 @@ async fn compressed_variants_from_compression_inside_the_cache() {
         .layer(CacheLayer::new(local_cache("vary-compression")));
     let app = serve(app).await;
 
-    for (n, spelling) in ["gzip", "gzip;q=1.0, identity;q=0.5"].into_iter().enumerate() {
+    for (n, spelling) in ["gzip", "gzip;q=1.0, identity;q=0.5"]
+        .into_iter()
+        .enumerate()
+    {
         let got = app.get("/articles", &[("accept-encoding", spelling)]).await;
         assert_eq!(got.header("content-encoding"), "gzip", "{spelling}");
         assert_eq!(gunzip(&got.body), text);
-        assert_eq!(got.x_cache(), if n == 0 { "miss" } else { "hit" }, "{spelling}");
+        assert_eq!(
+            got.x_cache(),
+            if n == 0 { "miss" } else { "hit" },
+            "{spelling}"
+        );
     }
     for n in 0..2 {
         let got = app.get("/articles", &[]).await;
@@ -408,13 +463,31 @@ async fn compressed_variants_from_compression_inside_the_cache() {
         assert_eq!(got.x_cache(), if n == 0 { "miss" } else { "hit" });
     }
     // Two browsers' spellings of the same preferences: one variant, brotli.
-    let chrome = app.get("/articles", &[("accept-encoding", "gzip, deflate, br, zstd")]).await;
-    assert_eq!((chrome.header("content-encoding"), chrome.x_cache()), ("br", "miss"));
-    let other = app.get("/articles", &[("accept-encoding", "br, zstd, GZIP,deflate")]).await;
-    assert_eq!((other.header("content-encoding"), other.x_cache()), ("br", "hit"));
+    let chrome = app
+        .get(
+            "/articles",
+            &[("accept-encoding", "gzip, deflate, br, zstd")],
+        )
+        .await;
+    assert_eq!(
+        (chrome.header("content-encoding"), chrome.x_cache()),
+        ("br", "miss")
+    );
+    let other = app
+        .get(
+            "/articles",
+            &[("accept-encoding", "br, zstd, GZIP,deflate")],
+        )
+        .await;
+    assert_eq!(
+        (other.header("content-encoding"), other.x_cache()),
+        ("br", "hit")
+    );
     assert_eq!(other.body, chrome.body);
     // A client that takes gzip only never gets the brotli variant.
-    let gzip = app.get("/articles", &[("accept-encoding", "deflate, gzip")]).await;
+    let gzip = app
+        .get("/articles", &[("accept-encoding", "deflate, gzip")])
+        .await;
     assert_eq!(gzip.header("content-encoding"), "gzip");
     assert_eq!(gunzip(&gzip.body), text);
     assert_eq!(calls.load(Ordering::SeqCst), 4);
@@ -441,7 +514,10 @@ impl Versioned {
     }
 
     fn counts(&self) -> (usize, usize) {
-        (self.full.load(Ordering::SeqCst), self.not_modified.load(Ordering::SeqCst))
+        (
+            self.full.load(Ordering::SeqCst),
+            self.not_modified.load(Ordering::SeqCst),
+        )
     }
 
     fn route(&self) -> axum::routing::MethodRouter {
@@ -455,7 +531,10 @@ impl Versioned {
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 if this.with_etag {
                     h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("etag"));
-                    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v == etag.as_str()) {
+                    if headers
+                        .get(header::IF_NONE_MATCH)
+                        .is_some_and(|v| v == etag.as_str())
+                    {
                         this.not_modified.fetch_add(1, Ordering::SeqCst);
                         h.insert("x-checked", HeaderValue::from(version));
                         return (StatusCode::NOT_MODIFIED, h, String::new());
@@ -477,15 +556,21 @@ async fn no_cache_responses_are_revalidated_before_each_use() {
     let app = serve(app).await;
 
     let first = app.get("/doc", &[]).await;
-    assert_eq!((first.text(), first.x_cache()), ("version 1 (answer 1)", "miss"));
-    assert!(first.cache_status().starts_with("stormcache; fwd=miss; stored"));
+    assert_eq!(
+        (first.text(), first.x_cache()),
+        ("version 1 (answer 1)", "miss")
+    );
+    assert!(first
+        .cache_status()
+        .starts_with("stormcache; fwd=miss; stored"));
     for n in 1..=2 {
         let got = app.get("/doc", &[]).await;
         assert_eq!(got.status, StatusCode::OK);
         assert_eq!(got.text(), "version 1 (answer 1)");
         assert_eq!(got.x_cache(), "revalidated");
         assert!(
-            got.cache_status().starts_with("stormcache; fwd=stale; fwd-status=304; ttl="),
+            got.cache_status()
+                .starts_with("stormcache; fwd=stale; fwd-status=304; ttl="),
             "{}",
             got.cache_status()
         );
@@ -497,9 +582,15 @@ async fn no_cache_responses_are_revalidated_before_each_use() {
     // A new version: the handler's 200 replaces the entry.
     origin.version.store(2, Ordering::SeqCst);
     let got = app.get("/doc", &[]).await;
-    assert_eq!((got.text(), got.x_cache()), ("version 2 (answer 2)", "miss"));
+    assert_eq!(
+        (got.text(), got.x_cache()),
+        ("version 2 (answer 2)", "miss")
+    );
     let got = app.get("/doc", &[]).await;
-    assert_eq!((got.text(), got.x_cache()), ("version 2 (answer 2)", "revalidated"));
+    assert_eq!(
+        (got.text(), got.x_cache()),
+        ("version 2 (answer 2)", "revalidated")
+    );
     assert_eq!(origin.counts(), (2, 3));
 
     // A client's own preconditions reach the handler as they are; its 304 is passed on.
@@ -507,7 +598,10 @@ async fn no_cache_responses_are_revalidated_before_each_use() {
     assert_eq!(got.status, StatusCode::NOT_MODIFIED);
     assert_eq!(origin.counts(), (2, 4));
     let got = app.get("/doc", &[("if-none-match", "\"v1\"")]).await;
-    assert_eq!((got.status, got.text()), (StatusCode::OK, "version 2 (answer 3)"));
+    assert_eq!(
+        (got.status, got.text()),
+        (StatusCode::OK, "version 2 (answer 3)")
+    );
 }
 
 #[tokio::test]
@@ -541,12 +635,24 @@ async fn generated_etags_let_clients_revalidate_and_agree_across_instances() {
 
     let first = a.get("/report", &[]).await;
     let etag = first.header("etag").to_owned();
-    assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() == 18, "{etag}");
-    assert_eq!(b.get("/report", &[]).await.header("etag"), etag, "instances agree");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && etag.len() == 18,
+        "{etag}"
+    );
+    assert_eq!(
+        b.get("/report", &[]).await.header("etag"),
+        etag,
+        "instances agree"
+    );
     let again = a.get("/report", &[("if-none-match", etag.as_str())]).await;
-    assert_eq!((again.status, again.x_cache()), (StatusCode::NOT_MODIFIED, "hit"));
+    assert_eq!(
+        (again.status, again.x_cache()),
+        (StatusCode::NOT_MODIFIED, "hit")
+    );
     assert_eq!(again.header("etag"), etag);
-    let other = a.get("/report", &[("if-none-match", "\"something-else\"")]).await;
+    let other = a
+        .get("/report", &[("if-none-match", "\"something-else\"")])
+        .await;
     assert_eq!((other.status, other.text()), (StatusCode::OK, text));
     // A response's own ETag is kept.
     assert_eq!(a.get("/tagged", &[]).await.header("etag"), "\"own\"");

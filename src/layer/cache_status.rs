@@ -16,7 +16,8 @@ use super::x_cache::XCache;
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Whether the handler's response was stored, and if not why (a `detail` token:
-/// `no-store`, `private`, `no-cache`, `status`, `set-cookie`, `vary`, `size`, `stale`…).
+/// `no-store`, `private`, `no-cache`, `status`, `set-cookie`, `vary`, `vary-changed`,
+/// `size`, `stale`…).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stored {
     Yes,

@@ -176,11 +176,9 @@ fn push_ranked_codings(out: &mut String, value: &str) {
                 "*" => refused.push("*"),
                 _ => {}
             },
-            Some(q) => {
-                if !accepted.iter().any(|(_, c)| *c == coding) {
-                    accepted.push((q, coding));
-                }
-            }
+            Some(q) if !accepted.iter().any(|(_, c)| *c == coding) => accepted.push((q, coding)),
+            // Named twice: the first counts.
+            Some(_) => {}
         }
     }
     accepted.sort_by(|(qa, a), (qb, b)| {
@@ -248,7 +246,10 @@ mod tests {
     #[test]
     fn fields_beyond_the_declared_ones() {
         let lang = HeaderName::from_static("accept-language");
-        let h = map(&[("vary", "Origin, accept-language"), ("vary", "ORIGIN,X-Tenant")]);
+        let h = map(&[
+            ("vary", "Origin, accept-language"),
+            ("vary", "ORIGIN,X-Tenant"),
+        ]);
         let fields = uncovered_fields(&h, std::slice::from_ref(&lang)).expect("storable");
         assert_eq!(fields, ["origin", "x-tenant"]);
         assert_eq!(uncovered_fields(&map(&[]), &[]), Ok(vec![]));
@@ -262,9 +263,15 @@ mod tests {
         let s = |pairs: &[(&'static str, &'static str)]| selector(&map(pairs), &lang);
         assert_eq!(
             s(&[("accept-language", "fr-FR , EN;q=0.5")]),
-            s(&[("accept-language", "fr-fr"), ("accept-language", "en;q=0.5")])
+            s(&[
+                ("accept-language", "fr-fr"),
+                ("accept-language", "en;q=0.5")
+            ])
         );
-        assert_ne!(s(&[("accept-language", "fr")]), s(&[("accept-language", "en")]));
+        assert_ne!(
+            s(&[("accept-language", "fr")]),
+            s(&[("accept-language", "en")])
+        );
         assert_ne!(s(&[("accept-language", "")]), s(&[]));
         // Case is kept where it may matter, and commas inside quotes are data.
         let tenant = [HeaderName::from_static("x-tenant")];
@@ -276,15 +283,24 @@ mod tests {
 
     #[test]
     fn codings_are_ranked_as_compression_picks_them() {
-        assert_eq!(encoding("gzip, deflate, br, zstd"), "accept-encoding=zstd,br,gzip,deflate");
-        assert_eq!(encoding("br;q=1.0, ZSTD, deflate, x-gzip"), encoding("gzip, deflate, br, zstd"));
+        assert_eq!(
+            encoding("gzip, deflate, br, zstd"),
+            "accept-encoding=zstd,br,gzip,deflate"
+        );
+        assert_eq!(
+            encoding("br;q=1.0, ZSTD, deflate, x-gzip"),
+            encoding("gzip, deflate, br, zstd")
+        );
         assert_eq!(encoding("gzip;q=0.5, br;q=0.8"), "accept-encoding=br,gzip");
         assert_eq!(encoding("gzip;q=0.9, br;q=0.8"), "accept-encoding=gzip,br");
         // A client that only takes gzip never shares a variant with one that takes br.
         assert_ne!(encoding("gzip"), encoding("gzip, br"));
         assert_eq!(encoding("gzip, br;q=0"), encoding("gzip"));
         assert_eq!(encoding("gzip;q=2, br"), "accept-encoding=br");
-        assert_eq!(encoding("identity;q=0, gzip"), "accept-encoding=gzip,identity;q=0");
+        assert_eq!(
+            encoding("identity;q=0, gzip"),
+            "accept-encoding=gzip,identity;q=0"
+        );
         // Identity is the fallback: naming it below a coding changes nothing, and the
         // codings it outranks are never picked.
         assert_eq!(encoding("gzip, identity;q=0.5"), encoding("gzip"));

@@ -75,11 +75,19 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn answer<B: Body>(&self, value: &CachedResponse, outcome: Outcome) -> Response<ResponseBody<B>> {
+    fn answer<B: Body>(
+        &self,
+        value: &CachedResponse,
+        outcome: Outcome,
+    ) -> Response<ResponseBody<B>> {
         respond(value, self.head, self.stamp, outcome, self.conditions)
     }
 
-    fn pass<B: Body>(&self, res: Response<ResponseBody<B>>, why: &'static str) -> Response<ResponseBody<B>> {
+    fn pass<B: Body>(
+        &self,
+        res: Response<ResponseBody<B>>,
+        why: &'static str,
+    ) -> Response<ResponseBody<B>> {
         stamp_response(res, self.stamp, Outcome::Miss(Stored::No(why)))
     }
 }
@@ -87,9 +95,9 @@ impl Ctx<'_> {
 /// Whether a stored response may answer a request with these headers: it does not vary, or
 /// it is the variant the request selects.
 fn selects(stored: &CachedResponse, request: &HeaderMap) -> bool {
-    stored
-        .variant()
-        .map_or(true, |v| selector(request, &v.fields).as_deref() == Some(v.selector.as_str()))
+    stored.variant().map_or(true, |v| {
+        selector(request, &v.fields).as_deref() == Some(v.selector.as_str())
+    })
 }
 
 impl Run {
@@ -139,13 +147,29 @@ impl Run {
         let mut key = key;
         if refresh || validate.is_some() {
             let level = fields.as_deref().map_or(Level::Base, Level::Variant);
-            return direct(&ctx, key, level, base.as_ref(), inner, req, validate.as_ref(), refresh)
-                .await;
+            return direct(
+                &ctx,
+                key,
+                level,
+                base.as_ref(),
+                inner,
+                req,
+                validate.as_ref(),
+                refresh,
+            )
+            .await;
         }
         let mut req = Some(req);
         loop {
             let level = fields.as_deref().map_or(Level::Base, Level::Variant);
-            let loading = load_key(&ctx, key.clone(), level, base.as_ref(), &mut inner, &mut req);
+            let loading = load_key(
+                &ctx,
+                key.clone(),
+                level,
+                base.as_ref(),
+                &mut inner,
+                &mut req,
+            );
             let step = match Box::pin(loading).await {
                 Step::Done(answer) => return answer,
                 step => step,
@@ -210,11 +234,13 @@ where
         true => Outcome::Refresh(why),
         false => Outcome::Miss(why),
     };
-    Ok(match Box::pin(answer_directly(target, inner, req, validate)).await? {
-        Direct::Stored(value) => ctx.answer(&value, stored(Stored::Yes)),
-        Direct::Validated(value) => ctx.answer(&value, Outcome::Validated),
-        Direct::Passed(res, why) => stamp_response(res, ctx.stamp, stored(Stored::No(why))),
-    })
+    Ok(
+        match Box::pin(answer_directly(target, inner, req, validate)).await? {
+            Direct::Stored(value) => ctx.answer(&value, stored(Stored::Yes)),
+            Direct::Validated(value) => ctx.answer(&value, Outcome::Validated),
+            Direct::Passed(res, why) => stamp_response(res, ctx.stamp, stored(Stored::No(why))),
+        },
+    )
 }
 
 /// Loads one key: the request's own (`Level::Base`) or its variant's.
@@ -319,7 +345,9 @@ where
     match fetched {
         Ok(Fetched { value, origin }) => match origin {
             // Our loader ran: the handler's 304 freshened the stale entry...
-            Origin::Loader if revalidated => Step::Done(Ok(ctx.answer(&value, Outcome::Revalidated))),
+            Origin::Loader if revalidated => {
+                Step::Done(Ok(ctx.answer(&value, Outcome::Revalidated)))
+            }
             // ...or its response was stored.
             Origin::Loader if ran => Step::Done(Ok(ctx.answer(&value, Outcome::Miss(Stored::Yes)))),
             // Another request's load of the same key, joined: its response answers this

@@ -22,7 +22,10 @@ pub(super) fn has_validators(stored: &CachedResponse) -> bool {
 
 /// Makes the request conditional on the stored response's validators.
 pub(super) fn add_validators(stored: &CachedResponse, headers: &mut HeaderMap) {
-    if let Some(etag) = stored.header(&ETAG).filter(|_| !stored.meta().etag_generated) {
+    if let Some(etag) = stored
+        .header(&ETAG)
+        .filter(|_| !stored.meta().etag_generated)
+    {
         headers.insert(IF_NONE_MATCH, etag.clone());
     }
     if let Some(modified) = stored.header(&LAST_MODIFIED) {
