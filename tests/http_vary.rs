@@ -664,3 +664,96 @@ async fn generated_etags_let_clients_revalidate_and_agree_across_instances() {
     let plain = serve(plain).await;
     assert_eq!(plain.get("/report", &[]).await.header("etag"), "");
 }
+
+#[tokio::test]
+async fn a_stale_variant_never_stands_in_for_another_request() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (fail, count) = (Arc::clone(&failing), Arc::clone(&calls));
+    let handler = get(move |headers: HeaderMap| {
+        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+        let failing = fail.load(Ordering::SeqCst);
+        async move {
+            let lang = headers
+                .get("accept-language")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            let status = if failing {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            let h = [
+                (header::VARY, "accept-language"),
+                (header::CACHE_CONTROL, "max-age=1"),
+            ];
+            (status, h, format!("{lang} call {n}"))
+        }
+    });
+    let app = Router::new()
+        .route("/greeting", handler)
+        .layer(CacheLayer::new(local_cache("vary-stale")).stale_for(Duration::from_secs(60)));
+    let app = serve(app).await;
+    let (fr, en) = ([("accept-language", "fr")], [("accept-language", "en")]);
+    assert_eq!(app.get("/greeting", &fr).await.text(), "fr call 1");
+
+    // Once it has expired, with the handler failing, `fr` gets its stale variant...
+    failing.store(true, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(5));
+    loop {
+        let got = app.get("/greeting", &fr).await;
+        assert_eq!(got.text(), "fr call 1");
+        if got.x_cache() == "stale" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never served stale");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and `en` the handler's failure, never `fr`'s response.
+    let got = app.get("/greeting", &en).await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(got.text().starts_with("en call"), "{}", got.text());
+    assert_eq!(got.cache_status(), "stormcache; fwd=miss; detail=vary");
+}
+
+#[tokio::test]
+async fn another_instance_revalidates_a_no_cache_response_it_reads_from_redis() {
+    let redis = RedisServer::start();
+    let limit = scaled(Duration::from_secs(5));
+    let origin = Versioned::new(true);
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let cache = fast_redis_builder(
+            "vary-no-cache-redis",
+            redis.url(),
+            Duration::from_millis(500),
+        )
+        .build()
+        .expect("cache");
+        wait_redis_ready(&cache, limit).await;
+        let app = Router::new()
+            .route("/doc", origin.route())
+            .layer(CacheLayer::new(cache).ttl(Duration::from_secs(60)));
+        apps.push(serve(app).await);
+    }
+    let first = apps[0].get("/doc", &[]).await;
+    assert_eq!(
+        (first.text(), first.x_cache()),
+        ("version 1 (answer 1)", "miss")
+    );
+    // The other instance reads it from Redis, still marked `no-cache`: the handler confirms
+    // it before it answers.
+    let got = apps[1].get("/doc", &[]).await;
+    assert_eq!(
+        (got.text(), got.x_cache()),
+        ("version 1 (answer 1)", "revalidated")
+    );
+    assert_eq!(origin.counts(), (1, 1));
+    origin.version.store(2, Ordering::SeqCst);
+    let got = apps[1].get("/doc", &[]).await;
+    assert_eq!(
+        (got.text(), got.x_cache()),
+        ("version 2 (answer 2)", "miss")
+    );
+}
