@@ -501,6 +501,7 @@ struct Versioned {
     full: Arc<AtomicUsize>,
     not_modified: Arc<AtomicUsize>,
     with_etag: bool,
+    cache_control: &'static str,
 }
 
 impl Versioned {
@@ -510,6 +511,7 @@ impl Versioned {
             full: Arc::new(AtomicUsize::new(0)),
             not_modified: Arc::new(AtomicUsize::new(0)),
             with_etag,
+            cache_control: "no-cache",
         }
     }
 
@@ -528,7 +530,10 @@ impl Versioned {
                 let version = this.version.load(Ordering::SeqCst);
                 let etag = format!("\"v{version}\"");
                 let mut h = HeaderMap::new();
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                h.insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static(this.cache_control),
+                );
                 if this.with_etag {
                     h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("etag"));
                     if headers
@@ -756,4 +761,21 @@ async fn another_instance_revalidates_a_no_cache_response_it_reads_from_redis() 
         (got.text(), got.x_cache()),
         ("version 2 (answer 2)", "miss")
     );
+}
+
+#[tokio::test]
+async fn no_cache_with_max_age_zero_is_stored_too() {
+    let mut origin = Versioned::new(true);
+    origin.cache_control = "max-age=0, no-cache";
+    let app = Router::new()
+        .route("/doc", origin.route())
+        .layer(CacheLayer::new(local_cache("vary-no-cache-zero")).ttl(Duration::from_secs(60)));
+    let app = serve(app).await;
+    assert_eq!(app.get("/doc", &[]).await.x_cache(), "miss");
+    let got = app.get("/doc", &[]).await;
+    assert_eq!(
+        (got.text(), got.x_cache()),
+        ("version 1 (answer 1)", "revalidated")
+    );
+    assert_eq!(origin.counts(), (1, 1));
 }

@@ -114,7 +114,8 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   it would answer goes to the handler first, made conditional on them (unless the
 ///   client sent preconditions of its own): a `304 Not Modified` answers with the stored
 ///   response, its fields updated (`Cache-Status: stormcache; fwd=stale; fwd-status=304`,
-///   `x-cache: revalidated`), and a storable `200` replaces it. It is never served stale.
+///   `x-cache: revalidated`), and a storable `200` replaces it. It is never served stale;
+///   `max-age=0` beside `no-cache` changes nothing (it is kept for the layer's TTL).
 ///   Requests that joined the load that stored it are answered with it.
 /// - Freshness comes from the response: `s-maxage`, else `max-age`, else `Expires` less
 ///   `Date` (an invalid or past `Expires`, such as `Expires: 0`, is stale: not stored),

@@ -133,12 +133,15 @@ pub(super) fn meta_of(
     requested: SystemTime,
 ) -> Result<Meta, &'static str> {
     let freshness = Freshness::of(headers, directives, requested, SystemTime::now());
-    let fresh_for = match freshness.remaining() {
+    let (fresh_for, explicit) = match freshness.remaining() {
+        // `no-cache`: revalidated before each use whatever its age, so `max-age=0` beside
+        // it changes nothing; it is kept for the layer's TTL.
+        Some(Duration::ZERO) if directives.no_cache => (config.options.ttl, false),
         // Stale on arrival: storing it would only be worth it with revalidation.
         Some(Duration::ZERO) => return Err("stale"),
-        Some(left) => Some(config.clamp_ttl(left)),
+        Some(left) => (Some(config.clamp_ttl(left)), true),
         // The heuristic: the layer's TTL, when it sets one (else the class's).
-        None => config.options.ttl,
+        None => (config.options.ttl, false),
     };
     Ok(Meta {
         initial_age: freshness.initial_age,
@@ -146,7 +149,7 @@ pub(super) fn meta_of(
         // A `no-cache` response is never served without the handler's word: not stale
         // either when the handler fails.
         must_revalidate: freshness.must_revalidate || directives.no_cache,
-        explicit: freshness.lifetime.is_some(),
+        explicit,
         no_cache: directives.no_cache,
         etag_generated: false,
     })
