@@ -187,7 +187,8 @@ impl Run {
                 Step::Cached(stored, outcome) => return Ok(ctx.answer(&stored, outcome)),
                 Step::OtherVariant(by) if base.is_none() => {
                     let Some(selector) = selector(&request, &by) else {
-                        // Field values that are not text: the handler answers, unstored.
+                        // Field values that are not text: no variant of theirs is read or
+                        // written; the handler answers.
                         return direct(&ctx, key, level, None, inner, req_now, None, false).await;
                     };
                     let variant = variant_key(&key, &selector);
