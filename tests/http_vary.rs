@@ -184,6 +184,9 @@ async fn responses_that_vary_are_stored_per_normalized_value() {
     );
     let en = app.get("/greeting", &[("accept-language", "en")]).await;
     assert_eq!((en.text(), en.x_cache()), ("en - call 2", "miss"));
+    assert!(en
+        .cache_status()
+        .starts_with("stormcache; fwd=vary-miss; stored"));
 
     // Each gets its own variant back, under any spelling of the same value.
     for (value, body) in [
@@ -313,7 +316,7 @@ async fn a_variant_whose_vary_changes_does_not_stay_stuck() {
     assert_eq!(changed.text(), "en - call 2");
     assert_eq!(
         changed.cache_status(),
-        "stormcache; fwd=miss; detail=vary-changed"
+        "stormcache; fwd=vary-miss; detail=vary-changed"
     );
     let got = app.get("/greeting", &fr_eu).await;
     assert_eq!((got.text(), got.x_cache()), ("fr eu call 3", "miss"));
@@ -329,7 +332,7 @@ async fn a_variant_whose_vary_changes_does_not_stay_stuck() {
     let got = app.get("/greeting", &[("accept-language", "de")]).await;
     assert_eq!(
         got.cache_status(),
-        "stormcache; fwd=miss; detail=vary-changed"
+        "stormcache; fwd=vary-miss; detail=vary-changed"
     );
     let got = app.get("/greeting", &en).await;
     assert_eq!((got.text(), got.x_cache()), ("en - call 6", "miss"));

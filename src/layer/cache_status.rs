@@ -33,6 +33,9 @@ pub(crate) enum Outcome {
     Collapsed,
     /// From the handler, and stored or not.
     Miss(Stored),
+    /// From the handler, and stored or not, the request's entry holding another request's
+    /// variant (a response that varies on fields whose values differ).
+    VaryMiss(Stored),
     /// From the handler because the request said `no-cache`, and stored or not.
     Refresh(Stored),
     /// The stale entry, which the handler's `304 Not Modified` freshened (and it was
@@ -54,7 +57,7 @@ impl Outcome {
     pub(crate) fn x_cache(self) -> XCache {
         match self {
             Outcome::Hit | Outcome::Collapsed => XCache::Hit,
-            Outcome::Miss(_) | Outcome::Refresh(_) => XCache::Miss,
+            Outcome::Miss(_) | Outcome::VaryMiss(_) | Outcome::Refresh(_) => XCache::Miss,
             Outcome::Stale { .. } => XCache::Stale,
             Outcome::Revalidated | Outcome::Validated => XCache::Revalidated,
             Outcome::Method | Outcome::Bypass(_) => XCache::Bypass,
@@ -74,6 +77,8 @@ impl Outcome {
             Outcome::Collapsed => "stormcache; fwd=miss; collapsed",
             Outcome::Miss(Stored::Yes) => "stormcache; fwd=miss; stored",
             Outcome::Miss(Stored::No(_)) => "stormcache; fwd=miss",
+            Outcome::VaryMiss(Stored::Yes) => "stormcache; fwd=vary-miss; stored",
+            Outcome::VaryMiss(Stored::No(_)) => "stormcache; fwd=vary-miss",
             Outcome::Refresh(Stored::Yes) => "stormcache; fwd=request; stored",
             Outcome::Refresh(Stored::No(_)) => "stormcache; fwd=request",
             Outcome::Stale { .. } => "stormcache; fwd=stale",
@@ -93,6 +98,7 @@ impl Outcome {
             Outcome::Stale { status: None } => value.push_str("; detail=error"),
             Outcome::Bypass(detail)
             | Outcome::Miss(Stored::No(detail))
+            | Outcome::VaryMiss(Stored::No(detail))
             | Outcome::Refresh(Stored::No(detail)) => {
                 value.push_str("; detail=");
                 value.push_str(detail);
@@ -107,6 +113,7 @@ impl Outcome {
                 | Outcome::Revalidated
                 | Outcome::Validated
                 | Outcome::Miss(Stored::Yes)
+                | Outcome::VaryMiss(Stored::Yes)
                 | Outcome::Refresh(Stored::Yes)
         );
         if let (true, Some(ttl)) = (with_ttl, ttl) {
@@ -193,6 +200,16 @@ mod tests {
                 "stormcache; fwd=bypass; detail=range",
             ),
             (Outcome::Collapsed, None, "stormcache; fwd=miss; collapsed"),
+            (
+                Outcome::VaryMiss(Stored::Yes),
+                Some(60),
+                "stormcache; fwd=vary-miss; stored; ttl=60",
+            ),
+            (
+                Outcome::VaryMiss(Stored::No("vary-changed")),
+                None,
+                "stormcache; fwd=vary-miss; detail=vary-changed",
+            ),
             (
                 Outcome::Validated,
                 Some(30),

@@ -136,6 +136,7 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   `no-cache`, `status`, `set-cookie`, `vary`, `vary-changed`, `size`, `stale`,
 ///   `head`…),
 ///   `stormcache; fwd=miss; collapsed` (joined another request's load),
+///   `stormcache; fwd=vary-miss; stored` (the entry held another request's variant),
 ///   `stormcache; fwd=request; stored` (request `no-cache`),
 ///   `stormcache; fwd=stale; fwd-status=503; ttl=-4`,
 ///   `stormcache; fwd=stale; fwd-status=304; stored; ttl=60` (revalidated),

@@ -339,6 +339,11 @@ where
         )
         .await;
 
+    // RFC 9211's `fwd=vary-miss`: the request's entry held another request's variant.
+    let miss = |stored| match level {
+        Level::Base => Outcome::Miss(stored),
+        Level::Variant(_) => Outcome::VaryMiss(stored),
+    };
     let other_variant = |value: &CachedResponse| {
         let fields = value.variant().map(|v| v.fields.clone());
         Step::OtherVariant(fields.unwrap_or_default())
@@ -350,7 +355,7 @@ where
                 Step::Done(Ok(ctx.answer(&value, Outcome::Revalidated)))
             }
             // ...or its response was stored.
-            Origin::Loader if ran => Step::Done(Ok(ctx.answer(&value, Outcome::Miss(Stored::Yes)))),
+            Origin::Loader if ran => Step::Done(Ok(ctx.answer(&value, miss(Stored::Yes)))),
             // Another request's load of the same key, joined: its response answers this
             // request only if this request selects it too.
             Origin::Loader if selects(&value, request) => Step::Cached(value, Outcome::Collapsed),
@@ -367,7 +372,7 @@ where
             Step::Done(Ok(ctx.pass(res, "timeout")))
         }
         Err(NotStored::Passed) => Step::Done(match passed {
-            Some(Ok((res, why))) => Ok(ctx.pass(res, why)),
+            Some(Ok((res, why))) => Ok(stamp_response(res, ctx.stamp, miss(Stored::No(why)))),
             Some(Err(e)) => Err(e),
             None => Ok(lost(ctx)),
         }),
