@@ -1,4 +1,4 @@
-//! The `Cache-Control` (and `Pragma`, `Vary`) rules the layers need, parsed without
+//! The `Cache-Control` (and `Pragma`) rules the layers need, parsed without
 //! allocating.
 //!
 //! On requests `no-cache` and `no-store` are read; on responses `no-store`, `no-cache`,
@@ -12,8 +12,8 @@
 //! `no-cache="set-cookie"` all read as absent, so a shared cache would store them), has no
 //! accessor for `proxy-revalidate`, and fails the whole header on one malformed value.
 
-use http::header::{CACHE_CONTROL, PRAGMA, VARY};
-use http::{HeaderMap, HeaderName};
+use http::header::{CACHE_CONTROL, PRAGMA};
+use http::HeaderMap;
 
 /// What a request's `Cache-Control` (or `Pragma: no-cache`) asks of the cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -126,40 +126,22 @@ pub(crate) fn response_directives(headers: &HeaderMap) -> ResponseDirectives {
 }
 
 /// Why a response's directives forbid a shared cache to store it, if they do. `no-cache`
-/// would allow storing with revalidation before each use; the layer revalidates expired
-/// entries only, so it does not store such a response.
-pub(crate) fn directives_forbid_storing(d: &ResponseDirectives) -> Option<&'static str> {
+/// allows storing it with revalidation before each use, which needs a validator
+/// (`has_validators`: an `ETag` or `Last-Modified` of its own): without one it is not
+/// stored.
+pub(crate) fn directives_forbid_storing(
+    d: &ResponseDirectives,
+    has_validators: bool,
+) -> Option<&'static str> {
     if d.no_store {
         Some("no-store")
     } else if d.private {
         Some("private")
-    } else if d.no_cache {
+    } else if d.no_cache && !has_validators {
         Some("no-cache")
     } else {
         None
     }
-}
-
-/// Checks a response's `Vary` against the headers the layer keys on: storing is only safe
-/// when every header the response varies on is part of the key.
-pub(crate) fn vary_is_covered(headers: &HeaderMap, declared: &[HeaderName]) -> Result<(), String> {
-    for value in headers.get_all(VARY) {
-        let Ok(value) = value.to_str() else {
-            return Err("vary: (not text)".to_owned());
-        };
-        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if name == "*" {
-                return Err("vary: *".to_owned());
-            }
-            if !declared
-                .iter()
-                .any(|d| d.as_str().eq_ignore_ascii_case(name))
-            {
-                return Err(format!("vary: {name} (not declared with CacheLayer::vary)"));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Every `name[=value]` directive of every `Cache-Control` header.
@@ -211,7 +193,8 @@ mod tests {
     }
 
     fn forbids(value: &'static str) -> bool {
-        directives_forbid_storing(&response_directives(&map(&[("cache-control", value)]))).is_some()
+        let d = response_directives(&map(&[("cache-control", value)]));
+        directives_forbid_storing(&d, false).is_some()
     }
 
     #[test]
@@ -226,6 +209,11 @@ mod tests {
         ] {
             assert!(forbids(v), "{v}");
         }
+        // `no-cache` with a validator: stored, revalidated before each use.
+        let d = response_directives(&map(&[("cache-control", "no-cache")]));
+        assert_eq!(directives_forbid_storing(&d, true), None);
+        let d = response_directives(&map(&[("cache-control", "no-cache, no-store")]));
+        assert_eq!(directives_forbid_storing(&d, true), Some("no-store"));
     }
 
     #[test]
@@ -262,22 +250,5 @@ mod tests {
         assert_eq!(d.stale_if_error, Some(Delta::Secs(600)));
         let d = response_directives(&map(&[("cache-control", "stale-while-revalidate")]));
         assert_eq!(d.stale_while_revalidate.and_then(Delta::secs), None);
-    }
-
-    #[test]
-    fn vary_must_be_declared() {
-        let accept = HeaderName::from_static("accept-language");
-        assert!(vary_is_covered(&map(&[]), &[]).is_ok());
-        assert!(vary_is_covered(
-            &map(&[("vary", "Accept-Language")]),
-            std::slice::from_ref(&accept)
-        )
-        .is_ok());
-        assert!(vary_is_covered(
-            &map(&[("vary", "accept-language, origin")]),
-            std::slice::from_ref(&accept)
-        )
-        .is_err());
-        assert!(vary_is_covered(&map(&[("vary", "*")]), &[accept]).is_err());
     }
 }

@@ -16,7 +16,8 @@ use super::x_cache::XCache;
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Whether the handler's response was stored, and if not why (a `detail` token:
-/// `no-store`, `private`, `no-cache`, `status`, `set-cookie`, `vary`, `size`, `stale`…).
+/// `no-store`, `private`, `no-cache`, `status`, `set-cookie`, `vary`, `vary-changed`,
+/// `size`, `stale`…).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stored {
     Yes,
@@ -37,6 +38,9 @@ pub(crate) enum Outcome {
     Collapsed,
     /// From the handler, and stored or not.
     Miss(Stored),
+    /// From the handler, and stored or not, the request's entry holding another request's
+    /// variant (a response that varies on fields whose values differ).
+    VaryMiss(Stored),
     /// From the handler because the request said `no-cache`, and stored or not.
     Refresh(Stored),
     /// The stale entry, which the handler's `304 Not Modified` freshened (and it was
@@ -45,6 +49,9 @@ pub(crate) enum Outcome {
     /// The stale entry, inside its `stale-while-revalidate` window, answered at once while
     /// the handler refreshes it in the background.
     StaleWhileRevalidate,
+    /// A stored `no-cache` response, which the handler's `304 Not Modified` confirmed
+    /// before this use.
+    Validated,
     /// The stale entry, the handler having failed (`status`: its status, `None` for an
     /// error of the inner service).
     Stale { status: Option<StatusCode> },
@@ -61,9 +68,9 @@ impl Outcome {
             | Outcome::Collapsed
             | Outcome::RateLimited
             | Outcome::RefreshCollapsed => XCache::Hit,
-            Outcome::Miss(_) | Outcome::Refresh(_) => XCache::Miss,
+            Outcome::Miss(_) | Outcome::VaryMiss(_) | Outcome::Refresh(_) => XCache::Miss,
             Outcome::Stale { .. } | Outcome::StaleWhileRevalidate => XCache::Stale,
-            Outcome::Revalidated => XCache::Revalidated,
+            Outcome::Revalidated | Outcome::Validated => XCache::Revalidated,
             Outcome::Method | Outcome::Bypass(_) => XCache::Bypass,
         }
     }
@@ -83,12 +90,15 @@ impl Outcome {
             Outcome::RefreshCollapsed => "stormcache; fwd=request; collapsed",
             Outcome::Miss(Stored::Yes) => "stormcache; fwd=miss; stored",
             Outcome::Miss(Stored::No(_)) => "stormcache; fwd=miss",
+            Outcome::VaryMiss(Stored::Yes) => "stormcache; fwd=vary-miss; stored",
+            Outcome::VaryMiss(Stored::No(_)) => "stormcache; fwd=vary-miss",
             Outcome::Refresh(Stored::Yes) => "stormcache; fwd=request; stored",
             Outcome::Refresh(Stored::No(_)) => "stormcache; fwd=request",
             Outcome::Stale { .. } => "stormcache; fwd=stale",
             // Not forwarded: the handler runs in the background, for the next requests.
             Outcome::StaleWhileRevalidate => "stormcache; hit",
             Outcome::Revalidated => "stormcache; fwd=stale; fwd-status=304; stored",
+            Outcome::Validated => "stormcache; fwd=stale; fwd-status=304",
             Outcome::Method => "stormcache; fwd=method",
             Outcome::Bypass(_) => "stormcache; fwd=bypass",
         };
@@ -103,6 +113,7 @@ impl Outcome {
             Outcome::Stale { status: None } => value.push_str("; detail=error"),
             Outcome::Bypass(detail)
             | Outcome::Miss(Stored::No(detail))
+            | Outcome::VaryMiss(Stored::No(detail))
             | Outcome::Refresh(Stored::No(detail)) => {
                 value.push_str("; detail=");
                 value.push_str(detail);
@@ -118,7 +129,9 @@ impl Outcome {
                 | Outcome::Stale { .. }
                 | Outcome::StaleWhileRevalidate
                 | Outcome::Revalidated
+                | Outcome::Validated
                 | Outcome::Miss(Stored::Yes)
+                | Outcome::VaryMiss(Stored::Yes)
                 | Outcome::Refresh(Stored::Yes)
         );
         if let (true, Some(ttl)) = (with_ttl, ttl) {
@@ -227,6 +240,21 @@ mod tests {
                 Outcome::StaleWhileRevalidate,
                 Some(-3),
                 "stormcache; hit; ttl=-3; detail=stale-while-revalidate",
+            ),
+            (
+                Outcome::VaryMiss(Stored::Yes),
+                Some(60),
+                "stormcache; fwd=vary-miss; stored; ttl=60",
+            ),
+            (
+                Outcome::VaryMiss(Stored::No("vary-changed")),
+                None,
+                "stormcache; fwd=vary-miss; detail=vary-changed",
+            ),
+            (
+                Outcome::Validated,
+                Some(30),
+                "stormcache; fwd=stale; fwd-status=304; ttl=30",
             ),
         ];
         for (outcome, ttl, want) in cases {

@@ -5,10 +5,11 @@
 //! In memory it is an `Arc`, so a local hit clones a pointer, and the body is a `Bytes`, so
 //! building the response clones a reference count rather than the bytes. In Redis it is the
 //! cache's codec (MessagePack by default) of `{status, headers, body, stored_at_ms,
-//! age_ms, fresh_ms, must_revalidate, swr_ms, sie_ms}`, the body and header values as binary
-//! strings. The last five were added later: an entry written without them reads as age 0,
-//! no known lifetime, may be served stale, no stale window of its own — what the layer did
-//! when it wrote them.
+//! age_ms, fresh_ms, must_revalidate}`, the body and header values as binary strings. The
+//! last three were added later: an entry written without them reads as age 0, no known
+//! lifetime, may be served stale — what the layer did when it wrote them. `swr_ms`,
+//! `sie_ms` (stale windows), `no_cache`, `etag_generated` and `variant` are written only
+//! when set, so most entries do without them and an entry without them reads as none.
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,6 +33,17 @@ struct Stored {
     body: Bytes,
     stored_at: SystemTime,
     meta: Meta,
+    /// Set on a response stored under a request's key that varies on fields the key does
+    /// not hold: which fields, and the selector of the request it answered (see
+    /// `layer::vary`).
+    variant: Option<Box<Variant>>,
+}
+
+/// The fields a stored response varies on, and the selector it was stored for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Variant {
+    pub(crate) fields: Vec<HeaderName>,
+    pub(crate) selector: String,
 }
 
 /// What the layer learnt of a response's freshness when it stored it.
@@ -52,6 +64,11 @@ pub(crate) struct Meta {
     /// How long after it stops being fresh it may stand in for a failing handler
     /// (`stale-if-error`).
     pub(crate) stale_if_error: Option<Duration>,
+    /// `Cache-Control: no-cache`: revalidated with the handler before each use.
+    pub(crate) no_cache: bool,
+    /// Its `ETag` was made by the layer (`CacheLayer::etag`): the handler does not know it,
+    /// so it is never sent to the handler in `If-None-Match`.
+    pub(crate) etag_generated: bool,
 }
 
 /// Headers that describe one connection or one transfer, or that the layer sets itself:
@@ -96,7 +113,28 @@ impl CachedResponse {
             body,
             stored_at: SystemTime::now(),
             meta,
+            variant: None,
         }))
+    }
+
+    /// The same response, marked as the variant that `selector` picks among the responses
+    /// varying on `fields`.
+    pub(crate) fn with_variant(self, fields: Vec<HeaderName>, selector: String) -> Self {
+        let stored = &*self.0;
+        CachedResponse(Arc::new(Stored {
+            status: stored.status,
+            headers: stored.headers.clone(),
+            body: stored.body.clone(),
+            stored_at: stored.stored_at,
+            meta: stored.meta,
+            variant: Some(Box::new(Variant { fields, selector })),
+        }))
+    }
+
+    /// The fields it varies on and the selector it was stored for, when it was stored
+    /// under a request's key and varies on fields the key does not hold.
+    pub(crate) fn variant(&self) -> Option<&Variant> {
+        self.0.variant.as_deref()
     }
 
     pub(crate) fn meta(&self) -> &Meta {
@@ -243,16 +281,44 @@ impl Serialize for CachedResponse {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let mut st = s.serialize_struct("CachedResponse", 9)?;
-        st.serialize_field("status", &stored.status.as_u16())?;
+        // The fields added later are written only when set: most entries do without them.
+        let later = usize::from(stored.meta.no_cache)
+            + usize::from(stored.meta.etag_generated)
+            + usize::from(stored.variant.is_some())
+            + usize::from(stored.meta.stale_while_revalidate.is_some())
+            + usize::from(stored.meta.stale_if_error.is_some());
+        let mut st = s.serialize_struct("CachedResponse", 7 + later)?;
+        // A variant is written with status 0 and its real status beside its fields: a
+        // decoder from before variants existed refuses status 0, so it reads the entry as
+        // a miss rather than serving one client's variant to every client.
+        let status = if stored.variant.is_some() {
+            0
+        } else {
+            stored.status.as_u16()
+        };
+        st.serialize_field("status", &status)?;
         st.serialize_field("headers", &HeadersSer(&stored.headers))?;
         st.serialize_field("body", &Bin(&stored.body))?;
         st.serialize_field("stored_at_ms", &at_ms)?;
         st.serialize_field("age_ms", &ms(stored.meta.initial_age))?;
         st.serialize_field("fresh_ms", &stored.meta.fresh_for.map(ms))?;
         st.serialize_field("must_revalidate", &stored.meta.must_revalidate)?;
-        st.serialize_field("swr_ms", &stored.meta.stale_while_revalidate.map(ms))?;
-        st.serialize_field("sie_ms", &stored.meta.stale_if_error.map(ms))?;
+        if let Some(swr) = stored.meta.stale_while_revalidate {
+            st.serialize_field("swr_ms", &ms(swr))?;
+        }
+        if let Some(sie) = stored.meta.stale_if_error {
+            st.serialize_field("sie_ms", &ms(sie))?;
+        }
+        if stored.meta.no_cache {
+            st.serialize_field("no_cache", &true)?;
+        }
+        if stored.meta.etag_generated {
+            st.serialize_field("etag_generated", &true)?;
+        }
+        if let Some(v) = &stored.variant {
+            let fields: Vec<&str> = v.fields.iter().map(HeaderName::as_str).collect();
+            st.serialize_field("variant", &(stored.status.as_u16(), fields, &v.selector))?;
+        }
         st.end()
     }
 }
@@ -276,9 +342,25 @@ impl<'de> Deserialize<'de> for CachedResponse {
             swr_ms: Option<u64>,
             #[serde(default)]
             sie_ms: Option<u64>,
+            #[serde(default)]
+            no_cache: bool,
+            #[serde(default)]
+            etag_generated: bool,
+            #[serde(default)]
+            variant: Option<(u16, Vec<String>, String)>,
         }
         let wire = Wire::deserialize(d)?;
-        let status = StatusCode::from_u16(wire.status).map_err(de::Error::custom)?;
+        let (status, variant) = match wire.variant {
+            None => (wire.status, None),
+            Some((status, fields, selector)) => {
+                let fields = fields
+                    .iter()
+                    .map(|f| HeaderName::from_bytes(f.as_bytes()).map_err(de::Error::custom))
+                    .collect::<Result<Vec<_>, D::Error>>()?;
+                (status, Some(Box::new(Variant { fields, selector })))
+            }
+        };
+        let status = StatusCode::from_u16(status).map_err(de::Error::custom)?;
         let headers = wire
             .headers
             .into_iter()
@@ -300,7 +382,10 @@ impl<'de> Deserialize<'de> for CachedResponse {
                 explicit: false,
                 stale_while_revalidate: wire.swr_ms.map(Duration::from_millis),
                 stale_if_error: wire.sie_ms.map(Duration::from_millis),
+                no_cache: wire.no_cache,
+                etag_generated: wire.etag_generated,
             },
+            variant,
         })))
     }
 }
@@ -330,7 +415,9 @@ mod tests {
             must_revalidate: true,
             explicit: false,
             stale_while_revalidate: Some(Duration::from_secs(5)),
-            stale_if_error: None,
+            stale_if_error: Some(Duration::from_secs(7)),
+            no_cache: true,
+            etag_generated: true,
         };
         CachedResponse::new(
             StatusCode::CREATED,
@@ -375,7 +462,7 @@ mod tests {
             Meta::default(),
         );
         let packed = MessagePack.to_vec(&big).expect("encode");
-        assert!(packed.len() < 1150, "{} bytes", packed.len());
+        assert!(packed.len() < 1100, "{} bytes", packed.len());
     }
 
     #[test]
@@ -399,6 +486,26 @@ mod tests {
             assert_eq!(back.body(), &Bytes::from_static(b"old"));
             assert_eq!(*back.meta(), Meta::default());
             assert_eq!(back.ttl(), None);
+        }
+    }
+
+    #[test]
+    fn variants_round_trip_and_older_decoders_refuse_them() {
+        let fields = vec![HeaderName::from_static("accept-language")];
+        let r = sample().with_variant(fields, "accept-language=fr".to_owned());
+        for codec in [&MessagePack as &dyn Codec, &Json] {
+            let bytes = codec.to_vec(&r).expect("encode");
+            let back: CachedResponse = codec.from_slice(&bytes).expect("decode");
+            assert_eq!(back.status(), StatusCode::CREATED);
+            assert_eq!(back.variant(), r.variant());
+            assert_eq!(back.0.meta, r.0.meta);
+            // What a decoder without the `variant` field reads: status 0, refused.
+            #[derive(Deserialize)]
+            struct Before {
+                status: u16,
+            }
+            let before: Before = codec.from_slice(&bytes).expect("decode");
+            assert!(StatusCode::from_u16(before.status).is_err());
         }
     }
 

@@ -59,6 +59,7 @@ pub mod invalidate_layer;
 mod query_filter;
 mod request_info;
 mod request_key;
+mod vary;
 mod x_cache;
 
 pub use body::ResponseBody;

@@ -11,7 +11,9 @@
 //! - `|n:` when another `CacheLayer` is loading the same request further out;
 //! - then, for every header declared with [`CacheLayer::vary`](super::CacheLayer::vary),
 //!   `|h:` + its name + `=` + its value (nothing after the name when the header is absent);
-//! - then, when a principal was found, `|p:` + the principal.
+//! - then, when a principal was found, `|p:` + the principal;
+//! - and, for a variant of a response that varies on fields not declared (see
+//!   `layer::vary`), `|v:` + the request's normalized values of them.
 //!
 //! Every part that comes from the request goes through [`KeyBuilder::value`], which escapes
 //! `:` (among others). The markers all contain a literal `:`, so no path, query, header or

@@ -8,19 +8,22 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderName, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
-use super::capture::{capture, failed};
-use super::layer::Config;
+use super::capture::{capture, failed, Level};
+use super::config::Config;
 use super::revalidate::{add_validators, freshen, has_validators};
 use super::rules::{lifetime_of, mark_nested};
+
 use crate::layer::cached_response::CachedResponse;
 use crate::{Cache, EntryOptions, Key};
 
 /// Starts the background refresh of `key`, whose `stale` response is being answered.
-/// Returns whether it started (`false`: a refresh of the key is running already).
+/// Returns whether it started (`false`: a refresh of the key is running already). `fields`:
+/// when `key` is a variant's key, the fields its response varies on (a response varying on
+/// others now is not stored, the stale entry is kept).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn refresh_stale<S, ReqBody, ResBody>(
     cache: &Cache,
@@ -31,6 +34,7 @@ pub(super) fn refresh_stale<S, ReqBody, ResBody>(
     mut parts: http::request::Parts,
     body: ReqBody,
     stale: CachedResponse,
+    fields: Option<Vec<HeaderName>>,
 ) -> bool
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -52,6 +56,9 @@ where
     ] {
         parts.headers.remove(name);
     }
+    // The request's own values of the fields its response varies on pick the variant the
+    // refresh stores.
+    let request = parts.headers.clone();
     let revalidate = has_validators(&stale);
     if revalidate {
         add_validators(&stale, &mut parts.headers);
@@ -86,12 +93,15 @@ where
             tracing::debug!(status = %res.status(), "handler failed; the stale entry is kept");
             return Err(());
         }
-        capture(res, &config, requested).await.map_err(|(_, why)| {
-            tracing::debug!(
-                why,
-                "the refreshed response is not storable; the stale entry is kept"
-            );
-        })
+        let level = fields.as_deref().map_or(Level::Base, Level::Variant);
+        capture(res, &config, requested, level, &request)
+            .await
+            .map_err(|(_, why)| {
+                tracing::debug!(
+                    why,
+                    "the refreshed response is not storable; the stale entry is kept"
+                );
+            })
     };
     cache.refresh_in_background(key, options, loader, move |stored: &CachedResponse| {
         lifetime_of(stored, grace)

@@ -7,17 +7,13 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
-use super::limiter::{Refreshes, DEFAULT_REQUEST_NO_CACHE_INTERVAL};
-use super::registry::Registry;
+use super::config::Config;
+use super::limiter::DEFAULT_REQUEST_NO_CACHE_INTERVAL;
 use super::stale::with_value_grace;
 use super::CacheService;
 use crate::layer::query_filter::QueryFilter;
 use crate::layer::RequestInfo;
 use crate::{Cache, EntryOptions, Key, KeyTemplate};
-
-pub(super) type KeyFn = Arc<dyn Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync>;
-pub(super) type TagsFn = Arc<dyn Fn(&RequestInfo<'_>) -> Vec<Key> + Send + Sync>;
-pub(super) type PrincipalFn = Arc<dyn Fn(&RequestInfo<'_>) -> Option<String> + Send + Sync>;
 
 /// The default largest body stored: 1 MiB. Larger bodies stream through uncached.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
@@ -106,13 +102,30 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   bypasses the cache (the handler answers it; the layer never cuts ranges).
 /// - A response is stored only when its status is one of
 ///   [`statuses`](CacheLayer::statuses) (default [`HEURISTIC_STATUSES`]), it has no
-///   `Set-Cookie`, no `Cache-Control: no-store`, `private` or `no-cache` (the layer only
-///   revalidates expired entries, so it does not store what must be revalidated before
-///   each use), every
-///   header of its `Vary` is declared, it is not stale on arrival, and its body is at most
-///   [`max_body_size`](CacheLayer::max_body_size) (default [`DEFAULT_MAX_BODY_SIZE`]);
-///   a larger body streams through as it is read. Fields named in its `Connection`
-///   header are not stored.
+///   `Set-Cookie`, no `Cache-Control: no-store` or `private`, no `no-cache` unless it
+///   has an `ETag` or `Last-Modified` (see below), no `Vary: *`, it is not stale on
+///   arrival, and its body is at most [`max_body_size`](CacheLayer::max_body_size)
+///   (default [`DEFAULT_MAX_BODY_SIZE`]); a larger body streams through as it is read.
+///   Fields named in its `Connection` header are not stored.
+/// - A response whose `Vary` names request fields (RFC 9111 §4.1) is stored for the
+///   values the request had, normalized: field lines combined, whitespace around commas
+///   dropped, `Accept`, `Accept-Charset` and `Accept-Language` lowercased, and
+///   `Accept-Encoding` reduced to the codings it accepts ranked by q-value (ties in the
+///   order `zstd`, `br`, `gzip`, `deflate`, `identity`, as tower-http's compression picks
+///   them), so that browsers' many spellings share a handful of variants. The request's
+///   key holds the first response with the fields it varies on; a request whose values
+///   differ reads its own variant under a second key (as Varnish does), and requests
+///   waiting for another request's load of the key are answered with it only when their
+///   values are the same (else they ask the handler). A variant whose response varies on
+///   other fields now is passed on unstored and the request's entry removed, so the next
+///   request stores the new shape. Invalidating a path or a tag removes every variant.
+/// - A `no-cache` response with an `ETag` or `Last-Modified` is stored, and every request
+///   it would answer goes to the handler first, made conditional on them (unless the
+///   client sent preconditions of its own): a `304 Not Modified` answers with the stored
+///   response, its fields updated (`Cache-Status: stormcache; fwd=stale; fwd-status=304`,
+///   `x-cache: revalidated`), and a storable `200` replaces it. It is never served stale;
+///   `max-age=0` beside `no-cache` changes nothing (it is kept for the layer's TTL).
+///   Requests that joined the load that stored it are answered with it.
 /// - Freshness comes from the response: `s-maxage`, else `max-age`, else `Expires` less
 ///   `Date` (an invalid or past `Expires`, such as `Expires: 0`, is stale: not stored),
 ///   less the age it already had on arrival (its `Age`, or `Date` when older). The entry
@@ -129,13 +142,16 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 /// - Every response gets `Cache-Status` (RFC 9211), after any member an upstream cache
 ///   wrote: `stormcache; hit; ttl=12`, `stormcache; fwd=miss; stored; ttl=60`,
 ///   `stormcache; fwd=miss; detail=no-store` (not stored, and why: `no-store`, `private`,
-///   `no-cache`, `status`, `set-cookie`, `vary`, `size`, `stale`, `head`…),
+///   `no-cache`, `status`, `set-cookie`, `vary`, `vary-changed`, `size`, `stale`,
+///   `head`…),
 ///   `stormcache; fwd=miss; collapsed` (joined another request's load),
+///   `stormcache; fwd=vary-miss; stored` (the entry held another request's variant),
 ///   `stormcache; fwd=request; stored` (request `no-cache`),
 ///   `stormcache; fwd=request; collapsed` (joined another `no-cache` request's refresh),
 ///   `stormcache; hit; ttl=3; detail=rate-limited` (`no-cache` inside the interval),
 ///   `stormcache; fwd=stale; fwd-status=503; ttl=-4`,
 ///   `stormcache; fwd=stale; fwd-status=304; stored; ttl=60` (revalidated),
+///   `stormcache; fwd=stale; fwd-status=304; ttl=60` (a `no-cache` response confirmed),
 ///   `stormcache; fwd=method`,
 ///   `stormcache; fwd=bypass; detail=credentials` (also `no-store`, `range`, `key`,
 ///   `host`, `tag`). `ttl` is the freshness left in seconds, when known. It also gets
@@ -170,31 +186,8 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 /// after routing, which is what [`RequestInfo::param`] and
 /// [`RequestInfo::matched_path`] need, and gives each route its own TTL, class and tags.
 ///
-/// With tower-http in one `ServiceBuilder`, outermost first: `TraceLayer` (it sees every
-/// request; a hit, answered in `call`, is not slowed), `CacheLayer`, then `TimeoutLayer`:
-/// inside the cache, hits never wait on its timer, and its answer to a slow handler (`408`,
-/// or e.g. `504` with `with_status_code`) reaches the cache as a failure, which a stale
-/// response inside its grace (`stale_for`, `stale-if-error`) answers instead.
-///
-/// ```
-/// use std::time::Duration;
-/// use axum::http::StatusCode;
-/// use axum::{routing::get, Router};
-/// use stormcache::layer::CacheLayer;
-/// use stormcache::Cache;
-/// use tower::ServiceBuilder;
-/// use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
-///
-/// # fn main() -> Result<(), stormcache::Error> {
-/// let cache = Cache::builder("docs").build()?;
-/// let app: Router = Router::new().route("/report", get(|| async { "…" })).layer(
-///     ServiceBuilder::new()
-///         .layer(TraceLayer::new_for_http())
-///         .layer(CacheLayer::new(cache).stale_for(Duration::from_secs(3600)))
-///         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, Duration::from_secs(2))),
-/// );
-/// # let _ = app; Ok(()) }
-/// ```
+#[doc = include_str!("tower_http.md")]
+#[doc = include_str!("compression.md")]
 #[derive(Clone)]
 #[must_use]
 pub struct CacheLayer {
@@ -204,59 +197,6 @@ pub struct CacheLayer {
     /// this layer (the refresh limiter, the `max_entries` registry): made by the first
     /// `layer` call, and made again after any builder method.
     pub(super) built: Arc<OnceLock<Arc<Config>>>,
-}
-
-/// What a [`CacheLayer`] was configured with, shared by every service it builds.
-#[derive(Clone)]
-pub(super) struct Config {
-    pub(super) options: EntryOptions,
-    pub(super) statuses: Vec<StatusCode>,
-    pub(super) max_body: usize,
-    pub(super) vary: Vec<HeaderName>,
-    pub(super) key_fn: Option<KeyFn>,
-    pub(super) tag_templates: Vec<KeyTemplate>,
-    pub(super) tags_fn: Option<TagsFn>,
-    pub(super) principal_fn: Option<PrincipalFn>,
-    pub(super) shared_with_credentials: bool,
-    pub(super) credential_headers: Vec<HeaderName>,
-    pub(super) key_host: bool,
-    pub(super) tag_path: bool,
-    pub(super) min_ttl: Option<Duration>,
-    pub(super) max_ttl: Option<Duration>,
-    pub(super) x_cache: bool,
-    /// Whether a request's `no-cache` makes the handler answer (and refresh the entry).
-    pub(super) honor_request_no_cache: bool,
-    /// The least time between two refreshes of one key by `no-cache` requests.
-    pub(super) refresh_interval: Duration,
-    /// Which query parameters are part of the key.
-    pub(super) query: QueryFilter,
-    /// The most entries this layer keeps in the local store.
-    pub(super) max_entries: Option<u64>,
-    /// Built by `layer`: the refreshes of `no-cache` requests, when honoured.
-    pub(super) refreshes: Option<Arc<Refreshes>>,
-    /// Built by `layer`: the keys stored, with `max_entries`.
-    pub(super) entries: Option<Arc<Registry>>,
-    /// The `stale-while-revalidate` window of responses that do not give one.
-    pub(super) stale_while_revalidate: Option<Duration>,
-    /// Whether a successful unsafe request invalidates what is stored for its URIs.
-    pub(super) invalidate_on_unsafe: bool,
-}
-
-impl Config {
-    /// Whether the functions need the path parameters (their extraction allocates).
-    pub(super) fn needs_params(&self) -> bool {
-        self.key_fn.is_some() || !self.tag_templates.is_empty() || self.tags_fn.is_some()
-    }
-
-    pub(super) fn has_dynamic_tags(&self) -> bool {
-        self.tag_path || !self.tag_templates.is_empty() || self.tags_fn.is_some()
-    }
-
-    /// A response's own freshness within the floor and ceiling set on the layer.
-    pub(super) fn clamp_ttl(&self, ttl: Duration) -> Duration {
-        let ttl = self.min_ttl.map_or(ttl, |floor| ttl.max(floor));
-        self.max_ttl.map_or(ttl, |ceiling| ttl.min(ceiling))
-    }
 }
 
 impl CacheLayer {
@@ -289,6 +229,7 @@ impl CacheLayer {
                 entries: None,
                 stale_while_revalidate: None,
                 invalidate_on_unsafe: true,
+                etag: false,
             }),
             built: Arc::default(),
         }
@@ -475,8 +416,13 @@ impl CacheLayer {
         self
     }
 
-    /// Declares a request header the response depends on: its value becomes part of the key.
-    /// A response whose `Vary` names a header not declared here is not stored.
+    /// Declares a request header every response of the route depends on: its value becomes
+    /// part of the key, as it is sent (no normalization).
+    ///
+    /// Not needed for a response's own `Vary`: a response that varies on headers not declared
+    /// here is stored as a variant, found by the request's normalized values of those
+    /// headers (see [HTTP rules](CacheLayer#http-rules)). Declaring a header saves the
+    /// second lookup a variant costs, for a header every response varies on.
     pub fn vary(mut self, header: HeaderName) -> Self {
         self.config().vary.push(header);
         self
@@ -596,6 +542,40 @@ impl CacheLayer {
         self.config().invalidate_on_unsafe = enabled;
         self
     }
+
+    /// Whether a stored `2xx` response without an `ETag` gets a strong one made from a hash
+    /// of its body, `Content-Type` and `Content-Encoding` (default `false`), so that clients
+    /// can revalidate it with `If-None-Match` and get `304 Not Modified` from the cache.
+    ///
+    /// The hash is 64-bit FNV-1a, the same on every instance and every version, so
+    /// instances that store the same body give it the same `ETag`. The layer never sends
+    /// the `ETag` it made to the handler (which does not know it) when it revalidates an
+    /// entry, and it does not count as a validator: a `no-cache` response without one of
+    /// its own is still not stored.
+    ///
+    /// ```
+    /// use axum::{body::Body, http::Request, routing::get, Router};
+    /// use stormcache::layer::CacheLayer;
+    /// use stormcache::Cache;
+    /// use tower::ServiceExt; // for `oneshot`
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = Cache::builder("docs").build()?;
+    /// let app = Router::new()
+    ///     .route("/report", get(|| async { "quarterly figures" }))
+    ///     .layer(CacheLayer::new(cache).etag(true));
+    ///
+    /// let first = app.clone().oneshot(Request::get("/report").body(Body::empty())?).await?;
+    /// let etag = first.headers()["etag"].clone();
+    /// let again = Request::get("/report").header("if-none-match", etag).body(Body::empty())?;
+    /// assert_eq!(app.oneshot(again).await?.status(), 304);
+    /// # Ok(()) }
+    /// ```
+    pub fn etag(mut self, enabled: bool) -> Self {
+        self.config().etag = enabled;
+        self
+    }
 }
 
 impl<S> Layer<S> for CacheLayer {
@@ -614,32 +594,5 @@ impl fmt::Debug for CacheLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.config
             .fmt_fields(f.debug_struct("CacheLayer").field("cache", &self.cache))
-    }
-}
-
-impl Config {
-    pub(super) fn fmt_fields(&self, d: &mut fmt::DebugStruct<'_, '_>) -> fmt::Result {
-        d.field("options", &self.options)
-            .field("statuses", &self.statuses)
-            .field("max_body_size", &self.max_body)
-            .field("vary", &self.vary)
-            .field("key_fn", &self.key_fn.is_some())
-            .field("tag_templates", &self.tag_templates)
-            .field("tags_fn", &self.tags_fn.is_some())
-            .field("principal", &self.principal_fn.is_some())
-            .field("shared_with_credentials", &self.shared_with_credentials)
-            .field("credential_headers", &self.credential_headers)
-            .field("key_host", &self.key_host)
-            .field("tag_path", &self.tag_path)
-            .field("min_ttl", &self.min_ttl)
-            .field("max_ttl", &self.max_ttl)
-            .field("x_cache", &self.x_cache)
-            .field("honor_request_no_cache", &self.honor_request_no_cache)
-            .field("request_no_cache_interval", &self.refresh_interval)
-            .field("query", &self.query)
-            .field("max_entries", &self.max_entries)
-            .field("stale_while_revalidate", &self.stale_while_revalidate)
-            .field("invalidate_on_unsafe", &self.invalidate_on_unsafe);
-        d.finish()
     }
 }

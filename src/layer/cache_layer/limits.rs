@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::layer::Config;
+use super::config::Config;
 use super::limiter::Refreshes;
 use super::registry::Registry;
 use super::CacheLayer;

@@ -37,9 +37,14 @@
 //! rules allow. A request's `no-cache`, when honoured, goes through the refresh (one per key
 //! at a time, one per interval: `refresh`, `limiter`); `max_entries` keeps its own record of
 //! the keys stored (`registry`); `limits` holds the builder methods of these bounds.
+//! The configuration itself is `config`. A response is read and placed among the variants of
+//! its key in `capture`; `store` is the one path of the requests whose handler answers
+//! before an entry is used (the refresh of a request's `no-cache`, a stored `no-cache`
+//! response revalidated), so a refresh stores the request's own variant too.
 
 mod background;
 mod capture;
+mod config;
 mod future;
 mod layer;
 mod limiter;
@@ -51,6 +56,7 @@ mod revalidate;
 mod rules;
 mod service;
 mod stale;
+mod store;
 mod unsafe_methods;
 
 pub use future::ResponseFuture;

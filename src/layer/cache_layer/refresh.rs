@@ -19,22 +19,21 @@
 //! it is sent.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::capture::capture;
-use super::layer::Config;
+use super::capture::Level;
+use super::config::Config;
 use super::limiter::Slot;
-use super::load::Run;
-use super::rules::{lifetime_of, mark_nested, respond, stamp_response, Stamp};
+use super::load::{selects, Run};
+use super::rules::{respond, stamp_response, Stamp};
+use super::store::{answer_directly, Direct, Target};
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
 use crate::layer::cached_response::CachedResponse;
 use crate::layer::conditional::Conditions;
-use crate::model::Lifetime;
 use crate::{Cache, EntryOptions, Key};
 
 /// The cached path of a request whose `no-cache` leads or joins the refresh in `slot`; when
@@ -55,6 +54,11 @@ where
     ResBody::Error: Send,
 {
     let config = Arc::clone(&run.config);
+    let request = req.headers().clone();
+    let (level, base) = match &run.variant_of {
+        Some((base, fields)) => (Level::Variant(fields), Some(base)),
+        None => (Level::Base, None),
+    };
     let refreshing = Refreshing {
         cache: &run.cache,
         config: &config,
@@ -63,6 +67,9 @@ where
         head: run.head,
         stamp: run.stamp,
         conditions: run.conditions.as_ref(),
+        level,
+        base,
+        request: &request,
     };
     // With `max_entries`, the key is recorded once the refresh may have stored it (see
     // `registry`), also if this request is dropped mid-way.
@@ -95,6 +102,12 @@ pub(super) struct Refreshing<'a> {
     pub(super) head: bool,
     pub(super) stamp: Stamp,
     pub(super) conditions: Option<&'a Conditions>,
+    /// Whether `key` is the request's own or its variant's.
+    pub(super) level: Level<'a>,
+    /// The request's own key when `key` is its variant's.
+    pub(super) base: Option<&'a Key>,
+    /// The request's headers: a joined refresh answers only the requests it selects.
+    pub(super) request: &'a HeaderMap,
 }
 
 /// What the request answers from its refresh: `Ok` the answer and whether the refresh
@@ -161,13 +174,15 @@ where
     };
     // Joined: the response the refresh stored, read from the local store rather than kept in
     // the slot, so that the limiter holds no bodies. Gone already (evicted, invalidated, or
-    // a class that skips the local store): on as any request.
+    // a class that skips the local store), or another request's variant: on as any request.
     if stored {
         if let Ok(fresh) = r
             .cache
             .get_local::<CachedResponse>(r.key.clone(), r.options)
         {
-            return Ok((Ok(answer(&fresh, Outcome::RefreshCollapsed)), true));
+            if selects(&fresh, r.request) {
+                return Ok((Ok(answer(&fresh, Outcome::RefreshCollapsed)), true));
+            }
         }
     }
     Err(parts)
@@ -178,45 +193,31 @@ where
 type RefreshResult<B, E> =
     Result<Result<CachedResponse, (Response<ResponseBody<B>>, &'static str)>, E>;
 
-/// The handler answers, and what it says replaces the entry when it may be stored.
-/// `Ok(Ok(_))`: the stored response; `Ok(Err(_))`: the response passed on, with why it was
-/// not stored.
+/// The handler answers, and what it says replaces the entry when it may be stored (under
+/// the request's own variant when it varies; see `store::answer_directly`). `Ok(Ok(_))`:
+/// the stored response; `Ok(Err(_))`: the response passed on, with why it was not stored.
 async fn refresh_entry<S, ReqBody, ResBody>(
     r: &Refreshing<'_>,
-    mut inner: S,
+    inner: S,
     req: Request<ReqBody>,
 ) -> RefreshResult<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body,
 {
-    let requested = SystemTime::now();
-    let res = inner.call(mark_nested(req)).await?;
-    if r.head {
-        // A HEAD response has no body to store.
-        return Ok(Err((res.map(ResponseBody::inner), "head")));
-    }
-    let stored = match capture(res, r.config, requested).await {
-        Ok(stored) => stored,
-        Err(passed) => return Ok(Err(passed)),
+    let target = Target {
+        cache: r.cache,
+        config: r.config,
+        key: r.key.clone(),
+        options: r.options,
+        level: r.level,
+        base: r.base,
+        head: r.head,
     };
-    let options = match lifetime_of(&stored, r.options.stale_for) {
-        None => r.options.clone(),
-        Some(lifetime) => with_lifetime(r.options, lifetime),
-    };
-    r.cache.set(r.key.clone(), stored.clone(), &options).await;
-    Ok(Ok(stored))
-}
-
-/// The options of a `set` for a response with a lifetime of its own: the TTL it gives,
-/// without jitter, and no grace if it must be revalidated.
-fn with_lifetime(options: &EntryOptions, lifetime: Lifetime) -> EntryOptions {
-    let mut options = options.clone();
-    if let Some(ttl) = lifetime.ttl {
-        options = options.ttl(ttl).ttl_jitter(Duration::ZERO);
-    }
-    if let Some(grace) = lifetime.grace {
-        options = options.stale_for(grace);
-    }
-    options
+    Ok(match answer_directly(target, inner, req, None).await? {
+        Direct::Stored(stored) => Ok(stored),
+        Direct::Passed(res, why) => Err((res, why)),
+        // Only a stored `no-cache` response is validated, and a refresh has none.
+        Direct::Validated(stored) => Ok(stored),
+    })
 }

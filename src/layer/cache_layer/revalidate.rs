@@ -8,19 +8,24 @@ use std::time::SystemTime;
 use http::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use http::HeaderMap;
 
-use super::layer::Config;
-use super::rules::meta_of;
+use super::config::Config;
+use super::rules::{has_own_validators, meta_of};
 use crate::layer::cache_control::{directives_forbid_storing, response_directives};
 use crate::layer::cached_response::{CachedResponse, Meta};
 
-/// Whether a stored response has a validator to revalidate it with.
+/// Whether a stored response has a validator the handler knows to revalidate it with (an
+/// `ETag` the layer generated is not one).
 pub(super) fn has_validators(stored: &CachedResponse) -> bool {
-    stored.header(&ETAG).is_some() || stored.header(&LAST_MODIFIED).is_some()
+    (stored.header(&ETAG).is_some() && !stored.meta().etag_generated)
+        || stored.header(&LAST_MODIFIED).is_some()
 }
 
 /// Makes the request conditional on the stored response's validators.
 pub(super) fn add_validators(stored: &CachedResponse, headers: &mut HeaderMap) {
-    if let Some(etag) = stored.header(&ETAG) {
+    if let Some(etag) = stored
+        .header(&ETAG)
+        .filter(|_| !stored.meta().etag_generated)
+    {
         headers.insert(IF_NONE_MATCH, etag.clone());
     }
     if let Some(modified) = stored.header(&LAST_MODIFIED) {
@@ -48,17 +53,20 @@ pub(super) fn freshen(
         merged.append(name.clone(), value.clone());
     }
     let directives = response_directives(&merged);
-    let meta = match directives_forbid_storing(&directives) {
+    let meta = match directives_forbid_storing(&directives, has_own_validators(&merged)) {
         Some(why) => Err(why),
         None => meta_of(&merged, &directives, config, requested),
     };
     match meta {
-        Ok(meta) => Ok(CachedResponse::new(
-            stale.status(),
-            &merged,
-            stale.body().clone(),
-            meta,
-        )),
+        Ok(mut meta) => {
+            meta.etag_generated = stale.meta().etag_generated;
+            let fresh = CachedResponse::new(stale.status(), &merged, stale.body().clone(), meta);
+            // Still the variant it was: the request it answers was checked against it.
+            Ok(match stale.variant() {
+                Some(v) => fresh.with_variant(v.fields.clone(), v.selector.clone()),
+                None => fresh,
+            })
+        }
         Err(why) => Err((
             CachedResponse::new(
                 stale.status(),

@@ -4,15 +4,15 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderValue, AGE, CONTENT_LENGTH, SET_COOKIE};
+use http::header::{HeaderValue, AGE, CONTENT_LENGTH, ETAG, LAST_MODIFIED, SET_COOKIE};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 
-use super::layer::Config;
+use super::config::Config;
 use super::stale::declared_grace;
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_control::{
-    directives_forbid_storing, response_directives, vary_is_covered, Delta, ResponseDirectives,
+    directives_forbid_storing, response_directives, Delta, ResponseDirectives,
 };
 use crate::layer::cache_status::{age_value, Outcome, CACHE_STATUS};
 use crate::layer::cached_response::{CachedResponse, Meta};
@@ -20,6 +20,7 @@ use crate::layer::conditional::{not_modified_headers, Conditions};
 use crate::layer::freshness::Freshness;
 use crate::layer::request_info::{original_uri, RequestInfo};
 use crate::layer::request_key::{custom_base, default_base, finish, has_credentials, with_host};
+use crate::layer::vary::uncovered_fields;
 use crate::layer::x_cache::{XCache, X_CACHE_HEADER};
 use crate::model::Lifetime;
 use crate::Key;
@@ -107,13 +108,11 @@ pub(super) fn store_plan<B: Body>(
         return Err("set-cookie");
     }
     let directives = response_directives(headers);
-    if let Some(reason) = directives_forbid_storing(&directives) {
+    if let Some(reason) = directives_forbid_storing(&directives, has_own_validators(headers)) {
         return Err(reason);
     }
-    if let Err(reason) = vary_is_covered(headers, &config.vary) {
-        tracing::debug!(%reason, "response varies on a header the key does not hold");
-        return Err("vary");
-    }
+    // A response that varies is stored as a variant (see `layer::vary`); `Vary: *` never.
+    uncovered_fields(headers, &config.vary)?;
     let declared_len = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -135,16 +134,21 @@ pub(super) fn meta_of(
     requested: SystemTime,
 ) -> Result<Meta, &'static str> {
     let freshness = Freshness::of(headers, directives, requested, SystemTime::now());
-    let fresh_for = match freshness.remaining() {
+    let (fresh_for, explicit) = match freshness.remaining() {
+        // `no-cache`: revalidated before each use whatever its age, so `max-age=0` beside
+        // it changes nothing; it is kept for the layer's TTL.
+        Some(Duration::ZERO) if directives.no_cache => (config.options.ttl, false),
         // Stale on arrival: storing it would only be worth it with revalidation.
         Some(Duration::ZERO) => return Err("stale"),
-        Some(left) => Some(config.clamp_ttl(left)),
+        Some(left) => (Some(config.clamp_ttl(left)), true),
         // The heuristic: the layer's TTL, when it sets one (else the class's).
-        None => config.options.ttl,
+        None => (config.options.ttl, false),
     };
+    // A `no-cache` response counts as one that must be revalidated: it gets no stale window.
+    let must_revalidate = freshness.must_revalidate || directives.no_cache;
     // RFC 5861 windows: the response's own, else (for `stale-while-revalidate`) the
     // layer's default; an invalid value grants nothing. None for what must be revalidated.
-    let may_be_stale = !freshness.must_revalidate;
+    let may_be_stale = !must_revalidate;
     let stale_while_revalidate = directives
         .stale_while_revalidate
         .map_or(config.stale_while_revalidate, Delta::secs)
@@ -156,11 +160,20 @@ pub(super) fn meta_of(
     Ok(Meta {
         initial_age: freshness.initial_age,
         fresh_for,
-        must_revalidate: freshness.must_revalidate,
-        explicit: freshness.lifetime.is_some(),
+        // A `no-cache` response is never served without the handler's word: not stale
+        // either when the handler fails.
+        must_revalidate,
+        explicit,
         stale_while_revalidate,
         stale_if_error,
+        no_cache: directives.no_cache,
+        etag_generated: false,
     })
+}
+
+/// Whether the response carries a validator of its own (`ETag`, `Last-Modified`).
+pub(super) fn has_own_validators(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED)
 }
 
 /// The lifetime of a response in the cache: its own freshness when it gives one, never

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::RANGE;
-use http::{Method, Request, Response};
+use http::{HeaderName, Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
 use super::background::refresh_stale;
-use super::layer::Config;
+use super::config::Config;
 use super::limiter::Refresh;
 use super::load::Run;
 use super::refresh::refresh_then_run;
@@ -27,7 +27,8 @@ use crate::layer::conditional::Conditions;
 use crate::layer::inner_service::{define_inner_service_accessors, take_ready};
 use crate::layer::request_info::{path_params, RequestInfo};
 use crate::layer::request_key::path_tag;
-use crate::{Cache, EntryOptions};
+use crate::layer::vary::{selector, variant_key};
+use crate::{Cache, EntryOptions, Key};
 
 /// The service [`CacheLayer`](super::CacheLayer) wraps around an inner service.
 ///
@@ -147,18 +148,38 @@ where
         // The hit path: a synchronous look in the local store, no allocation but the key's,
         // no future boxed, the inner service left alone.
         let refreshing = matches!(refresh, Refresh::Join(_));
+        // Inside the interval, a `no-cache` request is answered as if it had not asked.
+        let hit = match refresh {
+            Refresh::Limited => Outcome::RateLimited,
+            _ => Outcome::Hit,
+        };
+        let mut found = Found::default();
         let mut key = if refreshing {
             key
         } else {
             match self.cache.get_local::<CachedResponse>(key, &config.options) {
-                Ok(stored) => {
-                    let outcome = match refresh {
-                        Refresh::Limited => Outcome::RateLimited,
-                        _ => Outcome::Hit,
-                    };
-                    let res = respond(&stored, head, stamp, outcome, conditions.as_ref());
+                Ok(stored) if stored.variant().is_none() && !stored.meta().no_cache => {
+                    let res = respond(&stored, head, stamp, hit, conditions.as_ref());
                     return ResponseFuture::ready(res, stamp);
                 }
+                // A response that varies, or that must be revalidated before use: the key
+                // went into the lookup, so it is made again (the same as above).
+                Ok(stored) => match plan_key(config, &parts, params.as_ref(), principal.as_deref())
+                {
+                    Ok(key) => match self.resolve(key, stored, &parts.headers) {
+                        Resolved::Hit(stored) => {
+                            let res = respond(&stored, head, stamp, hit, conditions.as_ref());
+                            return ResponseFuture::ready(res, stamp);
+                        }
+                        Resolved::Load(key, then) => {
+                            found = then;
+                            key
+                        }
+                    },
+                    Err(detail) => {
+                        return self.bypass(Request::from_parts(parts, body), stamp, detail)
+                    }
+                },
                 Err(key) => key,
             }
         };
@@ -166,18 +187,28 @@ where
         let Some(options) = planned else {
             return self.bypass(Request::from_parts(parts, body), stamp, "tag");
         };
-        if !refreshing {
+        // A `no-cache` entry found above is revalidated by the load, never answered stale.
+        if !refreshing && found.validate.is_none() {
             // Inside its `stale-while-revalidate` window, the stale response answers now and
-            // the handler refreshes it in the background.
+            // the handler refreshes it in the background: only the request's own variant,
+            // never another request's, nor a `no-cache` response.
             let entry_options = options.as_ref().unwrap_or(&config.options);
             let (back, stale) = self
                 .cache
                 .get_local_stale::<CachedResponse>(key, entry_options);
             key = back;
-            if let Some(stale) = stale.filter(in_revalidate_window) {
+            let own = |stale: &CachedResponse| {
+                !stale.meta().no_cache
+                    && stale.variant().map_or(true, |v| {
+                        selector(&parts.headers, &v.fields).as_deref() == Some(v.selector.as_str())
+                    })
+            };
+            if let Some(stale) = stale.filter(|s| in_revalidate_window(s) && own(s)) {
                 let outcome = Outcome::StaleWhileRevalidate;
                 let res = respond(&stale, head, stamp, outcome, conditions.as_ref());
                 let inner = self.inner.clone();
+                // When `key` is the request's variant's, its response is stored as one.
+                let fields = found.variant_of.map(|(_, fields)| fields);
                 let started = refresh_stale(
                     &self.cache,
                     &self.config,
@@ -187,6 +218,7 @@ where
                     parts,
                     body,
                     stale,
+                    fields,
                 );
                 tracing::debug!(
                     started,
@@ -206,6 +238,8 @@ where
             head,
             stamp,
             conditions,
+            variant_of: found.variant_of,
+            validate: found.validate,
         };
         match refresh {
             Refresh::Join(slot) => {
@@ -218,7 +252,65 @@ where
     }
 }
 
+/// What the hit path learnt from an entry it could not answer with.
+#[derive(Default)]
+struct Found {
+    /// The request's own key and the fields its variants vary on, when the key to load is
+    /// its variant's.
+    variant_of: Option<(Key, Vec<HeaderName>)>,
+    /// A `no-cache` response to revalidate before use.
+    validate: Option<CachedResponse>,
+}
+
+/// Where the hit path goes from an entry that varies or must be revalidated.
+enum Resolved {
+    /// A response to answer with.
+    Hit(CachedResponse),
+    /// The key to load, and what is known of it.
+    Load(Key, Found),
+}
+
 impl<S> CacheService<S> {
+    /// Follows a stored response that varies to the request's variant (in the local store
+    /// too, when there), and says which `no-cache` response is to be revalidated.
+    fn resolve(&self, key: Key, stored: CachedResponse, request: &http::HeaderMap) -> Resolved {
+        let mut found = Found::default();
+        let (key, stored) = match stored.variant() {
+            None => (key, stored),
+            Some(variant) => match selector(request, &variant.fields) {
+                Some(own) if own == variant.selector => (key, stored),
+                // Values that are not text: the load passes the request to the handler.
+                None => return Resolved::Load(key, found),
+                Some(own) => {
+                    let fields = variant.fields.clone();
+                    let options = &self.config.options;
+                    let own_key = variant_key(&key, &own);
+                    // With `max_entries`, a variant's key is used in the LRU order as the
+                    // request's key was in `call`.
+                    if let Some(entries) = &self.config.entries {
+                        entries.touch(&own_key);
+                    }
+                    let in_store = self.cache.get_local::<CachedResponse>(own_key, options);
+                    let variant_key = match in_store {
+                        Ok(stored) if !stored.meta().no_cache => return Resolved::Hit(stored),
+                        Ok(stored) => {
+                            found.validate = Some(stored);
+                            variant_key(&key, &own)
+                        }
+                        Err(variant_key) => variant_key,
+                    };
+                    found.variant_of = Some((key, fields));
+                    return Resolved::Load(variant_key, found);
+                }
+            },
+        };
+        if stored.meta().no_cache {
+            found.validate = Some(stored);
+            return Resolved::Load(key, found);
+        }
+        Resolved::Hit(stored)
+    }
+
     /// Passes the request to the inner service, uncached, counted as a bypass.
     fn bypass<ReqBody, ResBody>(
         &mut self,
