@@ -157,9 +157,11 @@ async fn invalidations_reach_every_instance(t: &Topology) {
     assert_eq!(bpa.received, 0, "A skipped its own echoes: {bpa:?}");
     assert!(bpa.published >= 5, "{bpa:?}");
     let counted = |cache: &Cache| cache.status().backplane.map(|bp| bp.received);
-    within(Duration::from_millis(100), "B and C applied each of A's", || {
-        counted(&b) == Some(bpa.published) && counted(&c) == Some(bpa.published)
-    })
+    within(
+        Duration::from_millis(100),
+        "B and C applied each of A's",
+        || counted(&b) == Some(bpa.published) && counted(&c) == Some(bpa.published),
+    )
     .await;
 }
 

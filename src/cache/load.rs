@@ -292,7 +292,7 @@ where
     if let Some(hit) = again {
         core.stats().l1_hit(local_key.class);
         if let Some(leader) = leader {
-            leader.succeed(Arc::new(hit.value.clone()), Origin::Local);
+            leader.succeed(|| Arc::new(hit.value.clone()), Origin::Local);
         }
         return Ok(Fetched {
             value: hit.value,
@@ -305,7 +305,7 @@ where
     .await;
     if let Some(leader) = leader {
         match &result {
-            Ok(fetched) => leader.succeed(Arc::new(fetched.value.clone()), fetched.origin),
+            Ok(fetched) => leader.succeed(|| Arc::new(fetched.value.clone()), fetched.origin),
             Err(_) if timed_out => leader.time_out(),
             Err(_) => leader.fail(),
         }

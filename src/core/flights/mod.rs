@@ -473,8 +473,15 @@ pub(crate) struct Leader<'a> {
 }
 
 impl Leader<'_> {
-    pub(crate) fn succeed(self, value: Shared, origin: Origin) {
-        self.tx.send_replace(State::Done(value, origin));
+    /// The load succeeded: waiters get the value `share` makes. Made only when someone
+    /// waits (most loads have no waiter, and a copy of a large value costs an allocation
+    /// and a copy). A caller that joins after this check, before the flight is removed, sees
+    /// it end without a value and looks in the store again.
+    pub(crate) fn succeed(self, share: impl FnOnce() -> Shared, origin: Origin) {
+        // One receiver is the flights map's own.
+        if self.tx.receiver_count() > 1 {
+            self.tx.send_replace(State::Done(share(), origin));
+        }
     }
 
     pub(crate) fn fail(self) {
