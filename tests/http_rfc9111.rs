@@ -480,3 +480,20 @@ async fn a_failure_with_a_lifetime_does_not_replace_a_stale_response_that_covers
     );
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 }
+
+#[tokio::test]
+async fn a_response_modified_just_now_is_stored_stale() {
+    // `Last-Modified` equal to its `Date`: a tenth of no time is no freshness, so the next
+    // request goes to the handler again (the layer's TTL does not apply: the response
+    // said when it changed).
+    let (route, calls) = origin(|_, _| {
+        let now = http_date(0);
+        reply(200, &[("last-modified", &now), ("date", &now)])
+    });
+    let layer = CacheLayer::new(cache("rfc-heuristic-now")).ttl(Duration::from_secs(300));
+    let app = serve(Router::new().route("/r", route).layer(layer)).await;
+    app.get("/r").await;
+    let again = app.get("/r").await;
+    assert_eq!(again.body, "call 2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
