@@ -15,8 +15,7 @@ use tower_service::Service;
 use super::capture::{capture, Level};
 use super::config::Config;
 use super::revalidate::{add_validators, freshen};
-use super::rules::has_validators;
-use super::rules::{lifetime_of, mark_nested};
+use super::rules::{has_validators, lifetime_of, mark_nested};
 use super::stale::failed;
 
 use crate::layer::cached_response::CachedResponse;

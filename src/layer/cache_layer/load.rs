@@ -20,8 +20,9 @@ use super::background::refresh_stale;
 use super::capture::{capture, Level, VARY_CHANGED};
 use super::config::Config;
 use super::revalidate::{add_validators, freshen};
-use super::rules::has_validators;
-use super::rules::{lifetime_of, mark_nested, respond, stamp_response, unstamped, Stamp};
+use super::rules::{
+    has_validators, lifetime_of, mark_nested, respond, stamp_response, unstamped, Stamp,
+};
 use super::stale::{failed, in_revalidate_window, may_stand_in};
 use super::store::{answer_directly, forget, Direct, Target};
 use crate::layer::body::ResponseBody;

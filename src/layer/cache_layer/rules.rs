@@ -205,7 +205,7 @@ pub(super) fn lifetime_of(stored: &CachedResponse, grace: Option<Duration>) -> O
         grace: match declared {
             // Kept past its freshness only to be revalidated (RFC 9111 §4.2.4 forbids
             // serving it stale: `stale::may_stand_in` and `in_revalidate_window` refuse
-            // it, and a timeout answers 504): so only with a validator to revalidate with.
+            // it, and a timeout waits or answers 504): so only with a validator.
             _ if meta.must_revalidate && has_validators(stored) => grace,
             _ if meta.must_revalidate => Some(Duration::ZERO),
             Some(declared) => Some(declared.max(grace.unwrap_or_default())),
