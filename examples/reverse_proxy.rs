@@ -16,9 +16,11 @@
 //!
 //! Environment: `UPSTREAM` (default `http://127.0.0.1:8080`), `PROXY_ADDR` (default
 //! `127.0.0.1:3100`), `REDIS_URL` (none: local store only), `HEURISTIC_TTL` (seconds a
-//! response that gives no freshness of its own is fresh for, default 60; `0` stores such a
-//! response already stale, so it is never answered from the cache while the upstream
-//! answers), `RUST_LOG` (default `info`).
+//! response that gives no freshness of its own and no `Last-Modified` is fresh for, default
+//! 0: such a response is stored already stale, so it is never answered from the cache while
+//! the upstream answers, as the shared caches most deployed do), `HEURISTIC_MAX` (the most
+//! a response with only a `Last-Modified` is fresh for — a tenth of the time since it was
+//! modified — default a day), `RUST_LOG` (default `info`).
 //!
 //! `scripts/cache-tests.sh` runs the public HTTP cache test suite (cache-tests.fyi) against
 //! this proxy; `docs/cache-tests.md` has the results.
@@ -61,12 +63,20 @@ impl Upstream {
 
 /// The proxy: every request forwarded to `upstream`, through a cache layer on `cache`.
 pub fn proxy(upstream: Upstream, cache: Cache) -> Router {
-    proxy_with(upstream, cache, Duration::from_secs(60))
+    proxy_with(upstream, cache, Duration::from_secs(60), DAY)
 }
 
+const DAY: Duration = Duration::from_secs(86_400);
+
 /// [`proxy`], a response that says nothing of its freshness being fresh for
-/// `heuristic_ttl`.
-pub fn proxy_with(upstream: Upstream, cache: Cache, heuristic_ttl: Duration) -> Router {
+/// `heuristic_ttl`, and one with only a `Last-Modified` for a tenth of its age, at most
+/// `heuristic_max`.
+pub fn proxy_with(
+    upstream: Upstream,
+    cache: Cache,
+    heuristic_ttl: Duration,
+    heuristic_max: Duration,
+) -> Router {
     let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
     Router::new()
         .fallback(move |req: Request| forward(client.clone(), upstream.clone(), req))
@@ -74,6 +84,8 @@ pub fn proxy_with(upstream: Upstream, cache: Cache, heuristic_ttl: Duration) -> 
             CacheLayer::new(cache)
                 // For responses that say nothing of their freshness.
                 .ttl(heuristic_ttl)
+                // For those with a `Last-Modified` only: a tenth of their age, capped.
+                .heuristic_max(heuristic_max)
                 // An upstream that fails is answered for by what was stored, for an hour.
                 .stale_for(Duration::from_secs(3600))
                 // Nobody waits more than 10 s for the upstream.
@@ -157,15 +169,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr: SocketAddr = std::env::var("PROXY_ADDR")
         .unwrap_or_else(|_| "127.0.0.1:3100".into())
         .parse()?;
-    let heuristic_ttl = match std::env::var("HEURISTIC_TTL") {
-        Ok(secs) => Duration::from_secs(
-            secs.parse()
-                .map_err(|e| format!("HEURISTIC_TTL {secs:?}: {e}"))?,
-        ),
-        Err(_) => Duration::from_secs(60),
-    };
+    let heuristic_ttl = secs_var("HEURISTIC_TTL", Duration::ZERO)?;
+    let heuristic_max = secs_var("HEURISTIC_MAX", DAY)?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, ?upstream, ?heuristic_ttl, "caching reverse proxy listening");
-    axum::serve(listener, proxy_with(upstream, cache, heuristic_ttl)).await?;
+    tracing::info!(addr = %listener.local_addr()?, ?upstream, ?heuristic_ttl, ?heuristic_max, "caching reverse proxy listening");
+    let app = proxy_with(upstream, cache, heuristic_ttl, heuristic_max);
+    axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// A number of seconds from the environment, `default` when unset.
+fn secs_var(name: &str, default: Duration) -> Result<Duration, String> {
+    match std::env::var(name) {
+        Ok(secs) => secs
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|e| format!("{name} {secs:?}: {e}")),
+        Err(_) => Ok(default),
+    }
 }

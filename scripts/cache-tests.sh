@@ -28,10 +28,12 @@
 #   CACHE_TESTS_GIT   a local clone or bare mirror of the suite to export HEAD from instead
 #                     of cloning (e.g. a mirror made without network access to GitHub)
 #   CARGO_TARGET_DIR  as for cargo; the binary is looked up there
-#   HEURISTIC_TTL     the proxy's TTL for responses that give no freshness (default 0 here,
-#                     60 in the example): the published proxies run with such default
-#                     caching off, as the suite asks; `freshness-none` checks it and 30
-#                     tests depend on it, so with 60 most of the suite is not run
+#   HEURISTIC_TTL     the proxy's TTL for responses that give no freshness and no
+#                     `Last-Modified` (default 0, as in the example): the published proxies
+#                     run with such default caching off, as the suite asks;
+#                     `freshness-none` checks it and 30 tests depend on it, so with 60 most
+#                     of the suite is not run (HEURISTIC_MAX, the example's cap of the
+#                     `Last-Modified` heuristic, default a day, can go in PROXY_ENV)
 #   PROXY_ENV         extra VAR=value words for the proxy's environment
 #   RUST_LOG          the proxy's log filter (default warn); its log is kept only on failure
 set -euo pipefail

@@ -85,7 +85,7 @@ fn gave_up<T: Cacheable, E>(
     on_timeout: OnTimeout<E>,
     hard: bool,
 ) -> Option<Result<Fetched<T>, E>> {
-    let exit = match (stale, on_timeout) {
+    let exit = match (StaleNow::at_timeout(options, stale), on_timeout) {
         (Some(value), _) => Exit::Stale(value),
         (None, Some(fail)) => Exit::Fail(fail),
         (None, None) => return None,
@@ -201,7 +201,9 @@ where
         core.class_name(local_key.class),
         options.key_template_name(),
     );
-    let (Some(stale), Some(soft)) = (stale, deadlines.soft) else {
+    // A value kept only to be revalidated answers nothing early: the read waits.
+    let early = stale.filter(|v| !StaleNow::holds(options.revalidate_only, v));
+    let (Some(stale), Some(soft)) = (early, deadlines.soft) else {
         // Nothing to answer early: the read waits for its load as any other.
         return load_coalesced(core, local_key, options, None, loader, on_timeout)
             .instrument(span)
@@ -247,7 +249,10 @@ where
             Join::Leader(leader) => break Some(leader),
             Join::Waiter(rx) => rx,
         };
-        let outcome = match deadlines.waiting(stale.is_some()) {
+        let servable = stale
+            .as_ref()
+            .is_some_and(|v| !StaleNow::holds(options.revalidate_only, v));
+        let outcome = match deadlines.waiting(servable) {
             None => wait(rx).await,
             Some((at, hard)) => match until(Some(at), wait(rx)).await {
                 Some(outcome) => outcome,
@@ -381,7 +386,10 @@ where
     // Across instances, too, one load: wait for the holder of the lock, if asked to.
     let mut lock = None;
     if let (Some(lock_ttl), Some((full_key, _))) = (options.lock, redis_key.as_ref()) {
-        let waiting = deadlines.waiting(stale.is_some());
+        let servable = stale
+            .as_ref()
+            .is_some_and(|v| !StaleNow::holds(options.revalidate_only, v));
+        let waiting = deadlines.waiting(servable);
         let locking =
             stampede::lock_or_wait::<T>(core, local_key, full_key, options, lock_ttl, epoch);
         let outcome = match until(waiting.map(|(at, _)| at), locking).await {
@@ -420,16 +428,25 @@ where
     let started = Instant::now();
     // The loader may look at the stale value (to revalidate it); its future may not.
     let loading = adapt::scoped(loader(stale.as_ref()));
-    // What to answer at the hard timeout: with nothing to answer, there is no deadline.
+    // What to answer at the hard timeout: with nothing to answer, there is no deadline. A
+    // value kept only to be revalidated is not an answer then, but is still the stale
+    // value a failed load hands back (its caller decides, as for any failure).
+    let kept_to_revalidate = stale
+        .as_ref()
+        .is_some_and(|v| StaleNow::holds(options.revalidate_only, v));
+    let (stale, revalidate_only) = match kept_to_revalidate {
+        true => (None, stale),
+        false => (stale, None),
+    };
     let exit = match (stale, on_timeout) {
         (Some(value), _) => Some(Exit::Stale(value)),
         (None, Some(fail)) => Some(Exit::Fail(fail)),
         (None, None) => None,
     };
     let ((loaded, adjust), stale) = match exit {
-        None => (loading.await, None),
+        None => (loading.await, revalidate_only),
         Some(exit) => match until(deadlines.hard_at(), loading).await {
-            Some(loaded) => (loaded, exit.into_stale()),
+            Some(loaded) => (loaded, exit.into_stale().or(revalidate_only)),
             None => {
                 // The loader is dropped, and its lock released so that another instance
                 // can take it and load.

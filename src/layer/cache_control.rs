@@ -53,6 +53,8 @@ pub(crate) struct ResponseDirectives {
     pub(crate) no_store: bool,
     pub(crate) no_cache: bool,
     pub(crate) private: bool,
+    /// `public`: storable whatever its status (RFC 9111 §3).
+    pub(crate) public: bool,
     /// `must-revalidate`, `proxy-revalidate`, or `s-maxage` (which implies
     /// `proxy-revalidate` for a shared cache): never served stale.
     pub(crate) must_revalidate: bool,
@@ -106,6 +108,8 @@ pub(crate) fn response_directives(headers: &HeaderMap) -> ResponseDirectives {
             out.no_cache = true;
         } else if n.eq_ignore_ascii_case("private") {
             out.private = true;
+        } else if n.eq_ignore_ascii_case("public") {
+            out.public = true;
         } else if n.eq_ignore_ascii_case("must-revalidate")
             || n.eq_ignore_ascii_case("proxy-revalidate")
         {

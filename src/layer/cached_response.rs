@@ -55,8 +55,9 @@ pub(crate) struct Meta {
     pub(crate) fresh_for: Option<Duration>,
     /// Never served stale (`must-revalidate`, `proxy-revalidate`, `s-maxage`).
     pub(crate) must_revalidate: bool,
-    /// Whether `fresh_for` came from the response itself rather than the layer's TTL; only
-    /// needed when storing, so not written.
+    /// Whether `fresh_for` came from the response itself (its own lifetime, or the
+    /// `Last-Modified` heuristic) rather than the layer's TTL; only needed when storing,
+    /// so not written.
     pub(crate) explicit: bool,
     /// How long after it stops being fresh it is answered at once while being refreshed in
     /// the background (`stale-while-revalidate`, or the layer's default).

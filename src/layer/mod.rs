@@ -54,6 +54,7 @@ mod cache_status;
 mod cached_response;
 mod conditional;
 mod freshness;
+mod http_date;
 mod inner_service;
 pub mod invalidate_layer;
 mod query_filter;

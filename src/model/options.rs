@@ -61,6 +61,11 @@ pub struct EntryOptions {
     /// load (an HTTP response inside its `stale-while-revalidate` window): the caller
     /// refreshes it in the background.
     pub(crate) stale_now: Option<StaleNow>,
+    /// Whether an expired value is kept only to be revalidated by the loader (an HTTP
+    /// response with `must-revalidate`): it is never answered at a soft or hard timeout,
+    /// which then goes on as if there were no stale value (the read waits, or fails at the
+    /// hard timeout).
+    pub(crate) revalidate_only: Option<StaleNow>,
 }
 
 /// See [`EntryOptions::value_grace`]: reads the grace a value declares for itself.
@@ -93,6 +98,12 @@ pub(crate) struct StaleNow(pub(crate) fn(&dyn std::any::Any) -> bool);
 impl StaleNow {
     pub(crate) fn holds<T: 'static>(stale_now: Option<StaleNow>, value: &T) -> bool {
         stale_now.is_some_and(|s| (s.0)(value as &dyn std::any::Any))
+    }
+
+    /// The stale value, if the options let it answer at a timeout (see
+    /// [`EntryOptions::revalidate_only`]).
+    pub(crate) fn at_timeout<T: 'static>(options: &EntryOptions, stale: Option<T>) -> Option<T> {
+        stale.filter(|v| !StaleNow::holds(options.revalidate_only, v))
     }
 }
 

@@ -12,10 +12,11 @@ use http::{HeaderName, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
-use super::capture::{capture, failed, Level};
+use super::capture::{capture, Level};
 use super::config::Config;
-use super::revalidate::{add_validators, freshen, has_validators};
-use super::rules::{lifetime_of, mark_nested};
+use super::revalidate::{add_validators, freshen};
+use super::rules::{has_validators, lifetime_of, mark_nested};
+use super::stale::failed;
 
 use crate::layer::cached_response::CachedResponse;
 use crate::{Cache, EntryOptions, Key};

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, ETAG};
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 
@@ -31,13 +31,6 @@ pub(super) enum Level<'a> {
     Base,
     /// The key of a variant of responses varying on these fields.
     Variant(&'a [HeaderName]),
-}
-
-/// Whether the handler's answer is a failure the stale response may stand in for: a 5xx
-/// (`504` included), or the `408` tower-http's `TimeoutLayer` answers by default when the
-/// handler is too slow.
-pub(super) fn failed(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT
 }
 
 /// A response passed on unstored, with why.

@@ -53,6 +53,9 @@ pub(super) struct Config {
     pub(super) invalidate_on_unsafe: bool,
     /// Whether a stored response without an `ETag` gets one made from its body.
     pub(super) etag: bool,
+    /// The most the `Last-Modified` heuristic makes a response fresh for (see
+    /// `CacheLayer::heuristic_max`).
+    pub(super) heuristic_max: Option<Duration>,
 }
 
 impl Config {
@@ -63,6 +66,14 @@ impl Config {
 
     pub(super) fn has_dynamic_tags(&self) -> bool {
         self.tag_path || !self.tag_templates.is_empty() || self.tags_fn.is_some()
+    }
+
+    /// The ceiling of the `Last-Modified` heuristic: [`heuristic_max`](Self::heuristic_max)
+    /// when set, else the layer's TTL when set (the operator's word on responses that say
+    /// nothing of their freshness), else a day.
+    pub(super) fn heuristic_cap(&self) -> Duration {
+        const DAY: Duration = Duration::from_secs(86_400);
+        self.heuristic_max.or(self.options.ttl).unwrap_or(DAY)
     }
 
     /// A response's own freshness within the floor and ceiling set on the layer.
@@ -95,7 +106,8 @@ impl Config {
             .field("max_entries", &self.max_entries)
             .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("invalidate_on_unsafe", &self.invalidate_on_unsafe)
-            .field("etag", &self.etag);
+            .field("etag", &self.etag)
+            .field("heuristic_max", &self.heuristic_max);
         d.finish()
     }
 }

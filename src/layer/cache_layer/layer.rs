@@ -98,10 +98,11 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   unless [`request_no_cache(true)`](CacheLayer::request_no_cache); then the handler
 ///   answers and a storable response replaces the entry, once for all the concurrent
 ///   `no-cache` requests of a key and at most once per
-///   [`request_no_cache_interval`](CacheLayer::request_no_cache_interval). A `Range` request
-///   bypasses the cache (the handler answers it; the layer never cuts ranges).
-/// - A response is stored only when its status is one of
-///   [`statuses`](CacheLayer::statuses) (default [`HEURISTIC_STATUSES`]), it has no
+///   [`request_no_cache_interval`](CacheLayer::request_no_cache_interval). A single byte
+///   `Range` is cut from a fresh stored `200` at hand; others go to the handler, unstored.
+/// - A response is stored only when its status is one of [`statuses`](CacheLayer::statuses)
+///   (default [`HEURISTIC_STATUSES`]) or it sets a lifetime or `public` (any final status
+///   but `206`, `304`; a stale stored 5xx never stands in for a failure), it has no
 ///   `Set-Cookie`, no `Cache-Control: no-store` or `private`, no `no-cache` unless it
 ///   has an `ETag` or `Last-Modified` (see below), no `Vary: *`, it is not stale on
 ///   arrival, and its body is at most [`max_body_size`](CacheLayer::max_body_size)
@@ -130,8 +131,8 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   `Date` (an invalid or past `Expires`, such as `Expires: 0`, is stale: not stored),
 ///   less the age it already had on arrival (its `Age`, or `Date` when older). The entry
 ///   lives that long in the cache, within [`min_ttl`](CacheLayer::min_ttl) and
-///   [`max_ttl`](CacheLayer::max_ttl) when set. A response that says nothing is fresh for
-///   the layer's [`ttl`](CacheLayer::ttl) (the class's when unset).
+///   [`max_ttl`](CacheLayer::max_ttl) when set. Else a tenth of its age by `Last-Modified`,
+///   at most [`heuristic_max`](CacheLayer::heuristic_max); else [`ttl`](CacheLayer::ttl).
 /// - A `GET` or `HEAD` answered from a stored response (a hit, or the response a miss just
 ///   stored) honours `If-None-Match` (weak comparison, `*` included) and, when there is
 ///   none, `If-Modified-Since` (against the stored `Last-Modified`, else its `Date`, else
@@ -178,7 +179,7 @@ pub const HEURISTIC_STATUSES: [StatusCode; 11] = [
 ///   `If-Modified-Since` from them (unless the client sent preconditions of its own), and
 ///   its `304 Not Modified` freshens the entry — the stored body, the 304's header fields
 ///   — which answers with `x-cache: revalidated`. Entries that must be revalidated are kept
-///   no longer than they are fresh, so they are loaded again instead.
+///   for this only (with a validator), never served stale: a timeout waits or answers 504.
 ///
 /// # Placement
 ///
@@ -230,6 +231,7 @@ impl CacheLayer {
                 stale_while_revalidate: None,
                 invalidate_on_unsafe: true,
                 etag: false,
+                heuristic_max: None,
             }),
             built: Arc::default(),
         }
@@ -402,8 +404,8 @@ impl CacheLayer {
         self
     }
 
-    /// The statuses whose responses are stored (default [`HEURISTIC_STATUSES`]: `200`,
-    /// `203`, `204`, `300`, `301`, `308`, `404`, `405`, `410`, `414`, `501`).
+    /// The statuses stored on the heuristic (default [`HEURISTIC_STATUSES`]); a response that
+    /// gives its own lifetime or says `public` is stored whatever its final status.
     pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.config().statuses = statuses.into_iter().collect();
         self

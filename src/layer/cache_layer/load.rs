@@ -17,11 +17,13 @@ use tower_service::Service;
 use crate::LoadTimeout;
 
 use super::background::refresh_stale;
-use super::capture::{capture, failed, Level, VARY_CHANGED};
+use super::capture::{capture, Level, VARY_CHANGED};
 use super::config::Config;
-use super::revalidate::{add_validators, freshen, has_validators};
-use super::rules::{lifetime_of, mark_nested, respond, stamp_response, unstamped, Stamp};
-use super::stale::{in_revalidate_window, may_stand_in};
+use super::revalidate::{add_validators, freshen};
+use super::rules::{
+    has_validators, lifetime_of, mark_nested, respond, stamp_response, unstamped, Stamp,
+};
+use super::stale::{failed, in_revalidate_window, may_stand_in};
 use super::store::{answer_directly, forget, Direct, Target};
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_status::{Outcome, Stored};
@@ -295,6 +297,11 @@ where
             key,
             options,
             move |stale: Option<&CachedResponse>| -> LoadFuture<'_> {
+                // A failure the stale entry stands in for is not stored even when it gives
+                // itself a lifetime (a middleware's `max-age` on every answer): the grace
+                // the layer or the response grants is kept to hide such failures.
+                let covered = stale
+                    .is_some_and(|s| selects(s, request) && may_stand_in(s, options.stale_for));
                 let stale = stale
                     .filter(|s| may_revalidate && has_validators(s) && selects(s, request))
                     .cloned();
@@ -328,6 +335,10 @@ where
                                 Err(NotStored::Passed)
                             }
                         };
+                    }
+                    if covered && failed(res.status()) {
+                        *passed_slot = Some(Ok((res.map(ResponseBody::inner), "status")));
+                        return Err(NotStored::Passed);
                     }
                     if head {
                         // A HEAD response has no body to store; GET will fill the entry.

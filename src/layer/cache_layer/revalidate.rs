@@ -13,13 +13,6 @@ use super::rules::{has_own_validators, meta_of};
 use crate::layer::cache_control::{directives_forbid_storing, response_directives};
 use crate::layer::cached_response::{CachedResponse, Meta};
 
-/// Whether a stored response has a validator the handler knows to revalidate it with (an
-/// `ETag` the layer generated is not one).
-pub(super) fn has_validators(stored: &CachedResponse) -> bool {
-    (stored.header(&ETAG).is_some() && !stored.meta().etag_generated)
-        || stored.header(&LAST_MODIFIED).is_some()
-}
-
 /// Makes the request conditional on the stored response's validators.
 pub(super) fn add_validators(stored: &CachedResponse, headers: &mut HeaderMap) {
     if let Some(etag) = stored

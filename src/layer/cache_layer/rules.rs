@@ -9,6 +9,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 
 use super::config::Config;
+use super::heuristic::storable_status;
 use super::stale::declared_grace;
 use crate::layer::body::ResponseBody;
 use crate::layer::cache_control::{
@@ -94,7 +95,9 @@ pub(super) fn store_plan<B: Body>(
     config: &Config,
     requested: SystemTime,
 ) -> Result<Meta, &'static str> {
-    if !config.statuses.contains(&res.status()) {
+    let headers = res.headers();
+    let directives = response_directives(headers);
+    if !storable_status(res.status(), headers, &directives, config) {
         return Err("status");
     }
     if res.extensions().get::<AnsweredInside>().is_some() {
@@ -103,11 +106,9 @@ pub(super) fn store_plan<B: Body>(
         // its invalidation cannot reach.
         return Err("inner");
     }
-    let headers = res.headers();
     if headers.contains_key(SET_COOKIE) {
         return Err("set-cookie");
     }
-    let directives = response_directives(headers);
     if let Some(reason) = directives_forbid_storing(&directives, has_own_validators(headers)) {
         return Err(reason);
     }
@@ -141,8 +142,15 @@ pub(super) fn meta_of(
         // Stale on arrival: storing it would only be worth it with revalidation.
         Some(Duration::ZERO) => return Err("stale"),
         Some(left) => (Some(config.clamp_ttl(left)), true),
-        // The heuristic: the layer's TTL, when it sets one (else the class's).
-        None => (config.options.ttl, false),
+        // The heuristic (RFC 9111 §4.2.2): a tenth of the time since `Last-Modified`, at
+        // most the layer's cap; the entry lives that long. Zero (modified just now, or
+        // older than that tenth already) stores it stale, kept for revalidation and the
+        // grace like a response stored with a TTL of zero.
+        None => match freshness.heuristic_remaining(config.heuristic_cap()) {
+            Some(left) => (Some(config.clamp_ttl(left)), true),
+            // Nothing to go on: the layer's TTL, when it sets one (else the class's).
+            None => (config.options.ttl, false),
+        },
     };
     // A `no-cache` response counts as one that must be revalidated: it gets no stale window.
     let must_revalidate = freshness.must_revalidate || directives.no_cache;
@@ -171,13 +179,21 @@ pub(super) fn meta_of(
     })
 }
 
+/// Whether a stored response has a validator the handler knows to revalidate it with (an
+/// `ETag` the layer generated is not one).
+pub(super) fn has_validators(stored: &CachedResponse) -> bool {
+    (stored.header(&ETAG).is_some() && !stored.meta().etag_generated)
+        || stored.header(&LAST_MODIFIED).is_some()
+}
+
 /// Whether the response carries a validator of its own (`ETag`, `Last-Modified`).
 pub(super) fn has_own_validators(headers: &http::HeaderMap) -> bool {
     headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED)
 }
 
-/// The lifetime of a response in the cache: its own freshness when it gives one, never
-/// stale when it must be revalidated; `None` for the layer's TTL and grace.
+/// The lifetime of a response in the cache: its own freshness when it gives one (or the
+/// `Last-Modified` heuristic does), kept past it for the grace only to be revalidated when
+/// it must be revalidated; `None` for the layer's TTL and grace.
 ///
 /// A response with `stale-while-revalidate` or `stale-if-error` is kept for the largest of
 /// those windows and the layer's `grace`, so that it is there to be served.
@@ -187,6 +203,10 @@ pub(super) fn lifetime_of(stored: &CachedResponse, grace: Option<Duration>) -> O
     let lifetime = Lifetime {
         ttl: meta.fresh_for.filter(|_| meta.explicit),
         grace: match declared {
+            // Kept past its freshness only to be revalidated (RFC 9111 §4.2.4 forbids
+            // serving it stale: `stale::may_stand_in` and `in_revalidate_window` refuse
+            // it, and a timeout waits or answers 504): so only with a validator.
+            _ if meta.must_revalidate && has_validators(stored) => grace,
             _ if meta.must_revalidate => Some(Duration::ZERO),
             Some(declared) => Some(declared.max(grace.unwrap_or_default())),
             None => None,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::RANGE;
+use http::header::{IF_RANGE, RANGE};
 use http::{HeaderName, Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -14,6 +14,7 @@ use super::background::refresh_stale;
 use super::config::Config;
 use super::limiter::Refresh;
 use super::load::Run;
+use super::range::partial;
 use super::refresh::refresh_then_run;
 use super::rules::{is_nested, mark_nested, plan_key, respond, Stamp};
 use super::stale::in_revalidate_window;
@@ -106,11 +107,10 @@ where
             }
             return ResponseFuture::bypass(self.inner.call(req), stamp, Outcome::Method);
         }
-        if req.headers().contains_key(RANGE) {
-            // The layer stores whole responses only and does not cut ranges out of them: a
-            // range request goes to the handler, so it never gets the full body as if it
-            // were the range.
-            tracing::trace!("range request; bypassing the cache");
+        // A range request is answered from a stored response only when it is at hand (see
+        // `range`); else it goes to the handler, whose partial answer is not stored.
+        let range = req.headers().get(RANGE).cloned();
+        if range.is_some() && (head || req.headers().contains_key(IF_RANGE)) {
             return self.bypass(req, stamp, "range");
         }
         let directives = request_directives(req.headers());
@@ -133,6 +133,17 @@ where
             Ok(key) => key,
             Err(detail) => return self.bypass(Request::from_parts(parts, body), stamp, detail),
         };
+        if let Some(range) = range {
+            if !directives.no_cache && !Conditions::present(&parts.headers) {
+                if let Ok(stored) = self.cache.get_local::<CachedResponse>(key, &config.options) {
+                    if let Some(res) = partial(&stored, &range, stamp) {
+                        return ResponseFuture::ready(res, stamp);
+                    }
+                }
+            }
+            tracing::trace!("range request not answered from the cache; bypassing it");
+            return self.bypass(Request::from_parts(parts, body), stamp, "range");
+        }
         // Only a request that has preconditions pays for reading them.
         let conditions =
             Conditions::present(&parts.headers).then(|| Conditions::of(&parts.headers));

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use http::StatusCode;
+
 use crate::layer::cached_response::CachedResponse;
 use crate::model::{StaleNow, ValueGrace};
 use crate::EntryOptions;
@@ -14,7 +16,17 @@ use crate::EntryOptions;
 pub(super) fn with_value_grace(mut options: EntryOptions) -> EntryOptions {
     options.value_grace = Some(ValueGrace(declared_grace));
     options.stale_now = Some(StaleNow(answers_now));
+    options.revalidate_only = Some(StaleNow(kept_to_revalidate));
     options
+}
+
+/// Whether an expired stored response is kept only to be revalidated (see
+/// `EntryOptions::revalidate_only`): one that must be revalidated, which RFC 9111 §4.2.4
+/// forbids serving stale, so a soft or hard timeout does not answer with it either.
+fn kept_to_revalidate(value: &dyn std::any::Any) -> bool {
+    value
+        .downcast_ref::<CachedResponse>()
+        .is_some_and(|stored| stored.meta().must_revalidate)
 }
 
 /// [`in_revalidate_window`] for a value of any type (see `EntryOptions::stale_now`).
@@ -44,13 +56,24 @@ pub(super) fn in_revalidate_window(stored: &CachedResponse) -> bool {
     }
 }
 
+/// Whether the handler's answer is a failure the stale response may stand in for: a 5xx
+/// (`504` included), or the `408` tower-http's `TimeoutLayer` answers by default when the
+/// handler is too slow.
+pub(super) fn failed(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT
+}
+
 /// Whether a stale stored response may answer for a failing handler: never when it must be
 /// revalidated; otherwise inside the layer's grace ([`stale_for`](super::CacheLayer::stale_for))
 /// or its own `stale-if-error` window. The entry may be kept longer than both, for its
 /// `stale-while-revalidate` window, which is no licence to hide an error.
+///
+/// Nor is a stored failure (a `5xx` the origin gave a lifetime): fresh, it answers as a hit,
+/// the origin's own choice; stale, it is no better an answer than the handler's failure of
+/// now, which is passed on instead.
 pub(super) fn may_stand_in(stored: &CachedResponse, grace: Option<Duration>) -> bool {
     let meta = stored.meta();
-    if meta.must_revalidate {
+    if meta.must_revalidate || failed(stored.status()) {
         return false;
     }
     match stored.staleness() {

@@ -11,8 +11,8 @@ use tower_service::Service;
 
 use super::capture::{capture, Level, VARY_CHANGED};
 use super::config::Config;
-use super::revalidate::{add_validators, freshen, has_validators};
-use super::rules::{lifetime_of, mark_nested, unstamped};
+use super::revalidate::{add_validators, freshen};
+use super::rules::{has_validators, lifetime_of, mark_nested, unstamped};
 use crate::layer::body::ResponseBody;
 use crate::layer::cached_response::CachedResponse;
 use crate::model::Lifetime;
