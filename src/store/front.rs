@@ -144,7 +144,8 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher> Front<K, V, S> {
         }
     }
 
-    fn slot_of(&self, key: &K) -> usize {
+    /// The slot `key` maps to (see [`changed_slot`](Self::changed_slot)).
+    pub(crate) fn slot_of(&self, key: &K) -> usize {
         // The high bits: the low ones may be what the hasher mixes least.
         (self.hasher.hash_one(key) >> 40) as usize % SLOTS
     }
@@ -221,16 +222,19 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher> Front<K, V, S> {
         })));
     }
 
-    /// After `key` was written or removed in moka: voids its copy, and drops it so that the
-    /// table never keeps a value alive longer than the store does.
+    /// After `key` was written or removed in moka: voids its copy.
     pub(crate) fn changed(&self, key: &K) {
-        let slot = &self.slots[self.slot_of(key)];
+        self.changed_slot(self.slot_of(key));
+    }
+
+    /// After a key of `slot` was written or removed in moka: the version voids both copies
+    /// of the slot, and both are dropped so that the table never keeps a value alive longer
+    /// than the store does (a neighbour's copy is made again on its next read).
+    pub(crate) fn changed_slot(&self, slot: usize) {
+        let slot = &self.slots[slot];
         slot.version.fetch_add(1, Ordering::AcqRel);
         for place in &slot.copies {
-            let current = place.load();
-            if matches!(&*current, Some(c) if c.key == *key) {
-                place.compare_and_swap(&*current, None);
-            }
+            place.store(None);
         }
     }
 

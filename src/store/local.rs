@@ -327,8 +327,10 @@ impl LocalStore {
             },
             value,
         });
-        self.cache.insert(key.clone(), entry);
-        self.front.changed(&key);
+        // Found before the key moves into moka, to void the slot's copies after the write.
+        let slot = self.front.slot_of(&key);
+        self.cache.insert(key, entry);
+        self.front.changed_slot(slot);
     }
 
     pub(crate) fn remove(&self, key: &LocalKey) {
