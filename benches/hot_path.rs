@@ -5,7 +5,10 @@
 //!   key, same value type;
 //! - `l2_hit_p50_us` vs `raw_fred_get_p50_us`: a read that misses L1 and hits Redis (1 KiB
 //!   value) against a bare fred GET, sequentially;
-//! - `l2_hit_c64_ops` vs `raw_fred_get_c64_ops`: the same with 64 concurrent tasks;
+//! - `l2_hit_c64_ops` vs `raw_fred_get_c64_ops`: the same with 64 concurrent tasks; beside
+//!   them `raw_fred_get_fill_c64_ops`, the raw GET whose bytes are then put in a raw moka
+//!   cache (the floor of a read that fills L1), and `l2_hit_no_fill_c64_ops`, our read
+//!   with `skip_local` (Redis only);
 //! - `l1_bytes_per_entry` vs `raw_moka_bytes_per_entry`: heap bytes per entry with 1 KiB
 //!   values, counted by a wrapping global allocator.
 //!
@@ -196,6 +199,7 @@ fn main() {
         })
     });
     let mut origins = Origins::default();
+    let mut kept_p50 = Vec::new();
     let l2_p50 = repeat(RUNS, || {
         let c = reader();
         let p50 = rt.block_on(async {
@@ -213,8 +217,11 @@ fn main() {
             percentile_us(&mut d, 50.0)
         });
         origins.count(&c);
+        // Kept to the end, as the concurrent runs' readers are (see there).
+        kept_p50.push(c);
         p50
     });
+    drop(kept_p50);
     origins.report("sequential");
     figure("raw_fred_get_p50_us", raw_p50, "us");
     figure("l2_hit_p50_us", l2_p50, "us");
@@ -284,6 +291,7 @@ fn main() {
     );
 
     // --- 64 concurrent tasks, each reading its share of the 64k keys once ---------------------
+    let (mut kept, mut kept_moka) = (Vec::new(), Vec::new());
     let raw_c64 = repeat(3, || {
         rt.block_on(read_all_c64({
             let fred = fred.clone();
@@ -296,29 +304,72 @@ fn main() {
             }
         }))
     });
-    let mut origins = Origins::default();
-    let l2_c64 = repeat(3, || {
-        let c = reader();
+    // The floor of a read that fills L1: the same raw GET, the bytes made a `String` and
+    // put in a raw moka cache, as an L2 hit does with its value.
+    let raw_fill_c64 = repeat(3, || {
+        let moka: moka::sync::Cache<String, String> = moka::sync::Cache::new(2 * KEYS);
         let ops = rt.block_on(read_all_c64({
-            let c = c.clone();
+            let (fred, moka) = (fred.clone(), moka.clone());
             move |i| {
-                let c = c.clone();
+                let (fred, moka) = (fred.clone(), moka.clone());
                 async move {
-                    let k = Key::builder("doc:").value(i).build();
-                    let v: String = c
-                        .get_or_load(k, &EntryOptions::new(), || async { String::new() })
-                        .await;
+                    let key = format!("raw:{i}");
+                    let v: Option<Bytes> = fred.get(key.as_str()).await.expect("get");
+                    let v = String::from_utf8(v.expect("populated").to_vec()).expect("utf-8");
+                    moka.insert(key, v.clone());
                     std::hint::black_box(v);
                 }
             }
         }));
-        origins.count(&c);
+        // Dropped after the run, as the readers below are.
+        kept_moka.push(moka);
         ops
     });
+    let l2_c64_with = |options: EntryOptions, origins: &mut Origins, kept: &mut Vec<Cache>| {
+        repeat(3, || {
+            let c = reader();
+            let ops = rt.block_on(read_all_c64({
+                let (c, options) = (c.clone(), options.clone());
+                move |i| {
+                    let (c, options) = (c.clone(), options.clone());
+                    async move {
+                        let k = Key::builder("doc:").value(i).build();
+                        let v: String =
+                            c.get_or_load(k, &options, || async { String::new() }).await;
+                        std::hint::black_box(v);
+                    }
+                }
+            }));
+            origins.count(&c);
+            // Kept until every run is done: a cache dropped here would free its 64k entries
+            // on the runtime's workers while the next run measures.
+            kept.push(c);
+            ops
+        })
+    };
+    let mut origins = Origins::default();
+    let l2_c64 = l2_c64_with(EntryOptions::new(), &mut origins, &mut kept);
     origins.report("concurrent");
+    let mut origins = Origins::default();
+    let l2_c64_no_fill = l2_c64_with(EntryOptions::new().skip_local(), &mut origins, &mut kept);
+    origins.report("concurrent, not filling L1");
+    drop(kept);
+    drop(kept_moka);
     figure("raw_fred_get_c64_ops", raw_c64, "ops/s");
+    figure("raw_fred_get_fill_c64_ops", raw_fill_c64, "ops/s");
     figure("l2_hit_c64_ops", l2_c64, "ops/s");
+    figure("l2_hit_no_fill_c64_ops", l2_c64_no_fill, "ops/s");
     figure1("l2_c64_vs_raw_fred", l2_c64.median / raw_c64.median, "x");
+    figure1(
+        "l2_c64_vs_raw_fred_fill",
+        l2_c64.median / raw_fill_c64.median,
+        "x",
+    );
+    figure1(
+        "l2_c64_no_fill_vs_raw_fred",
+        l2_c64_no_fill.median / raw_c64.median,
+        "x",
+    );
 
     // --- bytes per entry -------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ use super::adapt;
 use crate::core::{telemetry, wait, Core, Epoch, Join, Lease, Outcome, RedisRead, WriteIf};
 use crate::error::LoadTimeout;
 use crate::model::{Cacheable, EntryOptions, Fetched, Origin, StaleNow, ValueGrace};
-use crate::store::LocalKey;
+use crate::store::{LocalKey, Seen};
 
 /// Turns a hard timeout into the caller's error; `None` for calls that cannot fail
 /// ([`Cache::get_or_load`](crate::Cache::get_or_load)), which then wait for their loader.
@@ -143,21 +143,36 @@ async fn until<F: Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output
     }
 }
 
-/// The local store's answer to a read: a hit it may serve (`Ok`), or else the value kept
-/// for a failing loader (`Err`): one past its TTL inside its grace, or a suspect one when
-/// the options give a grace.
+/// What a read that the local store could not answer takes to its slow path.
+pub(super) struct Missed<T> {
+    /// The value kept for a failing loader: one past its TTL inside its grace, or a
+    /// suspect one when the options give a grace.
+    pub(super) stale: Option<T>,
+    /// What the local store looked like before the lookup (`None` when it was not asked).
+    seen: Option<Seen>,
+}
+
+/// The local store's answer to a read: a hit it may serve (`Ok`), or else what the slow
+/// path needs (`Err`).
 #[inline]
 pub(super) fn first_look<T: Cacheable>(
     core: &Core,
     local_key: &LocalKey,
     options: &EntryOptions,
-) -> Result<Fetched<T>, Option<T>> {
+) -> Result<Fetched<T>, Missed<T>> {
     // A plain bool on the options, already in cache: the hit path stays one lookup.
     if options.skip_local {
-        return Err(None);
+        return Err(Missed {
+            stale: None,
+            seen: None,
+        });
     }
-    let Some(hit) = core.lookup::<T>(local_key) else {
-        return Err(None);
+    let (hit, seen) = core.lookup_seen::<T>(local_key);
+    let Some(hit) = hit else {
+        return Err(Missed {
+            stale: None,
+            seen: Some(seen),
+        });
     };
     if core.serves(&hit) {
         core.stats().l1_hit(local_key.class);
@@ -171,7 +186,11 @@ pub(super) fn first_look<T: Cacheable>(
             origin: Origin::Local,
         });
     }
-    Err((hit.stale || options.stale_for.is_some()).then_some(hit.value))
+    let stale = (hit.stale || options.stale_for.is_some()).then_some(hit.value);
+    Err(Missed {
+        stale,
+        seen: Some(seen),
+    })
 }
 
 /// A read whose load may outlive it ([`Cache::fetch_refreshing`](crate::Cache::fetch_refreshing)
@@ -192,9 +211,9 @@ where
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
     let deadlines = Deadlines::new(options, on_timeout.is_some());
-    let stale = match first_look(core, &local_key, options) {
+    let missed = match first_look(core, &local_key, options) {
         Ok(hit) => return Ok(hit),
-        Err(stale) => stale,
+        Err(missed) => missed,
     };
     let span = telemetry::read_span(
         core.namespace(),
@@ -202,10 +221,16 @@ where
         options.key_template_name(),
     );
     // A value kept only to be revalidated answers nothing early: the read waits.
-    let early = stale.filter(|v| !StaleNow::holds(options.revalidate_only, v));
+    let early = missed
+        .stale
+        .filter(|v| !StaleNow::holds(options.revalidate_only, v));
     let (Some(stale), Some(soft)) = (early, deadlines.soft) else {
         // Nothing to answer early: the read waits for its load as any other.
-        return load_coalesced(core, local_key, options, None, loader, on_timeout)
+        let missed = Missed {
+            stale: None,
+            seen: missed.seen,
+        };
+        return load_coalesced(core, local_key, options, missed, loader, on_timeout)
             .instrument(span)
             .await;
     };
@@ -214,7 +239,11 @@ where
         let local_key = local_key.clone();
         tokio::spawn(
             async move {
-                load_coalesced(&core, local_key, &options, Some(stale), loader, on_timeout).await
+                let missed = Missed {
+                    stale: Some(stale),
+                    seen: None,
+                };
+                load_coalesced(&core, local_key, &options, missed, loader, on_timeout).await
             }
             .instrument(span),
         )
@@ -232,7 +261,7 @@ pub(super) async fn load_coalesced<T, E, F, Fut>(
     core: &Core,
     local_key: LocalKey,
     options: &EntryOptions,
-    stale: Option<T>,
+    missed: Missed<T>,
     loader: F,
     on_timeout: OnTimeout<E>,
 ) -> Result<Fetched<T>, E>
@@ -241,7 +270,10 @@ where
     F: FnOnce(Option<&T>) -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
+    let Missed { stale, seen } = missed;
     let deadlines = Deadlines::new(options, on_timeout.is_some());
+    // Whether this caller waited for another's load (then it looks in the store again).
+    let mut waited = false;
     // Loads begun before a later invalidation are neither joined nor stored.
     let epoch = core.flights().epoch(&local_key, &options.tags);
     let leader = loop {
@@ -249,6 +281,7 @@ where
             Join::Leader(leader) => break Some(leader),
             Join::Waiter(rx) => rx,
         };
+        waited = true;
         let servable = stale
             .as_ref()
             .is_some_and(|v| !StaleNow::holds(options.revalidate_only, v));
@@ -289,8 +322,10 @@ where
         }
     };
     // A flight may have finished between our first look and our joining (or the
-    // cancelled leader's successor may have finished): look again before loading.
-    let again = match options.skip_local {
+    // cancelled leader's successor may have finished): look again before loading, unless
+    // nothing was stored under the key's slot since the first look (most misses).
+    let unchanged = !waited && seen.is_some_and(|seen| core.local_unchanged_since(&seen));
+    let again = match options.skip_local || unchanged {
         true => None,
         false => core.lookup::<T>(&local_key).filter(|h| core.serves(h)),
     };
@@ -390,8 +425,11 @@ where
             .as_ref()
             .is_some_and(|v| !StaleNow::holds(options.revalidate_only, v));
         let waiting = deadlines.waiting(servable);
-        let locking =
-            stampede::lock_or_wait::<T>(core, local_key, full_key, options, lock_ttl, epoch);
+        // Boxed, here and for the writes below: off the path of a read that Redis answers,
+        // and inline they would make every read's future tens of kilobytes.
+        let locking = Box::pin(stampede::lock_or_wait::<T>(
+            core, local_key, full_key, options, lock_ttl, epoch,
+        ));
         let outcome = match until(waiting.map(|(at, _)| at), locking).await {
             Some(outcome) => outcome,
             None => {
@@ -451,7 +489,7 @@ where
                 // The loader is dropped, and its lock released so that another instance
                 // can take it and load.
                 if let Some(lock) = lock {
-                    lock.release(core.command_timeout()).await;
+                    Box::pin(lock.release(core.command_timeout())).await;
                 }
                 return (exit.answer(core, local_key, options, true), true);
             }
@@ -471,21 +509,21 @@ where
             let lease = |(key, lease): (String, Lease)| {
                 (key, WriteIf::Unchanged(lease).with_unread_tags(plan.added))
             };
-            core.store(
+            Box::pin(core.store(
                 local_key,
                 redis_key.map(lease),
                 value,
                 &plan.shape,
                 &plan.tags,
                 plan.added,
-            )
+            ))
             .await;
         } else {
             tracing::debug!(key = %local_key.key, "an invalidation ran during the load; its value is not stored");
         }
     }
     if let Some(lock) = lock {
-        lock.release(core.command_timeout()).await;
+        Box::pin(lock.release(core.command_timeout())).await;
     }
     (answer(core, local_key, loaded, stale), false)
 }

@@ -193,9 +193,9 @@ impl Cache {
                 });
             }
         };
-        let stale = match load::first_look(core, &local_key, options) {
+        let missed = match load::first_look(core, &local_key, options) {
             Ok(hit) => return Ok(hit),
-            Err(stale) => stale,
+            Err(missed) => missed,
         };
         let span = telemetry::read_span(
             core.namespace(),
@@ -203,7 +203,7 @@ impl Cache {
             options.key_template_name(),
         );
         // Boxed so the hit path's future stays small.
-        let loading = load::load_coalesced(core, local_key, options, stale, loader, on_timeout);
+        let loading = load::load_coalesced(core, local_key, options, missed, loader, on_timeout);
         Box::pin(loading.instrument(span)).await
     }
 

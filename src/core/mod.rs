@@ -35,7 +35,7 @@ use self::tag_trims::TagTrims;
 use crate::key::Key;
 use crate::model::{ClassId, Classes, EntryOptions, HealthState};
 use crate::redis::RedisStore;
-use crate::store::{Codec, LocalHit, LocalKey, LocalStore};
+use crate::store::{Codec, LocalHit, LocalKey, LocalStore, Seen};
 
 /// The shared state of one cache; see the module docs.
 pub(crate) struct Core {
@@ -231,6 +231,21 @@ impl Core {
         key: &LocalKey,
     ) -> Option<LocalHit<T>> {
         self.local.get(key)
+    }
+
+    /// [`lookup`](Self::lookup), with what the local store looked like before it.
+    #[inline]
+    pub(crate) fn lookup_seen<T: Clone + Send + Sync + 'static>(
+        &self,
+        key: &LocalKey,
+    ) -> (Option<LocalHit<T>>, Seen) {
+        self.local.get_seen(key)
+    }
+
+    /// Whether nothing was stored locally that could change the answer of the lookup that
+    /// returned `seen`.
+    pub(crate) fn local_unchanged_since(&self, seen: &Seen) -> bool {
+        self.local.unchanged_since(seen)
     }
 
     /// Whether a local hit may be served: fresh, and either trusted or the best there is

@@ -72,7 +72,9 @@ impl RedisStore {
         generations: Option<&[Option<i64>]>,
     ) -> Result<WriteOutcome, Error> {
         let ttl_ms = ttl_ms(ttl);
-        let write = async {
+        // Boxed: its many awaits would make every read's future larger, and a write is a
+        // miss, which waits for Redis twice anyway.
+        let write = Box::pin(async {
             let client = self.client().with_options(self.request_options());
             let written = match seen {
                 None => {
@@ -136,8 +138,8 @@ impl RedisStore {
             } else {
                 WriteOutcome::TagsMoved
             })
-        };
-        self.bounded(if seen.is_some() { "EVAL" } else { "SET" }, write)
+        });
+        self.bounded(if seen.is_some() { "EVAL" } else { "SET" }, || write)
             .await
     }
 
@@ -152,14 +154,15 @@ impl RedisStore {
             return Ok((self.get(full_key).await?, Vec::new()));
         }
         let pipeline = self.client().pipeline();
-        let read = async {
+        // Boxed, as tagged reads are the fewer: the plain GET's future stays small.
+        let read = Box::pin(async {
             pipeline.get::<(), _>(full_key).await?;
             self.queue_generations(&pipeline, tags).await?;
             let mut replies = pipeline.all::<Vec<Value>>().await?.into_iter();
             let entry = replies.next().unwrap_or(Value::Null).convert()?;
             Ok((entry, each(replies.collect())?))
-        };
-        self.bounded("PIPELINE", read).await
+        });
+        self.bounded("PIPELINE", || read).await
     }
 
     /// Queues a GET of each tag's generation, in order.

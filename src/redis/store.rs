@@ -247,24 +247,24 @@ impl RedisStore {
 
     /// Runs one request-path command (`op`, as OpenTelemetry's `db.operation.name` has it)
     /// under the in-flight bound and the command deadline.
-    pub(super) async fn bounded<T>(
-        &self,
-        op: &'static str,
-        fut: impl Future<Output = Result<T, fred::error::Error>>,
-    ) -> Result<T, Error> {
+    pub(super) async fn bounded<T, F, Fut>(&self, op: &'static str, command: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
         // Shed rather than queue: a request must not wait behind a backlog for its cache.
         let _permit = self
             .in_flight
             .try_acquire()
             .map_err(|_| Error::Overloaded)?;
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(self.command_timeout, fut)
+        // The command's future is made here, where it is awaited, rather than passed in:
+        // an argument would be kept beside it in this future's state, doubling the size of
+        // every read's future (fred's run to kilobytes).
+        let result = command()
             .instrument(self.command_span(op))
             .await
-        {
-            Ok(result) => result.map_err(Error::from),
-            Err(_) => Err(Error::redis_timeout("command", self.command_timeout)),
-        };
+            .map_err(Error::from);
         self.command_duration
             .record(started.elapsed().as_secs_f64());
         result
@@ -303,7 +303,7 @@ impl RedisStore {
 
     pub(crate) async fn get(&self, full_key: &str) -> Result<Option<Bytes>, Error> {
         let client = self.client.with_options(&self.options);
-        self.bounded("GET", client.get::<Option<Bytes>, _>(full_key))
+        self.bounded("GET", || client.get::<Option<Bytes>, _>(full_key))
             .await
     }
 

@@ -103,6 +103,7 @@ struct Slot<K, V> {
 }
 
 /// Where a read's key lives in the table, and the state it saw before looking anywhere.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Ticket {
     slot: usize,
     version: u64,
@@ -159,6 +160,13 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher> Front<K, V, S> {
             version: self.slots[slot].version.load(Ordering::Acquire),
             epoch: self.epoch.load(Ordering::Acquire),
         }
+    }
+
+    /// Whether no key of the ticket's slot has changed since it was taken (nor the whole
+    /// table): then a moka lookup made after the ticket still holds.
+    pub(crate) fn unchanged_since(&self, ticket: &Ticket) -> bool {
+        self.slots[ticket.slot].version.load(Ordering::Acquire) == ticket.version
+            && self.epoch.load(Ordering::Acquire) == ticket.epoch
     }
 
     /// The copy of `key`, if there is a valid one and this read is not one of those sampled

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache as Moka;
 use moka::Expiry;
 
-use super::front::{Deadlines, Front, Stale};
+use super::front::{Deadlines, Front, Stale, Ticket};
 use super::tag_index::TagIndex;
 use crate::key::Key;
 use crate::model::ClassId;
@@ -119,6 +119,10 @@ impl Expiry<LocalKey, Value> for PerEntryExpiry {
         Some(v.meta().expires_at.saturating_duration_since(now))
     }
 }
+
+/// The state of the store a lookup saw; see [`LocalStore::get_seen`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seen(Ticket);
 
 /// A value found in the local store.
 #[derive(Debug)]
@@ -249,7 +253,32 @@ impl LocalStore {
         &self,
         key: &LocalKey,
     ) -> Option<LocalHit<T>> {
+        self.get_seen(key).0
+    }
+
+    /// [`get`](Self::get), with what the store looked like before the lookup: a later
+    /// [`unchanged_since`](Self::unchanged_since) says whether the answer still holds.
+    #[inline]
+    pub(crate) fn get_seen<T: Clone + Send + Sync + 'static>(
+        &self,
+        key: &LocalKey,
+    ) -> (Option<LocalHit<T>>, Seen) {
         let ticket = self.front.ticket(key);
+        (self.get_with(key, ticket), Seen(ticket))
+    }
+
+    /// Whether no insert can have changed the answer to the lookup that returned `seen`:
+    /// every insert moves the version of its key's slot after the write.
+    pub(crate) fn unchanged_since(&self, seen: &Seen) -> bool {
+        self.front.unchanged_since(&seen.0)
+    }
+
+    #[inline]
+    fn get_with<T: Clone + Send + Sync + 'static>(
+        &self,
+        key: &LocalKey,
+        ticket: Ticket,
+    ) -> Option<LocalHit<T>> {
         if let Some(found) = self.front.get(key, &ticket) {
             if let Some(hit) = found
                 .value()

@@ -11,4 +11,4 @@ mod tag_index;
 pub use self::codec::Json;
 pub use self::codec::{Codec, CodecExt, Decoder, Encodable, MessagePack};
 pub use self::local::LocalCapacity;
-pub(crate) use self::local::{LocalHit, LocalKey, LocalStore};
+pub(crate) use self::local::{LocalHit, LocalKey, LocalStore, Seen};

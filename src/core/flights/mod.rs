@@ -1,18 +1,18 @@
 //! Single-flight: concurrent misses of one key in one process run one load.
 //!
-//! The first caller of a cold key becomes the *leader* and loads; the others wait on a watch
-//! channel for its result. The leader's guard publishes the value, or a failure, and removes
-//! the flight. If the leader is cancelled (its future dropped mid-load), the channel closes
+//! The first caller of a cold key becomes the *leader* and loads; the others wait on the
+//! flight for its result. The leader's guard publishes the value, or a failure, and removes
+//! the flight. If the leader is cancelled (its future dropped mid-load), the flight closes
 //! without a result and the waiters elect a new leader among themselves, so nobody is left
 //! waiting on a load that will never finish. When the leader's loader fails, each waiter runs
 //! its own load and so sees its own error: an error type need not be `Clone`.
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use crate::key::Key;
 use crate::model::{ClassId, Invalidation, Origin};
@@ -21,21 +21,27 @@ use crate::store::LocalKey;
 /// A finished load's value, type-erased.
 pub(crate) type Shared = Arc<dyn Any + Send + Sync>;
 
+/// How a flight ended, as its waiters learn it.
 #[derive(Clone)]
-pub(crate) enum State {
-    Pending,
+pub(crate) enum Outcome {
     Done(Shared, Origin),
     Failed,
     /// The leader gave up at its hard timeout.
     TimedOut,
+    /// The leader left without an outcome (cancelled, or it published to nobody).
+    Cancelled,
 }
 
-/// What a waiter learns.
-pub(crate) enum Outcome {
-    Done(Shared, Origin),
-    Failed,
-    TimedOut,
-    Cancelled,
+/// One load in progress, shared by its leader, its waiters and the map.
+///
+/// Most loads are never joined, so this is one small allocation, and the leader wakes
+/// anyone only if someone holds the flight besides itself.
+#[derive(Default)]
+pub(crate) struct Flight {
+    outcome: OnceLock<Outcome>,
+    /// Set after `outcome` (if any) once the leader is gone.
+    closed: AtomicBool,
+    ended: Notify,
 }
 
 /// The map of loads in progress, and the invalidation epochs that keep loads and
@@ -84,7 +90,7 @@ pub(crate) enum Outcome {
 /// has begun counts itself, fails its check and uncounts at once: neither holds the
 /// invalidation up for longer than that, nor is held up by it.
 pub(crate) struct Flights {
-    map: Mutex<HashMap<LocalKey, (FlightEpoch, watch::Receiver<State>)>>,
+    map: Mutex<HashMap<LocalKey, (FlightEpoch, Arc<Flight>)>>,
     shards: [Shard; SHARDS],
     /// Invalidations begun, on any shard, and those still active: for a read that learns
     /// only from Redis's answer which tags its entry has (see [`Flights::widen_after_read`]).
@@ -289,7 +295,7 @@ impl Drop for InvalidationInProgress<'_> {
 /// Either lead the load of a key or wait for its leader.
 pub(crate) enum Join<'a> {
     Leader(Leader<'a>),
-    Waiter(watch::Receiver<State>),
+    Waiter(Arc<Flight>),
 }
 
 impl Flights {
@@ -449,17 +455,17 @@ impl Flights {
     pub(crate) fn join(&self, key: &LocalKey, epoch: Epoch) -> Join<'_> {
         let epoch = (epoch.mask, epoch.sum);
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((flight_epoch, rx)) = map.get(key) {
+        if let Some((flight_epoch, flight)) = map.get(key) {
             if *flight_epoch == epoch {
-                return Join::Waiter(rx.clone());
+                return Join::Waiter(Arc::clone(flight));
             }
         }
-        let (tx, rx) = watch::channel(State::Pending);
-        map.insert(key.clone(), (epoch, rx));
+        let flight = Arc::new(Flight::default());
+        map.insert(key.clone(), (epoch, Arc::clone(&flight)));
         Join::Leader(Leader {
             flights: self,
             key: key.clone(),
-            tx,
+            flight,
         })
     }
 }
@@ -469,7 +475,7 @@ impl Flights {
 pub(crate) struct Leader<'a> {
     flights: &'a Flights,
     key: LocalKey,
-    tx: watch::Sender<State>,
+    flight: Arc<Flight>,
 }
 
 impl Leader<'_> {
@@ -478,59 +484,66 @@ impl Leader<'_> {
     /// and a copy). A caller that joins after this check, before the flight is removed, sees
     /// it end without a value and looks in the store again.
     pub(crate) fn succeed(self, share: impl FnOnce() -> Shared, origin: Origin) {
-        // One receiver is the flights map's own.
-        if self.tx.receiver_count() > 1 {
-            self.tx.send_replace(State::Done(share(), origin));
+        // The map's reference and this one: anyone else holds it to wait.
+        if Arc::strong_count(&self.flight) > 2 {
+            self.publish(Outcome::Done(share(), origin));
         }
     }
 
     pub(crate) fn fail(self) {
-        self.tx.send_replace(State::Failed);
+        self.publish(Outcome::Failed);
     }
 
     /// The load was given up at the hard timeout: the waiters give up too rather than
     /// start loads of their own that would hit the same deadline.
     pub(crate) fn time_out(self) {
-        self.tx.send_replace(State::TimedOut);
+        self.publish(Outcome::TimedOut);
+    }
+
+    fn publish(&self, outcome: Outcome) {
+        // Once per flight: the methods above take the leader by value.
+        let _ = self.flight.outcome.set(outcome);
     }
 }
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        // Publish first (above), remove second: a caller arriving in between joins a finished
-        // flight and reads its result instead of starting another load.
-        let mut map = self
-            .flights
-            .map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if map
-            .get(&self.key)
-            .is_some_and(|(_, rx)| rx.same_channel(&self.tx.subscribe()))
+        // Publish first (above), close second, remove third: a caller arriving before the
+        // removal joins a finished flight and reads its result instead of starting another
+        // load.
+        self.flight.closed.store(true, Ordering::Release);
         {
-            map.remove(&self.key);
+            let mut map = self
+                .flights
+                .map
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if map
+                .get(&self.key)
+                .is_some_and(|(_, flight)| Arc::ptr_eq(flight, &self.flight))
+            {
+                map.remove(&self.key);
+            }
+        }
+        // No one can join any more: only those holding the flight now can be waiting.
+        if Arc::strong_count(&self.flight) > 1 {
+            self.flight.ended.notify_waiters();
         }
     }
 }
 
 /// Waits for the leader of a flight.
-pub(crate) async fn wait(mut rx: watch::Receiver<State>) -> Outcome {
+pub(crate) async fn wait(flight: Arc<Flight>) -> Outcome {
     loop {
-        match &*rx.borrow_and_update() {
-            State::Done(v, origin) => return Outcome::Done(Arc::clone(v), *origin),
-            State::Failed => return Outcome::Failed,
-            State::TimedOut => return Outcome::TimedOut,
-            State::Pending => {}
+        // Registered before the flight is read: the leader's wake-up after it closes the
+        // flight reaches this one (`notify_waiters` wakes every enabled `Notified`).
+        let ended = flight.ended.notified();
+        let mut ended = std::pin::pin!(ended);
+        ended.as_mut().enable();
+        if flight.closed.load(Ordering::Acquire) {
+            return flight.outcome.get().cloned().unwrap_or(Outcome::Cancelled);
         }
-        if rx.changed().await.is_err() {
-            // The leader is gone; it may still have published just before leaving.
-            return match &*rx.borrow() {
-                State::Done(v, origin) => Outcome::Done(Arc::clone(v), *origin),
-                State::Failed => Outcome::Failed,
-                State::TimedOut => Outcome::TimedOut,
-                State::Pending => Outcome::Cancelled,
-            };
-        }
+        ended.await;
     }
 }
 
