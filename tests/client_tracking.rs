@@ -41,6 +41,11 @@ async fn ready(cache: Cache) -> Cache {
     cache
 }
 
+/// An instance on `t` with client tracking, ready.
+async fn tracked(t: &Topology) -> Cache {
+    ready(builder(t, NS).client_tracking(true).build().expect("valid")).await
+}
+
 fn key(text: &str) -> Key {
     Key::literal(text).expect("valid key")
 }
@@ -126,23 +131,41 @@ fn full_key(k: &str) -> String {
     format!("{NS}:resources:{k}")
 }
 
+/// Deletes the entry `name` with a raw client, then waits until the local copy is dropped
+/// (`what` names the wait) and the DEL's report is applied; how long the drop took.
+async fn outside_del(t: &Topology, cache: &Cache, name: &str, what: &str) -> Duration {
+    let before = reported(cache);
+    let from = Instant::now();
+    assert_eq!(t.cmd(&["DEL", &full_key(name)]).as_int(), Some(1));
+    let took = dropped_within(cache, &key(name), from, what).await;
+    report_after(cache, before, "DEL reported").await;
+    took
+}
+
+/// Warms 12 entries `<prefix>:<i>` (enough to cover a Cluster's three slot ranges), then
+/// checks that an outside DEL of each is caught.
+async fn outside_dels_caught_on_every_master(
+    t: &Topology,
+    cache: &Cache,
+    prefix: &str,
+    what: &str,
+) {
+    let names: Vec<String> = (0..12).map(|i| format!("{prefix}:{i}")).collect();
+    for name in &names {
+        warm(cache, &key(name), "v").await;
+    }
+    for name in &names {
+        outside_del(t, cache, name, what).await;
+    }
+}
+
 async fn outside_writes_are_caught(t: Topology) {
-    let cache = ready(
-        builder(&t, NS)
-            .client_tracking(true)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let cache = tracked(&t).await;
 
     // A DEL by redis-cli.
     let k = key("doc:del");
     warm(&cache, &k, "v1").await;
-    let before = reported(&cache);
-    let from = Instant::now();
-    assert_eq!(t.cmd(&["DEL", &full_key("doc:del")]).as_int(), Some(1));
-    let took = dropped_within(&cache, &k, from, "outside DEL").await;
-    report_after(&cache, before, "DEL reported").await;
+    let took = outside_del(&t, &cache, "doc:del", "outside DEL").await;
     println!("outside DEL -> local copy dropped in {took:?}");
     let v: String = reported_write(
         &cache,
@@ -178,20 +201,8 @@ async fn outside_writes_are_caught(t: Topology) {
     dropped_within(&cache, &k, Instant::now(), "expiry in Redis").await;
     report_after(&cache, before, "expiry reported").await;
 
-    // Keys on every master (Cluster): enough keys to cover the three slot ranges.
-    let keys: Vec<Key> = (0..12).map(|i| key(&format!("spread:{i}"))).collect();
-    for k in &keys {
-        warm(&cache, k, "v").await;
-    }
-    for (i, k) in keys.iter().enumerate() {
-        let before = reported(&cache);
-        assert_eq!(
-            t.cmd(&["DEL", &full_key(&format!("spread:{i}"))]).as_int(),
-            Some(1)
-        );
-        dropped_within(&cache, k, Instant::now(), "outside DEL on any master").await;
-        report_after(&cache, before, "DEL reported").await;
-    }
+    // Keys on every master (Cluster).
+    outside_dels_caught_on_every_master(&t, &cache, "spread", "outside DEL on any master").await;
 
     // Internal keys are outside the tracked prefixes: a heartbeat or tag-set write is
     // never reported (nothing else writes meanwhile, so the count stays).
@@ -227,13 +238,7 @@ async fn rearmed_after_a_restart() {
     let Topology::Standalone(server) = &t else {
         unreachable!()
     };
-    let cache = ready(
-        builder(&t, NS)
-            .client_tracking(true)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let cache = tracked(&t).await;
     let k = key("doc:1");
     warm(&cache, &k, "v1").await;
 
@@ -253,12 +258,8 @@ async fn rearmed_after_a_restart() {
     assert!(status.armed && status.rearms >= 1, "{status:?}");
 
     // An outside write is caught again.
-    let k = key("doc:2");
-    warm(&cache, &k, "v1").await;
-    let before = reported(&cache);
-    assert_eq!(t.cmd(&["DEL", &full_key("doc:2")]).as_int(), Some(1));
-    dropped_within(&cache, &k, Instant::now(), "outside DEL after the restart").await;
-    report_after(&cache, before, "DEL reported").await;
+    warm(&cache, &key("doc:2"), "v1").await;
+    outside_del(&t, &cache, "doc:2", "outside DEL after the restart").await;
 }
 
 /// The id of the tracking connection (the one speaking RESP3) on a standalone server.
@@ -281,13 +282,7 @@ fn tracking_connection_id(t: &Topology) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_missed_while_the_tracking_connection_is_down_is_never_served() {
     let t = Topology::standalone();
-    let cache = ready(
-        builder(&t, NS)
-            .client_tracking(true)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let cache = tracked(&t).await;
     let k = key("doc:1");
     warm(&cache, &k, "v1").await;
     let rearms = cache.status().tracking.expect("on").rearms;
@@ -341,13 +336,7 @@ async fn a_write_missed_while_the_tracking_connection_is_down_is_never_served() 
 /// A master dies and a replica takes over: tracking is armed on the new master and an
 /// outside write there is caught (on a Cluster, keys on every master, the new one among them).
 async fn rearmed_after_a_failover(t: Topology) {
-    let cache = ready(
-        builder(&t, NS)
-            .client_tracking(true)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let cache = tracked(&t).await;
     let k = key("doc:before");
     warm(&cache, &k, "v1").await;
     let rearms = cache.status().tracking.expect("on").rearms;
@@ -373,13 +362,7 @@ async fn rearmed_after_a_failover(t: Topology) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rearmed_after_a_manual_sentinel_failover() {
     let t = Topology::sentinel();
-    let cache = ready(
-        builder(&t, NS)
-            .client_tracking(true)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let cache = tracked(&t).await;
     let rearms = cache.status().tracking.expect("on").rearms;
     let Topology::Sentinel(group) = &t else {
         unreachable!()
@@ -401,19 +384,7 @@ async fn finish_failover(t: &Topology, cache: &Cache, rearms: u64) {
     )
     .await;
 
-    let keys: Vec<Key> = (0..12).map(|i| key(&format!("after:{i}"))).collect();
-    for k in &keys {
-        warm(cache, k, "v").await;
-    }
-    for (i, k) in keys.iter().enumerate() {
-        let before = reported(cache);
-        assert_eq!(
-            t.cmd(&["DEL", &full_key(&format!("after:{i}"))]).as_int(),
-            Some(1)
-        );
-        dropped_within(cache, k, Instant::now(), "outside DEL after the failover").await;
-        report_after(cache, before, "DEL reported").await;
-    }
+    outside_dels_caught_on_every_master(t, cache, "after", "outside DEL after the failover").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,13 +411,7 @@ async fn propagation_next_to_the_backplane() {
     let Topology::Standalone(server) = &t else {
         unreachable!()
     };
-    let tracked = ready(
-        builder(&t, NS)
-            .client_tracking(true)
-            .build()
-            .expect("valid"),
-    )
-    .await;
+    let tracked = tracked(&t).await;
     let a = ready(builder(&t, "bp").build().expect("valid")).await;
     let b = ready(builder(&t, "bp").build().expect("valid")).await;
     let mut conn = support::resp::Conn::connect(server.port()).expect("raw connection");

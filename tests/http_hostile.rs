@@ -14,97 +14,15 @@ use axum::extract::RawQuery;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 use stormcache::layer::{CacheLayer, DEFAULT_REQUEST_NO_CACHE_INTERVAL};
 use stormcache::{Cache, LocalCapacity};
+use support::http::{self, Served};
 use tokio::sync::watch;
 
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    fn cache_status(&self) -> &str {
-        self.header("cache-status")
-    }
-
-    fn x_cache(&self) -> &str {
-        self.header("x-cache")
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-#[derive(Clone)]
-struct Served {
-    client: Client<HttpConnector, Empty<Bytes>>,
-    base: String,
-}
-
-/// Serves `app` on `127.0.0.1:0`.
+/// Serves `app` on `127.0.0.1:0`; each request gets 20 s.
 async fn serve(app: Router) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    Served {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        base: format!("http://{addr}"),
-    }
-}
-
-impl Served {
-    async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Got {
-        self.send(Method::GET, path, headers).await
-    }
-
-    async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Got {
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(format!("{}{path}", self.base));
-        for (n, v) in headers {
-            req = req.header(*n, *v);
-        }
-        let req = req.body(Empty::new()).expect("request");
-        let res = tokio::time::timeout(Duration::from_secs(20), self.client.request(req))
-            .await
-            .unwrap_or_else(|_| panic!("{method} {path}: no answer within 20 s"))
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.expect("body").to_bytes();
-        Got {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Got {
-        self.get_with(path, &[]).await
-    }
-
-    async fn no_cache(&self, path: &str) -> Got {
-        self.get_with(path, &[("cache-control", "no-cache")]).await
-    }
+    http::serve_within(app, Duration::from_secs(20)).await
 }
 
 /// A handler whose answers are `call <n>`, fresh for 60 s, that waits while its gate is
@@ -188,7 +106,7 @@ async fn concurrent_no_cache_requests_share_one_handler_call() {
         );
     let app = serve(app).await;
 
-    assert_eq!(app.get("/r").await.text(), "call 1");
+    assert_eq!(app.get("/r").await.body, "call 1");
     origin.gate.send_replace(false);
     let requests: Vec<_> = (0..20)
         .map(|_| {
@@ -207,7 +125,7 @@ async fn concurrent_no_cache_requests_share_one_handler_call() {
     let mut statuses = Vec::new();
     for request in requests {
         let got = request.await.expect("request task");
-        assert_eq!(got.text(), "call 2");
+        assert_eq!(got.body, "call 2");
         statuses.push(got.cache_status().to_owned());
     }
     assert_eq!(
@@ -225,7 +143,7 @@ async fn concurrent_no_cache_requests_share_one_handler_call() {
         .count();
     assert_eq!((stored, collapsed), (1, 19), "{statuses:?}");
     let after = app.get("/r").await;
-    assert_eq!((after.x_cache(), after.text().as_str()), ("hit", "call 2"));
+    assert_eq!((after.x_cache(), after.body.as_str()), ("hit", "call 2"));
 }
 
 /// In process rather than over a socket: dropping a client's request does not reliably drop
@@ -345,24 +263,24 @@ async fn a_key_is_refreshed_at_most_once_per_interval() {
         .request_no_cache_interval(interval);
     let app = serve(Router::new().route("/r", origin.route()).layer(layer)).await;
 
-    assert_eq!(app.get("/r").await.text(), "call 1");
+    assert_eq!(app.get("/r").await.body, "call 1");
     let refreshed = app.no_cache("/r").await;
     let refreshed_at = Instant::now();
     assert_eq!(
-        (refreshed.cache_status(), refreshed.text().as_str()),
+        (refreshed.cache_status(), refreshed.body.as_str()),
         ("stormcache; fwd=request; stored; ttl=60", "call 2")
     );
     // Inside the interval: answered from the entry just refreshed.
     let limited = app.no_cache("/r").await;
     assert_eq!(limited.x_cache(), "hit");
-    assert_eq!(limited.text(), "call 2");
+    assert_eq!(limited.body, "call 2");
     let status = limited.cache_status();
     assert!(
         status.starts_with("stormcache; hit; ttl=") && status.ends_with("; detail=rate-limited"),
         "{status}"
     );
     // Another key has an interval of its own.
-    assert_eq!(app.no_cache("/r?other").await.text(), "call 3");
+    assert_eq!(app.no_cache("/r?other").await.body, "call 3");
     // Then the key can be refreshed again, once the interval has passed.
     let mut limited = 0;
     loop {
@@ -371,7 +289,7 @@ async fn a_key_is_refreshed_at_most_once_per_interval() {
             .cache_status()
             .starts_with("stormcache; fwd=request; stored")
         {
-            assert_eq!(got.text(), "call 4");
+            assert_eq!(got.body, "call 4");
             break;
         }
         assert!(got.cache_status().ends_with("detail=rate-limited"));
@@ -403,11 +321,11 @@ async fn many_no_cache_requests_in_a_burst_cost_one_handler_call() {
         .request_no_cache(true)
         .request_no_cache_interval(Duration::from_secs(60));
     let app = serve(Router::new().route("/r", origin.route()).layer(layer)).await;
-    assert_eq!(app.get("/r").await.text(), "call 1");
+    assert_eq!(app.get("/r").await.body, "call 1");
     for _ in 0..200 {
         let got = app.no_cache("/r").await;
         assert_eq!(got.status, StatusCode::OK);
-        assert_eq!(got.text(), "call 2");
+        assert_eq!(got.body, "call 2");
     }
     assert_eq!(origin.calls(), 2, "one refresh for 200 no-cache requests");
     // `HEAD` with `no-cache` is limited alike.
@@ -476,7 +394,7 @@ async fn enumerate(app: &Served, cache: &Cache, n: usize, bound: u64, check_ever
         for request in requests {
             let got = request.await.expect("request task");
             assert_eq!(got.status, StatusCode::OK);
-            assert_eq!(got.body.len(), 64 * 1024);
+            assert_eq!(got.bytes.len(), 64 * 1024);
         }
         if (batch + 1) * 8 % check_every == 0 {
             let weight = cache.local_weighted_size();
@@ -549,19 +467,19 @@ async fn ignored_query_params_leave_the_key_but_reach_the_handler() {
 
     let first = app.get("/p?id=1&utm_source=mail").await;
     assert_eq!(
-        (first.x_cache(), first.text().as_str()),
+        (first.x_cache(), first.body.as_str()),
         ("miss", "id=1&utm_source=mail")
     );
     let same = app.get("/p?utm_campaign=x&id=1&fbclid=abc").await;
     assert_eq!(
-        (same.x_cache(), same.text().as_str()),
+        (same.x_cache(), same.body.as_str()),
         ("hit", "id=1&utm_source=mail")
     );
     // Escaped, the name is the same name.
     assert_eq!(app.get("/p?id=1&utm%5Fmedium=x").await.x_cache(), "hit");
     // A kept parameter still makes its own entry.
     assert_eq!(
-        app.get("/p?id=2&utm_source=mail").await.text(),
+        app.get("/p?id=2&utm_source=mail").await.body,
         "id=2&utm_source=mail"
     );
     // Enumerating ignored values makes no entry and no handler call.
@@ -585,10 +503,7 @@ async fn only_allowed_query_params_make_the_key() {
     let app = serve(Router::new().route("/q", echo_query(&calls)).layer(layer)).await;
 
     let first = app.get("/q?x=1&id=7").await;
-    assert_eq!(
-        (first.x_cache(), first.text().as_str()),
-        ("miss", "x=1&id=7")
-    );
+    assert_eq!((first.x_cache(), first.body.as_str()), ("miss", "x=1&id=7"));
     assert_eq!(app.get("/q?id=7&x=2&y=3").await.x_cache(), "hit");
     assert_eq!(app.get("/q?id=7").await.x_cache(), "hit");
     assert_eq!(app.get("/q?id=8").await.x_cache(), "miss");
@@ -692,7 +607,7 @@ async fn max_entries_holds_under_concurrent_requests() {
                     // Overlapping keys: the same key stored and evicted by several clients.
                     let key = (c * 37 + j * 11) % 300;
                     let got = app.get(&format!("/m?k={key}")).await;
-                    assert_eq!(got.text(), format!("k={key}"));
+                    assert_eq!(got.body, format!("k={key}"));
                 }
             })
         })

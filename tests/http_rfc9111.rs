@@ -5,20 +5,18 @@
 //! revalidation only, `Age` lists, and the three HTTP date forms in `Expires`.
 #![cfg(feature = "axum")]
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::routing::{get, MethodRouter};
 use axum::Router;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use stormcache::layer::CacheLayer;
 use stormcache::Cache;
+use support::http::{self, Got, Served};
 
 /// What the handler answers to its `n`th call (from 1): status, header fields, and how long
 /// it takes. The body is `call <n>`.
@@ -65,68 +63,9 @@ where
     (route, calls)
 }
 
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    fn x_cache(&self) -> &str {
-        self.header("x-cache")
-    }
-}
-
-struct Served {
-    client: Client<HttpConnector, Empty<Bytes>>,
-    base: String,
-}
-
-impl Served {
-    async fn get(&self, path: &str) -> Got {
-        self.get_with(path, &[]).await
-    }
-
-    async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Got {
-        let mut req = Request::get(format!("{}{path}", self.base));
-        for (n, v) in headers {
-            req = req.header(*n, *v);
-        }
-        let req = req.body(Empty::new()).expect("request");
-        let res = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
-            .await
-            .expect("an answer within 10 s")
-            .expect("an answer");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.expect("body").to_bytes();
-        Got {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
-}
-
+/// Serves `app` on `127.0.0.1:0`; each request gets 10 s.
 async fn serve(app: Router) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    Served {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        base: format!("http://{addr}"),
-    }
+    http::serve_within(app, Duration::from_secs(10)).await
 }
 
 fn cache(namespace: &str) -> Cache {

@@ -4,20 +4,18 @@
 //! `Cache-Status`.
 #![cfg(feature = "axum")]
 
+mod support;
+
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use stormcache::layer::CacheLayer;
 use stormcache::Cache;
+use support::http::{self, Served};
 
 /// A route's handler: the headers it answers with, its status (changeable), and how many
 /// times it ran. The body is `call <n>`.
@@ -74,112 +72,9 @@ impl Origin {
     }
 }
 
-struct Served {
-    client: Client<HttpConnector, Empty<Bytes>>,
-    base: String,
-}
-
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    fn x_cache(&self) -> &str {
-        self.header("x-cache")
-    }
-
-    fn cache_status(&self) -> &str {
-        self.header("cache-status")
-    }
-
-    fn age(&self) -> u64 {
-        self.header("age").parse().expect("an age")
-    }
-}
-
-/// Serves `app` on `127.0.0.1:0`.
+/// Serves `app` on `127.0.0.1:0`; each request gets 10 s.
 async fn serve(app: Router) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    Served {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        base: format!("http://{addr}"),
-    }
-}
-
-impl Served {
-    async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Got {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        for (n, v) in headers {
-            req = req.header(*n, *v);
-        }
-        let req = req.body(Empty::new()).expect("request");
-        let res = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
-            .await
-            .expect("an answer within 10 s")
-            .expect("an answer");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.expect("body").to_bytes();
-        Got {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Got {
-        self.send(Method::GET, path, &[]).await
-    }
-
-    async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Got {
-        self.send(Method::GET, path, headers).await
-    }
-
-    /// GETs `path` until `done` holds, every 20 ms, for at most `limit`.
-    async fn get_until(&self, path: &str, limit: Duration, done: impl Fn(&Got) -> bool) -> Got {
-        self.get_with_until(path, &[], limit, done).await
-    }
-
-    /// GETs `path` with `headers` until `done` holds, every 20 ms, for at most `limit`.
-    async fn get_with_until(
-        &self,
-        path: &str,
-        headers: &[(&str, &str)],
-        limit: Duration,
-        done: impl Fn(&Got) -> bool,
-    ) -> Got {
-        let deadline = Instant::now() + limit;
-        loop {
-            let got = self.get_with(path, headers).await;
-            if done(&got) {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{path}: still {} / {:?} after {limit:?}",
-                got.x_cache(),
-                got.cache_status()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    http::serve_within(app, Duration::from_secs(10)).await
 }
 
 /// A layer whose own TTL (the heuristic) is long: a shorter life comes from the response.

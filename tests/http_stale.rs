@@ -21,14 +21,10 @@ use std::time::{Duration, Instant};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use stormcache::layer::{CacheLayer, InvalidateLayer};
 use stormcache::Cache;
 use support::caches::wait_redis_ready;
+use support::http::{serve, Got};
 use support::scaled;
 use support::RedisServer;
 use tokio::sync::Semaphore;
@@ -105,97 +101,6 @@ impl Origin {
     }
 }
 
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    fn x_cache(&self) -> &str {
-        self.header("x-cache")
-    }
-
-    fn cache_status(&self) -> &str {
-        self.header("cache-status")
-    }
-}
-
-#[derive(Clone)]
-struct Served {
-    client: Client<HttpConnector, Empty<Bytes>>,
-    base: String,
-}
-
-/// Serves `app` on `127.0.0.1:0`.
-async fn serve(app: Router) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    Served {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        base: format!("http://{addr}"),
-    }
-}
-
-impl Served {
-    async fn send(&self, method: Method, path: &str) -> Got {
-        let req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .body(Empty::new())
-            .expect("request");
-        let res = tokio::time::timeout(scaled(Duration::from_secs(10)), self.client.request(req))
-            .await
-            .expect("an answer within 10 s")
-            .expect("an answer");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.expect("body").to_bytes();
-        Got {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Got {
-        self.send(Method::GET, path).await
-    }
-
-    /// GETs `path` until `done` holds, every 20 ms, for at most `limit`.
-    async fn get_until(&self, path: &str, limit: Duration, done: impl Fn(&Got) -> bool) -> Got {
-        let limit = scaled(limit);
-        let deadline = Instant::now() + limit;
-        loop {
-            let got = self.get(path).await;
-            if done(&got) {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{path}: still {} {} / {:?} / {:?} after {limit:?}",
-                got.status,
-                got.x_cache(),
-                got.cache_status(),
-                got.body,
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 /// Polls `done` every 10 ms until it holds; panics after `limit`.
 async fn until(limit: Duration, what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + scaled(limit);
@@ -233,7 +138,9 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
 
     // The refresh will hang at the gate: every stale request meanwhile is answered at once.
     origin.close_gate();
-    let stale = app.get_until("/r", Duration::from_secs(5), is_swr).await;
+    let stale = app
+        .get_until("/r", scaled(Duration::from_secs(5)), is_swr)
+        .await;
     assert_eq!(stale.body, "call 1");
     assert_eq!(stale.status, StatusCode::OK);
     let status = stale.cache_status();
@@ -261,7 +168,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
 
     origin.open_gate();
     let fresh = app
-        .get_until("/r", Duration::from_secs(5), |g| g.body == "call 2")
+        .get_until("/r", scaled(Duration::from_secs(5)), |g| g.body == "call 2")
         .await;
     assert_eq!(fresh.x_cache(), "hit", "the refresh replaced the entry");
     assert_eq!(origin.calls(), 2);
@@ -279,7 +186,8 @@ async fn a_failed_background_refresh_keeps_the_stale_response() {
     .await;
     assert_eq!(app.get("/r").await.body, "call 1");
     origin.set_status(503);
-    app.get_until("/r", Duration::from_secs(5), is_swr).await;
+    app.get_until("/r", scaled(Duration::from_secs(5)), is_swr)
+        .await;
     until(Duration::from_secs(5), "the refresh ran", || {
         origin.calls() >= 2
     })
@@ -287,12 +195,14 @@ async fn a_failed_background_refresh_keeps_the_stale_response() {
     // Its 503 stored nothing: the stale response still answers, and the next stale
     // request tries again.
     let again = app
-        .get_until("/r", Duration::from_secs(5), |_| origin.calls() >= 3)
+        .get_until("/r", scaled(Duration::from_secs(5)), |_| {
+            origin.calls() >= 3
+        })
         .await;
     assert!(is_swr(&again));
     assert_eq!(again.body, "call 1");
     origin.set_status(200);
-    app.get_until("/r", Duration::from_secs(5), |g| {
+    app.get_until("/r", scaled(Duration::from_secs(5)), |g| {
         g.x_cache() == "hit" && g.body != "call 1"
     })
     .await;
@@ -314,13 +224,13 @@ async fn the_layer_default_window_applies_unless_the_response_must_be_revalidate
         assert_eq!(app.get(path).await.x_cache(), "miss", "{path}");
     }
     let stale = app
-        .get_until("/plain", Duration::from_secs(5), is_swr)
+        .get_until("/plain", scaled(Duration::from_secs(5)), is_swr)
         .await;
     assert_eq!(stale.body, "call 1");
     // Never served stale: once expired, the handler answers before the client does.
     for (path, origin) in [("/strict", &strict), ("/shared", &shared)] {
         let got = app
-            .get_until(path, Duration::from_secs(5), |g| g.body == "call 2")
+            .get_until(path, scaled(Duration::from_secs(5)), |g| g.body == "call 2")
             .await;
         assert_eq!(got.x_cache(), "miss", "{path}: {}", got.cache_status());
         assert_eq!(origin.calls(), 2, "{path}");
@@ -342,7 +252,7 @@ async fn stale_if_error_answers_a_failure_within_its_window_only() {
     declared.set_status(500);
     undeclared.set_status(500);
     let stale = app
-        .get_until("/declared", Duration::from_secs(5), |g| {
+        .get_until("/declared", scaled(Duration::from_secs(5)), |g| {
             g.x_cache() == "stale"
         })
         .await;
@@ -357,7 +267,7 @@ async fn stale_if_error_answers_a_failure_within_its_window_only() {
     );
     // No stale-if-error, no grace on the layer: the failure is passed on.
     let failed = app
-        .get_until("/undeclared", Duration::from_secs(5), |g| {
+        .get_until("/undeclared", scaled(Duration::from_secs(5)), |g| {
             g.x_cache() != "hit"
         })
         .await;
@@ -377,10 +287,14 @@ async fn stale_if_error_ends_with_its_window() {
     .await;
     assert_eq!(app.get("/r").await.x_cache(), "miss");
     origin.set_status(503);
-    app.get_until("/r", Duration::from_secs(5), |g| g.x_cache() == "stale")
-        .await;
+    app.get_until("/r", scaled(Duration::from_secs(5)), |g| {
+        g.x_cache() == "stale"
+    })
+    .await;
     let after = app
-        .get_until("/r", Duration::from_secs(5), |g| g.x_cache() != "stale")
+        .get_until("/r", scaled(Duration::from_secs(5)), |g| {
+            g.x_cache() != "stale"
+        })
         .await;
     assert_eq!(after.status, StatusCode::SERVICE_UNAVAILABLE);
 }
@@ -429,7 +343,8 @@ async fn stale_while_revalidate_refreshes_once_across_instances() {
 
     origin.close_gate();
     // A's stale hit starts the refresh, which holds the key's lock while it waits...
-    on_a.get_until("/r", Duration::from_secs(5), is_swr).await;
+    on_a.get_until("/r", scaled(Duration::from_secs(5)), is_swr)
+        .await;
     until(
         Duration::from_secs(5),
         "A's refresh reaches the handler",
@@ -454,7 +369,7 @@ async fn stale_while_revalidate_refreshes_once_across_instances() {
     origin.open_gate();
     // A's refresh is announced: B drops its copy and reads the new one from Redis.
     let fresh = on_b
-        .get_until("/r", Duration::from_secs(5), |g| g.body == "call 2")
+        .get_until("/r", scaled(Duration::from_secs(5)), |g| g.body == "call 2")
         .await;
     assert_eq!(fresh.x_cache(), "hit");
     assert_eq!(on_a.get("/r").await.body, "call 2");
@@ -521,7 +436,7 @@ async fn a_successful_unsafe_request_invalidates_its_uris_on_every_instance() {
 
     // A failed request invalidates nothing (locally, invalidation ends before the answer).
     status.store(409, Ordering::SeqCst);
-    let rejected = on_a.send(Method::POST, "/items").await;
+    let rejected = on_a.send(Method::POST, "/items", &[]).await;
     assert_eq!(rejected.status, StatusCode::CONFLICT);
     assert_eq!(
         on_a.get("/items?page=3").await.x_cache(),
@@ -529,7 +444,7 @@ async fn a_successful_unsafe_request_invalidates_its_uris_on_every_instance() {
         "after a 409"
     );
     status.store(201, Ordering::SeqCst);
-    let created = on_a.send(Method::POST, "/items").await;
+    let created = on_a.send(Method::POST, "/items", &[]).await;
     assert_eq!(created.status, StatusCode::CREATED);
     assert_eq!(created.x_cache(), "bypass");
     assert_eq!(
@@ -539,8 +454,10 @@ async fn a_successful_unsafe_request_invalidates_its_uris_on_every_instance() {
     );
     // Every variant of /items and the Location go, on B too; another host's URI stays.
     for path in ["/items?page=1", "/items?page=2", "/items/42"] {
-        on_b.get_until(path, Duration::from_secs(5), |g| g.x_cache() == "miss")
-            .await;
+        on_b.get_until(path, scaled(Duration::from_secs(5)), |g| {
+            g.x_cache() == "miss"
+        })
+        .await;
     }
     assert_eq!(on_b.get("/other").await.x_cache(), "hit", "another host");
 }
@@ -562,7 +479,7 @@ async fn unsafe_invalidation_can_be_turned_off_and_ignores_other_hosts() {
         app.get(path).await;
     }
     assert_eq!(
-        app.send(Method::POST, "/items").await.status,
+        app.send(Method::POST, "/items", &[]).await.status,
         StatusCode::OK
     );
     for path in ["/items", "/items/42"] {
@@ -583,7 +500,7 @@ async fn unsafe_invalidation_can_be_turned_off_and_ignores_other_hosts() {
         app.get(path).await;
     }
     assert_eq!(
-        app.send(Method::POST, "/items").await.status,
+        app.send(Method::POST, "/items", &[]).await.status,
         StatusCode::SEE_OTHER
     );
     assert_eq!(app.get("/items").await.x_cache(), "miss");
@@ -615,7 +532,7 @@ async fn invalidate_layer_counts_a_303_as_success_and_a_302_not() {
     assert_eq!(app.get("/items").await.x_cache(), "hit");
     status.store(302, Ordering::SeqCst);
     assert_eq!(
-        app.send(Method::POST, "/items").await.status,
+        app.send(Method::POST, "/items", &[]).await.status,
         StatusCode::FOUND
     );
     assert_eq!(
@@ -625,7 +542,7 @@ async fn invalidate_layer_counts_a_303_as_success_and_a_302_not() {
     );
     status.store(303, Ordering::SeqCst);
     assert_eq!(
-        app.send(Method::POST, "/items").await.status,
+        app.send(Method::POST, "/items", &[]).await.status,
         StatusCode::SEE_OTHER
     );
     assert_eq!(
@@ -675,7 +592,9 @@ async fn tower_http_trace_and_timeout_in_the_same_stack() {
         assert_eq!(origin.calls(), 1, "{path}: a hit through TraceLayer");
         origin.set_slow(true);
         let stale = app
-            .get_until(path, Duration::from_secs(5), |g| g.x_cache() != "hit")
+            .get_until(path, scaled(Duration::from_secs(5)), |g| {
+                g.x_cache() != "hit"
+            })
             .await;
         assert_eq!(
             (stale.status, stale.x_cache(), stale.body.as_str()),
@@ -726,7 +645,9 @@ async fn stale_if_error_answers_an_error_of_the_inner_service() {
     assert_eq!(app.get("/r").await.x_cache(), "miss");
     failing.store(true, Ordering::SeqCst);
     let stale = app
-        .get_until("/r", Duration::from_secs(5), |g| g.x_cache() != "hit")
+        .get_until("/r", scaled(Duration::from_secs(5)), |g| {
+            g.x_cache() != "hit"
+        })
         .await;
     assert_eq!(
         (stale.status, stale.x_cache(), stale.body.as_str()),

@@ -14,94 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::Request as AxumRequest;
-use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use stormcache::layer::{CacheLayer, InvalidateLayer};
 use stormcache::Cache;
 use support::caches::{fast_redis_builder, wait_redis_ready};
+use support::http::{serve, Got, Served};
 use support::{scaled, until, RedisServer};
+use tokio::task::JoinHandle;
 use tower_http::compression::CompressionLayer;
-
-struct Served {
-    client: Client<HttpConnector, Empty<Bytes>>,
-    base: String,
-}
-
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    fn x_cache(&self) -> &str {
-        self.header("x-cache")
-    }
-
-    fn cache_status(&self) -> &str {
-        self.header("cache-status")
-    }
-
-    fn text(&self) -> &str {
-        std::str::from_utf8(&self.body).expect("a text body")
-    }
-}
-
-async fn serve(app: Router) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    Served {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        base: format!("http://{addr}"),
-    }
-}
-
-impl Served {
-    async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Got {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        for (n, v) in headers {
-            req = req.header(*n, *v);
-        }
-        let req = req.body(Empty::new()).expect("request");
-        let res = tokio::time::timeout(scaled(Duration::from_secs(10)), self.client.request(req))
-            .await
-            .expect("an answer within 10 s")
-            .expect("an answer");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.expect("body").to_bytes();
-        Got {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Got {
-        self.send(Method::GET, path, headers).await
-    }
-}
 
 /// A handler whose answer depends on the request's `Accept-Language` (and, when asked,
 /// `X-Region`): the body is `<language> <region> call <n>`, `Vary` is what the test sets.
@@ -175,14 +98,18 @@ async fn responses_that_vary_are_stored_per_normalized_value() {
         .layer(CacheLayer::new(local_cache("vary-basic")));
     let app = serve(app).await;
 
-    let fr = app.get("/greeting", &[("accept-language", "fr")]).await;
+    let fr = app
+        .get_with("/greeting", &[("accept-language", "fr")])
+        .await;
     assert_eq!((fr.text(), fr.x_cache()), ("fr - call 1", "miss"));
     assert!(
         fr.cache_status().contains("stored"),
         "{}",
         fr.cache_status()
     );
-    let en = app.get("/greeting", &[("accept-language", "en")]).await;
+    let en = app
+        .get_with("/greeting", &[("accept-language", "en")])
+        .await;
     assert_eq!((en.text(), en.x_cache()), ("en - call 2", "miss"));
     assert!(en
         .cache_status()
@@ -194,20 +121,22 @@ async fn responses_that_vary_are_stored_per_normalized_value() {
         ("FR", "fr - call 1"),
         ("en", "en - call 2"),
     ] {
-        let got = app.get("/greeting", &[("accept-language", value)]).await;
+        let got = app
+            .get_with("/greeting", &[("accept-language", value)])
+            .await;
         assert_eq!((got.text(), got.x_cache()), (body, "hit"), "{value}");
     }
     let combined = [("accept-language", "de"), ("accept-language", "en;q=0.5")];
-    let de = app.get("/greeting", &combined).await;
+    let de = app.get_with("/greeting", &combined).await;
     assert_eq!((de.text(), de.x_cache()), ("de - call 3", "miss"));
     let de = app
-        .get("/greeting", &[("accept-language", "de ,EN;q=0.5")])
+        .get_with("/greeting", &[("accept-language", "de ,EN;q=0.5")])
         .await;
     assert_eq!((de.text(), de.x_cache()), ("de - call 3", "hit"));
     // No Accept-Language is a value of its own.
-    let none = app.get("/greeting", &[]).await;
+    let none = app.get_with("/greeting", &[]).await;
     assert_eq!((none.text(), none.x_cache()), ("- - call 4", "miss"));
-    assert_eq!(app.get("/greeting", &[]).await.x_cache(), "hit");
+    assert_eq!(app.get_with("/greeting", &[]).await.x_cache(), "hit");
     assert_eq!(origin.calls(), 4);
 }
 
@@ -219,7 +148,9 @@ async fn vary_star_is_never_stored() {
         .layer(CacheLayer::new(local_cache("vary-star")));
     let app = serve(app).await;
     for n in 1..=2 {
-        let got = app.get("/greeting", &[("accept-language", "fr")]).await;
+        let got = app
+            .get_with("/greeting", &[("accept-language", "fr")])
+            .await;
         assert_eq!(got.x_cache(), "miss");
         assert_eq!(got.cache_status(), "stormcache; fwd=miss; detail=vary");
         assert_eq!(got.text(), format!("fr - call {n}"));
@@ -236,10 +167,23 @@ async fn count_arrivals(
     next.run(req).await
 }
 
-// A current-thread runtime: once a request is counted, its task has run to its first wait,
-// which for a request of a key being loaded is the wait for that load.
-#[tokio::test(flavor = "current_thread")]
-async fn a_collapsed_request_never_gets_another_variant() {
+/// A gated [`Localized`] origin (varying on `Accept-Language`) behind `layer`, served with the
+/// requests that reach the app counted, and three requests to it, each with `extra` headers:
+/// one for `fr`, once it is in the handler (held at the gate), one for `en` and one for `fr`,
+/// once both have reached the app.
+struct Held {
+    origin: Localized,
+    gate: Arc<tokio::sync::Semaphore>,
+    app: Arc<Served>,
+    leader: JoinHandle<Got>,
+    en: JoinHandle<Got>,
+    fr: JoinHandle<Got>,
+}
+
+async fn hold_fr_then_send_en_and_fr(
+    layer: CacheLayer,
+    extra: &'static [(&'static str, &'static str)],
+) -> Held {
     let mut origin = Localized::new("Accept-Language");
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     origin.gate = Some(Arc::clone(&gate));
@@ -247,15 +191,18 @@ async fn a_collapsed_request_never_gets_another_variant() {
     let counter = Arc::clone(&arrived);
     let app = Router::new()
         .route("/greeting", origin.route())
-        .layer(CacheLayer::new(local_cache("vary-collapse")))
+        .layer(layer)
         .layer(middleware::from_fn(move |req, next| {
             count_arrivals(Arc::clone(&counter), req, next)
         }));
     let app = Arc::new(serve(app).await);
-
     let send = |lang: &'static str| {
         let app = Arc::clone(&app);
-        tokio::spawn(async move { app.get("/greeting", &[("accept-language", lang)]).await })
+        tokio::spawn(async move {
+            let mut headers = vec![("accept-language", lang)];
+            headers.extend_from_slice(extra);
+            app.get_with("/greeting", &headers).await
+        })
     };
     let leader = send("fr");
     until(
@@ -271,6 +218,28 @@ async fn a_collapsed_request_never_gets_another_variant() {
         || arrived.load(Ordering::SeqCst) == 3,
     )
     .await;
+    Held {
+        origin,
+        gate,
+        app,
+        leader,
+        en,
+        fr,
+    }
+}
+
+// A current-thread runtime: once a request is counted, its task has run to its first wait,
+// which for a request of a key being loaded is the wait for that load.
+#[tokio::test(flavor = "current_thread")]
+async fn a_collapsed_request_never_gets_another_variant() {
+    let Held {
+        origin,
+        gate,
+        app,
+        leader,
+        en,
+        fr,
+    } = hold_fr_then_send_en_and_fr(CacheLayer::new(local_cache("vary-collapse")), &[]).await;
     // Both wait for the leader's load of the key: none has called the handler.
     assert_eq!(origin.calls(), 1);
     gate.add_permits(1);
@@ -290,7 +259,9 @@ async fn a_collapsed_request_never_gets_another_variant() {
     );
     assert_eq!(en.x_cache(), "miss");
     assert_eq!(origin.calls(), 2);
-    let again = app.get("/greeting", &[("accept-language", "en")]).await;
+    let again = app
+        .get_with("/greeting", &[("accept-language", "en")])
+        .await;
     assert_eq!((again.text(), again.x_cache()), ("en - call 2", "hit"));
 }
 
@@ -308,35 +279,37 @@ async fn a_variant_whose_vary_changes_does_not_stay_stuck() {
         [("accept-language", "fr"), ("x-region", "us")],
     );
 
-    assert_eq!(app.get("/greeting", &fr).await.text(), "fr - call 1");
+    assert_eq!(app.get_with("/greeting", &fr).await.text(), "fr - call 1");
     // Now it varies on more fields: the variant of `en` is not stored under the old shape,
     // and the key's entry goes, so that the next request stores the new shape.
     origin.set_vary("accept-language, x-region");
-    let changed = app.get("/greeting", &en).await;
+    let changed = app.get_with("/greeting", &en).await;
     assert_eq!(changed.text(), "en - call 2");
     assert_eq!(
         changed.cache_status(),
         "stormcache; fwd=vary-miss; detail=vary-changed"
     );
-    let got = app.get("/greeting", &fr_eu).await;
+    let got = app.get_with("/greeting", &fr_eu).await;
     assert_eq!((got.text(), got.x_cache()), ("fr eu call 3", "miss"));
-    let got = app.get("/greeting", &fr_us).await;
+    let got = app.get_with("/greeting", &fr_us).await;
     assert_eq!((got.text(), got.x_cache()), ("fr us call 4", "miss"));
     for (headers, body) in [(&fr_eu, "fr eu call 3"), (&fr_us, "fr us call 4")] {
-        let got = app.get("/greeting", headers).await;
+        let got = app.get_with("/greeting", headers).await;
         assert_eq!((got.text(), got.x_cache()), (body, "hit"));
     }
 
     // And on fewer: no variant is stuck on the old shape either.
     origin.set_vary("");
-    let got = app.get("/greeting", &[("accept-language", "de")]).await;
+    let got = app
+        .get_with("/greeting", &[("accept-language", "de")])
+        .await;
     assert_eq!(
         got.cache_status(),
         "stormcache; fwd=vary-miss; detail=vary-changed"
     );
-    let got = app.get("/greeting", &en).await;
+    let got = app.get_with("/greeting", &en).await;
     assert_eq!((got.text(), got.x_cache()), ("en - call 6", "miss"));
-    let got = app.get("/greeting", &fr_us).await;
+    let got = app.get_with("/greeting", &fr_us).await;
     assert_eq!((got.text(), got.x_cache()), ("en - call 6", "hit"));
     assert_eq!(origin.calls(), 6);
 }
@@ -352,31 +325,42 @@ async fn invalidating_the_path_removes_every_variant() {
     let app = serve(app).await;
     let langs = ["fr", "en", "de"];
     for lang in langs {
-        app.get("/greeting", &[("accept-language", lang)]).await;
-        let hit = app.get("/greeting", &[("accept-language", lang)]).await;
+        app.get_with("/greeting", &[("accept-language", lang)])
+            .await;
+        let hit = app
+            .get_with("/greeting", &[("accept-language", lang)])
+            .await;
         assert_eq!(hit.x_cache(), "hit", "{lang}");
     }
     let post = app.send(Method::POST, "/greeting", &[]).await;
     assert_eq!(post.status, StatusCode::OK);
     for (i, lang) in langs.into_iter().enumerate() {
-        let got = app.get("/greeting", &[("accept-language", lang)]).await;
+        let got = app
+            .get_with("/greeting", &[("accept-language", lang)])
+            .await;
         assert_eq!(got.x_cache(), "miss", "{lang}");
         assert_eq!(got.text(), format!("{lang} - call {}", 4 + i));
     }
 }
 
-#[tokio::test]
-async fn another_instance_reads_the_variants_through_redis() {
-    let redis = RedisServer::start();
+/// Two caches for `namespace` on `redis`, each ready.
+async fn two_instances(redis: &RedisServer, namespace: &str) -> Vec<Cache> {
     let limit = scaled(Duration::from_secs(5));
     let mut caches = Vec::new();
     for _ in 0..2 {
-        let cache = fast_redis_builder("vary-redis", redis.url(), Duration::from_millis(500))
+        let cache = fast_redis_builder(namespace, redis.url(), Duration::from_millis(500))
             .build()
             .expect("cache");
         wait_redis_ready(&cache, limit).await;
         caches.push(cache);
     }
+    caches
+}
+
+#[tokio::test]
+async fn another_instance_reads_the_variants_through_redis() {
+    let redis = RedisServer::start();
+    let caches = two_instances(&redis, "vary-redis").await;
     let origin = Localized::new("Accept-Language");
     let app = |cache: &Cache| {
         Router::new()
@@ -387,13 +371,13 @@ async fn another_instance_reads_the_variants_through_redis() {
     let b = serve(app(&caches[1])).await;
 
     assert_eq!(
-        a.get("/greeting", &[("accept-language", "fr")])
+        a.get_with("/greeting", &[("accept-language", "fr")])
             .await
             .text(),
         "fr - call 1"
     );
     assert_eq!(
-        a.get("/greeting", &[("accept-language", "en")])
+        a.get_with("/greeting", &[("accept-language", "en")])
             .await
             .text(),
         "en - call 2"
@@ -404,12 +388,12 @@ async fn another_instance_reads_the_variants_through_redis() {
         ("fr", "fr - call 1"),
         ("EN", "en - call 2"),
     ] {
-        let got = b.get("/greeting", &[("accept-language", lang)]).await;
+        let got = b.get_with("/greeting", &[("accept-language", lang)]).await;
         assert_eq!((got.text(), got.x_cache()), (body, "hit"), "{lang}");
     }
-    let de = b.get("/greeting", &[("accept-language", "de")]).await;
+    let de = b.get_with("/greeting", &[("accept-language", "de")]).await;
     assert_eq!((de.text(), de.x_cache()), ("de - call 3", "miss"));
-    let de = a.get("/greeting", &[("accept-language", "de")]).await;
+    let de = a.get_with("/greeting", &[("accept-language", "de")]).await;
     assert_eq!((de.text(), de.x_cache()), ("de - call 3", "hit"));
     assert_eq!(origin.calls(), 3);
     assert!(
@@ -450,9 +434,11 @@ async fn compressed_variants_from_compression_inside_the_cache() {
         .into_iter()
         .enumerate()
     {
-        let got = app.get("/articles", &[("accept-encoding", spelling)]).await;
+        let got = app
+            .get_with("/articles", &[("accept-encoding", spelling)])
+            .await;
         assert_eq!(got.header("content-encoding"), "gzip", "{spelling}");
-        assert_eq!(gunzip(&got.body), text);
+        assert_eq!(gunzip(&got.bytes), text);
         assert_eq!(
             got.x_cache(),
             if n == 0 { "miss" } else { "hit" },
@@ -460,14 +446,14 @@ async fn compressed_variants_from_compression_inside_the_cache() {
         );
     }
     for n in 0..2 {
-        let got = app.get("/articles", &[]).await;
+        let got = app.get_with("/articles", &[]).await;
         assert_eq!(got.header("content-encoding"), "");
         assert_eq!(got.text(), text);
         assert_eq!(got.x_cache(), if n == 0 { "miss" } else { "hit" });
     }
     // Two browsers' spellings of the same preferences: one variant, brotli.
     let chrome = app
-        .get(
+        .get_with(
             "/articles",
             &[("accept-encoding", "gzip, deflate, br, zstd")],
         )
@@ -477,7 +463,7 @@ async fn compressed_variants_from_compression_inside_the_cache() {
         ("br", "miss")
     );
     let other = app
-        .get(
+        .get_with(
             "/articles",
             &[("accept-encoding", "br, zstd, GZIP,deflate")],
         )
@@ -486,13 +472,13 @@ async fn compressed_variants_from_compression_inside_the_cache() {
         (other.header("content-encoding"), other.x_cache()),
         ("br", "hit")
     );
-    assert_eq!(other.body, chrome.body);
+    assert_eq!(other.bytes, chrome.bytes);
     // A client that takes gzip only never gets the brotli variant.
     let gzip = app
-        .get("/articles", &[("accept-encoding", "deflate, gzip")])
+        .get_with("/articles", &[("accept-encoding", "deflate, gzip")])
         .await;
     assert_eq!(gzip.header("content-encoding"), "gzip");
-    assert_eq!(gunzip(&gzip.body), text);
+    assert_eq!(gunzip(&gzip.bytes), text);
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 }
 
@@ -563,7 +549,7 @@ async fn no_cache_responses_are_revalidated_before_each_use() {
         .layer(CacheLayer::new(local_cache("vary-no-cache")).ttl(Duration::from_secs(60)));
     let app = serve(app).await;
 
-    let first = app.get("/doc", &[]).await;
+    let first = app.get_with("/doc", &[]).await;
     assert_eq!(
         (first.text(), first.x_cache()),
         ("version 1 (answer 1)", "miss")
@@ -572,7 +558,7 @@ async fn no_cache_responses_are_revalidated_before_each_use() {
         .cache_status()
         .starts_with("stormcache; fwd=miss; stored"));
     for n in 1..=2 {
-        let got = app.get("/doc", &[]).await;
+        let got = app.get_with("/doc", &[]).await;
         assert_eq!(got.status, StatusCode::OK);
         assert_eq!(got.text(), "version 1 (answer 1)");
         assert_eq!(got.x_cache(), "revalidated");
@@ -589,12 +575,12 @@ async fn no_cache_responses_are_revalidated_before_each_use() {
 
     // A new version: the handler's 200 replaces the entry.
     origin.version.store(2, Ordering::SeqCst);
-    let got = app.get("/doc", &[]).await;
+    let got = app.get_with("/doc", &[]).await;
     assert_eq!(
         (got.text(), got.x_cache()),
         ("version 2 (answer 2)", "miss")
     );
-    let got = app.get("/doc", &[]).await;
+    let got = app.get_with("/doc", &[]).await;
     assert_eq!(
         (got.text(), got.x_cache()),
         ("version 2 (answer 2)", "revalidated")
@@ -602,10 +588,10 @@ async fn no_cache_responses_are_revalidated_before_each_use() {
     assert_eq!(origin.counts(), (2, 3));
 
     // A client's own preconditions reach the handler as they are; its 304 is passed on.
-    let got = app.get("/doc", &[("if-none-match", "\"v2\"")]).await;
+    let got = app.get_with("/doc", &[("if-none-match", "\"v2\"")]).await;
     assert_eq!(got.status, StatusCode::NOT_MODIFIED);
     assert_eq!(origin.counts(), (2, 4));
-    let got = app.get("/doc", &[("if-none-match", "\"v1\"")]).await;
+    let got = app.get_with("/doc", &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(
         (got.status, got.text()),
         (StatusCode::OK, "version 2 (answer 3)")
@@ -620,7 +606,7 @@ async fn no_cache_responses_without_validators_are_not_stored() {
         .layer(CacheLayer::new(local_cache("vary-no-cache-plain")));
     let app = serve(app).await;
     for n in 1..=2 {
-        let got = app.get("/doc", &[]).await;
+        let got = app.get_with("/doc", &[]).await;
         assert_eq!(got.text(), format!("version 1 (answer {n})"));
         assert_eq!(got.cache_status(), "stormcache; fwd=miss; detail=no-cache");
     }
@@ -641,36 +627,53 @@ async fn generated_etags_let_clients_revalidate_and_agree_across_instances() {
     let a = serve(app(local_cache("vary-etag-a"))).await;
     let b = serve(app(local_cache("vary-etag-b"))).await;
 
-    let first = a.get("/report", &[]).await;
+    let first = a.get_with("/report", &[]).await;
     let etag = first.header("etag").to_owned();
     assert!(
         etag.starts_with('"') && etag.ends_with('"') && etag.len() == 18,
         "{etag}"
     );
     assert_eq!(
-        b.get("/report", &[]).await.header("etag"),
+        b.get_with("/report", &[]).await.header("etag"),
         etag,
         "instances agree"
     );
-    let again = a.get("/report", &[("if-none-match", etag.as_str())]).await;
+    let again = a
+        .get_with("/report", &[("if-none-match", etag.as_str())])
+        .await;
     assert_eq!(
         (again.status, again.x_cache()),
         (StatusCode::NOT_MODIFIED, "hit")
     );
     assert_eq!(again.header("etag"), etag);
     let other = a
-        .get("/report", &[("if-none-match", "\"something-else\"")])
+        .get_with("/report", &[("if-none-match", "\"something-else\"")])
         .await;
     assert_eq!((other.status, other.text()), (StatusCode::OK, text));
     // A response's own ETag is kept.
-    assert_eq!(a.get("/tagged", &[]).await.header("etag"), "\"own\"");
+    assert_eq!(a.get_with("/tagged", &[]).await.header("etag"), "\"own\"");
 
     // Without `etag(true)`, none is made.
     let plain = Router::new()
         .route("/report", get(move || async move { text }))
         .layer(CacheLayer::new(local_cache("vary-etag-off")));
     let plain = serve(plain).await;
-    assert_eq!(plain.get("/report", &[]).await.header("etag"), "");
+    assert_eq!(plain.get_with("/report", &[]).await.header("etag"), "");
+}
+
+/// GETs `/greeting` with `headers` until the answer is stale, every 50 ms for at most 5 s
+/// (scaled); every answer meanwhile must be `body`.
+async fn until_served_stale(app: &Served, headers: &[(&str, &str)], body: &str) {
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(5));
+    loop {
+        let got = app.get_with("/greeting", headers).await;
+        assert_eq!(got.text(), body);
+        if got.x_cache() == "stale" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never served stale");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -704,22 +707,13 @@ async fn a_stale_variant_never_stands_in_for_another_request() {
         .layer(CacheLayer::new(local_cache("vary-stale")).stale_for(Duration::from_secs(60)));
     let app = serve(app).await;
     let (fr, en) = ([("accept-language", "fr")], [("accept-language", "en")]);
-    assert_eq!(app.get("/greeting", &fr).await.text(), "fr call 1");
+    assert_eq!(app.get_with("/greeting", &fr).await.text(), "fr call 1");
 
     // Once it has expired, with the handler failing, `fr` gets its stale variant...
     failing.store(true, Ordering::SeqCst);
-    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(5));
-    loop {
-        let got = app.get("/greeting", &fr).await;
-        assert_eq!(got.text(), "fr call 1");
-        if got.x_cache() == "stale" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never served stale");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_served_stale(&app, &fr, "fr call 1").await;
     // ...and `en` the handler's failure, never `fr`'s response.
-    let got = app.get("/greeting", &en).await;
+    let got = app.get_with("/greeting", &en).await;
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(got.text().starts_with("en call"), "{}", got.text());
     // Its 503 gives itself a lifetime (`max-age=1`), so it is stored as `en`'s own variant
@@ -734,38 +728,29 @@ async fn a_stale_variant_never_stands_in_for_another_request() {
 #[tokio::test]
 async fn another_instance_revalidates_a_no_cache_response_it_reads_from_redis() {
     let redis = RedisServer::start();
-    let limit = scaled(Duration::from_secs(5));
     let origin = Versioned::new(true);
     let mut apps = Vec::new();
-    for _ in 0..2 {
-        let cache = fast_redis_builder(
-            "vary-no-cache-redis",
-            redis.url(),
-            Duration::from_millis(500),
-        )
-        .build()
-        .expect("cache");
-        wait_redis_ready(&cache, limit).await;
+    for cache in two_instances(&redis, "vary-no-cache-redis").await {
         let app = Router::new()
             .route("/doc", origin.route())
             .layer(CacheLayer::new(cache).ttl(Duration::from_secs(60)));
         apps.push(serve(app).await);
     }
-    let first = apps[0].get("/doc", &[]).await;
+    let first = apps[0].get_with("/doc", &[]).await;
     assert_eq!(
         (first.text(), first.x_cache()),
         ("version 1 (answer 1)", "miss")
     );
     // The other instance reads it from Redis, still marked `no-cache`: the handler confirms
     // it before it answers.
-    let got = apps[1].get("/doc", &[]).await;
+    let got = apps[1].get_with("/doc", &[]).await;
     assert_eq!(
         (got.text(), got.x_cache()),
         ("version 1 (answer 1)", "revalidated")
     );
     assert_eq!(origin.counts(), (1, 1));
     origin.version.store(2, Ordering::SeqCst);
-    let got = apps[1].get("/doc", &[]).await;
+    let got = apps[1].get_with("/doc", &[]).await;
     assert_eq!(
         (got.text(), got.x_cache()),
         ("version 2 (answer 2)", "miss")
@@ -780,8 +765,8 @@ async fn no_cache_with_max_age_zero_is_stored_too() {
         .route("/doc", origin.route())
         .layer(CacheLayer::new(local_cache("vary-no-cache-zero")).ttl(Duration::from_secs(60)));
     let app = serve(app).await;
-    assert_eq!(app.get("/doc", &[]).await.x_cache(), "miss");
-    let got = app.get("/doc", &[]).await;
+    assert_eq!(app.get_with("/doc", &[]).await.x_cache(), "miss");
+    let got = app.get_with("/doc", &[]).await;
     assert_eq!(
         (got.text(), got.x_cache()),
         ("version 1 (answer 1)", "revalidated")
@@ -800,11 +785,11 @@ async fn a_no_cache_refresh_stores_the_requests_own_variant() {
         .layer(layer);
     let app = serve(app).await;
     let (fr, en) = ([("accept-language", "fr")], [("accept-language", "en")]);
-    assert_eq!(app.get("/greeting", &fr).await.text(), "fr - call 1");
-    assert_eq!(app.get("/greeting", &en).await.text(), "en - call 2");
+    assert_eq!(app.get_with("/greeting", &fr).await.text(), "fr - call 1");
+    assert_eq!(app.get_with("/greeting", &en).await.text(), "en - call 2");
 
     let refresh = [("accept-language", "en"), ("cache-control", "no-cache")];
-    let refreshed = app.get("/greeting", &refresh).await;
+    let refreshed = app.get_with("/greeting", &refresh).await;
     assert_eq!(refreshed.text(), "en - call 3");
     assert!(
         refreshed
@@ -813,50 +798,25 @@ async fn a_no_cache_refresh_stores_the_requests_own_variant() {
         "{}",
         refreshed.cache_status()
     );
-    let again = app.get("/greeting", &en).await;
+    let again = app.get_with("/greeting", &en).await;
     assert_eq!((again.text(), again.x_cache()), ("en - call 3", "hit"));
     // `fr` never gets the response the refresh stored for `en`.
-    let other = app.get("/greeting", &fr).await;
+    let other = app.get_with("/greeting", &fr).await;
     assert!(other.text().starts_with("fr - "), "{}", other.text());
 }
 
 // A current-thread runtime, as in `a_collapsed_request_never_gets_another_variant`.
 #[tokio::test(flavor = "current_thread")]
 async fn a_joined_no_cache_refresh_never_gives_another_variant() {
-    let mut origin = Localized::new("Accept-Language");
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    origin.gate = Some(Arc::clone(&gate));
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&arrived);
     let layer = CacheLayer::new(local_cache("vary-refresh-join")).request_no_cache(true);
-    let app = Router::new()
-        .route("/greeting", origin.route())
-        .layer(layer)
-        .layer(middleware::from_fn(move |req, next| {
-            count_arrivals(Arc::clone(&counter), req, next)
-        }));
-    let app = Arc::new(serve(app).await);
-    let send = |lang: &'static str| {
-        let app = Arc::clone(&app);
-        tokio::spawn(async move {
-            let headers = [("accept-language", lang), ("cache-control", "no-cache")];
-            app.get("/greeting", &headers).await
-        })
-    };
-    let leader = send("fr");
-    until(
-        "the first request in the handler",
-        scaled(Duration::from_secs(5)),
-        || origin.calls() == 1,
-    )
-    .await;
-    let (en, fr) = (send("en"), send("fr"));
-    until(
-        "three requests in the app",
-        scaled(Duration::from_secs(5)),
-        || arrived.load(Ordering::SeqCst) == 3,
-    )
-    .await;
+    let Held {
+        origin,
+        gate,
+        leader,
+        en,
+        fr,
+        ..
+    } = hold_fr_then_send_en_and_fr(layer, &[("cache-control", "no-cache")]).await;
     assert_eq!(origin.calls(), 1, "both joined the leader's refresh");
     gate.add_permits(1);
 
@@ -910,27 +870,18 @@ async fn stale_while_revalidate_answers_only_the_requests_own_variant() {
         [("accept-language", "en")],
         [("accept-language", "de")],
     );
-    assert_eq!(app.get("/greeting", &fr).await.text(), "fr call 1");
-    assert_eq!(app.get("/greeting", &en).await.text(), "en call 2");
+    assert_eq!(app.get_with("/greeting", &fr).await.text(), "fr call 1");
+    assert_eq!(app.get_with("/greeting", &en).await.text(), "en call 2");
 
     // Once expired, `fr` gets its own variant at once while it is refreshed...
-    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(5));
-    loop {
-        let got = app.get("/greeting", &fr).await;
-        assert_eq!(got.text(), "fr call 1");
-        if got.x_cache() == "stale" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never served stale");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_served_stale(&app, &fr, "fr call 1").await;
     // ...and a request with other values never gets a stale variant that is not its own.
-    let got = app.get("/greeting", &de).await;
+    let got = app.get_with("/greeting", &de).await;
     assert!(got.text().starts_with("de call"), "{}", got.text());
     assert_ne!(got.x_cache(), "stale");
     // Every answer to `en` is its own variant, stale or refreshed.
     for _ in 0..3 {
-        let got = app.get("/greeting", &en).await;
+        let got = app.get_with("/greeting", &en).await;
         assert!(got.text().starts_with("en call"), "{}", got.text());
     }
 }

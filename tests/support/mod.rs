@@ -45,6 +45,8 @@
 //! * [`topology`]: one interface over the three deployments, so a scenario is written once.
 //! * [`slowlog_start`] / [`slowlog_entries`]: how long single commands held a server.
 //! * [`history`]: the history a randomized fault run records, and the stale-read checker.
+//! * [`http`] (feature `axum`): a `Router` served on `127.0.0.1:0` and an HTTP client to it,
+//!   with the answer's header helpers, for the tests that go through the real HTTP stack.
 //!
 //! Each part lives in its own file (`child.rs`, `resp.rs`, `redis_server.rs`, `sentinel.rs`,
 //! `cluster.rs`, `fault_proxy.rs`, `slowlog.rs`, `topology.rs`) and is re-exported here, so
