@@ -37,7 +37,6 @@ use fred::prelude::{
 use fred::types::config::{Options, UnresponsiveConfig};
 use fred::types::Value;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::Semaphore;
 
 use super::RedisSettings;
 use crate::error::Error;
@@ -62,7 +61,7 @@ pub(crate) struct RedisStore {
     command_timeout: Duration,
     maintenance_timeout: Duration,
     pub(super) scan_batch: u32,
-    in_flight: Semaphore,
+    in_flight: InFlight,
     /// Whether the Cluster's masters run the per-node UNLINK script; cleared by the first
     /// refusal.
     pub(super) node_scripts: AtomicBool,
@@ -75,6 +74,41 @@ pub(crate) struct RedisStore {
     /// Per own heartbeat key: the last value this process saw written, and the last it
     /// tried to write.
     own_heartbeats: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+}
+
+/// How many request-path commands are in flight, against a bound. A counter rather than a
+/// semaphore: commands never wait for room (they are shed), and a semaphore's release takes
+/// a lock on every command.
+struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl InFlight {
+    fn new(max: usize) -> Self {
+        InFlight {
+            now: std::sync::atomic::AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Counts a command in, unless the bound is reached; it is counted out when the
+    /// returned guard drops.
+    fn enter(&self) -> Option<InFlightGuard<'_>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.now.fetch_add(1, Relaxed);
+        let guard = InFlightGuard(&self.now);
+        (before < self.max).then_some(guard)
+    }
+}
+
+/// One command counted in [`InFlight`].
+struct InFlightGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A connection event fred reports.
@@ -163,7 +197,7 @@ impl RedisStore {
             command_timeout: settings.command_timeout,
             maintenance_timeout: settings.maintenance_timeout,
             scan_batch: settings.scan_batch.max(10),
-            in_flight: Semaphore::new(settings.max_in_flight.max(1)),
+            in_flight: InFlight::new(settings.max_in_flight.max(1)),
             node_scripts: AtomicBool::new(true),
             own_heartbeats: std::sync::Mutex::default(),
             command_duration: metrics::Histogram::noop(),
@@ -253,10 +287,7 @@ impl RedisStore {
         Fut: Future<Output = Result<T, fred::error::Error>>,
     {
         // Shed rather than queue: a request must not wait behind a backlog for its cache.
-        let _permit = self
-            .in_flight
-            .try_acquire()
-            .map_err(|_| Error::Overloaded)?;
+        let _permit = self.in_flight.enter().ok_or(Error::Overloaded)?;
         let started = std::time::Instant::now();
         // The command's future is made here, where it is awaited, rather than passed in:
         // an argument would be kept beside it in this future's state, doubling the size of

@@ -242,7 +242,11 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher> Front<K, V, S> {
         let slot = &self.slots[slot];
         slot.version.fetch_add(1, Ordering::AcqRel);
         for place in &slot.copies {
-            place.store(None);
+            // Most slots of written keys hold no copy (copies are made by reads): a store
+            // would cost a swap and a walk of the readers' debts for nothing.
+            if place.load().is_some() {
+                place.store(None);
+            }
         }
     }
 

@@ -8,6 +8,7 @@
 //! its own load and so sees its own error: an error type need not be `Clone`.
 
 use std::any::Any;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -90,7 +91,9 @@ pub(crate) struct Flight {
 /// has begun counts itself, fails its check and uncounts at once: neither holds the
 /// invalidation up for longer than that, nor is held up by it.
 pub(crate) struct Flights {
-    map: Mutex<HashMap<LocalKey, (FlightEpoch, Arc<Flight>)>>,
+    /// Loads in progress, by key, in a few maps so that loads of different keys on different
+    /// threads seldom take the same lock.
+    maps: [Mutex<FlightMap>; MAPS],
     shards: [Shard; SHARDS],
     /// Invalidations begun, on any shard, and those still active: for a read that learns
     /// only from Redis's answer which tags its entry has (see [`Flights::widen_after_read`]).
@@ -100,13 +103,16 @@ pub(crate) struct Flights {
 
 const SHARDS: usize = 64;
 
+type FlightMap = HashMap<LocalKey, (FlightEpoch, Arc<Flight>)>;
+const MAPS: usize = 16;
+
 /// What a flight is matched on: the shards sampled and the sum of their epochs.
 type FlightEpoch = (ShardMask, u64);
 
 impl Default for Flights {
     fn default() -> Self {
         Flights {
-            map: Mutex::default(),
+            maps: std::array::from_fn(|_| Mutex::default()),
             shards: std::array::from_fn(|_| Shard::default()),
             begun: AtomicU64::new(0),
             active: AtomicU64::new(0),
@@ -299,6 +305,13 @@ pub(crate) enum Join<'a> {
 }
 
 impl Flights {
+    /// The map that holds `key`'s flight.
+    fn map_of(&self, key: &LocalKey) -> &Mutex<FlightMap> {
+        use std::hash::BuildHasher;
+        let hash = foldhash::fast::FixedState::default().hash_one(key.key.as_str());
+        &self.maps[(hash % MAPS as u64) as usize]
+    }
+
     fn shards_in(&self, mask: ShardMask) -> impl Iterator<Item = &Shard> {
         let mut left = mask;
         std::iter::from_fn(move || {
@@ -454,14 +467,25 @@ impl Flights {
     /// an older epoch, which finishes for its own callers only).
     pub(crate) fn join(&self, key: &LocalKey, epoch: Epoch) -> Join<'_> {
         let epoch = (epoch.mask, epoch.sum);
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((flight_epoch, flight)) = map.get(key) {
-            if *flight_epoch == epoch {
-                return Join::Waiter(Arc::clone(flight));
+        let mut map = self
+            .map_of(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let flight = match map.entry(key.clone()) {
+            Entry::Occupied(found) if found.get().0 == epoch => {
+                return Join::Waiter(Arc::clone(&found.get().1));
             }
-        }
-        let flight = Arc::new(Flight::default());
-        map.insert(key.clone(), (epoch, Arc::clone(&flight)));
+            Entry::Occupied(mut older) => {
+                let flight = Arc::new(Flight::default());
+                older.insert((epoch, Arc::clone(&flight)));
+                flight
+            }
+            Entry::Vacant(vacant) => {
+                let flight = Arc::new(Flight::default());
+                vacant.insert((epoch, Arc::clone(&flight)));
+                flight
+            }
+        };
         Join::Leader(Leader {
             flights: self,
             key: key.clone(),
@@ -515,14 +539,14 @@ impl Drop for Leader<'_> {
         {
             let mut map = self
                 .flights
-                .map
+                .map_of(&self.key)
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if map
-                .get(&self.key)
-                .is_some_and(|(_, flight)| Arc::ptr_eq(flight, &self.flight))
-            {
-                map.remove(&self.key);
+            // One lookup: put back the rare flight that replaced this one.
+            if let Some((key, (epoch, flight))) = map.remove_entry(&self.key) {
+                if !Arc::ptr_eq(&flight, &self.flight) {
+                    map.insert(key, (epoch, flight));
+                }
             }
         }
         // No one can join any more: only those holding the flight now can be waiting.
