@@ -87,28 +87,34 @@ pub(crate) fn escape_to<W: fmt::Write>(out: &mut W, value: impl Display) {
     struct Escaper<'a, W>(&'a mut W);
     impl<W: fmt::Write> fmt::Write for Escaper<'_, W> {
         fn write_str(&mut self, s: &str) -> fmt::Result {
-            // Fast path: most ids need no escaping at all.
-            if !any_needs_escape(s) {
-                return self.0.write_str(s);
-            }
-            for c in s.chars() {
-                if needs_escape(c) {
-                    let mut utf8 = [0u8; 4];
-                    for b in c.encode_utf8(&mut utf8).bytes() {
-                        const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                        self.0.write_char('%')?;
-                        self.0.write_char(HEX[(b >> 4) as usize] as char)?;
-                        self.0.write_char(HEX[(b & 0xF) as usize] as char)?;
-                    }
-                } else {
-                    self.0.write_char(c)?;
-                }
-            }
-            Ok(())
+            escape_str_to(self.0, s)
         }
     }
     // Writing into a String cannot fail; a Display impl that returns Err leaves what it wrote.
     let _ = write!(Escaper(out), "{value}");
+}
+
+/// [`escape_to`] for a value that is already text: no formatting machinery, which is most
+/// of the cost of a short value.
+pub(crate) fn escape_str_to<W: fmt::Write>(out: &mut W, s: &str) -> fmt::Result {
+    // Fast path: most ids need no escaping at all.
+    if !any_needs_escape(s) {
+        return out.write_str(s);
+    }
+    for c in s.chars() {
+        if needs_escape(c) {
+            let mut utf8 = [0u8; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.write_char('%')?;
+                out.write_char(HEX[(b >> 4) as usize] as char)?;
+                out.write_char(HEX[(b & 0xF) as usize] as char)?;
+            }
+        } else {
+            out.write_char(c)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

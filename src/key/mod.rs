@@ -142,6 +142,14 @@ impl KeyBuilder {
         self
     }
 
+    /// [`value`](Self::value) for text, without the formatting machinery (the HTTP layer's
+    /// keys are made of request text on every request).
+    pub(crate) fn text(mut self, value: &str) -> Self {
+        // Writing into a CompactString cannot fail.
+        let _ = escape::escape_str_to(&mut self.buf, value);
+        self
+    }
+
     /// Appends a literal the caller has already validated (used by generated code).
     #[doc(hidden)]
     pub fn literal_unchecked(mut self, text: &'static str) -> Self {

@@ -193,6 +193,7 @@ impl CachedResponse {
 
     /// The response's age in seconds (RFC 9111 §4.2.3): how old it was when stored plus
     /// how long it has been stored.
+    #[cfg(test)]
     pub(crate) fn age(&self) -> u64 {
         (self.0.meta.initial_age + self.resident()).as_secs()
     }
@@ -207,9 +208,23 @@ impl CachedResponse {
 
     /// Seconds of freshness left, when its lifetime is known: rounded away from zero, so
     /// that it is positive while the response is fresh and negative once it is stale.
+    #[cfg(test)]
     pub(crate) fn ttl(&self) -> Option<i64> {
-        let fresh_for = self.0.meta.fresh_for?;
+        self.ttl_after(self.resident())
+    }
+
+    /// [`age`](Self::age) and [`ttl`](Self::ttl) from one reading of the clock, as a hit
+    /// needs both.
+    pub(crate) fn age_and_ttl(&self) -> (u64, Option<i64>) {
         let resident = self.resident();
+        (
+            (self.0.meta.initial_age + resident).as_secs(),
+            self.ttl_after(resident),
+        )
+    }
+
+    fn ttl_after(&self, resident: Duration) -> Option<i64> {
+        let fresh_for = self.0.meta.fresh_for?;
         let ceil_secs = |d: Duration| {
             let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
             i64::try_from(secs).unwrap_or(i64::MAX)

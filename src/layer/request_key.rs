@@ -35,10 +35,7 @@ pub(crate) const PREFIX: &str = "http:";
 /// Starts the default base of a request: `http:GET:<path>[|q:<normalized query>]`, the
 /// query holding only the parameters `filter` keeps (no `|q:` when it keeps none).
 pub(crate) fn default_base(path: &str, query: Option<&str>, filter: &QueryFilter) -> KeyBuilder {
-    let b = KeyBuilder::new()
-        .literal(PREFIX)
-        .literal("GET:")
-        .value(path);
+    let b = KeyBuilder::new().literal(PREFIX).literal("GET:").text(path);
     match query.filter(|q| !q.is_empty()) {
         Some(query) => push_normalized_query(b, query, filter),
         None => b,
@@ -60,16 +57,16 @@ pub(crate) fn finish(
     principal: Option<&str>,
 ) -> Option<Key> {
     for name in vary {
-        b = b.literal("|h:").value(name.as_str());
+        b = b.literal("|h:").text(name.as_str());
         let mut first = true;
         for value in headers.get_all(name) {
             let text = std::str::from_utf8(value.as_bytes()).ok()?;
-            b = b.literal(if first { "=" } else { "," }).value(text);
+            b = b.literal(if first { "=" } else { "," }).text(text);
             first = false;
         }
     }
     if let Some(p) = principal {
-        b = b.literal("|p:").value(p);
+        b = b.literal("|p:").text(p);
     }
     Some(b.build())
 }
@@ -80,7 +77,7 @@ pub(crate) fn path_tag(path: &str) -> Key {
     KeyBuilder::new()
         .literal(PREFIX)
         .literal("path:")
-        .value(path)
+        .text(path)
         .build()
 }
 
@@ -103,9 +100,9 @@ pub(crate) fn with_host(b: KeyBuilder, headers: &HeaderMap, uri: &http::Uri) -> 
     };
     let host = host_name(authority);
     Some(if host.bytes().any(|c| c.is_ascii_uppercase()) {
-        b.literal("|a:").value(host.to_ascii_lowercase())
+        b.literal("|a:").text(&host.to_ascii_lowercase())
     } else {
-        b.literal("|a:").value(host)
+        b.literal("|a:").text(host)
     })
 }
 
@@ -144,7 +141,7 @@ fn push_normalized_query(mut b: KeyBuilder, query: &str, filter: &QueryFilter) -
     let mut push = |b: KeyBuilder, pair: &str| {
         let b = b.literal(if first { "|q:" } else { "&" });
         first = false;
-        b.value(pair)
+        b.text(pair)
     };
     if sorted && !query.contains('%') {
         for pair in pairs.filter(|p| filter.keeps_all() || filter.keeps(name(p))) {

@@ -234,11 +234,11 @@ pub(super) fn respond<B: Body>(
     };
     let headers = res.headers_mut();
     // On a miss too: the upstream's own `Age` was kept with the entry.
-    let age = stored.age();
+    let (age, ttl) = stored.age_and_ttl();
     if outcome.x_cache() != XCache::Miss || age > 0 {
         headers.insert(AGE, age_value(age));
     }
-    headers.append(CACHE_STATUS, outcome.cache_status(stored.ttl()));
+    headers.append(CACHE_STATUS, outcome.cache_status(ttl));
     if stamp.x_cache {
         headers.insert(X_CACHE_HEADER, outcome.x_cache().header_value());
     }
