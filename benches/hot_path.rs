@@ -239,50 +239,39 @@ fn main() {
             percentile_us(&mut d, 50.0)
         })
     });
-    let mut origins = Origins::default();
+    // Each run with a fresh reader, kept to the end as the concurrent runs' readers are (see
+    // there).
     let mut kept_p50 = Vec::new();
-    let l2_p50 = repeat(RUNS, || {
-        let c = reader();
-        let p50 = rt.block_on(async {
-            let mut d = Vec::with_capacity(samples as usize);
-            for i in 0..samples {
-                let started = Instant::now();
-                let v: String = c
-                    .get_or_load(Key::builder("doc:").value(i).build(), &opts, || async {
-                        String::new()
-                    })
-                    .await;
-                d.push(started.elapsed());
-                std::hint::black_box(v);
-            }
-            percentile_us(&mut d, 50.0)
-        });
-        origins.count(&c);
-        // Kept to the end, as the concurrent runs' readers are (see there).
-        kept_p50.push(c);
-        p50
-    });
-    drop(kept_p50);
+    let mut l2_p50_with = |options: &EntryOptions, origins: &mut Origins| {
+        repeat(RUNS, || {
+            let c = reader();
+            let p50 = rt.block_on(async {
+                let mut d = Vec::with_capacity(samples as usize);
+                for i in 0..samples {
+                    let started = Instant::now();
+                    let v: String = c
+                        .get_or_load(Key::builder("doc:").value(i).build(), options, || async {
+                            String::new()
+                        })
+                        .await;
+                    d.push(started.elapsed());
+                    std::hint::black_box(v);
+                }
+                percentile_us(&mut d, 50.0)
+            });
+            origins.count(&c);
+            kept_p50.push(c);
+            p50
+        })
+    };
+    let mut origins = Origins::default();
+    let l2_p50 = l2_p50_with(&opts, &mut origins);
     origins.report("sequential");
     // The same reads not filling L1 (`skip_local`): the read path without the insert.
-    let no_fill = EntryOptions::new().skip_local();
-    let l2_no_fill_p50 = repeat(RUNS, || {
-        let c = reader();
-        rt.block_on(async {
-            let mut d = Vec::with_capacity(samples as usize);
-            for i in 0..samples {
-                let started = Instant::now();
-                let v: String = c
-                    .get_or_load(Key::builder("doc:").value(i).build(), &no_fill, || async {
-                        String::new()
-                    })
-                    .await;
-                d.push(started.elapsed());
-                std::hint::black_box(v);
-            }
-            percentile_us(&mut d, 50.0)
-        })
-    });
+    let mut origins = Origins::default();
+    let l2_no_fill_p50 = l2_p50_with(&EntryOptions::new().skip_local(), &mut origins);
+    origins.report("sequential, not filling L1");
+    drop(kept_p50);
     figure("raw_fred_get_p50_us", raw_p50, "us");
     figure("l2_hit_p50_us", l2_p50, "us");
     figure("l2_hit_no_fill_p50_us", l2_no_fill_p50, "us");
