@@ -426,8 +426,6 @@ fn main() {
         "x",
     );
 
-    // --- bytes per entry -------------------------------------------------------------------
-
     // --- The L1 hit with telemetry on ----------------------------------------------------
     // Last, since both are global: a tracing subscriber at INFO (the read spans are DEBUG),
     // then a metrics recorder, each measured beside raw moka in the same runs.

@@ -139,7 +139,7 @@ impl RedisStore {
                 WriteOutcome::TagsMoved
             })
         });
-        self.bounded(if seen.is_some() { "EVAL" } else { "SET" }, || write)
+        self.bounded_steps(if seen.is_some() { "EVAL" } else { "SET" }, write)
             .await
     }
 

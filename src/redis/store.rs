@@ -280,7 +280,10 @@ impl RedisStore {
     }
 
     /// Runs one request-path command (`op`, as OpenTelemetry's `db.operation.name` has it)
-    /// under the in-flight bound and the command deadline.
+    /// under the in-flight bound and the command deadline, which fred applies to each
+    /// command (the client's default and the request options both carry it): no timer of
+    /// our own. Several commands that must share one deadline go through
+    /// [`bounded_steps`](Self::bounded_steps).
     pub(super) async fn bounded<T, F, Fut>(&self, op: &'static str, command: F) -> Result<T, Error>
     where
         F: FnOnce() -> Fut,
@@ -299,6 +302,25 @@ impl RedisStore {
         self.command_duration
             .record(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// [`bounded`](Self::bounded) for several commands in sequence (`steps`, boxed by the
+    /// caller so that this future stays small): each has fred's deadline, and together they
+    /// have one more, so that a slow server cannot make the request wait a deadline per step.
+    pub(super) async fn bounded_steps<T, S>(&self, op: &'static str, steps: S) -> Result<T, Error>
+    where
+        S: Future<Output = Result<T, fred::error::Error>>,
+    {
+        let deadline = self.command_timeout;
+        let timed = self
+            .bounded(op, || async move {
+                Ok::<_, fred::error::Error>(tokio::time::timeout(deadline, steps).await)
+            })
+            .await?;
+        match timed {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::redis_timeout("command", deadline)),
+        }
     }
 
     /// A span for one command, named as OpenTelemetry's database conventions have it, at
