@@ -238,8 +238,10 @@ fn main() {
             .build()
             .expect("rt");
         let cache = Cache::builder("bench-http-inproc").build().expect("cache");
-        let plain = router(false, None);
-        let cached = router(false, Some(cache));
+        // `with_state` turns the handlers into services once, as `axum::serve` does; a
+        // router called as it is builds them, and applies its layers, on every request.
+        let plain = router(false, None).with_state(());
+        let cached = router(false, Some(cache)).with_state(());
         in_process_ns(&rt, cached.clone(), 10_000);
         let mut p = Vec::new();
         let mut c = Vec::new();

@@ -23,7 +23,7 @@
 //! name; the sort is stable, so repeated parameters (`tag=b&tag=a`) keep their order, which
 //! may matter to the handler.
 
-use http::header::{AUTHORIZATION, COOKIE, HOST};
+use http::header::HOST;
 use http::{HeaderMap, HeaderName};
 
 use super::query_filter::QueryFilter;
@@ -79,14 +79,6 @@ pub(crate) fn path_tag(path: &str) -> Key {
         .literal("path:")
         .text(path)
         .build()
-}
-
-/// Whether the request carries credentials: `Authorization`, `Cookie`, or one of `more`
-/// (an application's own, such as `X-Api-Key`).
-pub(crate) fn has_credentials(headers: &HeaderMap, more: &[HeaderName]) -> bool {
-    headers.contains_key(AUTHORIZATION)
-        || headers.contains_key(COOKIE)
-        || more.iter().any(|name| headers.contains_key(name))
 }
 
 /// Appends `|a:` + the request's host name, lowercased, without its port: replicas reached

@@ -32,7 +32,8 @@
 //!
 //! A [`CacheLayer`] holds the configuration and wraps each inner service in a
 //! [`CacheService`], whose future is a [`ResponseFuture`]. Inside, the service decides in
-//! `call` whether the request bypasses the cache or is answered from the local store; a miss
+//! `call` whether the request bypasses the cache or is answered from the local store (the
+//! request headers it decides on are found in one pass, `heads`); a miss
 //! goes to the load, which asks the inner service once per key and stores what the HTTP
 //! rules allow. A request's `no-cache`, when honoured, goes through the refresh (one per key
 //! at a time, one per interval: `refresh`, `limiter`); `max_entries` keeps its own record of
@@ -46,6 +47,7 @@ mod background;
 mod capture;
 mod config;
 mod future;
+mod heads;
 mod heuristic;
 mod layer;
 mod limiter;

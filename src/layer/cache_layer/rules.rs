@@ -9,6 +9,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 
 use super::config::Config;
+use super::heads::Heads;
 use super::heuristic::storable_status;
 use super::stale::declared_grace;
 use crate::layer::body::ResponseBody;
@@ -20,7 +21,7 @@ use crate::layer::cached_response::{CachedResponse, Meta};
 use crate::layer::conditional::{not_modified_headers, Conditions};
 use crate::layer::freshness::Freshness;
 use crate::layer::request_info::{original_uri, RequestInfo};
-use crate::layer::request_key::{custom_base, default_base, finish, has_credentials, with_host};
+use crate::layer::request_key::{custom_base, default_base, finish, with_host};
 use crate::layer::vary::uncovered_fields;
 use crate::layer::x_cache::{XCache, X_CACHE_HEADER};
 use crate::model::Lifetime;
@@ -61,13 +62,11 @@ pub(crate) struct Stamp {
 pub(super) fn plan_key(
     config: &Config,
     parts: &http::request::Parts,
+    heads: Heads,
     params: Option<&axum::extract::RawPathParams>,
     principal: Option<&str>,
 ) -> Result<Key, &'static str> {
-    if principal.is_none()
-        && !config.shared_with_credentials
-        && has_credentials(&parts.headers, &config.credential_headers)
-    {
+    if principal.is_none() && !config.shared_with_credentials && heads.credentials() {
         tracing::trace!("request with credentials and no principal; bypassing the cache");
         return Err("credentials");
     }

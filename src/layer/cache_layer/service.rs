@@ -5,13 +5,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{IF_RANGE, RANGE};
+use http::header::RANGE;
 use http::{HeaderName, Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
 use super::background::refresh_stale;
 use super::config::Config;
+use super::heads::Heads;
 use super::limiter::Refresh;
 use super::load::Run;
 use super::range::partial;
@@ -21,7 +22,7 @@ use super::stale::in_revalidate_window;
 use super::unsafe_methods::{call_and_invalidate, is_unsafe};
 use super::ResponseFuture;
 use crate::layer::body::ResponseBody;
-use crate::layer::cache_control::request_directives;
+use crate::layer::cache_control::{request_directives, RequestDirectives};
 use crate::layer::cache_status::Outcome;
 use crate::layer::cached_response::CachedResponse;
 use crate::layer::conditional::Conditions;
@@ -107,13 +108,21 @@ where
             }
             return ResponseFuture::bypass(self.inner.call(req), stamp, Outcome::Method);
         }
+        let heads = Heads::scan(req.headers(), &self.config.credential_headers);
         // A range request is answered from a stored response only when it is at hand (see
         // `range`); else it goes to the handler, whose partial answer is not stored.
-        let range = req.headers().get(RANGE).cloned();
-        if range.is_some() && (head || req.headers().contains_key(IF_RANGE)) {
+        let range = heads
+            .range()
+            .then(|| req.headers().get(RANGE).cloned())
+            .flatten();
+        if range.is_some() && (head || heads.if_range()) {
             return self.bypass(req, stamp, "range");
         }
-        let directives = request_directives(req.headers());
+        let directives = if heads.directives() {
+            request_directives(req.headers())
+        } else {
+            RequestDirectives::default()
+        };
         if directives.no_store {
             tracing::trace!("request cache-control: no-store; bypassing the cache");
             return self.bypass(req, stamp, "no-store");
@@ -129,12 +138,12 @@ where
             .principal_fn
             .as_ref()
             .and_then(|f| f(&RequestInfo::with(&parts, params.as_ref(), None)));
-        let key = match plan_key(config, &parts, params.as_ref(), principal.as_deref()) {
+        let key = match plan_key(config, &parts, heads, params.as_ref(), principal.as_deref()) {
             Ok(key) => key,
             Err(detail) => return self.bypass(Request::from_parts(parts, body), stamp, detail),
         };
         if let Some(range) = range {
-            if !directives.no_cache && !Conditions::present(&parts.headers) {
+            if !directives.no_cache && !heads.conditions() {
                 if let Ok(stored) = self.cache.get_local::<CachedResponse>(key, &config.options) {
                     if let Some(res) = partial(&stored, &range, stamp) {
                         return ResponseFuture::ready(res, stamp);
@@ -145,8 +154,7 @@ where
             return self.bypass(Request::from_parts(parts, body), stamp, "range");
         }
         // Only a request that has preconditions pays for reading them.
-        let conditions =
-            Conditions::present(&parts.headers).then(|| Conditions::of(&parts.headers));
+        let conditions = heads.conditions().then(|| Conditions::of(&parts.headers));
         // A `no-cache` the layer honours: lead or join the key's refresh, unless the key
         // was refreshed less than the interval ago.
         let refresh = match config.refreshes.as_ref().filter(|_| directives.no_cache) {
@@ -175,22 +183,23 @@ where
                 }
                 // A response that varies, or that must be revalidated before use: the key
                 // went into the lookup, so it is made again (the same as above).
-                Ok(stored) => match plan_key(config, &parts, params.as_ref(), principal.as_deref())
-                {
-                    Ok(key) => match self.resolve(key, stored, &parts.headers) {
-                        Resolved::Hit(stored) => {
-                            let res = respond(&stored, head, stamp, hit, conditions.as_ref());
-                            return ResponseFuture::ready(res, stamp);
+                Ok(stored) => {
+                    match plan_key(config, &parts, heads, params.as_ref(), principal.as_deref()) {
+                        Ok(key) => match self.resolve(key, stored, &parts.headers) {
+                            Resolved::Hit(stored) => {
+                                let res = respond(&stored, head, stamp, hit, conditions.as_ref());
+                                return ResponseFuture::ready(res, stamp);
+                            }
+                            Resolved::Load(key, then) => {
+                                found = then;
+                                key
+                            }
+                        },
+                        Err(detail) => {
+                            return self.bypass(Request::from_parts(parts, body), stamp, detail)
                         }
-                        Resolved::Load(key, then) => {
-                            found = then;
-                            key
-                        }
-                    },
-                    Err(detail) => {
-                        return self.bypass(Request::from_parts(parts, body), stamp, detail)
                     }
-                },
+                }
                 Err(key) => key,
             }
         };
