@@ -264,18 +264,20 @@ fn in_process() {
         .build()
         .expect("rt");
     let calls = Arc::new(AtomicU64::new(0));
+    // `with_state` turns the handlers into services once, as `axum::serve` does; a router
+    // called as it is builds them, and applies its layers, on every request.
     let apps = [
         (
             "in_process_plain_ns",
-            router(false, Layer::None, calls.clone()),
+            router(false, Layer::None, calls.clone()).with_state(()),
         ),
         (
             "in_process_cached_ns",
-            router(false, Layer::Stormcache, calls.clone()),
+            router(false, Layer::Stormcache, calls.clone()).with_state(()),
         ),
         (
             "in_process_axum_response_cache_ns",
-            router(false, Layer::AxumResponseCache, calls.clone()),
+            router(false, Layer::AxumResponseCache, calls.clone()).with_state(()),
         ),
     ];
     for (_, app) in &apps {
