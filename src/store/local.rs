@@ -62,10 +62,15 @@ pub(crate) struct LocalKey {
 }
 
 /// What the store knows of an entry besides its value.
+///
+/// Instants are kept as nanoseconds since the store was created (an `Instant` takes twice
+/// the room): 40 bytes in all, on every entry.
 #[derive(Debug)]
 pub(crate) struct EntryMeta {
-    pub(crate) fresh_until: Instant,
-    pub(crate) expires_at: Instant,
+    /// When it stops being fresh.
+    pub(crate) fresh_until: u64,
+    /// When it expires: `fresh_until` plus the fail-safe grace.
+    pub(crate) expires_at: u64,
     /// Most entries have no tags: one pointer, null for them.
     pub(crate) tagged: Option<Box<Tagged>>,
     pub(crate) weight: u32,
@@ -102,11 +107,20 @@ impl<T: Send + Sync + 'static> Stored for Entry<T> {
 
 type Value = Arc<dyn Stored>;
 
-struct PerEntryExpiry;
+/// Each entry's own deadline, from the store's origin of time.
+struct PerEntryExpiry {
+    created: Instant,
+}
+
+impl PerEntryExpiry {
+    fn left(&self, v: &Value, now: Instant) -> Duration {
+        at(self.created, v.meta().expires_at).saturating_duration_since(now)
+    }
+}
 
 impl Expiry<LocalKey, Value> for PerEntryExpiry {
     fn expire_after_create(&self, _: &LocalKey, v: &Value, now: Instant) -> Option<Duration> {
-        Some(v.meta().expires_at.saturating_duration_since(now))
+        Some(self.left(v, now))
     }
 
     fn expire_after_update(
@@ -116,8 +130,21 @@ impl Expiry<LocalKey, Value> for PerEntryExpiry {
         now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.meta().expires_at.saturating_duration_since(now))
+        Some(self.left(v, now))
     }
+}
+
+/// The instant `nanos` after `origin` (centuries ahead at most: never past the clock's range).
+fn at(origin: Instant, nanos: u64) -> Instant {
+    let later = Duration::from_nanos(nanos);
+    origin
+        .checked_add(later)
+        .unwrap_or_else(|| origin + Duration::from_secs(1 << 30))
+}
+
+/// `base` nanoseconds plus `d`, saturating.
+fn plus(base: u64, d: Duration) -> u64 {
+    base.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// The state of the store a lookup saw; see [`LocalStore::get_seen`].
@@ -166,11 +193,12 @@ pub(crate) struct LocalStore {
 
 impl LocalStore {
     pub(crate) fn new(capacity: LocalCapacity) -> Self {
+        let created = Instant::now();
         let index: Arc<TagIndex<LocalKey>> = Arc::new(TagIndex::default());
         let front: Arc<Front<LocalKey, Value, Hasher>> = Arc::new(Front::new(Hasher::default()));
         let (forget, evicted) = (Arc::clone(&index), Arc::clone(&front));
         let builder = Moka::builder()
-            .expire_after(PerEntryExpiry)
+            .expire_after(PerEntryExpiry { created })
             .eviction_listener(move |key: Arc<LocalKey>, value: Value, cause| {
                 if let Some(tagged) = &value.meta().tagged {
                     forget.forget(&tagged.tags, &key, tagged.id);
@@ -200,7 +228,7 @@ impl LocalStore {
             index,
             next_id: AtomicU64::new(0),
             by_bytes,
-            created: Instant::now(),
+            created,
             trusted_from: AtomicU64::new(0),
             tracked_from: AtomicU64::new(0),
         }
@@ -291,10 +319,17 @@ impl LocalStore {
         let meta = stored.meta();
         // Only entries with a grace period can be alive past their TTL: the others need no
         // clock read (moka checked their expiry).
-        let stale = meta.expires_at > meta.fresh_until && Instant::now() >= meta.fresh_until;
+        let stale = meta.expires_at > meta.fresh_until
+            && self.nanos_since_created(Instant::now()) >= meta.fresh_until;
         let hit = self.hit(&stored, stale);
         if hit.is_some() {
-            let deadlines = || Deadlines::of(meta.fresh_until, meta.expires_at);
+            let deadlines = || {
+                let (fresh_until, expires_at) = (
+                    at(self.created, meta.fresh_until),
+                    at(self.created, meta.expires_at),
+                );
+                Deadlines::of(fresh_until, expires_at)
+            };
             self.front.promote(key, &stored, deadlines, &ticket);
         }
         hit
@@ -318,7 +353,7 @@ impl LocalStore {
             value: entry.value.clone(),
             stale,
             suspect,
-            fresh_until: meta.fresh_until,
+            fresh_until: at(self.created, meta.fresh_until),
         })
     }
 
@@ -331,8 +366,8 @@ impl LocalStore {
         tags: &[Key],
         encoded_len: usize,
     ) {
-        let now = Instant::now();
-        let fresh_until = now + fresh_for;
+        let now = self.nanos_since_created(Instant::now());
+        let fresh_until = plus(now, fresh_for);
         let weight = u32::try_from(encoded_len + key.key.as_str().len())
             .unwrap_or(u32::MAX)
             .saturating_add(ENTRY_OVERHEAD);
@@ -349,10 +384,10 @@ impl LocalStore {
         let entry: Value = Arc::new(Entry {
             meta: EntryMeta {
                 fresh_until,
-                expires_at: fresh_until + grace,
+                expires_at: plus(fresh_until, grace),
                 tagged,
                 weight,
-                written: self.nanos_since_created(now),
+                written: now,
             },
             value,
         });
@@ -529,6 +564,21 @@ mod tests {
         store.remove(&lk(0, "y"));
         store.cache.run_pending_tasks();
         assert_eq!(store.index.records(), 0);
+    }
+
+    #[test]
+    fn entry_metadata_stays_small() {
+        // Every entry carries it: the per-entry memory figures count on this size.
+        assert!(std::mem::size_of::<EntryMeta>() <= 40);
+    }
+
+    #[test]
+    fn deadlines_far_ahead_do_not_overflow() {
+        let store = LocalStore::new(LocalCapacity::Entries(100));
+        store.insert(lk(0, "f"), 1u8, Duration::MAX, Duration::MAX, &[], 0);
+        let hit = store.get::<u8>(&lk(0, "f")).expect("kept");
+        assert!(!hit.stale);
+        assert!(hit.fresh_until > Instant::now() + Duration::from_secs(86_400 * 365));
     }
 
     #[test]
