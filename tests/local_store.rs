@@ -196,3 +196,28 @@ async fn tag_invalidations_reach_entries_stored_concurrently() {
         "reads after an acknowledged tag invalidation saw an older version"
     );
 }
+
+#[tokio::test]
+async fn durations_meaning_forever_are_kept_as_a_century_not_a_panic() {
+    let cache = Cache::builder("forever").build().expect("valid");
+    let forever = EntryOptions::new()
+        .ttl(Duration::MAX)
+        .stale_for(Duration::MAX)
+        .soft_timeout(Duration::MAX)
+        .hard_timeout(Duration::MAX)
+        .distributed_lock(Duration::MAX);
+    let loaded = cache
+        .get_or_load(key("f"), &forever, || async { 7u32 })
+        .await;
+    assert_eq!(loaded, 7);
+    let again = cache
+        .fetch(key("f"), &forever, || async { Ok::<u32, ()>(8) })
+        .await
+        .expect("cached");
+    assert_eq!((again.value, again.origin), (7, Origin::Local));
+    cache.set(key("g"), 9u32, &forever).await;
+    assert_eq!(
+        cache.get::<u32>(&key("g"), &EntryOptions::new()).await,
+        Some(9)
+    );
+}

@@ -272,6 +272,21 @@ async fn single_flight(t: &Topology) {
     );
 }
 
+/// A TTL meant as "forever" is stored (a century), and another instance reads it from Redis.
+async fn a_forever_ttl_reaches_redis(t: &Topology) {
+    let a = connected(cache(t, "forever")).await;
+    let b = connected(cache(t, "forever")).await;
+    let forever = EntryOptions::new()
+        .ttl(Duration::MAX)
+        .stale_for(Duration::MAX);
+    a.set(key("forever:k"), 5u32, &forever).await;
+    let read = b
+        .fetch(key("forever:k"), &forever, || async { Ok::<u32, ()>(6) })
+        .await
+        .expect("cached");
+    assert_eq!((read.value, read.origin), (5, Origin::Redis));
+}
+
 async fn all_scenarios(t: Topology) {
     hit_and_miss_through_both_levels(&t).await;
     ttl_expiry(&t).await;
@@ -279,6 +294,7 @@ async fn all_scenarios(t: Topology) {
     tag_invalidation(&t).await;
     undecodable_bytes_are_a_miss(&t).await;
     single_flight(&t).await;
+    a_forever_ttl_reaches_redis(&t).await;
 }
 
 topology_tests!(all_scenarios: standalone, sentinel, cluster);

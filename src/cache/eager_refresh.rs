@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::{adapt, Cache};
 use crate::coherence::Invalidator;
-use crate::core::{Core, RedisRead, WriteIf};
+use crate::core::{Core, RedisRead, WriteIf, LONGEST};
 use crate::key::Key;
 use crate::model::{Cacheable, EntryOptions, Fetched, Lifetime, Origin};
 use crate::store::LocalKey;
@@ -182,7 +182,7 @@ async fn refresh<T, E, F, Fut>(
     if let (Some(lock_ttl), Some(redis)) = (options.lock, redis) {
         let lock_key = core.lock_key(redis, key);
         match redis
-            .try_lock(&lock_key, lock_ttl, core.command_timeout())
+            .try_lock(&lock_key, lock_ttl.min(LONGEST), core.command_timeout())
             .await
         {
             Ok(Some(guard)) => lock = Some(guard),

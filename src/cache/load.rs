@@ -41,12 +41,13 @@ impl Deadlines {
         let now =
             (options.soft_timeout.is_some() || options.hard_timeout.is_some()).then(Instant::now);
         Deadlines {
+            // A timeout past the clock's range is no timeout.
             soft: now
                 .zip(options.soft_timeout)
-                .map(|(now, after)| now + after),
+                .and_then(|(now, after)| now.checked_add(after)),
             hard: now
                 .zip(options.hard_timeout)
-                .map(|(now, after)| now + after),
+                .and_then(|(now, after)| now.checked_add(after)),
             can_fail,
         }
     }

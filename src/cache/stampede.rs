@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::core::{Core, Epoch, Lease, RedisRead};
+use crate::core::{Core, Epoch, Lease, RedisRead, LONGEST};
 use crate::model::{CacheEvent, Cacheable, EntryOptions};
 use crate::redis::LockGuard;
 use crate::store::LocalKey;
@@ -47,7 +47,9 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
     };
     let shape = core.shape(local_key.class, options);
     let lock_key = core.lock_key(redis, local_key);
-    let give_up = Instant::now() + lock_ttl * 2;
+    let lock_ttl = lock_ttl.min(LONGEST);
+    // Past the clock's range (not on the usual platforms), the caller's timeouts end it.
+    let give_up = Instant::now().checked_add(lock_ttl * 2);
     let mut poll = FIRST_POLL;
     loop {
         match redis
@@ -74,7 +76,7 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
                 return LockOutcome::Unavailable;
             }
         }
-        if Instant::now() + poll >= give_up {
+        if give_up.is_some_and(|at| Instant::now() + poll >= at) {
             tracing::warn!(key = %local_key.key, "waited twice the lock's TTL; loading without it");
             core.events().emit(|| CacheEvent::LockWaitTimedOut);
             return LockOutcome::Unavailable;

@@ -10,6 +10,11 @@ use std::time::Duration;
 use super::Core;
 use crate::model::{ClassId, EntryOptions, Lifetime};
 
+/// The longest TTL, grace or lock an entry is given: about a century. Longer ones (up to
+/// `Duration::MAX`, which a caller may pass to mean "forever") would overflow the clocks
+/// and Redis's expiry, and a century is forever for a cache.
+pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// See the module docs; made by [`Core::shape`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Shape {
@@ -42,11 +47,11 @@ impl Shape {
     /// the value's source already chose it) and its grace, for those it gives.
     pub(crate) fn with_lifetime(mut self, lifetime: Lifetime) -> Shape {
         if let Some(ttl) = lifetime.ttl {
-            self.ttl = ttl;
+            self.ttl = ttl.min(LONGEST);
             self.jitter = Duration::ZERO;
         }
         if let Some(grace) = lifetime.grace {
-            self.grace = grace;
+            self.grace = grace.min(LONGEST);
         }
         self
     }
@@ -73,6 +78,7 @@ impl Core {
         ttl: Duration,
     ) -> Shape {
         let declared = self.classes.get(class);
+        let ttl = ttl.min(LONGEST);
         Shape {
             ttl,
             jitter: options
@@ -80,7 +86,7 @@ impl Core {
                 .or(declared.default_ttl_jitter())
                 .map_or(Duration::ZERO, |j| j.max_for(ttl)),
             local_ttl: options.local_ttl.or(declared.default_local_ttl()),
-            grace: options.stale_for.unwrap_or(Duration::ZERO),
+            grace: options.stale_for.unwrap_or(Duration::ZERO).min(LONGEST),
             local: !options.skip_local,
             redis: !options.skip_redis,
         }

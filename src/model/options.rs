@@ -121,7 +121,8 @@ impl EntryOptions {
         Self::default()
     }
 
-    /// Time to live, overriding the class's default.
+    /// Time to live, overriding the class's default. Longer than about a century (up to
+    /// `Duration::MAX`) counts as a century.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
@@ -147,7 +148,7 @@ impl EntryOptions {
     }
 
     /// Fail-safe grace: for this long after the TTL, an expired value is kept and served
-    /// (marked stale) if the loader fails.
+    /// (marked stale) if the loader fails. At most about a century, like the TTL.
     pub fn stale_for(mut self, grace: Duration) -> Self {
         self.stale_for = Some(grace);
         self

@@ -134,12 +134,13 @@ impl Expiry<LocalKey, Value> for PerEntryExpiry {
     }
 }
 
-/// The instant `nanos` after `origin` (centuries ahead at most: never past the clock's range).
+/// The instant `nanos` after `origin`: at most some 584 years, within any clock's range on
+/// the platforms we know; past it, some 34 years, else `origin` itself.
 fn at(origin: Instant, nanos: u64) -> Instant {
-    let later = Duration::from_nanos(nanos);
     origin
-        .checked_add(later)
-        .unwrap_or_else(|| origin + Duration::from_secs(1 << 30))
+        .checked_add(Duration::from_nanos(nanos))
+        .or_else(|| origin.checked_add(Duration::from_secs(1 << 30)))
+        .unwrap_or(origin)
 }
 
 /// `base` nanoseconds plus `d`, saturating.
