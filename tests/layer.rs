@@ -985,3 +985,45 @@ async fn an_application_credential_header_bypasses_shared_entries() {
         ("hit", "call 1")
     );
 }
+
+#[tokio::test]
+async fn durations_meaning_forever_configure_a_layer_that_still_answers() {
+    let forever = Duration::MAX;
+    let counter = Counter::default();
+    let layer = CacheLayer::new(cache())
+        .ttl(forever)
+        .min_ttl(forever)
+        .max_ttl(forever)
+        .stale_for(forever)
+        .soft_timeout(forever)
+        .hard_timeout(forever)
+        .stale_while_revalidate(forever)
+        .heuristic_max(forever)
+        .request_no_cache(true)
+        .request_no_cache_interval(forever);
+    // The response's own lifetimes are the largest RFC 9111 allows, and more.
+    let app = app_with(
+        layer,
+        &counter,
+        &[(
+            "cache-control",
+            "max-age=99999999999999999999, stale-while-revalidate=99999999999999999999",
+        )],
+    );
+    assert_eq!(send(&app, get_req("/r")).await.body, "call 1");
+    let hit = send(&app, get_req("/r")).await;
+    assert_eq!((hit.x_cache(), hit.body.as_str()), ("hit", "call 1"));
+    // Fresh for about a century: the `ttl` it reports is that, not an overflow.
+    let status = hit.headers["cache-status"].to_str().expect("text");
+    let ttl: u64 = status
+        .rsplit("ttl=")
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect("a ttl in Cache-Status");
+    assert!(ttl > 50 * 365 * 86_400, "{status}");
+    // A `no-cache` request refreshes the entry once; inside the (century-long) interval
+    // after that, one is answered from the refreshed entry.
+    let no_cache = [("cache-control", "no-cache")];
+    assert_eq!(send(&app, get_with("/r", &no_cache)).await.body, "call 2");
+    assert_eq!(send(&app, get_with("/r", &no_cache)).await.body, "call 2");
+}

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stormcache::{Cache, EntryOptions, Key, Origin, RedisOutcome};
+use stormcache::{Cache, EntryOptions, Key, Loaded, Origin, RedisOutcome};
 use support::caches::{wait_redis_ready, with_permissions_and_resources};
 use support::topology::{topology_tests, Topology};
 
@@ -318,4 +318,38 @@ async fn local_only_needs_no_redis_and_no_code_change() {
         .get::<String>(&key("k"), &EntryOptions::new())
         .await
         .is_none());
+}
+
+/// Every duration of the builder and of a loader's choice at `Duration::MAX` ("never"):
+/// the cache connects, stores through Redis and reads back.
+#[tokio::test]
+async fn durations_meaning_forever_configure_a_working_cache() {
+    let server = support::RedisServer::start();
+    let forever = Duration::MAX;
+    let build = || {
+        Cache::builder("forever-builder")
+            .redis_url(server.url())
+            .default_ttl(forever)
+            .command_timeout(forever)
+            .connect_timeout(forever)
+            .reconnect_delay(forever)
+            .maintenance_timeout(forever)
+            .failover_replay_window(forever)
+            .build()
+            .expect("valid configuration")
+    };
+    let (a, b) = (connected(build()).await, connected(build()).await);
+    let opts = EntryOptions::new().local_ttl(forever);
+    let loaded = a
+        .fetch_adaptive(key("k"), &opts, || async {
+            Ok::<_, ()>(Loaded::new(5u32).ttl(forever))
+        })
+        .await
+        .expect("loaded");
+    assert_eq!((loaded.value, loaded.origin), (5, Origin::Loader));
+    let read = b
+        .fetch(key("k"), &opts, || async { Ok::<u32, ()>(6) })
+        .await
+        .expect("cached");
+    assert_eq!((read.value, read.origin), (5, Origin::Redis));
 }

@@ -8,14 +8,15 @@ use crate::coherence::{self, Backplane, Invalidator, Journal, MonitorConfig, Tra
 use crate::core::{self, Breaker, Core, Events, Telemetry};
 use crate::error::Error;
 use crate::key::check_name;
-use crate::model::{Class, Classes, FlushScope, OutagePolicy};
+use crate::model::{Class, Classes, FlushScope, OutagePolicy, LONGEST};
 use crate::redis::{RedisSettings, RedisStore};
 use crate::store::{codec, Codec, LocalCapacity, LocalStore, MessagePack};
 
 /// Builds a [`Cache`]. Get one from [`Cache::builder`].
 ///
 /// Without a Redis URL the cache runs on its local store only; application code is the same
-/// either way.
+/// either way. A duration longer than about a century (`Duration::MAX` for "never", say)
+/// counts as a century.
 ///
 /// ```
 /// use std::time::Duration;
@@ -110,27 +111,27 @@ impl CacheBuilder {
 
     /// TTL of entries whose call and class give none (default 5 minutes).
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
-        self.default_ttl = ttl;
+        self.default_ttl = ttl.min(LONGEST);
         self
     }
 
     /// The longest a request waits for one Redis command (default 100 ms). Past it the
     /// request carries on without Redis.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.command_timeout = timeout;
+        self.command_timeout = timeout.min(LONGEST);
         self
     }
 
     /// Deadline to establish a connection, and how long a silent connection may stay
     /// unanswered before fred drops it (default 1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connect_timeout = timeout.min(LONGEST);
         self
     }
 
     /// Delay between reconnection attempts (default 200 ms; retried forever).
     pub fn reconnect_delay(mut self, delay: Duration) -> Self {
-        self.reconnect_delay = delay;
+        self.reconnect_delay = delay.min(LONGEST);
         self
     }
 
@@ -143,7 +144,7 @@ impl CacheBuilder {
 
     /// Deadline of each step of a flush or tag invalidation (default 5 s).
     pub fn maintenance_timeout(mut self, timeout: Duration) -> Self {
-        self.maintenance_timeout = timeout;
+        self.maintenance_timeout = timeout.min(LONGEST);
         self
     }
 
@@ -195,7 +196,7 @@ impl CacheBuilder {
 
     /// How often the health monitor probes Redis and writes the heartbeat (default 500 ms).
     pub fn probe_interval(mut self, interval: Duration) -> Self {
-        self.probe_interval = interval;
+        self.probe_interval = interval.min(LONGEST);
         self
     }
 
@@ -229,7 +230,7 @@ impl CacheBuilder {
     /// 30 s). After a restart from a snapshot older than this, they are re-applied from the
     /// snapshot's age (see [`journal_capacity`](Self::journal_capacity)).
     pub fn failover_replay_window(mut self, window: Duration) -> Self {
-        self.failover_replay_window = window;
+        self.failover_replay_window = window.min(LONGEST);
         self
     }
 

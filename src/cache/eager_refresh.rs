@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use super::{adapt, Cache};
 use crate::coherence::Invalidator;
-use crate::core::{Core, RedisRead, WriteIf, LONGEST};
+use crate::core::{Core, RedisRead, WriteIf};
 use crate::key::Key;
-use crate::model::{Cacheable, EntryOptions, Fetched, Lifetime, Origin};
+use crate::model::{Cacheable, EntryOptions, Fetched, Lifetime, Origin, LONGEST};
 use crate::store::LocalKey;
 
 /// The keys being refreshed in the background, so each is refreshed once at a time.

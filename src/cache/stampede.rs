@@ -14,8 +14,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::core::{Core, Epoch, Lease, RedisRead, LONGEST};
-use crate::model::{CacheEvent, Cacheable, EntryOptions};
+use crate::core::{Core, Epoch, Lease, RedisRead};
+use crate::model::{CacheEvent, Cacheable, EntryOptions, LONGEST};
 use crate::redis::LockGuard;
 use crate::store::LocalKey;
 

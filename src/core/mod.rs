@@ -26,7 +26,7 @@ pub(crate) use self::flights::{
     wait, Epoch, Flights, Join, Outcome, ShardMask, Snapshot, ALL_SHARDS,
 };
 pub(crate) use self::io::{Lease, RedisRead, WriteIf};
-pub(crate) use self::shape::{Shape, LONGEST};
+pub(crate) use self::shape::Shape;
 pub(crate) use self::stats::Stats;
 pub(crate) use self::telemetry::Telemetry;
 

@@ -8,12 +8,7 @@
 use std::time::Duration;
 
 use super::Core;
-use crate::model::{ClassId, EntryOptions, Lifetime};
-
-/// The longest TTL, grace or lock an entry is given: about a century. Longer ones (up to
-/// `Duration::MAX`, which a caller may pass to mean "forever") would overflow the clocks
-/// and Redis's expiry, and a century is forever for a cache.
-pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 86_400);
+use crate::model::{ClassId, EntryOptions, Lifetime, LONGEST};
 
 /// See the module docs; made by [`Core::shape`].
 #[derive(Clone, Copy, Debug)]

@@ -226,7 +226,7 @@ impl CachedResponse {
     fn ttl_after(&self, resident: Duration) -> Option<i64> {
         let fresh_for = self.0.meta.fresh_for?;
         let ceil_secs = |d: Duration| {
-            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
             i64::try_from(secs).unwrap_or(i64::MAX)
         };
         Some(match fresh_for.checked_sub(resident) {

@@ -20,7 +20,7 @@ pub use self::invalidation::{Invalidation, InvalidationReport, InvalidationRule,
 pub(crate) use self::loaded::Adjust;
 pub use self::loaded::Loaded;
 pub use self::options::{EntryOptions, TtlJitter};
-pub(crate) use self::options::{Lifetime, StaleNow, ValueGrace};
+pub(crate) use self::options::{Lifetime, StaleNow, ValueGrace, LONGEST};
 pub use self::policy::{FlushScope, OutagePolicy, Tier};
 pub(crate) use self::status::unix_ms;
 pub use self::status::{

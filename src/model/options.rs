@@ -8,6 +8,11 @@ use std::time::Duration;
 
 use crate::key::Key;
 
+/// The longest TTL, grace, lock or layer setting a duration is taken as: about a century.
+/// Longer ones (up to `Duration::MAX`, which a caller may pass to mean "forever") would
+/// overflow the clocks and Redis's expiry, and a century is forever for a cache.
+pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// How long one loaded value is fresh, and kept past that, when the value itself says so
 /// (an HTTP response's own `max-age`, `must-revalidate`…): a `ttl` overrides the options'
 /// TTL (without jitter), a `grace` their grace, for that one store.
@@ -124,7 +129,7 @@ impl EntryOptions {
     /// Time to live, overriding the class's default. Longer than about a century (up to
     /// `Duration::MAX`) counts as a century.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.ttl = Some(ttl.min(LONGEST));
         self
     }
 
@@ -150,7 +155,7 @@ impl EntryOptions {
     /// Fail-safe grace: for this long after the TTL, an expired value is kept and served
     /// (marked stale) if the loader fails. At most about a century, like the TTL.
     pub fn stale_for(mut self, grace: Duration) -> Self {
-        self.stale_for = Some(grace);
+        self.stale_for = Some(grace.min(LONGEST));
         self
     }
 

@@ -20,6 +20,7 @@ use http::{HeaderMap, StatusCode};
 use super::config::Config;
 use super::CacheLayer;
 use crate::layer::cache_control::ResponseDirectives;
+use crate::model::LONGEST;
 
 /// Whether a response of this status may be stored: a status the layer stores on its
 /// heuristic, or any final status but `206` and `304` when the response gives its own
@@ -55,7 +56,7 @@ impl CacheLayer {
     /// (`ttl(Duration::ZERO)`: revalidated or served stale, never reused while the handler
     /// answers) while still reusing those whose `Last-Modified` says they change rarely.
     pub fn heuristic_max(mut self, max: Duration) -> Self {
-        self.config().heuristic_max = Some(max);
+        self.config().heuristic_max = Some(max.min(LONGEST));
         self
     }
 }

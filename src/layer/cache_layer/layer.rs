@@ -13,7 +13,7 @@ use super::stale::with_value_grace;
 use super::CacheService;
 use crate::layer::query_filter::QueryFilter;
 use crate::layer::RequestInfo;
-use crate::{Cache, EntryOptions, Key, KeyTemplate};
+use crate::{model::LONGEST, Cache, EntryOptions, Key, KeyTemplate};
 
 /// The default largest body stored: 1 MiB. Larger bodies stream through uncached.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
@@ -321,14 +321,14 @@ impl CacheLayer {
     /// response fresh for less is stored for `ttl` (default: none). A response stale on
     /// arrival (`max-age=0`, an `Expires` in the past) is still not stored.
     pub fn min_ttl(mut self, ttl: Duration) -> Self {
-        self.config().min_ttl = Some(ttl);
+        self.config().min_ttl = Some(ttl.min(LONGEST));
         self
     }
 
     /// The ceiling of a response's own freshness: a response fresh for longer is stored for
     /// `ttl` (default: none, the response's word).
     pub fn max_ttl(mut self, ttl: Duration) -> Self {
-        self.config().max_ttl = Some(ttl);
+        self.config().max_ttl = Some(ttl.min(LONGEST));
         self
     }
 
@@ -531,7 +531,7 @@ impl CacheLayer {
     /// waiting). A failed refresh keeps the stale entry. A response's own
     /// `stale-while-revalidate=N` wins; none for those that must be revalidated.
     pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
-        self.config().stale_while_revalidate = Some(window);
+        self.config().stale_while_revalidate = Some(window.min(LONGEST));
         self
     }
 

@@ -10,6 +10,7 @@ use super::limiter::Refreshes;
 use super::registry::Registry;
 use super::CacheLayer;
 use crate::layer::query_filter::NamePattern;
+use crate::model::LONGEST;
 
 impl CacheLayer {
     /// The least time between two refreshes of one key by requests with `no-cache`, when
@@ -30,7 +31,7 @@ impl CacheLayer {
     /// # let _ = layer; Ok(()) }
     /// ```
     pub fn request_no_cache_interval(mut self, interval: Duration) -> Self {
-        self.config().refresh_interval = interval;
+        self.config().refresh_interval = interval.min(LONGEST);
         self
     }
 
