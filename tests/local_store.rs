@@ -197,6 +197,46 @@ async fn tag_invalidations_reach_entries_stored_concurrently() {
     );
 }
 
+/// Two writes of one key race; whichever value stays, invalidating the key's tag afterwards
+/// removes it from the local store.
+#[test]
+fn racing_writes_of_one_key_stay_reachable_by_their_tag() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cache = rt.block_on(async {
+        Cache::builder("racing")
+            .local_capacity(LocalCapacity::Entries(100_000))
+            .build()
+            .expect("valid")
+    });
+    let tag = key("group:1");
+    let opts = EntryOptions::new().tag(tag.clone());
+    let mut survived = 0;
+    for round in 0..10_000u32 {
+        let k = key(&format!("k{round}"));
+        // Two threads, so that the writes truly overlap.
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let writers: Vec<_> = (0..2u32)
+            .map(|w| {
+                let (cache, k, opts, start) =
+                    (cache.clone(), k.clone(), opts.clone(), Arc::clone(&start));
+                let handle = rt.handle().clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    handle.block_on(cache.set(k, w, &opts));
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("writer");
+        }
+        rt.block_on(async {
+            cache.invalidate_tag(&tag).await;
+            survived += usize::from(cache.get::<u32>(&k, &opts).await.is_some());
+        });
+    }
+    assert_eq!(survived, 0, "values read after their tag was invalidated");
+}
+
 #[tokio::test]
 async fn durations_meaning_forever_are_kept_as_a_century_not_a_panic() {
     let cache = Cache::builder("forever").build().expect("valid");

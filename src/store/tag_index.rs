@@ -4,9 +4,11 @@
 //! Each indexed entry is recorded with the id of the insert that made it. A key written
 //! again with the same tag is recorded again under its new id, and the removal of the older
 //! value (reported later by the store's eviction listener) forgets only a record with the
-//! older id: the newer entry stays reachable by its tag. A record whose entry is gone can
-//! linger until the listener reports it; invalidating it then removes whatever the key
-//! holds, which costs at most one miss.
+//! older id: the newer entry stays reachable by its tag. Two writes of one key can land in
+//! the other order than they recorded, so each write records again once its value is
+//! visible, if the key has no record by then. A record whose entry is gone can linger until
+//! the listener reports it, or for good after such a race; invalidating it then removes
+//! whatever the key holds, which costs at most one miss.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -52,6 +54,32 @@ impl<K: Hash + Eq + Clone> TagIndex<K> {
                 .entry(tag.clone())
                 .or_default()
                 .insert(key.clone(), id);
+        }
+    }
+
+    /// Records `key` under each of `tags` that has no record of it, as insert `id`: called
+    /// once the insert's value is visible. Two writes of one key can race so that the value
+    /// moka keeps is the one whose record the removal of the other forgot (`A` records,
+    /// `B` records over it, `B` lands, `A` lands over `B`, and the report of `B`'s removal
+    /// forgets `B`'s record); recording again after the value is visible closes that gap.
+    pub(crate) fn keep(&self, tags: &[Key], key: &K, id: u64) {
+        for tag in tags {
+            let mut shard = self
+                .shard(tag)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match shard.get_mut(tag) {
+                Some(members) if members.contains_key(key) => {}
+                Some(members) => {
+                    members.insert(key.clone(), id);
+                }
+                None => {
+                    shard
+                        .entry(tag.clone())
+                        .or_default()
+                        .insert(key.clone(), id);
+                }
+            }
         }
     }
 
