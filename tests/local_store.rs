@@ -237,6 +237,58 @@ fn racing_writes_of_one_key_stay_reachable_by_their_tag() {
     assert_eq!(survived, 0, "values read after their tag was invalidated");
 }
 
+/// Two invalidations of one tag race: whichever returns first or second, nothing the tag
+/// reached is readable once it has returned, even while the other is still removing.
+#[test]
+fn racing_invalidations_of_one_tag_both_return_after_its_entries_are_gone() {
+    const KEYS: u32 = 2_000;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cache = rt.block_on(async {
+        Cache::builder("racing-inv")
+            .local_capacity(LocalCapacity::Entries(100_000))
+            .build()
+            .expect("valid")
+    });
+    let tag = key("group:1");
+    let opts = EntryOptions::new().tag(tag.clone());
+    let mut seen_after = 0;
+    for round in 0..40u32 {
+        rt.block_on(async {
+            for i in 0..KEYS {
+                cache.set(key(&format!("r{round}:{i}")), i, &opts).await;
+            }
+        });
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let invalidators: Vec<_> = (0..2)
+            .map(|_| {
+                let (cache, tag, opts, start) =
+                    (cache.clone(), tag.clone(), opts.clone(), Arc::clone(&start));
+                let handle = rt.handle().clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    handle.block_on(async {
+                        cache.invalidate_tag(&tag).await;
+                        // Read at once, before the other invalidation may have finished.
+                        let mut seen = 0;
+                        for i in 0..KEYS {
+                            let k = key(&format!("r{round}:{i}"));
+                            seen += usize::from(cache.get::<u32>(&k, &opts).await.is_some());
+                        }
+                        seen
+                    })
+                })
+            })
+            .collect();
+        for i in invalidators {
+            seen_after += i.join().expect("invalidator");
+        }
+    }
+    assert_eq!(
+        seen_after, 0,
+        "entries read after their tag's invalidation returned"
+    );
+}
+
 #[tokio::test]
 async fn durations_meaning_forever_are_kept_as_a_century_not_a_panic() {
     let cache = Cache::builder("forever").build().expect("valid");

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::key::Key;
 
@@ -20,7 +20,69 @@ use crate::key::Key;
 const SHARDS: usize = 16;
 
 type Members<K> = HashMap<K, u64, foldhash::fast::RandomState>;
-type Shard<K> = Mutex<HashMap<Key, Members<K>, foldhash::fast::RandomState>>;
+type Shard<K> = Mutex<HashMap<Key, Records<K>, foldhash::fast::RandomState>>;
+
+/// A tag's records, and the keys that invalidations of it still removing took.
+struct Records<K> {
+    members: Members<K>,
+    /// Kept until each taker has removed its keys: a second invalidation of the tag that
+    /// starts meanwhile finds the records gone, and must not return before those keys are
+    /// removed, so it removes them too.
+    taking: Vec<Arc<[K]>>,
+}
+
+impl<K> Default for Records<K> {
+    fn default() -> Self {
+        Records {
+            members: HashMap::default(),
+            taking: Vec::new(),
+        }
+    }
+}
+
+impl<K> Records<K> {
+    fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.taking.is_empty()
+    }
+}
+
+/// The keys an invalidation of a tag must remove: those recorded under it, and those that
+/// other invalidations of it still in progress took. Until dropped, later invalidations of
+/// the tag remove its own keys as well.
+pub(crate) struct Taken<'a, K: Hash + Eq + Clone> {
+    index: &'a TagIndex<K>,
+    tag: Key,
+    /// This invalidation's keys (absent when it took none), then the others'.
+    mine: Option<Arc<[K]>>,
+    others: Vec<Arc<[K]>>,
+}
+
+impl<K: Hash + Eq + Clone> Taken<'_, K> {
+    /// Every key to remove; a key can appear more than once.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
+        self.mine
+            .iter()
+            .chain(&self.others)
+            .flat_map(|list| list.iter())
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for Taken<'_, K> {
+    fn drop(&mut self) {
+        let Some(mine) = &self.mine else { return };
+        let mut shard = self
+            .index
+            .shard(&self.tag)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(records) = shard.get_mut(&self.tag) {
+            records.taking.retain(|list| !Arc::ptr_eq(list, mine));
+            if records.is_empty() {
+                shard.remove(&self.tag);
+            }
+        }
+    }
+}
 
 /// Tag → the keys (`K`) of the entries that carry it, each with its insert's id.
 pub(crate) struct TagIndex<K> {
@@ -53,6 +115,7 @@ impl<K: Hash + Eq + Clone> TagIndex<K> {
             shard
                 .entry(tag.clone())
                 .or_default()
+                .members
                 .insert(key.clone(), id);
         }
     }
@@ -69,14 +132,14 @@ impl<K: Hash + Eq + Clone> TagIndex<K> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             match shard.get_mut(tag) {
-                Some(members) if members.contains_key(key) => {}
-                Some(members) => {
-                    members.insert(key.clone(), id);
+                Some(records) => {
+                    records.members.entry(key.clone()).or_insert(id);
                 }
                 None => {
                     shard
                         .entry(tag.clone())
                         .or_default()
+                        .members
                         .insert(key.clone(), id);
                 }
             }
@@ -90,10 +153,10 @@ impl<K: Hash + Eq + Clone> TagIndex<K> {
                 .shard(tag)
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if let Some(members) = shard.get_mut(tag) {
-                if members.get(key) == Some(&id) {
-                    members.remove(key);
-                    if members.is_empty() {
+            if let Some(records) = shard.get_mut(tag) {
+                if records.members.get(key) == Some(&id) {
+                    records.members.remove(key);
+                    if records.is_empty() {
                         shard.remove(tag);
                     }
                 }
@@ -101,14 +164,31 @@ impl<K: Hash + Eq + Clone> TagIndex<K> {
         }
     }
 
-    /// The keys recorded under `tag`, no longer recorded.
-    pub(crate) fn take(&self, tag: &Key) -> Vec<K> {
-        let members = self
+    /// The keys recorded under `tag`, no longer recorded, with those that invalidations of
+    /// it still in progress took: remove them all before dropping what this returns.
+    pub(crate) fn take(&self, tag: &Key) -> Taken<'_, K> {
+        let mut taken = Taken {
+            index: self,
+            tag: tag.clone(),
+            mine: None,
+            others: Vec::new(),
+        };
+        let mut shard = self
             .shard(tag)
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(tag);
-        members.map_or_else(Vec::new, |m| m.into_keys().collect())
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(records) = shard.get_mut(tag) else {
+            return taken;
+        };
+        taken.others.clone_from(&records.taking);
+        if !records.members.is_empty() {
+            let mine: Arc<[K]> = records.members.drain().map(|(key, _)| key).collect();
+            records.taking.push(Arc::clone(&mine));
+            taken.mine = Some(mine);
+        } else if records.taking.is_empty() {
+            shard.remove(tag);
+        }
+        taken
     }
 
     /// Forgets everything.
@@ -124,7 +204,7 @@ impl<K: Hash + Eq + Clone> TagIndex<K> {
             .iter()
             .map(|s| {
                 let shard = s.lock().unwrap_or_else(PoisonError::into_inner);
-                shard.values().map(HashMap::len).sum::<usize>()
+                shard.values().map(|r| r.members.len()).sum::<usize>()
             })
             .sum()
     }

@@ -197,17 +197,18 @@ impl LocalStore {
         let created = Instant::now();
         let index: Arc<TagIndex<LocalKey>> = Arc::new(TagIndex::default());
         let front: Arc<Front<LocalKey, Value, Hasher>> = Arc::new(Front::new(Hasher::default()));
-        let (forget, evicted) = (Arc::clone(&index), Arc::clone(&front));
+        let (forget, voided) = (Arc::clone(&index), Arc::clone(&front));
         let builder = Moka::builder()
             .expire_after(PerEntryExpiry { created })
-            .eviction_listener(move |key: Arc<LocalKey>, value: Value, cause| {
+            .eviction_listener(move |key: Arc<LocalKey>, value: Value, _| {
+                // Voided here, as soon as moka has removed or replaced the entry and before
+                // the index forgets it: once forgotten, an invalidation of one of its tags
+                // finds nothing to remove and returns at once, perhaps before the thread
+                // that removed the entry has voided the copy itself. Evicted and expired
+                // entries are voided only here.
+                voided.changed(&*key);
                 if let Some(tagged) = &value.meta().tagged {
                     forget.forget(&tagged.tags, &key, tagged.id);
-                }
-                // Replaced and explicitly removed entries were already voided by the write;
-                // an evicted or expired one must not stay alive in the table.
-                if cause.was_evicted() {
-                    evicted.changed(&*key);
                 }
             });
         let (cache, by_bytes) = match capacity {
@@ -414,9 +415,12 @@ impl LocalStore {
     /// Removes the entries that carry `tag`: those its index records, so the cost is theirs,
     /// whatever the size of the store.
     pub(crate) fn invalidate_tag(&self, tag: &Key) {
-        for key in self.index.take(tag) {
-            self.cache.invalidate(&key);
-            self.front.changed(&key);
+        // Another invalidation of the tag may have taken its records a moment ago and still
+        // be removing: its keys come too, so that this one returns only once they are gone.
+        let taken = self.index.take(tag);
+        for key in taken.keys() {
+            self.cache.invalidate(key);
+            self.front.changed(key);
         }
     }
 
