@@ -289,6 +289,116 @@ fn racing_invalidations_of_one_tag_both_return_after_its_entries_are_gone() {
     );
 }
 
+/// A randomized check through the whole read path: threads change a "database" and then
+/// invalidate what the change made stale (the key, one of its tags, its class or
+/// everything), while reads load from that database through the cache. A read that begins
+/// after an invalidation has returned never answers older than what that invalidation
+/// was for, whatever runs beside it: loads, coalesced waiters, other invalidations.
+#[test]
+fn no_read_after_an_acknowledged_invalidation_answers_older() {
+    use std::sync::atomic::AtomicU64;
+    use stormcache::{Class, Invalidation};
+
+    const KEYS: usize = 32;
+    const THREADS: u64 = 4;
+    const OPS: u64 = 4_000;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cache = rt.block_on(async {
+        Cache::builder("randomized")
+            .class(Class::new("a").ttl(Duration::from_secs(60)))
+            .class(Class::new("b").ttl(Duration::from_secs(60)))
+            .local_capacity(LocalCapacity::Entries(24))
+            .build()
+            .expect("valid")
+    });
+    let class = |i: usize| if i % 2 == 0 { "a" } else { "b" };
+    let tags = |i: usize| [i % 4, 4 + (i / 4) % 3];
+    let tag = |t: usize| key(&format!("t{t}"));
+    let options = move |i: usize| {
+        tags(i)
+            .into_iter()
+            .fold(EntryOptions::new().class(class(i)), |o, t| o.tag(tag(t)))
+    };
+    let db: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    let threads: Vec<_> = (0..THREADS)
+        .map(|seed| {
+            let (cache, db, acked) = (cache.clone(), Arc::clone(&db), Arc::clone(&acked));
+            let handle = rt.handle().clone();
+            std::thread::spawn(move || {
+                let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ (seed + 1).wrapping_mul(0x9E37_79B9);
+                let mut next = move |n: usize| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (rng % n as u64) as usize
+                };
+                let mut stale = Vec::new();
+                for _ in 0..OPS {
+                    let i = next(KEYS);
+                    if next(100) < 60 {
+                        let floor = acked[i].load(Ordering::SeqCst);
+                        let db = Arc::clone(&db);
+                        // The origin answers after a while, as a database does: loads and
+                        // invalidations overlap.
+                        let took = Duration::from_micros(next(300) as u64);
+                        let seen: u64 = handle.block_on(cache.get_or_load(
+                            key(&format!("k{i}")),
+                            &options(i),
+                            || async move {
+                                let v = db[i].load(Ordering::SeqCst);
+                                tokio::time::sleep(took).await;
+                                v
+                            },
+                        ));
+                        if seen < floor {
+                            stale.push((i, seen, floor));
+                        }
+                        continue;
+                    }
+                    db[i].fetch_add(1, Ordering::SeqCst);
+                    let (inv, reached): (Invalidation, Vec<usize>) = match next(20) {
+                        0..=7 => (Invalidation::new().key(key(&format!("k{i}"))), vec![i]),
+                        8..=16 => {
+                            let t = tags(i)[next(2)];
+                            (
+                                Invalidation::new().tag(tag(t)),
+                                (0..KEYS).filter(|&j| tags(j).contains(&t)).collect(),
+                            )
+                        }
+                        17..=18 => (
+                            Invalidation::new().class(class(i)),
+                            (0..KEYS).filter(|&j| class(j) == class(i)).collect(),
+                        ),
+                        _ => (Invalidation::new().everything(), (0..KEYS).collect()),
+                    };
+                    // What the database held when the invalidation began: every read that
+                    // begins after it returns must see at least that.
+                    let versions: Vec<u64> = reached
+                        .iter()
+                        .map(|&j| db[j].load(Ordering::SeqCst))
+                        .collect();
+                    handle.block_on(cache.invalidate(&inv));
+                    for (&j, v) in reached.iter().zip(versions) {
+                        acked[j].fetch_max(v, Ordering::SeqCst);
+                    }
+                }
+                stale
+            })
+        })
+        .collect();
+    let stale: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("thread"))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{} reads answered older than an acknowledged invalidation (key, seen, floor): {:?}",
+        stale.len(),
+        &stale[..stale.len().min(10)]
+    );
+}
+
 #[tokio::test]
 async fn durations_meaning_forever_are_kept_as_a_century_not_a_panic() {
     let cache = Cache::builder("forever").build().expect("valid");
