@@ -244,7 +244,9 @@ impl Load {
 /// The namespace's data keys: entries, tag sets, locks — not its bookkeeping (the heartbeat
 /// and the invalidation log), which a flush keeps.
 fn namespace_keys(server: &RedisServer) -> usize {
-    let bookkeeping = [format!("{NAMESPACE}:~hb"), format!("{NAMESPACE}:~invlog")];
+    // What a namespace flush keeps: heartbeats, the invalidation log, the generations.
+    let bookkeeping =
+        ["~hb", "~invlog", "~tagv:", "~clsv:", "~allv"].map(|k| format!("{NAMESPACE}:{k}"));
     support::resp::scan_keys(&[server.port()], &format!("{NAMESPACE}:*"))
         .into_iter()
         .filter(|key| !bookkeeping.iter().any(|b| key.starts_with(b.as_str())))

@@ -10,8 +10,8 @@
 //! - distributed stampede protection: 1,000 cold callers over 3 instances, 1 load; a dead
 //!   lock holder blocks the others for no longer than the lock's TTL;
 //! - eager refresh: a hit late in its TTL is served at once and refreshed once;
-//! - a randomized check (standalone, Cluster): loads on two instances race the key and tag
-//!   invalidations of one, and none of its reads answers older than an acknowledged one.
+//! - a randomized check (standalone, Cluster): loads on two instances race the invalidations
+//!   and flushes of one, and none of its reads answers older than an acknowledged one.
 
 mod support;
 
@@ -489,19 +489,17 @@ async fn an_invalidation_journaled_during_an_outage_reaches_the_other_instances(
     assert_eq!(read.value, "new");
 }
 
-/// A randomized check on Redis: threads change a "database" and invalidate on instance A the
-/// key or one of the tags the change made stale, while reads on A and on B load through their
-/// caches from that database, B's loads writing back to Redis beside A's. A read on A never
-/// answers older than what one of A's acknowledged invalidations was for:
+/// A randomized check on Redis: threads change a "database" and invalidate on instance A
+/// what the change made stale (the key, one of its tags, its class or everything), while
+/// reads on A and on B load through their caches from that database, B's loads writing back
+/// to Redis beside A's. A read on A never answers older than what one of A's acknowledged
+/// invalidations was for:
 ///
 /// - after a key invalidation, from the moment it returns: the tombstone refuses a racing
 ///   load's write;
-/// - after a tag invalidation, once a racing load that read the database before the change
-///   and wrote after the invalidation's scan has seen the tag's generation move and
+/// - after a tag invalidation or a flush, once a racing load that read the database before
+///   the change and wrote after the invalidation's scan has seen the generation move and
 ///   invalidated its entry: within two command deadlines.
-///
-/// Class and namespace flushes are left out: a load racing one on another instance can
-/// bring its value back until its TTL (see the README's guarantees).
 fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology) {
     use std::sync::atomic::AtomicU64;
     use std::sync::Mutex;
@@ -509,7 +507,7 @@ fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology) {
     const KEYS: usize = 24;
     const THREADS: u64 = 4;
     const OPS: u64 = 1_500;
-    let tag_bound = 2 * scaled(Duration::from_secs(1));
+    let bound = 2 * scaled(Duration::from_secs(1));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -525,19 +523,21 @@ fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology) {
     });
     let tags = |i: usize| [i % 4, 4 + (i / 4) % 3];
     let tag = |t: usize| key(&format!("t{t}"));
+    let class = |i: usize| if i % 2 == 0 { "sessions" } else { "resources" };
     let options = move |i: usize| {
         tags(i)
             .into_iter()
-            .fold(EntryOptions::new().class("resources"), |o, t| o.tag(tag(t)))
+            .fold(EntryOptions::new().class(class(i)), |o, t| o.tag(tag(t)))
     };
     let db: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
-    // What each key's acknowledged key invalidations were for, and its tag invalidations
+    // What each key's acknowledged key invalidations were for, and its other invalidations
     // with when they returned.
     let by_key: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
-    let by_tag: Arc<Mutex<Vec<(usize, u64, Instant)>>> = Arc::default();
+    let by_others: Arc<Mutex<Vec<(usize, u64, Instant)>>> = Arc::default();
     let threads: Vec<_> = (0..THREADS)
         .map(|seed| {
-            let (db, by_key, by_tag) = (Arc::clone(&db), Arc::clone(&by_key), Arc::clone(&by_tag));
+            let (db, by_key, by_others) =
+                (Arc::clone(&db), Arc::clone(&by_key), Arc::clone(&by_others));
             let (a, b) = (caches[0].clone(), caches[1].clone());
             let handle = rt.handle().clone();
             std::thread::spawn(move || {
@@ -556,11 +556,11 @@ fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology) {
                         let on_a = roll < 35;
                         let began = Instant::now();
                         let floor = by_key[i].load(Ordering::SeqCst).max(
-                            by_tag
+                            by_others
                                 .lock()
                                 .expect("acks")
                                 .iter()
-                                .filter(|&&(k, _, ended)| k == i && ended + tag_bound <= began)
+                                .filter(|&&(k, _, ended)| k == i && ended + bound <= began)
                                 .map(|&(_, v, _)| v)
                                 .max()
                                 .unwrap_or(0),
@@ -585,25 +585,37 @@ fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology) {
                         continue;
                     }
                     db[i].fetch_add(1, Ordering::SeqCst);
-                    if next(2) == 0 {
-                        // What the database held when the invalidation began: every read
-                        // that begins after it returns must see at least that.
-                        let v = db[i].load(Ordering::SeqCst);
-                        handle.block_on(
-                            a.invalidate(&Invalidation::new().key(key(&format!("k{i}")))),
-                        );
-                        by_key[i].fetch_max(v, Ordering::SeqCst);
-                    } else {
-                        let t = tags(i)[next(2)];
-                        let reached: Vec<(usize, u64)> = (0..KEYS)
-                            .filter(|&j| tags(j).contains(&t))
-                            .map(|j| (j, db[j].load(Ordering::SeqCst)))
-                            .collect();
-                        handle.block_on(a.invalidate(&Invalidation::new().tag(tag(t))));
-                        let ended = Instant::now();
-                        let mut acks = by_tag.lock().expect("acks");
-                        acks.extend(reached.into_iter().map(|(j, v)| (j, v, ended)));
-                    }
+                    let (inv, reaches): (Invalidation, Box<dyn Fn(usize) -> bool>) = match next(20)
+                    {
+                        0..=9 => {
+                            // What the database held when the invalidation began: every
+                            // read that begins after it returns must see at least that.
+                            let v = db[i].load(Ordering::SeqCst);
+                            let inv = Invalidation::new().key(key(&format!("k{i}")));
+                            handle.block_on(a.invalidate(&inv));
+                            by_key[i].fetch_max(v, Ordering::SeqCst);
+                            continue;
+                        }
+                        10..=16 => {
+                            let t = tags(i)[next(2)];
+                            let inv = Invalidation::new().tag(tag(t));
+                            (inv, Box::new(move |j| tags(j).contains(&t)))
+                        }
+                        17..=18 => {
+                            let c = class(i);
+                            let inv = Invalidation::new().class(c);
+                            (inv, Box::new(move |j| class(j) == c))
+                        }
+                        _ => (Invalidation::new().everything(), Box::new(|_| true)),
+                    };
+                    let reached: Vec<(usize, u64)> = (0..KEYS)
+                        .filter(|&j| reaches(j))
+                        .map(|j| (j, db[j].load(Ordering::SeqCst)))
+                        .collect();
+                    handle.block_on(a.invalidate(&inv));
+                    let ended = Instant::now();
+                    let mut acks = by_others.lock().expect("acks");
+                    acks.extend(reached.into_iter().map(|(j, v)| (j, v, ended)));
                 }
                 stale
             })
@@ -636,4 +648,89 @@ fn no_read_after_an_acknowledged_invalidation_answers_older_standalone() {
 #[test]
 fn no_read_after_an_acknowledged_invalidation_answers_older_cluster() {
     no_read_after_an_acknowledged_invalidation_answers_older(&Topology::cluster());
+}
+
+/// A load on B reads the origin, then A changes it and flushes (the class, or everything),
+/// then B writes what it read. B has not heard of the flush (no backplane here), so its
+/// write lands in Redis after the flush's scan; the flush's generation, read back after the
+/// write, tells B to invalidate it. Without that, the old value would stay in Redis until
+/// its TTL and every instance would load it from there.
+async fn a_load_racing_a_flush_does_not_bring_its_value_back(t: &Topology, flush: Invalidation) {
+    use std::sync::atomic::AtomicU64;
+    use tokio::sync::Notify;
+
+    let namespace = "flushrace";
+    let a = ready(builder(t, namespace).build().expect("valid")).await;
+    let b = ready(
+        builder(t, namespace)
+            .backplane(false)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let k = key("doc:1");
+    let opts = EntryOptions::new().class("resources");
+    let origin = Arc::new(AtomicU64::new(1));
+    let (read, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let racing = {
+        let (b, k, opts, origin) = (b.clone(), k.clone(), opts.clone(), Arc::clone(&origin));
+        let (read, go) = (Arc::clone(&read), Arc::clone(&go));
+        tokio::spawn(async move {
+            b.get_or_load(k, &opts, || async move {
+                let v = origin.load(Ordering::SeqCst);
+                read.notify_one();
+                go.notified().await;
+                v
+            })
+            .await
+        })
+    };
+    read.notified().await;
+    origin.store(2, Ordering::SeqCst);
+    a.invalidate(&flush).await;
+    go.notify_one();
+    assert_eq!(
+        racing.await.expect("load"),
+        1,
+        "B's caller gets what B loaded"
+    );
+    // B's write, and then its invalidation of what it wrote, land in Redis; from then on no
+    // instance reads the old value.
+    let entry = format!("{namespace}:resources:doc:1");
+    within(
+        Duration::from_secs(2),
+        "the racing write invalidated in Redis",
+        || match t.cmd(&["GET", &entry]) {
+            support::resp::RespValue::Nil => true,
+            support::resp::RespValue::Bulk(bytes) => bytes.get(..3) == Some(b"SC\0"),
+            other => panic!("GET {entry}: {other:?}"),
+        },
+    )
+    .await;
+    for cache in [&a, &b] {
+        let v: u64 = cache
+            .get_or_load(k.clone(), &opts, || async { origin.load(Ordering::SeqCst) })
+            .await;
+        assert_eq!(v, 2, "read after the flush and the racing write");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_racing_a_class_flush_does_not_bring_its_value_back_standalone() {
+    let t = Topology::standalone();
+    a_load_racing_a_flush_does_not_bring_its_value_back(&t, Invalidation::new().class("resources"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_racing_a_namespace_flush_does_not_bring_its_value_back_standalone() {
+    let t = Topology::standalone();
+    a_load_racing_a_flush_does_not_bring_its_value_back(&t, Invalidation::new().everything()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_racing_a_class_flush_does_not_bring_its_value_back_cluster() {
+    let t = Topology::cluster();
+    a_load_racing_a_flush_does_not_bring_its_value_back(&t, Invalidation::new().class("resources"))
+        .await;
 }

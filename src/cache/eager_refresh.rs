@@ -194,7 +194,10 @@ async fn refresh<T, E, F, Fut>(
     // value is written over what this read saw only (the lease), never over a newer one.
     let mut leased: Option<(String, WriteIf)> = None;
     if let (Some(redis), Some(full_key)) = (redis, redis_key) {
-        let lease = match core.read_redis::<T>(redis, &full_key, &options.tags).await {
+        let lease = match core
+            .read_redis::<T>(redis, key.class, &full_key, &options.tags)
+            .await
+        {
             RedisRead::Fresh(fresh, lease) => {
                 if fresh.fresh_for >= refresh_window {
                     core.keep_from_redis(key, &fresh, &shape, &options, epoch);

@@ -383,7 +383,10 @@ where
     let redis = core.redis().filter(|_| shape.redis);
     if let Some(redis) = redis.filter(|_| epoch.redis_is_current()) {
         let full_key = core.entry_key(redis, local_key);
-        match core.read_redis::<T>(redis, &full_key, &options.tags).await {
+        match core
+            .read_redis::<T>(redis, local_key.class, &full_key, &options.tags)
+            .await
+        {
             RedisRead::Fresh(fresh, _) => {
                 core.keep_from_redis(local_key, &fresh, &shape, options, epoch);
                 let fetched = Fetched {

@@ -57,7 +57,10 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
             .await
         {
             Ok(Some(guard)) => {
-                return match core.read_redis::<T>(redis, full_key, &options.tags).await {
+                return match core
+                    .read_redis::<T>(redis, local_key.class, full_key, &options.tags)
+                    .await
+                {
                     RedisRead::Fresh(fresh, _) => {
                         guard.release(core.command_timeout()).await;
                         core.keep_from_redis(local_key, &fresh, &shape, options, epoch);
@@ -83,7 +86,10 @@ pub(super) async fn lock_or_wait<T: Cacheable>(
         }
         tokio::time::sleep(poll).await;
         poll = (poll * 2).min(MAX_POLL);
-        match core.read_redis::<T>(redis, full_key, &options.tags).await {
+        match core
+            .read_redis::<T>(redis, local_key.class, full_key, &options.tags)
+            .await
+        {
             RedisRead::Fresh(fresh, _) => {
                 core.keep_from_redis(local_key, &fresh, &shape, options, epoch);
                 core.stats().lock_wait();

@@ -12,7 +12,7 @@ use super::{flights, Core, Epoch, Shape, ShardMask, ALL_SHARDS};
 use crate::error::Error;
 use crate::key::Key;
 use crate::model::{Cacheable, ClassId, EntryOptions, Invalidation, ValueGrace};
-use crate::redis::{RedisStore, Seen, WriteOutcome, LEASE_TTL};
+use crate::redis::{Flushes, Leased, RedisStore, Seen, WriteOutcome, LEASE_TTL};
 use crate::store::{envelope, CodecExt, Encodable, LocalKey};
 
 /// What a Redis read found. Each answer carries the [`Lease`] a write of a newly loaded
@@ -35,6 +35,8 @@ pub(crate) struct Lease {
     seen: Seen,
     /// The generations of the entry's tags at the read.
     generations: Vec<Option<i64>>,
+    /// The generations of its class's and the namespace's flushes, as known at the read.
+    flushes: Flushes,
     read_at: Instant,
 }
 
@@ -85,12 +87,45 @@ impl Core {
     pub(crate) async fn read_redis<T: Cacheable>(
         &self,
         redis: &RedisStore,
+        class: ClassId,
         full_key: &str,
         tags: &[Key],
     ) -> RedisRead<T> {
         let read_at = Instant::now();
-        match redis.get_leased(full_key, tags).await {
-            Ok((Some(bytes), generations)) => {
+        // Taken before the read, so before any load that follows reads the origin. Until
+        // this instance knows them, they are read along with the entry.
+        let known = self.flushes.get(class);
+        let flushes_of = known.is_none().then(|| self.classes.get(class).name());
+        match redis.get_leased(full_key, tags, flushes_of).await {
+            Ok((entry, generations, read)) => {
+                if let Some(read) = read {
+                    self.flushes.learn(class, read);
+                }
+                let flushes = known.or(read).unwrap_or_default();
+                self.answer_of(full_key, entry, generations, flushes, read_at)
+            }
+            // Shedding load is not a sign of a sick Redis.
+            Err(Error::Overloaded) => RedisRead::Failed,
+            Err(error) => {
+                self.stats.redis_error();
+                self.breaker.record_failure("read failed");
+                tracing::debug!(key = %full_key, %error, "Redis read failed; carrying on without it");
+                RedisRead::Failed
+            }
+        }
+    }
+
+    /// What a read of Redis that answered found.
+    fn answer_of<T: Cacheable>(
+        &self,
+        full_key: &str,
+        entry: Option<bytes::Bytes>,
+        generations: Vec<Option<i64>>,
+        flushes: Flushes,
+        read_at: Instant,
+    ) -> RedisRead<T> {
+        match entry {
+            Some(bytes) => {
                 self.breaker.record_success();
                 let decoded = if envelope::is_tombstone(&bytes) {
                     None
@@ -107,6 +142,7 @@ impl Core {
                 let lease = Lease {
                     seen: Seen::Bytes(bytes),
                     generations,
+                    flushes,
                     read_at,
                 };
                 match decoded {
@@ -127,21 +163,14 @@ impl Core {
                     None => RedisRead::Miss(lease),
                 }
             }
-            Ok((None, generations)) => {
+            None => {
                 self.breaker.record_success();
                 RedisRead::Miss(Lease {
                     seen: Seen::Absent,
                     generations,
+                    flushes,
                     read_at,
                 })
-            }
-            // Shedding load is not a sign of a sick Redis.
-            Err(Error::Overloaded) => RedisRead::Failed,
-            Err(error) => {
-                self.stats.redis_error();
-                self.breaker.record_failure("read failed");
-                tracing::debug!(key = %full_key, %error, "Redis read failed; carrying on without it");
-                RedisRead::Failed
             }
         }
     }
@@ -282,12 +311,17 @@ impl Core {
             WriteIf::Unchanged(lease) => Some(lease),
             WriteIf::Always => None,
         };
-        let seen = lease.as_ref().map(|l| &l.seen);
-        let generations = lease.as_ref().map(|l| l.generations.as_slice());
-        match redis
-            .set_if(full_key, sealed, ttl, seen, tags, generations)
-            .await
-        {
+        let leased = lease.as_ref().map(|l| Leased {
+            seen: &l.seen,
+            generations: &l.generations,
+            class: self.classes.get(local_key.class).name(),
+            flushes: l.flushes,
+        });
+        let written = redis.set_if(full_key, sealed, ttl, tags, leased).await;
+        if let Ok((_, Some(flushes))) = &written {
+            self.flushes.learn(local_key.class, *flushes);
+        }
+        match written.map(|(outcome, _)| outcome) {
             Ok(WriteOutcome::Stored) => {
                 self.tag_trims.wrote(tags);
                 true
@@ -296,8 +330,8 @@ impl Core {
                 tracing::debug!(key = %full_key, "invalidated since it was read; not written to Redis");
                 false
             }
-            Ok(WriteOutcome::TagsMoved) => {
-                tracing::debug!(key = %full_key, "a tag was invalidated while it loaded; invalidating it");
+            Ok(WriteOutcome::Moved) => {
+                tracing::debug!(key = %full_key, "a tag was invalidated or a flush ran while it loaded; invalidating it");
                 self.suspect_writes.report(local_key);
                 false
             }
@@ -355,6 +389,7 @@ impl Core {
     /// Removes what `inv` names from the local store.
     pub(crate) fn apply_local(&self, inv: &Invalidation) {
         if inv.everything {
+            self.flushes.forget_namespace();
             self.local.invalidate_all();
             return;
         }
@@ -370,6 +405,7 @@ impl Core {
             self.local.invalidate_tag(tag);
         }
         for class in self.class_ids(inv).0 {
+            self.flushes.forget_class(class);
             self.local.invalidate_class(class);
         }
     }
@@ -381,8 +417,11 @@ impl Core {
             return Ok(0);
         };
         if inv.everything {
-            let removed = redis.flush_namespace().await?.keys;
-            return Ok(removed);
+            // Boxed, as the flushes below: an invalidation's future is nested in every
+            // request path that invalidates, and the compiler bounds how deep a type goes.
+            let (removed, generation) = Box::pin(redis.flush_namespace()).await?;
+            self.flushes.learn_namespace(Some(generation));
+            return Ok(removed.keys);
         }
         let mut removed = 0;
         if !inv.keys.is_empty() {
@@ -406,8 +445,10 @@ impl Core {
             removed += redis.invalidate_tag(tag).await?.keys;
         }
         for class in self.class_ids(inv).0 {
-            let pattern = redis.class_pattern(self.classes.get(class).name());
-            removed += redis.flush_pattern(&pattern).await?.keys;
+            let (flushed, generation) =
+                Box::pin(redis.flush_class(self.classes.get(class).name())).await?;
+            self.flushes.learn_class(class, Some(generation));
+            removed += flushed.keys;
         }
         Ok(removed)
     }

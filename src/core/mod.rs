@@ -11,6 +11,7 @@ mod breaker;
 mod events;
 mod flights;
 mod io;
+mod known_flushes;
 mod shape;
 mod stats;
 mod suspect_writes;
@@ -30,6 +31,7 @@ pub(crate) use self::shape::Shape;
 pub(crate) use self::stats::Stats;
 pub(crate) use self::telemetry::Telemetry;
 
+use self::known_flushes::KnownFlushes;
 use self::suspect_writes::SuspectWrites;
 use self::tag_trims::TagTrims;
 use crate::key::Key;
@@ -57,6 +59,8 @@ pub(crate) struct Core {
     suspect_writes: SuspectWrites,
     /// Tags whose set in Redis is due for a trim.
     tag_trims: TagTrims,
+    /// The flush generations last read from Redis, for the leases.
+    flushes: KnownFlushes,
     events: Events,
 }
 
@@ -76,6 +80,7 @@ pub(crate) struct Parts {
 impl Core {
     pub(crate) fn new(parts: Parts) -> Self {
         let telemetry = Telemetry::new(&parts.namespace, &parts.classes);
+        let flushes = KnownFlushes::new(parts.classes.iter().count());
         Core {
             namespace: parts.namespace,
             classes: parts.classes,
@@ -90,6 +95,7 @@ impl Core {
             unknown_classes: Default::default(),
             suspect_writes: SuspectWrites::default(),
             tag_trims: TagTrims::default(),
+            flushes,
             events: parts.events,
         }
     }

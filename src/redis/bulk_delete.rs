@@ -214,16 +214,40 @@ impl RedisStore {
         self.flush_matching(pattern, |_| true).await
     }
 
-    /// Deletes everything in the namespace except its bookkeeping: the invalidation log,
-    /// which the other instances reconcile from after this very flush, and the heartbeats,
-    /// which date the data for the next recovery.
-    pub(crate) async fn flush_namespace(&self) -> Result<Removed, Error> {
+    /// Deletes every entry of `class`, after moving the class's generation (see `lease`);
+    /// returns what it removed and the generation it moved to.
+    pub(crate) async fn flush_class(&self, class: &str) -> Result<(Removed, i64), Error> {
+        let generation = self
+            .bump_flush_generation(&self.class_generation_key(class))
+            .await?;
+        Ok((
+            self.flush_pattern(&self.class_pattern(class)).await?,
+            generation,
+        ))
+    }
+
+    /// Deletes everything in the namespace, after moving its generation (see `lease`;
+    /// returned with what it removed), except its bookkeeping: the invalidation log, which the other instances reconcile
+    /// from after this very flush; the heartbeats, which date the data for the next
+    /// recovery; and the generations, which loads racing this flush (or a later one) check.
+    pub(crate) async fn flush_namespace(&self) -> Result<(Removed, i64), Error> {
+        let generation = self
+            .bump_flush_generation(&self.namespace_generation_key())
+            .await?;
         let replay_log = self.invalidation_log_key();
-        let heartbeat = format!("{}~hb", self.prefix());
-        self.flush_matching(&self.namespace_pattern(), move |key| {
-            key != replay_log && !key.starts_with(&heartbeat)
-        })
-        .await
+        let prefix = self.prefix();
+        let kept = [
+            format!("{prefix}~hb"),
+            format!("{prefix}~tagv:"),
+            format!("{prefix}~clsv:"),
+            self.namespace_generation_key(),
+        ];
+        let removed = self
+            .flush_matching(&self.namespace_pattern(), move |key| {
+                key != replay_log && !kept.iter().any(|k| key.starts_with(k.as_str()))
+            })
+            .await?;
+        Ok((removed, generation))
     }
 
     async fn flush_matching(

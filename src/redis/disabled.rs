@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{Heartbeats, RedisSettings, Removed, Seen, WriteOutcome};
+use super::{Flushes, Heartbeats, Leased, RedisSettings, Removed, WriteOutcome};
 use crate::error::Error;
 use crate::key::Key;
 
@@ -47,17 +47,18 @@ impl RedisStore {
         _: &str,
         _: Vec<u8>,
         _: Duration,
-        _: Option<&Seen>,
         _: &[Key],
-        _: Option<&[Option<i64>]>,
-    ) -> Result<WriteOutcome, Error> {
+        _: Option<Leased<'_>>,
+    ) -> Result<(WriteOutcome, Option<Flushes>), Error> {
         match *self {}
     }
+    #[allow(clippy::type_complexity)]
     pub(crate) async fn get_leased(
         &self,
         _: &str,
         _: &[Key],
-    ) -> Result<(Option<Bytes>, Vec<Option<i64>>), Error> {
+        _: Option<&str>,
+    ) -> Result<(Option<Bytes>, Vec<Option<i64>>, Option<Flushes>), Error> {
         match *self {}
     }
     pub(crate) async fn bury(
@@ -75,10 +76,13 @@ impl RedisStore {
     pub(crate) async fn invalidate_tag(&self, _: &Key) -> Result<Removed, Error> {
         match *self {}
     }
+    pub(crate) async fn flush_class(&self, _: &str) -> Result<(Removed, i64), Error> {
+        match *self {}
+    }
     pub(crate) async fn flush_pattern(&self, _: &str) -> Result<Removed, Error> {
         match *self {}
     }
-    pub(crate) async fn flush_namespace(&self) -> Result<Removed, Error> {
+    pub(crate) async fn flush_namespace(&self) -> Result<(Removed, i64), Error> {
         match *self {}
     }
     pub(crate) fn invalidation_log_key(&self) -> String {

@@ -17,11 +17,18 @@
 //!   A load of a tagged entry reads its tags' generations with the entry, and after writing
 //!   reads them again: if one moved, the caller invalidates the entry. Either the
 //!   invalidation's scan saw the entry's membership, or the load's second read sees the
-//!   moved generation.
+//!   moved generation;
+//! - a *class* or *namespace* flush scans for keys, and cannot see an entry written after
+//!   its scan went by, so it moves the class's (`ns:~clsv:class`) or the namespace's
+//!   (`ns:~allv`) generation first. A load's lease carries both as its instance last knew
+//!   them (see `core::known_flushes`), and after writing it reads them back: if one is not
+//!   what the lease says, the caller invalidates the entry. These two never expire.
 //!
-//! Tombstones and generations live [`LEASE_TTL`]; a load that took longer than half of that
-//! does not write to Redis at all, so an expired lease can never pass for an untouched one.
+//! Tombstones and tag generations live [`LEASE_TTL`]; a load that took longer than half of
+//! that does not write to Redis at all, so an expired lease can never pass for an untouched
+//! one.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,7 +36,7 @@ use fred::clients::{Client, Pipeline};
 use fred::prelude::{ClientLike, Expiration, KeysInterface, LuaInterface, SetsInterface};
 use fred::types::{ExpireOptions, Value};
 
-use super::{RedisStore, Removed, Seen, WriteOutcome, LEASE_TTL};
+use super::{Flushes, Leased, RedisStore, Removed, Seen, WriteOutcome, LEASE_TTL};
 use crate::error::{Error, RedisErrorKind};
 use crate::key::Key;
 
@@ -53,38 +60,47 @@ fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
+/// Generations read as the tags' then the class's and the namespace's.
+fn split_flushes(mut generations: Vec<Option<i64>>) -> (Vec<Option<i64>>, Flushes) {
+    let namespace = generations.pop().flatten();
+    let class = generations.pop().flatten();
+    (generations, Flushes { class, namespace })
+}
+
 impl RedisStore {
     /// `ns:~tagv:tag`: how many times `tag` was invalidated lately.
     pub(crate) fn tag_generation_key(&self, tag: &Key) -> String {
         format!("{}~tagv:{}", self.prefix(), tag.as_str())
     }
 
-    /// Writes an entry if its key still holds what `seen` says (unconditionally without
-    /// it), adds it to its tags' sets and, given the generations its tags had when it was
-    /// read, checks they have not moved since. One deadline for all of it.
+    /// Writes an entry: if `lease` is given, only if its key still holds what the load's
+    /// read saw; then adds it to its tags' sets and, with a lease, reads again the
+    /// generations of its tags, its class and the namespace, to tell whether one moved since
+    /// the read. Returns the class's and the namespace's generations as read then. One
+    /// deadline for all of it.
     pub(crate) async fn set_if(
         &self,
         full_key: &str,
         bytes: Vec<u8>,
         ttl: Duration,
-        seen: Option<&Seen>,
         tags: &[Key],
-        generations: Option<&[Option<i64>]>,
-    ) -> Result<WriteOutcome, Error> {
+        lease: Option<Leased<'_>>,
+    ) -> Result<(WriteOutcome, Option<Flushes>), Error> {
         let ttl_ms = ttl_ms(ttl);
+        let conditional = lease.is_some();
         // Boxed: its many awaits would make every read's future larger, and a write is a
         // miss, which waits for Redis twice anyway.
         let write = Box::pin(async {
             let client = self.client().with_options(self.request_options());
-            let written = match seen {
+            let written = match &lease {
                 None => {
                     client
                         .set::<(), _, _>(full_key, bytes, Some(Expiration::PX(ttl_ms)), None, false)
                         .await?;
                     true
                 }
-                Some(seen) => {
-                    let (flag, expected) = match seen {
+                Some(lease) => {
+                    let (flag, expected) = match lease.seen {
                         Seen::Absent => ("0", Bytes::new()),
                         Seen::Bytes(b) => ("1", b.clone()),
                     };
@@ -101,68 +117,97 @@ impl RedisStore {
                 }
             };
             if !written {
-                return Ok(WriteOutcome::Refused);
+                return Ok((WriteOutcome::Refused, None));
             }
-            if tags.is_empty() {
-                return Ok(WriteOutcome::Stored);
+            if !tags.is_empty() {
+                // The entry exists before it joins its sets (on a Cluster they may be on
+                // other nodes, so the write is awaited first): a tag invalidation that finds
+                // the membership also finds the entry (see `bulk_delete`).
+                let pipeline = self.client().pipeline();
+                for tag in tags {
+                    let tag_key = self.tag_key(tag);
+                    pipeline
+                        .sadd::<(), _, _>(tag_key.as_str(), full_key)
+                        .await?;
+                    // A tag set lives as long as its longest-lived member: NX sets a first
+                    // TTL, GT only ever extends it.
+                    pipeline
+                        .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::NX))
+                        .await?;
+                    pipeline
+                        .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::GT))
+                        .await?;
+                }
+                pipeline.all::<Value>().await?;
             }
-            // The entry exists before it joins its sets (on a Cluster they may be on other
-            // nodes, so the write is awaited first): a tag invalidation that finds the
-            // membership also finds the entry (see `bulk_delete`).
-            let pipeline = self.client().pipeline();
-            for tag in tags {
-                let tag_key = self.tag_key(tag);
-                pipeline
-                    .sadd::<(), _, _>(tag_key.as_str(), full_key)
-                    .await?;
-                // A tag set lives as long as its longest-lived member: NX sets a first TTL,
-                // GT only ever extends it.
-                pipeline
-                    .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::NX))
-                    .await?;
-                pipeline
-                    .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::GT))
-                    .await?;
-            }
-            pipeline.all::<Value>().await?;
-            let Some(seen_generations) = generations else {
-                return Ok(WriteOutcome::Stored);
+            let Some(lease) = lease else {
+                return Ok((WriteOutcome::Stored, None));
             };
-            // After the membership: an invalidation whose scan missed it bumped the
-            // generation before scanning, so this read sees the bump.
+            // After the entry and its membership: a tag invalidation or a flush whose scan
+            // missed them moved its generation before scanning, so this read sees the move.
             let pipeline = self.client().pipeline();
             self.queue_generations(&pipeline, tags).await?;
-            let now: Vec<Option<i64>> = each(pipeline.all::<Vec<Value>>().await?)?;
-            Ok(if now == seen_generations {
-                WriteOutcome::Stored
-            } else {
-                WriteOutcome::TagsMoved
-            })
+            self.queue_flushes(&pipeline, lease.class).await?;
+            let (now, flushes) = split_flushes(each(pipeline.all::<Vec<Value>>().await?)?);
+            let moved = now != lease.generations || flushes != lease.flushes;
+            Ok((
+                if moved {
+                    WriteOutcome::Moved
+                } else {
+                    WriteOutcome::Stored
+                },
+                Some(flushes),
+            ))
         });
-        self.bounded_steps(if seen.is_some() { "EVAL" } else { "SET" }, write)
+        self.bounded_steps(if conditional { "EVAL" } else { "SET" }, write)
             .await
     }
 
     /// Reads an entry and, in the same round trip, the generations of its `tags`, in order
-    /// (`None`: not invalidated lately).
+    /// (`None`: not invalidated lately), and with `flushes_of` those of that class and of
+    /// the namespace.
+    #[allow(clippy::type_complexity)]
     pub(crate) async fn get_leased(
         &self,
         full_key: &str,
         tags: &[Key],
-    ) -> Result<(Option<Bytes>, Vec<Option<i64>>), Error> {
-        if tags.is_empty() {
-            return Ok((self.get(full_key).await?, Vec::new()));
+        flushes_of: Option<&str>,
+    ) -> Result<(Option<Bytes>, Vec<Option<i64>>, Option<Flushes>), Error> {
+        if tags.is_empty() && flushes_of.is_none() {
+            return Ok((self.get(full_key).await?, Vec::new(), None));
         }
         let pipeline = self.client().pipeline();
         // Boxed, as tagged reads are the fewer: the plain GET's future stays small.
         let read = Box::pin(async {
             pipeline.get::<(), _>(full_key).await?;
             self.queue_generations(&pipeline, tags).await?;
+            if let Some(class) = flushes_of {
+                self.queue_flushes(&pipeline, class).await?;
+            }
             let mut replies = pipeline.all::<Vec<Value>>().await?.into_iter();
             let entry = replies.next().unwrap_or(Value::Null).convert()?;
-            Ok((entry, each(replies.collect())?))
+            let generations = each(replies.collect())?;
+            Ok(match flushes_of {
+                None => (entry, generations, None),
+                Some(_) => {
+                    let (generations, flushes) = split_flushes(generations);
+                    (entry, generations, Some(flushes))
+                }
+            })
         });
         self.bounded("PIPELINE", || read).await
+    }
+
+    /// Queues a GET of `class`'s generation, then of the namespace's.
+    async fn queue_flushes(
+        &self,
+        pipeline: &Pipeline<Client>,
+        class: &str,
+    ) -> Result<(), fred::error::Error> {
+        pipeline
+            .get::<(), _>(self.class_generation_key(class))
+            .await?;
+        pipeline.get::<(), _>(self.namespace_generation_key()).await
     }
 
     /// Queues a GET of each tag's generation, in order.
@@ -177,18 +222,36 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Moves `tag`'s generation, before its entries are deleted. fred gives up on a
-    /// command after the request deadline whatever it is told, so a frozen server is waited
-    /// for by asking again (a repeated bump is harmless) until the maintenance deadline.
+    /// Moves `tag`'s generation, before its entries are deleted.
     pub(crate) async fn bump_tag_generation(&self, tag: &Key) -> Result<(), Error> {
         let key = self.tag_generation_key(tag);
+        let bump = self.bump("EVAL", || {
+            self.client()
+                .eval::<i64, _, _, _>(BUMP, key.as_str(), vec![ttl_ms(LEASE_TTL)])
+        });
+        // Boxed: it is nested in every invalidation's future, and so in every request path
+        // that invalidates, where the compiler bounds how deep a type may go.
+        Box::pin(bump).await.map(|_| ())
+    }
+
+    /// Moves a class's or the namespace's generation (`key`), before a flush deletes
+    /// anything; returns the new generation. No expiry: see [`Flushes`].
+    pub(crate) async fn bump_flush_generation(&self, key: &str) -> Result<i64, Error> {
+        Box::pin(self.bump("INCR", || self.client().incr::<i64, _>(key))).await
+    }
+
+    /// Runs a generation's bump. fred gives up on a command after the request deadline
+    /// whatever it is told, so a frozen server is waited for by asking again (a repeated
+    /// bump is harmless) until the maintenance deadline.
+    async fn bump<F: Future<Output = Result<i64, fred::error::Error>>>(
+        &self,
+        op: &'static str,
+        bump: impl Fn() -> F,
+    ) -> Result<i64, Error> {
         let give_up = tokio::time::Instant::now() + self.maintenance_deadline();
         loop {
-            let bump =
-                self.client()
-                    .eval::<i64, _, _, _>(BUMP, key.as_str(), vec![ttl_ms(LEASE_TTL)]);
-            match self.maintenance("EVAL", bump).await {
-                Ok(_) => return Ok(()),
+            match self.maintenance(op, bump()).await {
+                Ok(generation) => return Ok(generation),
                 Err(Error::Redis {
                     kind: RedisErrorKind::Timeout,
                     ..

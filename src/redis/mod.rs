@@ -78,6 +78,18 @@ pub(crate) enum Seen {
     Bytes(bytes::Bytes),
 }
 
+/// What a load's read of an entry saw, which its write is conditioned on (see `lease`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Leased<'a> {
+    /// What the entry's key held.
+    pub(crate) seen: &'a Seen,
+    /// The generations of the entry's tags, in order.
+    pub(crate) generations: &'a [Option<i64>],
+    /// The entry's class, and the generations of its flushes and the namespace's.
+    pub(crate) class: &'a str,
+    pub(crate) flushes: Flushes,
+}
+
 /// What the heartbeats in Redis say after an outage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Heartbeats {
@@ -97,7 +109,18 @@ pub(crate) enum WriteOutcome {
     Stored,
     /// Not stored: the key changed since it was read.
     Refused,
-    /// Stored, but one of its tags was invalidated since it was read: the caller must
-    /// invalidate it.
-    TagsMoved,
+    /// Stored, but one of its tags was invalidated, or its class or the namespace flushed,
+    /// since it was read: the caller must invalidate it.
+    Moved,
+}
+
+/// The generations of an entry's class and of the whole namespace (`None`: never flushed,
+/// or the key was lost with the data). A flush moves its generation before it deletes
+/// anything, so that a load that read before the flush and wrote after its scan learns of
+/// it (see `lease`). They never expire: a generation that came back to a value a load had
+/// seen would hide a flush.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Flushes {
+    pub(crate) class: Option<i64>,
+    pub(crate) namespace: Option<i64>,
 }

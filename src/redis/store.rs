@@ -10,8 +10,9 @@
 //! Layout of the keys it writes, all under the namespace prefix:
 //! - `ns:class:key` — an entry: its value in an envelope that carries its freshness;
 //! - `ns:~tag:tag` — a set of the full keys that carry a tag; `ns:~tagv:tag` — how often
-//!   the tag was invalidated lately (see `lease`). An entry's key may also hold a short-lived
-//!   tombstone left by a key invalidation.
+//!   the tag was invalidated lately; `ns:~clsv:class` and `ns:~allv` — how often a class
+//!   and the whole namespace were flushed (see `lease`). An entry's key may also hold a
+//!   short-lived tombstone left by a key invalidation.
 //!
 //! - `ns:~lock:class:key` — a stampede lock; `ns:~hb` — the heartbeat, `ns:~hb:<instance>`
 //!   each instance's own; `ns:~inv` — the
@@ -252,6 +253,16 @@ impl RedisStore {
     /// `ns:~tag:tag`.
     pub(crate) fn tag_key(&self, tag: &Key) -> String {
         format!("{}~tag:{}", self.prefix, tag.as_str())
+    }
+
+    /// `ns:~clsv:class`: how often `class` was flushed (see `lease`).
+    pub(crate) fn class_generation_key(&self, class: &str) -> String {
+        format!("{}~clsv:{class}", self.prefix)
+    }
+
+    /// `ns:~allv`: how often the whole namespace was flushed (see `lease`).
+    pub(crate) fn namespace_generation_key(&self) -> String {
+        format!("{}~allv", self.prefix)
     }
 
     /// The SCAN pattern of a class.
