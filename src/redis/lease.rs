@@ -51,6 +51,19 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1";
 
+/// [`LEASE_SET`] that also reads, once written, KEYS[2] and KEYS[3] (the class's and the
+/// namespace's flush generations): returns {0} if the key changed since, else {1, class
+/// generation, namespace generation}. Only where all three keys live on one server (not on
+/// a Cluster): a load's write then costs one round trip.
+const LEASE_SET_READ_FLUSHES: &str = "local cur = redis.call('GET', KEYS[1])
+if ARGV[3] == '0' then
+  if cur then return {0} end
+elseif cur ~= ARGV[4] then
+  return {0}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])}";
+
 /// KEYS[1] = a tag's generation; ARGV[1] = its TTL in ms.
 const BUMP: &str = "local n = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -92,6 +105,8 @@ impl RedisStore {
         // miss, which waits for Redis twice anyway.
         let write = Box::pin(async {
             let client = self.client().with_options(self.request_options());
+            // The flush generations, when the write itself read them back.
+            let mut read_back = None;
             let written = match &lease {
                 None => {
                     client
@@ -110,10 +125,27 @@ impl RedisStore {
                         Value::from(flag),
                         Value::Bytes(expected),
                     ];
-                    client
-                        .eval::<i64, _, _, _>(LEASE_SET, full_key, args)
-                        .await?
-                        == 1
+                    if self.client().is_clustered() {
+                        client
+                            .eval::<i64, _, _, _>(LEASE_SET, full_key, args)
+                            .await?
+                            == 1
+                    } else {
+                        let keys = vec![
+                            full_key.to_owned(),
+                            self.class_generation_key(lease.class),
+                            self.namespace_generation_key(),
+                        ];
+                        let reply: Vec<Value> =
+                            client.eval(LEASE_SET_READ_FLUSHES, keys, args).await?;
+                        let mut reply = reply.into_iter();
+                        let written = reply.next().map(Value::convert::<i64>).transpose()?;
+                        if written == Some(1) {
+                            let now = each(reply.collect())?;
+                            read_back = Some(split_flushes(now).1);
+                        }
+                        written == Some(1)
+                    }
                 }
             };
             if !written {
@@ -145,10 +177,20 @@ impl RedisStore {
             };
             // After the entry and its membership: a tag invalidation or a flush whose scan
             // missed them moved its generation before scanning, so this read sees the move.
-            let pipeline = self.client().pipeline();
-            self.queue_generations(&pipeline, tags).await?;
-            self.queue_flushes(&pipeline, lease.class).await?;
-            let (now, flushes) = split_flushes(each(pipeline.all::<Vec<Value>>().await?)?);
+            let (now, flushes) = match read_back {
+                Some(flushes) if tags.is_empty() => (Vec::new(), flushes),
+                Some(flushes) => {
+                    let pipeline = self.client().pipeline();
+                    self.queue_generations(&pipeline, tags).await?;
+                    (each(pipeline.all::<Vec<Value>>().await?)?, flushes)
+                }
+                None => {
+                    let pipeline = self.client().pipeline();
+                    self.queue_generations(&pipeline, tags).await?;
+                    self.queue_flushes(&pipeline, lease.class).await?;
+                    split_flushes(each(pipeline.all::<Vec<Value>>().await?)?)
+                }
+            };
             let moved = now != lease.generations || flushes != lease.flushes;
             Ok((
                 if moved {
