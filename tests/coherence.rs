@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use stormcache::{Cache, Class, EntryOptions, Invalidation, Key, Origin};
 use support::caches::wait_redis_ready;
+use support::rng::Rng;
 use support::scaled;
 use support::topology::Topology;
 
@@ -541,13 +542,8 @@ fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology) {
             let (a, b) = (caches[0].clone(), caches[1].clone());
             let handle = rt.handle().clone();
             std::thread::spawn(move || {
-                let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ (seed + 1).wrapping_mul(0x9E37_79B9);
-                let mut next = move |n: usize| {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    (rng % n as u64) as usize
-                };
+                let mut rng = Rng::new(seed);
+                let mut next = move |n: usize| rng.index(n);
                 let mut stale = Vec::new();
                 for _ in 0..OPS {
                     let i = next(KEYS);

@@ -81,6 +81,7 @@ use support::history::{
     check, context, fault_spans, summarize, Event, FaultSpan, Recorder, Violation,
 };
 use support::resp;
+use support::rng::Rng;
 use support::{scaled, ClusterGroup, FaultProxy, RedisServer, SentinelGroup};
 
 // ---------------------------------------------------------------------------------------------
@@ -150,45 +151,6 @@ const CI_FAULTS_STANDALONE: &[Fault] = &[
 const CI_FAULTS_SENTINEL: &[Fault] = &[Fault::PubsubKill, Fault::KillMaster, Fault::Failover];
 /// Fault kinds of the CI run on a Cluster: all.
 const CI_FAULTS_CLUSTER: &[Fault] = &[Fault::PubsubKill, Fault::KillMaster, Fault::FreezeMaster];
-
-// ---------------------------------------------------------------------------------------------
-// A seeded RNG (SplitMix64): no dependency, the same sequence for the same seed.
-// ---------------------------------------------------------------------------------------------
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// Uniform in `lo..hi` milliseconds.
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo))
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    /// A new generator for a sub-task, derived from this one.
-    fn fork(&mut self) -> Rng {
-        Rng::new(self.next_u64())
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Fault kinds.

@@ -1,11 +1,14 @@
 //! The read-through path on the local store alone: single-flight under cancellation and
 //! failure, fail-safe stale values, and the byte-bounded capacity.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use stormcache::{Cache, EntryOptions, Key, LocalCapacity, Origin};
+use support::rng::Rng;
 use tokio::sync::Notify;
 
 fn key(s: &str) -> Key {
@@ -326,13 +329,8 @@ fn no_read_after_an_acknowledged_invalidation_answers_older() {
             let (cache, db, acked) = (cache.clone(), Arc::clone(&db), Arc::clone(&acked));
             let handle = rt.handle().clone();
             std::thread::spawn(move || {
-                let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ (seed + 1).wrapping_mul(0x9E37_79B9);
-                let mut next = move |n: usize| {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    (rng % n as u64) as usize
-                };
+                let mut rng = Rng::new(seed);
+                let mut next = move |n: usize| rng.index(n);
                 let mut stale = Vec::new();
                 for _ in 0..OPS {
                     let i = next(KEYS);

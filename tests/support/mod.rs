@@ -348,6 +348,7 @@ pub mod http;
 pub mod process;
 mod redis_server;
 pub mod resp;
+pub mod rng;
 mod sentinel;
 mod slowlog;
 /// [`topology::Topology`]: one interface over standalone, Sentinel and Cluster.
