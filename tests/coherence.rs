@@ -730,3 +730,79 @@ async fn a_load_racing_a_class_flush_does_not_bring_its_value_back_cluster() {
     a_load_racing_a_flush_does_not_bring_its_value_back(&t, Invalidation::new().class("resources"))
         .await;
 }
+
+/// Flushes still stop a racing load after Redis came back empty, its flush generations gone:
+/// A flushed a class three times and knew generation 3; Redis restarts empty; A's load reads
+/// the origin; the origin changes and C flushes the class three times, which brings the
+/// generation back to 3; A writes what it read. What A knew before the outage must not stand
+/// for what Redis holds after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_counted_again_after_redis_came_back_empty_are_still_seen() {
+    use std::sync::atomic::AtomicU64;
+    use tokio::sync::Notify;
+
+    let t = Topology::standalone();
+    let Topology::Standalone(server) = &t else {
+        unreachable!("a standalone topology")
+    };
+    let namespace = "flushreset";
+    // No backplane on A: it hears of C's flushes only through the generations.
+    let a = ready(
+        builder(&t, namespace)
+            .backplane(false)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let c = ready(builder(&t, namespace).build().expect("valid")).await;
+    let class = Invalidation::new().class("resources");
+    for _ in 0..3 {
+        a.invalidate(&class).await;
+    }
+    server.kill();
+    within(Duration::from_secs(10), "A saw Redis go", || {
+        !a.redis_in_use()
+    })
+    .await;
+    server.restart();
+    within(Duration::from_secs(20), "A back on Redis", || {
+        a.redis_in_use()
+    })
+    .await;
+    let c = ready(c).await;
+    let k = key("doc:1");
+    let opts = EntryOptions::new().class("resources");
+    let origin = Arc::new(AtomicU64::new(1));
+    let (read, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let racing = {
+        let (a, k, opts, origin) = (a.clone(), k.clone(), opts.clone(), Arc::clone(&origin));
+        let (read, go) = (Arc::clone(&read), Arc::clone(&go));
+        tokio::spawn(async move {
+            a.get_or_load(k, &opts, || async move {
+                let v = origin.load(Ordering::SeqCst);
+                read.notify_one();
+                go.notified().await;
+                v
+            })
+            .await
+        })
+    };
+    read.notified().await;
+    origin.store(2, Ordering::SeqCst);
+    for _ in 0..3 {
+        c.invalidate(&class).await;
+    }
+    go.notify_one();
+    assert_eq!(racing.await.expect("load"), 1);
+    let entry = format!("{namespace}:resources:doc:1");
+    within(
+        Duration::from_secs(2),
+        "the racing write invalidated in Redis",
+        || !server.holds_entry(&entry),
+    )
+    .await;
+    let v: u64 = c
+        .get_or_load(k, &opts, || async { origin.load(Ordering::SeqCst) })
+        .await;
+    assert_eq!(v, 2, "read after the flushes and the racing write");
+}

@@ -155,6 +155,9 @@ impl Monitor {
         if !breaker.set_recovering() {
             return;
         }
+        // Redis may be back from a snapshot, or empty: the flush generations this instance
+        // knew may be ahead of Redis's now, so they are read again before they are relied on.
+        core.forget_flushes();
         let (length, since_wall) = match breaker.outage() {
             Some((length, since)) => (Some(length), since),
             None => (None, SystemTime::now()),

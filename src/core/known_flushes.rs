@@ -7,7 +7,9 @@
 //! every entry would add commands to every read of Redis; instead each instance keeps what
 //! its writes last read back. Generations only grow, so a value kept here is never ahead of
 //! Redis, and any flush after it differs from it. A value behind Redis only costs a false
-//! alarm: that write is invalidated, and the newer value is kept for the next loads.
+//! alarm: that write is invalidated, and the newer value is kept for the next loads. Redis
+//! back from a snapshot, or empty, can hold generations behind what is kept here, so after
+//! an outage they are read again before they are relied on.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 

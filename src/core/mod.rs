@@ -277,6 +277,12 @@ impl Core {
         self.local.remove(key);
     }
 
+    /// What this instance knew of the flush generations in Redis no longer holds (Redis may
+    /// have lost data): the next read of Redis reads them again.
+    pub(crate) fn forget_flushes(&self) {
+        self.flushes.forget_namespace();
+    }
+
     /// From now on every local entry is suspect (the invalidation channel has a gap).
     pub(crate) fn distrust_local(&self) {
         self.local.distrust_all();
