@@ -15,7 +15,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -502,7 +502,6 @@ async fn an_invalidation_journaled_during_an_outage_reaches_the_other_instances(
 ///   the change and wrote after the invalidation's scan has seen the generation move and
 ///   invalidated its entry: within two command deadlines.
 fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology) {
-    use std::sync::atomic::AtomicU64;
     use std::sync::Mutex;
 
     const KEYS: usize = 24;
@@ -646,15 +645,65 @@ fn no_read_after_an_acknowledged_invalidation_answers_older_cluster() {
     no_read_after_an_acknowledged_invalidation_answers_older(&Topology::cluster());
 }
 
+/// A load on `cache` whose loader has read the origin and waits to be let go, so that a test
+/// can change the origin and flush in between.
+struct RacingLoad {
+    task: tokio::task::JoinHandle<u64>,
+    go: Arc<tokio::sync::Notify>,
+}
+
+impl RacingLoad {
+    /// Starts a load of `k`; returns once its loader has read `origin`.
+    async fn start(cache: &Cache, k: &Key, opts: &EntryOptions, origin: &Arc<AtomicU64>) -> Self {
+        use tokio::sync::Notify;
+        let (read, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let task = {
+            let (cache, k, opts, origin) =
+                (cache.clone(), k.clone(), opts.clone(), Arc::clone(origin));
+            let (read, go) = (Arc::clone(&read), Arc::clone(&go));
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(k, &opts, || async move {
+                        let v = origin.load(Ordering::SeqCst);
+                        read.notify_one();
+                        go.notified().await;
+                        v
+                    })
+                    .await
+            })
+        };
+        read.notified().await;
+        RacingLoad { task, go }
+    }
+
+    /// Lets the load write what it read; what its caller got.
+    async fn finish(self) -> u64 {
+        self.go.notify_one();
+        self.task.await.expect("load")
+    }
+}
+
+/// Waits until `entry` holds no value in Redis (nothing, or a tombstone): the racing load's
+/// write was invalidated.
+async fn racing_write_invalidated(t: &Topology, entry: &str) {
+    within(
+        Duration::from_secs(2),
+        "the racing write invalidated in Redis",
+        || match t.cmd(&["GET", entry]) {
+            support::resp::RespValue::Nil => true,
+            support::resp::RespValue::Bulk(bytes) => bytes.get(..3) == Some(b"SC\0"),
+            other => panic!("GET {entry}: {other:?}"),
+        },
+    )
+    .await;
+}
+
 /// A load on B reads the origin, then A changes it and flushes (the class, or everything),
 /// then B writes what it read. B has not heard of the flush (no backplane here), so its
 /// write lands in Redis after the flush's scan; the flush's generation, read back after the
 /// write, tells B to invalidate it. Without that, the old value would stay in Redis until
 /// its TTL and every instance would load it from there.
 async fn a_load_racing_a_flush_does_not_bring_its_value_back(t: &Topology, flush: Invalidation) {
-    use std::sync::atomic::AtomicU64;
-    use tokio::sync::Notify;
-
     let namespace = "flushrace";
     let a = ready(builder(t, namespace).build().expect("valid")).await;
     let b = ready(
@@ -667,42 +716,13 @@ async fn a_load_racing_a_flush_does_not_bring_its_value_back(t: &Topology, flush
     let k = key("doc:1");
     let opts = EntryOptions::new().class("resources");
     let origin = Arc::new(AtomicU64::new(1));
-    let (read, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let racing = {
-        let (b, k, opts, origin) = (b.clone(), k.clone(), opts.clone(), Arc::clone(&origin));
-        let (read, go) = (Arc::clone(&read), Arc::clone(&go));
-        tokio::spawn(async move {
-            b.get_or_load(k, &opts, || async move {
-                let v = origin.load(Ordering::SeqCst);
-                read.notify_one();
-                go.notified().await;
-                v
-            })
-            .await
-        })
-    };
-    read.notified().await;
+    let racing = RacingLoad::start(&b, &k, &opts, &origin).await;
     origin.store(2, Ordering::SeqCst);
     a.invalidate(&flush).await;
-    go.notify_one();
-    assert_eq!(
-        racing.await.expect("load"),
-        1,
-        "B's caller gets what B loaded"
-    );
+    assert_eq!(racing.finish().await, 1, "B's caller gets what B loaded");
     // B's write, and then its invalidation of what it wrote, land in Redis; from then on no
     // instance reads the old value.
-    let entry = format!("{namespace}:resources:doc:1");
-    within(
-        Duration::from_secs(2),
-        "the racing write invalidated in Redis",
-        || match t.cmd(&["GET", &entry]) {
-            support::resp::RespValue::Nil => true,
-            support::resp::RespValue::Bulk(bytes) => bytes.get(..3) == Some(b"SC\0"),
-            other => panic!("GET {entry}: {other:?}"),
-        },
-    )
-    .await;
+    racing_write_invalidated(t, &format!("{namespace}:resources:doc:1")).await;
     for cache in [&a, &b] {
         let v: u64 = cache
             .get_or_load(k.clone(), &opts, || async { origin.load(Ordering::SeqCst) })
@@ -738,9 +758,6 @@ async fn a_load_racing_a_class_flush_does_not_bring_its_value_back_cluster() {
 /// for what Redis holds after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushes_counted_again_after_redis_came_back_empty_are_still_seen() {
-    use std::sync::atomic::AtomicU64;
-    use tokio::sync::Notify;
-
     let t = Topology::standalone();
     let Topology::Standalone(server) = &t else {
         unreachable!("a standalone topology")
@@ -773,34 +790,13 @@ async fn flushes_counted_again_after_redis_came_back_empty_are_still_seen() {
     let k = key("doc:1");
     let opts = EntryOptions::new().class("resources");
     let origin = Arc::new(AtomicU64::new(1));
-    let (read, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let racing = {
-        let (a, k, opts, origin) = (a.clone(), k.clone(), opts.clone(), Arc::clone(&origin));
-        let (read, go) = (Arc::clone(&read), Arc::clone(&go));
-        tokio::spawn(async move {
-            a.get_or_load(k, &opts, || async move {
-                let v = origin.load(Ordering::SeqCst);
-                read.notify_one();
-                go.notified().await;
-                v
-            })
-            .await
-        })
-    };
-    read.notified().await;
+    let racing = RacingLoad::start(&a, &k, &opts, &origin).await;
     origin.store(2, Ordering::SeqCst);
     for _ in 0..3 {
         c.invalidate(&class).await;
     }
-    go.notify_one();
-    assert_eq!(racing.await.expect("load"), 1);
-    let entry = format!("{namespace}:resources:doc:1");
-    within(
-        Duration::from_secs(2),
-        "the racing write invalidated in Redis",
-        || !server.holds_entry(&entry),
-    )
-    .await;
+    assert_eq!(racing.finish().await, 1);
+    racing_write_invalidated(&t, &format!("{namespace}:resources:doc:1")).await;
     let v: u64 = c
         .get_or_load(k, &opts, || async { origin.load(Ordering::SeqCst) })
         .await;

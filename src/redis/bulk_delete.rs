@@ -227,9 +227,10 @@ impl RedisStore {
     }
 
     /// Deletes everything in the namespace, after moving its generation (see `lease`;
-    /// returned with what it removed), except its bookkeeping: the invalidation log, which the other instances reconcile
-    /// from after this very flush; the heartbeats, which date the data for the next
-    /// recovery; and the generations, which loads racing this flush (or a later one) check.
+    /// returned with what it removed), except its bookkeeping: the invalidation log, which
+    /// the other instances reconcile from after this very flush; the heartbeats, which date
+    /// the data for the next recovery; and the generations, which loads racing this flush
+    /// (or a later one) check.
     pub(crate) async fn flush_namespace(&self) -> Result<(Removed, i64), Error> {
         let generation = self
             .bump_flush_generation(&self.namespace_generation_key())

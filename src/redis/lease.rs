@@ -179,16 +179,17 @@ impl RedisStore {
             // missed them moved its generation before scanning, so this read sees the move.
             let (now, flushes) = match read_back {
                 Some(flushes) if tags.is_empty() => (Vec::new(), flushes),
-                Some(flushes) => {
+                _ => {
                     let pipeline = self.client().pipeline();
                     self.queue_generations(&pipeline, tags).await?;
-                    (each(pipeline.all::<Vec<Value>>().await?)?, flushes)
-                }
-                None => {
-                    let pipeline = self.client().pipeline();
-                    self.queue_generations(&pipeline, tags).await?;
-                    self.queue_flushes(&pipeline, lease.class).await?;
-                    split_flushes(each(pipeline.all::<Vec<Value>>().await?)?)
+                    if read_back.is_none() {
+                        self.queue_flushes(&pipeline, lease.class).await?;
+                    }
+                    let now = each(pipeline.all::<Vec<Value>>().await?)?;
+                    match read_back {
+                        Some(flushes) => (now, flushes),
+                        None => split_flushes(now),
+                    }
                 }
             };
             let moved = now != lease.generations || flushes != lease.flushes;
