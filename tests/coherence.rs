@@ -10,6 +10,8 @@
 //! - distributed stampede protection: 1,000 cold callers over 3 instances, 1 load; a dead
 //!   lock holder blocks the others for no longer than the lock's TTL;
 //! - eager refresh: a hit late in its TTL is served at once and refreshed once;
+//! - a load racing a flush, or a tag invalidation after the tag's generation expired, does
+//!   not leave its old value in Redis;
 //! - a randomized check (standalone, Cluster): loads on two instances race the invalidations
 //!   and flushes of one, and none of its reads answers older than an acknowledged one.
 
@@ -749,6 +751,56 @@ async fn a_load_racing_a_class_flush_does_not_bring_its_value_back_cluster() {
     let t = Topology::cluster();
     a_load_racing_a_flush_does_not_bring_its_value_back(&t, Invalidation::new().class("resources"))
         .await;
+}
+
+/// A load on B reads the origin and its tag's generation just before that generation
+/// expires; then A changes the origin and invalidates the tag, then B writes what it read.
+/// The invalidation's scan cannot see B's entry, so only the generation tells B to remove
+/// it, and a generation that starts counting again from nothing after expiring would read
+/// exactly what B read before (the expiry is made at once here with DEL, which is what it
+/// does in Redis).
+async fn a_tag_generation_that_expired_still_shows_the_next_invalidation(t: &Topology) {
+    let namespace = "tagexpiry";
+    let a = ready(builder(t, namespace).build().expect("valid")).await;
+    let b = ready(
+        builder(t, namespace)
+            .backplane(false)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let (k, tag) = (key("doc:1"), key("grp"));
+    let opts = EntryOptions::new().class("resources").tag(tag.clone());
+    let invalidation = Invalidation::new().tag(tag);
+    a.invalidate(&invalidation).await;
+    let origin = Arc::new(AtomicU64::new(1));
+    let racing = RacingLoad::start(&b, &k, &opts, &origin).await;
+    let generation = format!("{namespace}:~tagv:grp");
+    assert_eq!(
+        t.cmd(&["DEL", &generation]),
+        support::resp::RespValue::Int(1),
+        "the first invalidation left a generation"
+    );
+    origin.store(2, Ordering::SeqCst);
+    a.invalidate(&invalidation).await;
+    assert_eq!(racing.finish().await, 1, "B's caller gets what B loaded");
+    racing_write_invalidated(t, &format!("{namespace}:resources:doc:1")).await;
+    for cache in [&a, &b] {
+        let v: u64 = cache
+            .get_or_load(k.clone(), &opts, || async { origin.load(Ordering::SeqCst) })
+            .await;
+        assert_eq!(v, 2, "read after the invalidation and the racing write");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_generation_that_expired_still_shows_the_next_invalidation_standalone() {
+    a_tag_generation_that_expired_still_shows_the_next_invalidation(&Topology::standalone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_generation_that_expired_still_shows_the_next_invalidation_cluster() {
+    a_tag_generation_that_expired_still_shows_the_next_invalidation(&Topology::cluster()).await;
 }
 
 /// Flushes still stop a racing load after Redis came back empty, its flush generations gone:

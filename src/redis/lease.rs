@@ -13,11 +13,13 @@
 //!   and its write is a script that stores only if the key still holds exactly that
 //!   ([`LEASE_SET`]). Any invalidation since then changed it, so the write is refused;
 //! - a *tag* invalidation cannot leave tombstones for entries that are not in the tag's set
-//!   yet, so it bumps the tag's **generation** (`ns:~tagv:tag`) before it deletes anything.
+//!   yet, so it moves the tag's **generation** (`ns:~tagv:tag`) before it deletes anything.
 //!   A load of a tagged entry reads its tags' generations with the entry, and after writing
 //!   reads them again: if one moved, the caller invalidates the entry. Either the
 //!   invalidation's scan saw the entry's membership, or the load's second read sees the
-//!   moved generation;
+//!   moved generation. A generation expires, so a counter could come back to the very value
+//!   a load read (read 1 just before it expired, then one invalidation counts 1 again) and
+//!   hide that invalidation: a move sets a value never used before instead;
 //! - a *class* or *namespace* flush scans for keys, and cannot see an entry written after
 //!   its scan went by, so it moves the class's (`ns:~clsv:class`) or the namespace's
 //!   (`ns:~allv`) generation first. A load's lease carries both as its instance last knew
@@ -39,6 +41,7 @@ use fred::types::{ExpireOptions, Value};
 use super::{Flushes, Leased, RedisStore, Removed, Seen, WriteOutcome, LEASE_TTL};
 use crate::error::{Error, RedisErrorKind};
 use crate::key::Key;
+use crate::model::nonce;
 
 /// KEYS[1] = entry; ARGV[1] = value, ARGV[2] = TTL in ms, ARGV[3] = "0" if the load saw no
 /// value and "1" if it saw ARGV[4]. Returns 1 if written, 0 if the key changed since.
@@ -64,11 +67,6 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])}";
 
-/// KEYS[1] = a tag's generation; ARGV[1] = its TTL in ms.
-const BUMP: &str = "local n = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return n";
-
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
@@ -81,7 +79,8 @@ fn split_flushes(mut generations: Vec<Option<i64>>) -> (Vec<Option<i64>>, Flushe
 }
 
 impl RedisStore {
-    /// `ns:~tagv:tag`: how many times `tag` was invalidated lately.
+    /// `ns:~tagv:tag`: changed to a new value by every invalidation of `tag`; expires
+    /// [`LEASE_TTL`] after the last.
     pub(crate) fn tag_generation_key(&self, tag: &Key) -> String {
         format!("{}~tagv:{}", self.prefix(), tag.as_str())
     }
@@ -265,12 +264,18 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Moves `tag`'s generation, before its entries are deleted.
+    /// Moves `tag`'s generation to a value no generation ever held, before its entries are
+    /// deleted.
     pub(crate) async fn bump_tag_generation(&self, tag: &Key) -> Result<(), Error> {
         let key = self.tag_generation_key(tag);
-        let bump = self.bump("EVAL", || {
-            self.client()
-                .eval::<i64, _, _, _>(BUMP, key.as_str(), vec![ttl_ms(LEASE_TTL)])
+        let ttl = Some(Expiration::PX(ttl_ms(LEASE_TTL)));
+        let bump = self.bump("SET", || {
+            // Two's complement: any 64 bits make a generation, as long as they are new.
+            let generation = nonce() as i64;
+            let set =
+                self.client()
+                    .set::<(), _, _>(key.as_str(), generation, ttl.clone(), None, false);
+            async move { set.await.map(|()| generation) }
         });
         // Boxed: it is nested in every invalidation's future, and so in every request path
         // that invalidates, where the compiler bounds how deep a type may go.

@@ -9,8 +9,8 @@
 //!
 //! Layout of the keys it writes, all under the namespace prefix:
 //! - `ns:class:key` — an entry: its value in an envelope that carries its freshness;
-//! - `ns:~tag:tag` — a set of the full keys that carry a tag; `ns:~tagv:tag` — how often
-//!   the tag was invalidated lately; `ns:~clsv:class` and `ns:~allv` — how often a class
+//! - `ns:~tag:tag` — a set of the full keys that carry a tag; `ns:~tagv:tag` — a value
+//!   every invalidation of the tag changes, kept a few seconds; `ns:~clsv:class` and `ns:~allv` — how often a class
 //!   and the whole namespace were flushed (see `lease`). An entry's key may also hold a
 //!   short-lived tombstone left by a key invalidation.
 //!

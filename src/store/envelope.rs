@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::codec::{Codec, Encodable};
 use crate::error::Error;
 use crate::key::Key;
-use crate::model::unix_ms;
+use crate::model::{nonce, unix_ms};
 
 const MAGIC: &[u8; 2] = b"SC";
 const V1: u8 = 1;
@@ -66,19 +66,10 @@ const TOMBSTONE_LEN: usize = 2 + 1 + 8;
 
 /// A tombstone no other invalidation, in any process, leaves.
 pub(crate) fn tombstone() -> bytes::Bytes {
-    use std::hash::BuildHasher;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    // A random seed per process, and a counter within it.
-    static SEED: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nonce = SEED
-        .get_or_init(Default::default)
-        .hash_one(COUNTER.fetch_add(1, Ordering::Relaxed));
     let mut out = Vec::with_capacity(TOMBSTONE_LEN);
     out.extend_from_slice(MAGIC);
     out.push(TOMBSTONE);
-    out.extend_from_slice(&nonce.to_le_bytes());
+    out.extend_from_slice(&nonce().to_le_bytes());
     out.into()
 }
 
