@@ -69,6 +69,17 @@ impl WriteIf {
     }
 }
 
+/// What became of a value's write to Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    Stored,
+    /// Not written: no Redis, a failure, shed, or a load that outlived its lease.
+    Not,
+    /// Refused, or written and then found to be reached by an invalidation since the load's
+    /// read: the value is older than something an invalidation stood for.
+    Superseded,
+}
+
 /// A fresh value read from Redis.
 pub(crate) struct Fresh<T> {
     pub(crate) value: T,
@@ -226,8 +237,9 @@ impl Core {
     }
 
     /// Writes a loaded value to Redis (if `redis_key`, under its condition) and to the local
-    /// store (unless the shape skips it), with one TTL drawn for both. Returns whether Redis
-    /// has the value now: false without a Redis key, or if the write failed, was shed or
+    /// store (unless the shape skips it, or Redis showed that an invalidation reached the
+    /// entry since the load's read), with one TTL drawn for both. Returns whether Redis has
+    /// the value now: false without a Redis key, or if the write failed, was shed or
     /// refused, or the value did not encode.
     ///
     /// The last `added` of `tags` are the loader's own: the envelope carries them, so that
@@ -242,7 +254,7 @@ impl Core {
         added: usize,
     ) -> bool {
         let (ttl, grace) = (shape.draw_ttl(), shape.grace);
-        let mut in_redis = false;
+        let mut written = Written::Not;
         let mut encoded_len = 0;
         if redis_key.is_some() || (shape.local && self.local.weighs_bytes()) {
             // Compressing is for Redis only: without a Redis key the bytes are just weighed.
@@ -259,7 +271,7 @@ impl Core {
                 Ok(sealed) => {
                     encoded_len = sealed.encoded_len;
                     if let Some((full_key, write_if)) = redis_key {
-                        in_redis = self
+                        written = self
                             .write_redis(
                                 local_key,
                                 &full_key,
@@ -276,7 +288,9 @@ impl Core {
                 }
             }
         }
-        if shape.local {
+        // An invalidation this instance may not have heard of yet reached the entry: the
+        // value is the caller's answer, but not to be served again.
+        if shape.local && written != Written::Superseded {
             self.local.insert(
                 local_key.clone(),
                 value.clone(),
@@ -286,7 +300,7 @@ impl Core {
                 encoded_len,
             );
         }
-        in_redis
+        written == Written::Stored
     }
 
     async fn write_redis(
@@ -297,16 +311,16 @@ impl Core {
         ttl: Duration,
         tags: &[Key],
         write_if: WriteIf,
-    ) -> bool {
+    ) -> Written {
         let Some(redis) = self.redis() else {
-            return false;
+            return Written::Not;
         };
         let lease = match write_if {
             // Past half its life, the lease's tombstones and generations may have expired
             // and could no longer tell an invalidation happened.
             WriteIf::Unchanged(lease) if lease.read_at.elapsed() > LEASE_TTL / 2 => {
                 tracing::debug!(key = %full_key, "load outlived its lease; not written to Redis");
-                return false;
+                return Written::Not;
             }
             WriteIf::Unchanged(lease) => Some(lease),
             WriteIf::Always => None,
@@ -324,18 +338,18 @@ impl Core {
         match written.map(|(outcome, _)| outcome) {
             Ok(WriteOutcome::Stored) => {
                 self.tag_trims.wrote(tags);
-                true
+                Written::Stored
             }
             Ok(WriteOutcome::Refused) => {
                 tracing::debug!(key = %full_key, "invalidated since it was read; not written to Redis");
-                false
+                Written::Superseded
             }
             Ok(WriteOutcome::Moved) => {
                 tracing::debug!(key = %full_key, "a tag was invalidated or a flush ran while it loaded; invalidating it");
                 self.suspect_writes.report(local_key);
-                false
+                Written::Superseded
             }
-            Err(Error::Overloaded) => false,
+            Err(Error::Overloaded) => Written::Not,
             Err(error) => {
                 self.stats.redis_error();
                 self.breaker.record_failure("write failed");
@@ -345,7 +359,7 @@ impl Core {
                     // invalidation this process has not heard of.
                     self.suspect_writes.report(local_key);
                 }
-                false
+                Written::Not
             }
         }
     }

@@ -13,18 +13,24 @@
 //!   and its write is a script that stores only if the key still holds exactly that
 //!   ([`LEASE_SET`]). Any invalidation since then changed it, so the write is refused;
 //! - a *tag* invalidation cannot leave tombstones for entries that are not in the tag's set
-//!   yet, so it moves the tag's **generation** (`ns:~tagv:tag`) before it deletes anything.
-//!   A load of a tagged entry reads its tags' generations with the entry, and after writing
-//!   reads them again: if one moved, the caller invalidates the entry. Either the
-//!   invalidation's scan saw the entry's membership, or the load's second read sees the
-//!   moved generation. A generation expires, so a counter could come back to the very value
-//!   a load read (read 1 just before it expired, then one invalidation counts 1 again) and
-//!   hide that invalidation: a move sets a value never used before instead;
+//!   yet, so it moves the tag's **generation** (`ns:~tagv:tag`) before it deletes anything,
+//!   and a load of a tagged entry reads its tags' generations with the entry. A generation
+//!   expires, so a counter could come back to the very value a load read (1 read just before
+//!   it expired, then one invalidation counts 1 again) and hide that invalidation: a move
+//!   sets a value never used before instead;
 //! - a *class* or *namespace* flush scans for keys, and cannot see an entry written after
 //!   its scan went by, so it moves the class's (`ns:~clsv:class`) or the namespace's
 //!   (`ns:~allv`) generation first. A load's lease carries both as its instance last knew
-//!   them (see `core::known_flushes`), and after writing it reads them back: if one is not
-//!   what the lease says, the caller invalidates the entry. These two never expire.
+//!   them (see `core::known_flushes`). These two never expire.
+//!
+//! Where every key lives on one server (standalone, Sentinel), one script
+//! ([`LEASE_SET_CHECKED`]) compares the key and all the generations with the lease and only
+//! then writes the entry and adds it to its tags' sets: either the write comes first, and
+//! the invalidation's scan finds the entry, or the generation moved first, and nothing is
+//! written. No reader ever sees the load's value. On a Cluster the keys are spread over
+//! nodes: the write ([`LEASE_SET`]) checks the key only, the entry then joins its tags' sets,
+//! and the generations are read again after that. If one moved, the caller invalidates the
+//! entry, which other readers may see in between (for up to two command deadlines).
 //!
 //! Tombstones and tag generations live [`LEASE_TTL`]; a load that took longer than half of
 //! that does not write to Redis at all, so an expired lease can never pass for an untouched
@@ -54,18 +60,55 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1";
 
-/// [`LEASE_SET`] that also reads, once written, KEYS[2] and KEYS[3] (the class's and the
-/// namespace's flush generations): returns {0} if the key changed since, else {1, class
-/// generation, namespace generation}. Only where all three keys live on one server (not on
-/// a Cluster): a load's write then costs one round trip.
-const LEASE_SET_READ_FLUSHES: &str = "local cur = redis.call('GET', KEYS[1])
+/// The whole conditional write where every key lives on one server (not on a Cluster), in
+/// one round trip and atomically: no invalidation can fall between the checks and the write.
+///
+/// KEYS[1] = entry, KEYS[2] and KEYS[3] = the class's and the namespace's flush generations,
+/// then n tag generations, then the n tags' sets. ARGV[1..4] as [`LEASE_SET`], ARGV[5] and
+/// ARGV[6] = the flush generations the load knew ("" for none), then the n tag generations
+/// its read saw. Returns {0} if the key changed since; {2, class generation, namespace
+/// generation} without writing if a generation moved; else writes the entry, adds it to its
+/// tags' sets (which live as long as their longest-lived member: NX sets a first TTL, GT
+/// only ever extends it) and returns {1, class generation, namespace generation}.
+const LEASE_SET_CHECKED: &str = "local cur = redis.call('GET', KEYS[1])
 if ARGV[3] == '0' then
   if cur then return {0} end
 elseif cur ~= ARGV[4] then
   return {0}
 end
+local class = redis.call('GET', KEYS[2])
+local all = redis.call('GET', KEYS[3])
+if (class or '') ~= ARGV[5] or (all or '') ~= ARGV[6] then
+  return {2, class, all}
+end
+local n = (#KEYS - 3) / 2
+for i = 1, n do
+  if (redis.call('GET', KEYS[3 + i]) or '') ~= ARGV[6 + i] then
+    return {2, class, all}
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {1, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])}";
+for i = 1, n do
+  local set = KEYS[3 + n + i]
+  redis.call('SADD', set, KEYS[1])
+  redis.call('PEXPIRE', set, ARGV[2], 'NX')
+  redis.call('PEXPIRE', set, ARGV[2], 'GT')
+end
+return {1, class, all}";
+
+/// The arguments of [`LEASE_SET`], which [`LEASE_SET_CHECKED`] begins with.
+fn lease_args(bytes: Vec<u8>, ttl_ms: i64, seen: &Seen) -> Vec<Value> {
+    let (flag, expected) = match seen {
+        Seen::Absent => ("0", Bytes::new()),
+        Seen::Bytes(b) => ("1", b.clone()),
+    };
+    vec![
+        Value::Bytes(Bytes::from(bytes)),
+        Value::Integer(ttl_ms),
+        Value::from(flag),
+        Value::Bytes(expected),
+    ]
+}
 
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
@@ -85,10 +128,9 @@ impl RedisStore {
         format!("{}~tagv:{}", self.prefix(), tag.as_str())
     }
 
-    /// Writes an entry: if `lease` is given, only if its key still holds what the load's
-    /// read saw; then adds it to its tags' sets and, with a lease, reads again the
-    /// generations of its tags, its class and the namespace, to tell whether one moved since
-    /// the read. Returns the class's and the namespace's generations as read then. One
+    /// Writes an entry and adds it to its tags' sets; with a `lease`, only if its key still
+    /// holds what the load's read saw and none of the generations of its tags, its class and
+    /// the namespace moved since. Returns those flush generations as read at the write. One
     /// deadline for all of it.
     pub(crate) async fn set_if(
         &self,
@@ -99,110 +141,130 @@ impl RedisStore {
         lease: Option<Leased<'_>>,
     ) -> Result<(WriteOutcome, Option<Flushes>), Error> {
         let ttl_ms = ttl_ms(ttl);
-        let conditional = lease.is_some();
-        // Boxed: its many awaits would make every read's future larger, and a write is a
-        // miss, which waits for Redis twice anyway.
-        let write = Box::pin(async {
-            let client = self.client().with_options(self.request_options());
-            // The flush generations, when the write itself read them back.
-            let mut read_back = None;
-            let written = match &lease {
-                None => {
-                    client
-                        .set::<(), _, _>(full_key, bytes, Some(Expiration::PX(ttl_ms)), None, false)
-                        .await?;
-                    true
-                }
-                Some(lease) => {
-                    let (flag, expected) = match lease.seen {
-                        Seen::Absent => ("0", Bytes::new()),
-                        Seen::Bytes(b) => ("1", b.clone()),
-                    };
-                    let args: Vec<Value> = vec![
-                        Value::Bytes(Bytes::from(bytes)),
-                        Value::Integer(ttl_ms),
-                        Value::from(flag),
-                        Value::Bytes(expected),
-                    ];
-                    if self.client().is_clustered() {
-                        client
-                            .eval::<i64, _, _, _>(LEASE_SET, full_key, args)
-                            .await?
-                            == 1
-                    } else {
-                        let keys = vec![
-                            full_key.to_owned(),
-                            self.class_generation_key(lease.class),
-                            self.namespace_generation_key(),
-                        ];
-                        let reply: Vec<Value> =
-                            client.eval(LEASE_SET_READ_FLUSHES, keys, args).await?;
-                        let mut reply = reply.into_iter();
-                        let written = reply.next().map(Value::convert::<i64>).transpose()?;
-                        if written == Some(1) {
-                            let now = each(reply.collect())?;
-                            read_back = Some(split_flushes(now).1);
-                        }
-                        written == Some(1)
-                    }
-                }
-            };
-            if !written {
-                return Ok((WriteOutcome::Refused, None));
+        // Boxed: a write is a miss, which waits for Redis anyway, and its many awaits would
+        // otherwise make every read's future larger.
+        match lease {
+            Some(lease) if !self.client().is_clustered() => {
+                self.bounded("EVAL", || {
+                    Box::pin(self.set_checked(full_key, bytes, ttl_ms, tags, lease))
+                })
+                .await
             }
-            if !tags.is_empty() {
-                // The entry exists before it joins its sets (on a Cluster they may be on
-                // other nodes, so the write is awaited first): a tag invalidation that finds
-                // the membership also finds the entry (see `bulk_delete`).
-                let pipeline = self.client().pipeline();
-                for tag in tags {
-                    let tag_key = self.tag_key(tag);
-                    pipeline
-                        .sadd::<(), _, _>(tag_key.as_str(), full_key)
-                        .await?;
-                    // A tag set lives as long as its longest-lived member: NX sets a first
-                    // TTL, GT only ever extends it.
-                    pipeline
-                        .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::NX))
-                        .await?;
-                    pipeline
-                        .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::GT))
-                        .await?;
-                }
-                pipeline.all::<Value>().await?;
+            lease => {
+                let op = if lease.is_some() { "EVAL" } else { "SET" };
+                let steps = Box::pin(self.set_then_check(full_key, bytes, ttl_ms, tags, lease));
+                self.bounded_steps(op, steps).await
             }
-            let Some(lease) = lease else {
-                return Ok((WriteOutcome::Stored, None));
-            };
-            // After the entry and its membership: a tag invalidation or a flush whose scan
-            // missed them moved its generation before scanning, so this read sees the move.
-            let (now, flushes) = match read_back {
-                Some(flushes) if tags.is_empty() => (Vec::new(), flushes),
-                _ => {
-                    let pipeline = self.client().pipeline();
-                    self.queue_generations(&pipeline, tags).await?;
-                    if read_back.is_none() {
-                        self.queue_flushes(&pipeline, lease.class).await?;
-                    }
-                    let now = each(pipeline.all::<Vec<Value>>().await?)?;
-                    match read_back {
-                        Some(flushes) => (now, flushes),
-                        None => split_flushes(now),
-                    }
-                }
-            };
-            let moved = now != lease.generations || flushes != lease.flushes;
-            Ok((
-                if moved {
-                    WriteOutcome::Moved
-                } else {
-                    WriteOutcome::Stored
-                },
-                Some(flushes),
-            ))
-        });
-        self.bounded_steps(if conditional { "EVAL" } else { "SET" }, write)
-            .await
+        }
+    }
+
+    /// A leased write where all its keys live on one server: checks and writes in one
+    /// script ([`LEASE_SET_CHECKED`]), so that an entry a tag invalidation or a flush could
+    /// miss is never written at all.
+    async fn set_checked(
+        &self,
+        full_key: &str,
+        bytes: Vec<u8>,
+        ttl_ms: i64,
+        tags: &[Key],
+        lease: Leased<'_>,
+    ) -> Result<(WriteOutcome, Option<Flushes>), fred::error::Error> {
+        debug_assert_eq!(tags.len(), lease.generations.len(), "a generation per tag");
+        let mut keys = Vec::with_capacity(3 + 2 * tags.len());
+        keys.push(full_key.to_owned());
+        keys.push(self.class_generation_key(lease.class));
+        keys.push(self.namespace_generation_key());
+        keys.extend(tags.iter().map(|tag| self.tag_generation_key(tag)));
+        keys.extend(tags.iter().map(|tag| self.tag_key(tag)));
+        // As Redis hands them to the script: strings, and "" for a generation not set.
+        let expected = |generation: Option<i64>| match generation {
+            Some(generation) => Value::from(generation.to_string()),
+            None => Value::from(""),
+        };
+        let mut args = lease_args(bytes, ttl_ms, lease.seen);
+        args.push(expected(lease.flushes.class));
+        args.push(expected(lease.flushes.namespace));
+        args.extend(lease.generations.iter().map(|g| expected(*g)));
+        let reply: Vec<Value> = self
+            .client()
+            .with_options(self.request_options())
+            .eval(LEASE_SET_CHECKED, keys, args)
+            .await?;
+        let mut reply = reply.into_iter();
+        let outcome = match reply.next().map(Value::convert::<i64>).transpose()? {
+            Some(1) => WriteOutcome::Stored,
+            Some(2) => WriteOutcome::Refused,
+            _ => return Ok((WriteOutcome::Refused, None)),
+        };
+        Ok((outcome, Some(split_flushes(each(reply.collect())?).1)))
+    }
+
+    /// A write where its keys may live on several servers (a Cluster): the entry, then its
+    /// membership in its tags' sets, then with a `lease` a read of the generations, which
+    /// tells whether one moved since the load's read ([`WriteOutcome::Moved`]).
+    async fn set_then_check(
+        &self,
+        full_key: &str,
+        bytes: Vec<u8>,
+        ttl_ms: i64,
+        tags: &[Key],
+        lease: Option<Leased<'_>>,
+    ) -> Result<(WriteOutcome, Option<Flushes>), fred::error::Error> {
+        let client = self.client().with_options(self.request_options());
+        let written = match &lease {
+            None => {
+                client
+                    .set::<(), _, _>(full_key, bytes, Some(Expiration::PX(ttl_ms)), None, false)
+                    .await?;
+                true
+            }
+            Some(lease) => {
+                let args = lease_args(bytes, ttl_ms, lease.seen);
+                client
+                    .eval::<i64, _, _, _>(LEASE_SET, full_key, args)
+                    .await?
+                    == 1
+            }
+        };
+        if !written {
+            return Ok((WriteOutcome::Refused, None));
+        }
+        if !tags.is_empty() {
+            // The entry exists before it joins its sets (they may be on other nodes, so the
+            // write is awaited first): a tag invalidation that finds the membership also
+            // finds the entry (see `bulk_delete`).
+            let pipeline = self.client().pipeline();
+            for tag in tags {
+                let tag_key = self.tag_key(tag);
+                pipeline
+                    .sadd::<(), _, _>(tag_key.as_str(), full_key)
+                    .await?;
+                // A tag set lives as long as its longest-lived member: NX sets a first
+                // TTL, GT only ever extends it.
+                pipeline
+                    .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::NX))
+                    .await?;
+                pipeline
+                    .pexpire::<(), _>(tag_key.as_str(), ttl_ms, Some(ExpireOptions::GT))
+                    .await?;
+            }
+            pipeline.all::<Value>().await?;
+        }
+        let Some(lease) = lease else {
+            return Ok((WriteOutcome::Stored, None));
+        };
+        // After the entry and its membership: a tag invalidation or a flush whose scan
+        // missed them moved its generation before scanning, so this read sees the move.
+        let pipeline = self.client().pipeline();
+        self.queue_generations(&pipeline, tags).await?;
+        self.queue_flushes(&pipeline, lease.class).await?;
+        let (now, flushes) = split_flushes(each(pipeline.all::<Vec<Value>>().await?)?);
+        let moved = now != lease.generations || flushes != lease.flushes;
+        let outcome = match moved {
+            true => WriteOutcome::Moved,
+            false => WriteOutcome::Stored,
+        };
+        Ok((outcome, Some(flushes)))
     }
 
     /// Reads an entry and, in the same round trip, the generations of its `tags`, in order

@@ -107,10 +107,12 @@ pub(crate) struct Heartbeats {
 pub(crate) enum WriteOutcome {
     /// Stored.
     Stored,
-    /// Not stored: the key changed since it was read.
+    /// Not stored: the key changed since it was read, or (where the write checks them
+    /// itself) one of its tags was invalidated, or its class or the namespace flushed.
     Refused,
     /// Stored, but one of its tags was invalidated, or its class or the namespace flushed,
-    /// since it was read: the caller must invalidate it.
+    /// since it was read (found after the write, on a Cluster): the caller must invalidate
+    /// it.
     Moved,
 }
 
