@@ -11,7 +11,8 @@
 //!   lock holder blocks the others for no longer than the lock's TTL;
 //! - eager refresh: a hit late in its TTL is served at once and refreshed once;
 //! - a load racing a flush, or a tag invalidation after the tag's generation expired, does
-//!   not leave its old value in Redis;
+//!   not leave its old value in Redis; on a Cluster, where it can land for a moment, readers
+//!   take it for a miss;
 //! - a randomized check (standalone, Cluster): loads on two instances race the invalidations
 //!   and flushes of one, and none of its reads answers older than an acknowledged one.
 
@@ -500,11 +501,11 @@ async fn an_invalidation_journaled_during_an_outage_reaches_the_other_instances(
 ///
 /// - after a key invalidation, from the moment it returns: the tombstone refuses a racing
 ///   load's write;
-/// - after a tag invalidation or a flush, from the moment it returns where one script
-///   checks the generations and writes (standalone); on a Cluster, once a racing load that
-///   read the database before the change and wrote after the invalidation's scan has seen
-///   the generation move and invalidated its entry: within `bound`.
-fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology, bound: Duration) {
+/// - after a tag invalidation or a flush, from the moment it returns: where one script
+///   checks the generations and writes (standalone), a racing load's write is refused; on a
+///   Cluster it can land after the invalidation's scan, and a reader takes it for a miss by
+///   the generations its writer had seen.
+fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology) {
     use std::sync::Mutex;
 
     const KEYS: usize = 24;
@@ -557,7 +558,7 @@ fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology, bound:
                                 .lock()
                                 .expect("acks")
                                 .iter()
-                                .filter(|&&(k, _, ended)| k == i && ended + bound <= began)
+                                .filter(|&&(k, _, ended)| k == i && ended <= began)
                                 .map(|&(_, v, _)| v)
                                 .max()
                                 .unwrap_or(0),
@@ -639,17 +640,12 @@ fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology, bound:
 
 #[test]
 fn no_read_after_an_acknowledged_invalidation_answers_older_standalone() {
-    no_read_after_an_acknowledged_invalidation_answers_older(
-        &Topology::standalone(),
-        Duration::ZERO,
-    );
+    no_read_after_an_acknowledged_invalidation_answers_older(&Topology::standalone());
 }
 
 #[test]
 fn no_read_after_an_acknowledged_invalidation_answers_older_cluster() {
-    // Two command deadlines: the racing load's write, then its invalidation.
-    let bound = 2 * scaled(Duration::from_secs(1));
-    no_read_after_an_acknowledged_invalidation_answers_older(&Topology::cluster(), bound);
+    no_read_after_an_acknowledged_invalidation_answers_older(&Topology::cluster());
 }
 
 /// A load on `cache` whose loader has read the origin and waits to be let go, so that a test
@@ -820,6 +816,70 @@ async fn a_tag_generation_that_expired_still_shows_the_next_invalidation_standal
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_generation_that_expired_still_shows_the_next_invalidation_cluster() {
     a_tag_generation_that_expired_still_shows_the_next_invalidation(&Topology::cluster()).await;
+}
+
+/// On a Cluster a load racing a tag invalidation or a flush can land its value after the
+/// invalidation's scan, and it stays in Redis until the load's own check after the write has
+/// removed it. Meanwhile a reader must take it for a miss. The racing write is made by hand
+/// here: the bytes a load wrote before the change, put back after the invalidation returned.
+/// An explicit `set` after an invalidation is still read from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_that_landed_after_an_invalidation_is_not_read_cluster() {
+    let t = Topology::cluster();
+    let namespace = "landedlate";
+    let a = ready(builder(&t, namespace).build().expect("valid")).await;
+    let (k, tag) = (key("doc:1"), key("grp"));
+    let opts = EntryOptions::new().class("resources").tag(tag.clone());
+    let entry = format!("{namespace}:resources:doc:1");
+    let origin = Arc::new(AtomicU64::new(1));
+    let load = || {
+        let origin = Arc::clone(&origin);
+        move || async move { origin.load(Ordering::SeqCst) }
+    };
+    for inv in [
+        Invalidation::new().tag(tag.clone()),
+        Invalidation::new().class("resources"),
+        Invalidation::new().everything(),
+    ] {
+        let before = origin.load(Ordering::SeqCst);
+        assert_eq!(a.get_or_load(k.clone(), &opts, load()).await, before);
+        let support::resp::RespValue::Bulk(written) = t.cmd(&["GET", &entry]) else {
+            panic!("{entry}: the load's value in Redis");
+        };
+        origin.store(before + 1, Ordering::SeqCst);
+        a.invalidate(&inv).await;
+        let Topology::Cluster(cluster) = &t else {
+            unreachable!("a Cluster")
+        };
+        let landed = cluster.cmd(&[
+            b"SET".as_slice(),
+            entry.as_bytes(),
+            &written,
+            b"PX".as_slice(),
+            b"60000".as_slice(),
+        ]);
+        assert!(landed.is_ok(), "{landed:?}");
+        let read = a.fetch(k.clone(), &opts, load_ok(&origin)).await;
+        assert_eq!(
+            read.map(|f| (f.value, f.origin)),
+            Ok((before + 1, Origin::Loader)),
+            "read after {inv:?}"
+        );
+    }
+    // An explicit write is the newest value, whatever the generations say.
+    a.invalidate(&Invalidation::new().tag(tag.clone())).await;
+    let b = ready(builder(&t, namespace).build().expect("valid")).await;
+    a.set(k.clone(), 42u64, &opts).await;
+    let read = b.fetch(k.clone(), &opts, load_ok(&origin)).await;
+    assert_eq!(read.map(|f| (f.value, f.origin)), Ok((42, Origin::Redis)));
+}
+
+/// A loader that reads `origin` and never fails.
+fn load_ok(
+    origin: &Arc<AtomicU64>,
+) -> impl FnOnce() -> std::future::Ready<Result<u64, std::convert::Infallible>> {
+    let v = origin.load(Ordering::SeqCst);
+    move || std::future::ready(Ok(v))
 }
 
 /// Flushes still stop a racing load after Redis came back empty, its flush generations gone:

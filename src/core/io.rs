@@ -8,12 +8,14 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use super::superseded::superseded;
 use super::{flights, Core, Epoch, Shape, ShardMask, ALL_SHARDS};
 use crate::error::Error;
 use crate::key::Key;
 use crate::model::{Cacheable, ClassId, EntryOptions, Invalidation, ValueGrace};
 use crate::redis::{Flushes, Leased, RedisStore, Seen, WriteOutcome, LEASE_TTL};
-use crate::store::{envelope, CodecExt, Encodable, LocalKey};
+use crate::store::envelope::{self, Lineage};
+use crate::store::{CodecExt, Encodable, LocalKey};
 
 /// What a Redis read found. Each answer carries the [`Lease`] a write of a newly loaded
 /// value needs.
@@ -67,6 +69,37 @@ impl WriteIf {
             WriteIf::Always => WriteIf::Always,
         }
     }
+
+    /// What the envelope of a value so written records of what its writer had seen; `tags`
+    /// are the entry's, in the order the lease read their generations.
+    fn lineage(&self, tags: &[Key]) -> Lineage {
+        match self {
+            WriteIf::Always => Lineage::Explicit,
+            WriteIf::Unchanged(lease) => Lineage::Loaded(envelope::Seen {
+                class: lease.flushes.class,
+                namespace: lease.flushes.namespace,
+                tags: tags
+                    .iter()
+                    .zip(&lease.generations)
+                    .filter_map(|(tag, g)| g.map(|g| (tag.clone(), g)))
+                    .collect(),
+            }),
+        }
+    }
+}
+
+/// What a read of Redis read beside the entry, and whether entries there record their
+/// lineage.
+struct Read<'a> {
+    /// The entry's tags, and their generations, in order.
+    tags: &'a [Key],
+    generations: Vec<Option<i64>>,
+    /// The flush generations, as known or read.
+    flushes: Flushes,
+    read_at: Instant,
+    /// Whether writes record their lineage, for readers to check (see
+    /// `RedisStore::checks_after_write`).
+    lineage_checked: bool,
 }
 
 /// What became of a value's write to Redis.
@@ -75,8 +108,10 @@ enum Written {
     Stored,
     /// Not written: no Redis, a failure, shed, or a load that outlived its lease.
     Not,
-    /// Refused, or written and then found to be reached by an invalidation since the load's
-    /// read: the value is older than something an invalidation stood for.
+    /// Refused (the key or a generation changed since the load's read: an invalidation,
+    /// or another load's write), or written and then found to be reached by an
+    /// invalidation since the read: the value may be older than what an invalidation
+    /// stood for.
     Superseded,
 }
 
@@ -113,7 +148,14 @@ impl Core {
                     self.flushes.learn(class, read);
                 }
                 let flushes = known.or(read).unwrap_or_default();
-                self.answer_of(full_key, entry, generations, flushes, read_at)
+                let read = Read {
+                    tags,
+                    generations,
+                    flushes,
+                    read_at,
+                    lineage_checked: redis.checks_after_write(),
+                };
+                self.answer_of(full_key, entry, read)
             }
             // Shedding load is not a sign of a sick Redis.
             Err(Error::Overloaded) => RedisRead::Failed,
@@ -131,10 +173,15 @@ impl Core {
         &self,
         full_key: &str,
         entry: Option<bytes::Bytes>,
-        generations: Vec<Option<i64>>,
-        flushes: Flushes,
-        read_at: Instant,
+        read: Read<'_>,
     ) -> RedisRead<T> {
+        let Read {
+            tags,
+            generations,
+            flushes,
+            read_at,
+            lineage_checked,
+        } = read;
         match entry {
             Some(bytes) => {
                 self.breaker.record_success();
@@ -150,6 +197,16 @@ impl Core {
                         }
                     }
                 };
+                // A racing load's value that an invalidation's scan missed, not yet removed
+                // by the load's own check after its write: a miss, whose load replaces it.
+                let decoded = decoded.filter(|(_, _, _, _, lineage)| {
+                    let older = lineage_checked
+                        && superseded(lineage, tags, &generations, flushes);
+                    if older {
+                        tracing::debug!(key = %full_key, "value written by a load older than an invalidation; treating as a miss");
+                    }
+                    !older
+                });
                 let lease = Lease {
                     seen: Seen::Bytes(bytes),
                     generations,
@@ -157,7 +214,7 @@ impl Core {
                     read_at,
                 };
                 match decoded {
-                    Some((value, fresh_until, len, tags)) => {
+                    Some((value, fresh_until, len, tags, _)) => {
                         match fresh_until.duration_since(SystemTime::now()) {
                             Ok(fresh_for) if !fresh_for.is_zero() => RedisRead::Fresh(
                                 Fresh {
@@ -230,10 +287,11 @@ impl Core {
     fn decode<T: Cacheable>(
         &self,
         bytes: &[u8],
-    ) -> Result<(T, SystemTime, usize, Vec<Key>), Error> {
+    ) -> Result<(T, SystemTime, usize, Vec<Key>, Lineage), Error> {
         let opened = envelope::open(&*self.codec, bytes)?;
         let value = self.codec.from_slice(&opened.payload)?;
-        Ok((value, opened.fresh_until, opened.payload.len(), opened.tags))
+        let len = opened.payload.len();
+        Ok((value, opened.fresh_until, len, opened.tags, opened.lineage))
     }
 
     /// Writes a loaded value to Redis (if `redis_key`, under its condition) and to the local
@@ -261,12 +319,24 @@ impl Core {
             let compress_above = self.compress_above.filter(|_| redis_key.is_some());
             let fresh_until = SystemTime::now() + ttl;
             let carried = &tags[tags.len().saturating_sub(added)..];
+            // Only where the write cannot check the generations itself do readers need them.
+            let lineage = match &redis_key {
+                Some((_, write_if))
+                    if self
+                        .redis_always()
+                        .is_some_and(RedisStore::checks_after_write) =>
+                {
+                    write_if.lineage(tags)
+                }
+                _ => Lineage::Unrecorded,
+            };
             match envelope::seal(
                 &*self.codec,
                 fresh_until,
                 Encodable::new(value),
                 compress_above,
                 carried,
+                &lineage,
             ) {
                 Ok(sealed) => {
                     encoded_len = sealed.encoded_len;

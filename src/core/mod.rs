@@ -14,6 +14,7 @@ mod io;
 mod known_flushes;
 mod shape;
 mod stats;
+mod superseded;
 mod suspect_writes;
 mod tag_trims;
 pub(crate) mod telemetry;

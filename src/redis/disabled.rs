@@ -42,6 +42,9 @@ impl RedisStore {
     pub(crate) async fn get(&self, _: &str) -> Result<Option<Bytes>, Error> {
         match *self {}
     }
+    pub(crate) fn checks_after_write(&self) -> bool {
+        match *self {}
+    }
     pub(crate) async fn set_if(
         &self,
         _: &str,

@@ -30,7 +30,9 @@
 //! written. No reader ever sees the load's value. On a Cluster the keys are spread over
 //! nodes: the write ([`LEASE_SET`]) checks the key only, the entry then joins its tags' sets,
 //! and the generations are read again after that. If one moved, the caller invalidates the
-//! entry, which other readers may see in between (for up to two command deadlines).
+//! entry; until then the envelope's record of what the load had seen tells readers, who read
+//! the tags' generations with the entry and know the flushes', to take it for a miss (see
+//! `core::superseded`).
 //!
 //! Tombstones and tag generations live [`LEASE_TTL`]; a load that took longer than half of
 //! that does not write to Redis at all, so an expired lease can never pass for an untouched
@@ -128,6 +130,13 @@ impl RedisStore {
         format!("{}~tagv:{}", self.prefix(), tag.as_str())
     }
 
+    /// Whether a leased write learns only after writing that a generation moved since its
+    /// read ([`WriteOutcome::Moved`]): on a Cluster, where the entry, its tags' sets and the
+    /// generations live on different nodes. Elsewhere one script checks, then writes.
+    pub(crate) fn checks_after_write(&self) -> bool {
+        self.client().is_clustered()
+    }
+
     /// Writes an entry and adds it to its tags' sets; with a `lease`, only if its key still
     /// holds what the load's read saw and none of the generations of its tags, its class and
     /// the namespace moved since. Returns those flush generations as read at the write. One
@@ -144,7 +153,7 @@ impl RedisStore {
         // Boxed: a write is a miss, which waits for Redis anyway, and its many awaits would
         // otherwise make every read's future larger.
         match lease {
-            Some(lease) if !self.client().is_clustered() => {
+            Some(lease) if !self.checks_after_write() => {
                 self.bounded("EVAL", || {
                     Box::pin(self.set_checked(full_key, bytes, ttl_ms, tags, lease))
                 })

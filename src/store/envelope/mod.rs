@@ -9,14 +9,15 @@
 //! - version 1: fresh-until as Unix milliseconds (u64), then the payload;
 //! - version 2: a flags byte, fresh-until (u64), then the payload; flag bit 1 (tags) means
 //!   a tags section comes first — a count (u16), then each tag as a length (u16) and its
-//!   bytes; flag bit 0 (LZ4) means the payload is the uncompressed length (u32) followed by
-//!   an LZ4 block.
+//!   bytes; flag bit 2 (lineage) means a lineage section follows (see `lineage`); flag bit 0
+//!   (LZ4) means the payload is the uncompressed length (u32) followed by an LZ4 block.
 //!
 //! The tags section carries the tags a loader added to its entry (the caller's options name
 //! the others), so that every instance reading the entry from Redis indexes its local copy
 //! under them and a later invalidation of such a tag reaches that copy too.
 //!
-//! Writers use version 1 whenever the payload is not compressed and carries no tags, so that readers built
+//! Writers use version 1 whenever the payload is not compressed and carries no tags and no
+//! lineage (only a Cluster's writes record one), so that readers built
 //! before version 2 existed keep reading those entries during a rolling deploy (they take a
 //! version 2 entry for a miss, as every reader does with a version or codec it does not
 //! know). A reader built without the `compression` feature takes a compressed entry for a
@@ -26,8 +27,12 @@
 //! `b"SC"`, version 0, then 8 bytes unique to that invalidation. Readers take it for a miss;
 //! a load whose read came before it cannot write over it (Redis compares the exact bytes).
 
+mod lineage;
+
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub(crate) use self::lineage::{Lineage, Seen};
 
 use super::codec::{Codec, Encodable};
 use crate::error::Error;
@@ -46,11 +51,13 @@ const V2_HEADER_LEN: usize = HEADER_LEN + 1;
 const FLAG_LZ4: u8 = 1;
 /// Version 2 flag: a tags section precedes the payload.
 const FLAG_TAGS: u8 = 2;
+/// Version 2 flag: a lineage section precedes the payload (after any tags section).
+const FLAG_LINEAGE: u8 = 4;
 /// The flags this build understands; an entry with any other is a miss.
 #[cfg(feature = "compression")]
-const KNOWN_FLAGS: u8 = FLAG_LZ4 | FLAG_TAGS;
+const KNOWN_FLAGS: u8 = FLAG_LZ4 | FLAG_TAGS | FLAG_LINEAGE;
 #[cfg(not(feature = "compression"))]
-const KNOWN_FLAGS: u8 = FLAG_TAGS;
+const KNOWN_FLAGS: u8 = FLAG_TAGS | FLAG_LINEAGE;
 
 /// The largest payload compressed, and so the largest a reader decompresses: the bound on
 /// the buffer a corrupt or hostile length prefix can make a reader allocate.
@@ -97,35 +104,46 @@ pub(crate) fn seal(
     value: Encodable<'_>,
     compress_above: Option<usize>,
     tags: &[Key],
+    lineage: &Lineage,
 ) -> Result<Sealed, Error> {
     let sealed = seal_value(codec, fresh_until, value, compress_above)?;
-    if tags.is_empty() {
+    if tags.is_empty() && *lineage == Lineage::Unrecorded {
         return Ok(sealed);
     }
     Ok(Sealed {
-        bytes: with_tags(sealed.bytes, tags)?,
+        bytes: with_sections(sealed.bytes, tags, lineage)?,
         encoded_len: sealed.encoded_len,
     })
 }
 
-/// A version 1 or 2 envelope rewritten as version 2 with a tags section.
-fn with_tags(sealed: Vec<u8>, tags: &[Key]) -> Result<Vec<u8>, Error> {
-    let (flags, header_len) = match sealed[2] {
+/// A version 1 or 2 envelope rewritten as version 2 with a tags section (if `tags`) and a
+/// lineage section (unless [`Lineage::Unrecorded`]).
+fn with_sections(sealed: Vec<u8>, tags: &[Key], lineage: &Lineage) -> Result<Vec<u8>, Error> {
+    let (mut flags, header_len) = match sealed[2] {
         V2 => (sealed[4], V2_HEADER_LEN),
         _ => (0, HEADER_LEN),
     };
     let too_many = || Error::Encode("too many tags, or a tag too long, for an entry".into());
     let count = u16::try_from(tags.len()).map_err(|_| too_many())?;
     let section: usize = tags.iter().map(|t| 2 + t.as_str().len()).sum();
-    let mut out = Vec::with_capacity(sealed.len() + 1 + 2 + section);
-    out.extend_from_slice(&[MAGIC[0], MAGIC[1], V2, sealed[3], flags | FLAG_TAGS]);
-    out.extend_from_slice(&sealed[header_len - 8..header_len]);
-    out.extend_from_slice(&count.to_le_bytes());
-    for tag in tags {
-        let len = u16::try_from(tag.as_str().len()).map_err(|_| too_many())?;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(tag.as_str().as_bytes());
+    let mut out = Vec::with_capacity(sealed.len() + 1 + 2 + section + lineage.len());
+    if !tags.is_empty() {
+        flags |= FLAG_TAGS;
     }
+    if *lineage != Lineage::Unrecorded {
+        flags |= FLAG_LINEAGE;
+    }
+    out.extend_from_slice(&[MAGIC[0], MAGIC[1], V2, sealed[3], flags]);
+    out.extend_from_slice(&sealed[header_len - 8..header_len]);
+    if !tags.is_empty() {
+        out.extend_from_slice(&count.to_le_bytes());
+        for tag in tags {
+            let len = u16::try_from(tag.as_str().len()).map_err(|_| too_many())?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(tag.as_str().as_bytes());
+        }
+    }
+    lineage.write(&mut out)?;
     out.extend_from_slice(&sealed[header_len..]);
     Ok(out)
 }
@@ -205,6 +223,8 @@ pub(crate) struct Opened<'a> {
     pub(crate) fresh_until: SystemTime,
     /// The tags the envelope carries (see the module docs); empty for most entries.
     pub(crate) tags: Vec<Key>,
+    /// What its writer had seen (see `lineage`).
+    pub(crate) lineage: Lineage,
     /// The encoded value: borrowed from the envelope, or decompressed from it.
     pub(crate) payload: Cow<'a, [u8]>,
 }
@@ -241,6 +261,10 @@ pub(crate) fn open<'a>(codec: &dyn Codec, bytes: &'a [u8]) -> Result<Opened<'a>,
         0 => (Vec::new(), &bytes[header_len..]),
         _ => read_tags(&bytes[header_len..])?,
     };
+    let (lineage, body) = match flags & FLAG_LINEAGE {
+        0 => (Lineage::Unrecorded, body),
+        _ => Lineage::read(body)?,
+    };
     let payload = if flags & FLAG_LZ4 != 0 {
         Cow::Owned(decompress(body)?)
     } else {
@@ -249,6 +273,7 @@ pub(crate) fn open<'a>(codec: &dyn Codec, bytes: &'a [u8]) -> Result<Opened<'a>,
     Ok(Opened {
         fresh_until: UNIX_EPOCH + Duration::from_millis(u64::from_le_bytes(ms)),
         tags,
+        lineage,
         payload,
     })
 }
@@ -283,216 +308,4 @@ fn decompress(_body: &[u8]) -> Result<Vec<u8>, Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::codec::{CodecExt, MessagePack};
-
-    fn at() -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
-    }
-
-    fn sealed(value: &impl serde::Serialize, compress_above: Option<usize>) -> Sealed {
-        seal(
-            &MessagePack,
-            at(),
-            Encodable::new(value),
-            compress_above,
-            &[],
-        )
-        .expect("encodes")
-    }
-
-    /// A value LZ4 shrinks well: a JSON-ish list of similar records, about 10 KiB packed.
-    fn big() -> Vec<(String, u32, String)> {
-        (0..200)
-            .map(|i| (format!("user-{i}"), i, "member of staff, reads".to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn tombstones_are_unique_and_never_open_as_values() {
-        let (a, b) = (tombstone(), tombstone());
-        assert_ne!(a, b);
-        assert!(is_tombstone(&a) && is_tombstone(&b));
-        assert!(open(&MessagePack, &a).is_err());
-    }
-
-    #[test]
-    fn v1_round_trip_and_rejections() {
-        let s = sealed(&"abc", None);
-        let payload = MessagePack.to_vec(&"abc").expect("encodes");
-        assert_eq!(s.encoded_len, payload.len());
-        assert_eq!(&s.bytes[..4], [b'S', b'C', V1, MessagePack.id()]);
-        assert_eq!(s.bytes[HEADER_LEN..], payload[..]);
-        let opened = open(&MessagePack, &s.bytes).expect("our envelope");
-        assert_eq!(opened.fresh_until, at());
-        assert!(matches!(opened.payload, Cow::Borrowed(p) if p == payload));
-        assert!(open(&MessagePack, b"garbage").is_err());
-        assert!(open(&MessagePack, &s.bytes[..5]).is_err());
-        let mut other_version = s.bytes.clone();
-        other_version[2] = 9;
-        assert!(open(&MessagePack, &other_version).is_err());
-        let mut other_codec = s.bytes.clone();
-        other_codec[3] = 200;
-        assert!(open(&MessagePack, &other_codec).is_err());
-        assert!(!is_tombstone(&s.bytes));
-    }
-
-    #[test]
-    fn v2_without_flags_opens() {
-        let v1 = sealed(&"abc", None).bytes;
-        let mut v2 = v1[..3].to_vec();
-        v2[2] = V2;
-        v2.push(v1[3]);
-        v2.push(0);
-        v2.extend_from_slice(&v1[4..]);
-        let opened = open(&MessagePack, &v2).expect("version 2, no flags");
-        assert_eq!(opened.fresh_until, at());
-        assert_eq!(&*opened.payload, &v1[HEADER_LEN..]);
-        assert!(open(&MessagePack, &v2[..V2_HEADER_LEN - 1]).is_err());
-        let mut unknown_flag = v2.clone();
-        unknown_flag[4] = 0x80;
-        assert!(open(&MessagePack, &unknown_flag).is_err());
-    }
-
-    #[test]
-    fn small_or_incompressible_payloads_stay_v1() {
-        assert_eq!(sealed(&"abc", Some(0)).bytes[2], V1);
-        // Bytes no compressor shrinks.
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let noise: Vec<u8> = (0..4096)
-            .map(|_| {
-                // xorshift64
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        assert_eq!(sealed(&serde_bytes_like(&noise), Some(16)).bytes[2], V1);
-        assert_eq!(sealed(&big(), None).bytes[2], V1);
-    }
-
-    /// `Vec<u8>` would encode as a list of numbers; a borrowed slice of bytes as a binary.
-    fn serde_bytes_like(bytes: &[u8]) -> impl serde::Serialize + '_ {
-        struct B<'a>(&'a [u8]);
-        impl serde::Serialize for B<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_bytes(self.0)
-            }
-        }
-        B(bytes)
-    }
-
-    #[cfg(feature = "compression")]
-    #[test]
-    fn large_payloads_compress_and_open() {
-        let plain = sealed(&big(), None);
-        let packed = sealed(&big(), Some(1024));
-        assert_eq!(packed.encoded_len, plain.encoded_len);
-        assert_eq!(
-            &packed.bytes[..5],
-            [b'S', b'C', V2, MessagePack.id(), FLAG_LZ4]
-        );
-        assert!(
-            packed.bytes.len() * 3 < plain.bytes.len(),
-            "{} -> {}",
-            plain.bytes.len(),
-            packed.bytes.len()
-        );
-        let opened = open(&MessagePack, &packed.bytes).expect("compressed envelope");
-        assert_eq!(opened.fresh_until, at());
-        assert_eq!(&*opened.payload, &plain.bytes[HEADER_LEN..]);
-        let back: Vec<(String, u32, String)> =
-            MessagePack.from_slice(&opened.payload).expect("decodes");
-        assert_eq!(back, big());
-        // Below the threshold, or with compression off: version 1.
-        assert_eq!(sealed(&big(), Some(plain.encoded_len + 1)).bytes[2], V1);
-    }
-
-    #[cfg(feature = "compression")]
-    #[test]
-    fn corrupt_compressed_payloads_are_misses() {
-        let packed = sealed(&big(), Some(1024)).bytes;
-        let len_at = V2_HEADER_LEN;
-        // Truncated block.
-        assert!(open(&MessagePack, &packed[..packed.len() - 7]).is_err());
-        // No room for the length.
-        assert!(open(&MessagePack, &packed[..len_at + 2]).is_err());
-        // A length that does not match the block.
-        let mut wrong_len = packed.clone();
-        wrong_len[len_at] ^= 1;
-        assert!(open(&MessagePack, &wrong_len).is_err());
-        // A bomb: a huge claimed length is refused before anything is allocated.
-        let mut bomb = packed.clone();
-        bomb[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        let err = open(&MessagePack, &bomb).expect_err("refused");
-        assert!(err.to_string().contains("claims"), "{err}");
-        // Garbage in the block.
-        let mut garbage = packed.clone();
-        for b in &mut garbage[len_at + 4..] {
-            *b = 0xff;
-        }
-        assert!(open(&MessagePack, &garbage).is_err());
-        // No corruption panics: every flipped byte and every truncation is an error or, at
-        // worst, different bytes (which the codec then refuses).
-        for i in len_at..packed.len() {
-            let mut flipped = packed.clone();
-            flipped[i] ^= 0x5a;
-            let _ = open(&MessagePack, &flipped);
-            let _ = open(&MessagePack, &packed[..i]);
-        }
-    }
-
-    #[cfg(not(feature = "compression"))]
-    #[test]
-    fn compressed_entries_are_misses_without_the_feature() {
-        let v1 = sealed(&"abc", Some(0)).bytes;
-        let mut v2 = vec![b'S', b'C', V2, v1[3], FLAG_LZ4];
-        v2.extend_from_slice(&v1[4..HEADER_LEN]);
-        v2.extend_from_slice(&[3, 0, 0, 0, 0x30, b'a', b'b', b'c']);
-        assert!(open(&MessagePack, &v2).is_err());
-    }
-
-    #[test]
-    fn tags_travel_with_the_entry_and_a_cut_section_is_a_miss() {
-        let tags = [
-            Key::from_escaped("folder:3".into()),
-            Key::from_escaped("a:b".into()),
-        ];
-        let small = seal(&MessagePack, at(), Encodable::new(&7u32), None, &tags).expect("encodes");
-        let opened = open(&MessagePack, &small.bytes).expect("opens");
-        assert_eq!(opened.tags, tags);
-        assert_eq!(opened.fresh_until, at());
-        assert_eq!(
-            MessagePack
-                .from_slice::<u32>(&opened.payload)
-                .expect("decodes"),
-            7
-        );
-        // Without tags, the entry stays version 1 and carries none.
-        let plain = sealed(&7u32, None);
-        assert_eq!(plain.bytes[2], V1);
-        assert!(open(&MessagePack, &plain.bytes)
-            .expect("opens")
-            .tags
-            .is_empty());
-        // Compressed and tagged.
-        #[cfg(feature = "compression")]
-        {
-            let both =
-                seal(&MessagePack, at(), Encodable::new(&big()), Some(64), &tags).expect("encodes");
-            assert_eq!(both.bytes[4], FLAG_LZ4 | FLAG_TAGS);
-            let opened = open(&MessagePack, &both.bytes).expect("opens");
-            assert_eq!(opened.tags, tags);
-            let back: Vec<(String, u32, String)> =
-                MessagePack.from_slice(&opened.payload).expect("decodes");
-            assert_eq!(back, big());
-        }
-        // Any cut inside the tags section is an error (a miss), never a panic.
-        for len in V2_HEADER_LEN..small.bytes.len() - 1 {
-            let _ = open(&MessagePack, &small.bytes[..len]);
-        }
-        assert!(open(&MessagePack, &small.bytes[..V2_HEADER_LEN + 5]).is_err());
-    }
-}
+mod tests;
