@@ -13,6 +13,7 @@
 //! i64 (zero when absent), then a count (u16) of tags whose generation was set, each as a
 //! length (u16), its bytes and its generation (i64).
 
+use super::{read_tag, write_tag};
 use crate::error::Error;
 use crate::key::Key;
 
@@ -60,17 +61,15 @@ impl Lineage {
             }
             Lineage::Loaded(seen) => seen,
         };
-        let too_many = || Error::Encode("too many tags, or a tag too long, for an entry".into());
         out.push(LOADED);
         out.push(u8::from(seen.class.is_some()) | u8::from(seen.namespace.is_some()) << 1);
         out.extend_from_slice(&seen.class.unwrap_or(0).to_le_bytes());
         out.extend_from_slice(&seen.namespace.unwrap_or(0).to_le_bytes());
-        let count = u16::try_from(seen.tags.len()).map_err(|_| too_many())?;
+        let count = u16::try_from(seen.tags.len())
+            .map_err(|_| Error::Encode("too many tags for an entry".into()))?;
         out.extend_from_slice(&count.to_le_bytes());
         for (tag, generation) in &seen.tags {
-            let len = u16::try_from(tag.as_str().len()).map_err(|_| too_many())?;
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(tag.as_str().as_bytes());
+            write_tag(out, tag)?;
             out.extend_from_slice(&generation.to_le_bytes());
         }
         Ok(())
@@ -108,18 +107,9 @@ impl Lineage {
         let count = usize::from(u16::from_le_bytes(*count));
         let mut tags = Vec::with_capacity(count.min(rest.len() / 10));
         for _ in 0..count {
-            let (len, after) = rest.split_first_chunk::<2>().ok_or_else(corrupt)?;
-            let len = usize::from(u16::from_le_bytes(*len));
-            if after.len() < len {
-                return Err(corrupt());
-            }
-            let (text, after) = after.split_at(len);
-            let text = std::str::from_utf8(text).map_err(|_| corrupt())?;
+            let (tag, after) = read_tag(rest).ok_or_else(corrupt)?;
             let (generation, after) = after.split_first_chunk::<8>().ok_or_else(corrupt)?;
-            tags.push((
-                Key::from_escaped(text.into()),
-                i64::from_le_bytes(*generation),
-            ));
+            tags.push((tag, i64::from_le_bytes(*generation)));
             rest = after;
         }
         let seen = Seen {

@@ -138,9 +138,7 @@ fn with_sections(sealed: Vec<u8>, tags: &[Key], lineage: &Lineage) -> Result<Vec
     if !tags.is_empty() {
         out.extend_from_slice(&count.to_le_bytes());
         for tag in tags {
-            let len = u16::try_from(tag.as_str().len()).map_err(|_| too_many())?;
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(tag.as_str().as_bytes());
+            write_tag(&mut out, tag)?;
         }
     }
     lineage.write(&mut out)?;
@@ -155,17 +153,32 @@ fn read_tags(body: &[u8]) -> Result<(Vec<Key>, &[u8]), Error> {
     let count = u16::from_le_bytes(*count);
     let mut tags = Vec::with_capacity(usize::from(count).min(rest.len() / 2));
     for _ in 0..count {
-        let (len, after) = rest.split_first_chunk::<2>().ok_or_else(corrupt)?;
-        let len = usize::from(u16::from_le_bytes(*len));
-        if after.len() < len {
-            return Err(corrupt());
-        }
-        let (text, after) = after.split_at(len);
-        let text = std::str::from_utf8(text).map_err(|_| corrupt())?;
-        tags.push(Key::from_escaped(text.into()));
+        let (tag, after) = read_tag(rest).ok_or_else(corrupt)?;
+        tags.push(tag);
         rest = after;
     }
     Ok((tags, rest))
+}
+
+/// Appends `tag` as its length (u16) and its bytes.
+fn write_tag(out: &mut Vec<u8>, tag: &Key) -> Result<(), Error> {
+    let len = u16::try_from(tag.as_str().len())
+        .map_err(|_| Error::Encode("a tag too long for an entry".into()))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(tag.as_str().as_bytes());
+    Ok(())
+}
+
+/// Reads a tag [`write_tag`] wrote, and what follows it; `None` if cut short or not UTF-8.
+fn read_tag(body: &[u8]) -> Option<(Key, &[u8])> {
+    let (len, after) = body.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_le_bytes(*len));
+    if after.len() < len {
+        return None;
+    }
+    let (text, after) = after.split_at(len);
+    let text = std::str::from_utf8(text).ok()?;
+    Some((Key::from_escaped(text.into()), after))
 }
 
 fn seal_value(
