@@ -13,8 +13,9 @@
 //! - a load racing a flush, or a tag invalidation after the tag's generation expired, does
 //!   not leave its old value in Redis; on a Cluster, where it can land for a moment, readers
 //!   take it for a miss;
-//! - a randomized check (standalone, Cluster): loads on two instances race the invalidations
-//!   and flushes of one, and none of its reads answers older than an acknowledged one.
+//! - a randomized check (standalone, Sentinel, Cluster): loads on two instances race the
+//!   invalidations and flushes of one, and none of its reads answers older than an
+//!   acknowledged one.
 
 mod support;
 
@@ -641,6 +642,11 @@ fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology) {
 #[test]
 fn no_read_after_an_acknowledged_invalidation_answers_older_standalone() {
     no_read_after_an_acknowledged_invalidation_answers_older(&Topology::standalone());
+}
+
+#[test]
+fn no_read_after_an_acknowledged_invalidation_answers_older_sentinel() {
+    no_read_after_an_acknowledged_invalidation_answers_older(&Topology::sentinel());
 }
 
 #[test]
