@@ -102,6 +102,17 @@ struct Read<'a> {
     lineage_checked: bool,
 }
 
+/// A value read from Redis, and what its envelope said of it.
+struct Decoded<T> {
+    value: T,
+    fresh_until: SystemTime,
+    /// Its encoded size (before any compression, as the local store weighs it).
+    len: usize,
+    /// The tags its loader added.
+    tags: Vec<Key>,
+    lineage: Lineage,
+}
+
 /// What became of a value's write to Redis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Written {
@@ -199,9 +210,9 @@ impl Core {
                 };
                 // A racing load's value that an invalidation's scan missed, not yet removed
                 // by the load's own check after its write: a miss, whose load replaces it.
-                let decoded = decoded.filter(|(_, _, _, _, lineage)| {
+                let decoded = decoded.filter(|d| {
                     let older = lineage_checked
-                        && superseded(lineage, tags, &generations, flushes);
+                        && superseded(&d.lineage, tags, &generations, flushes);
                     if older {
                         tracing::debug!(key = %full_key, "value written by a load older than an invalidation; treating as a miss");
                     }
@@ -214,20 +225,24 @@ impl Core {
                     read_at,
                 };
                 match decoded {
-                    Some((value, fresh_until, len, tags, _)) => {
-                        match fresh_until.duration_since(SystemTime::now()) {
-                            Ok(fresh_for) if !fresh_for.is_zero() => RedisRead::Fresh(
-                                Fresh {
-                                    value,
-                                    fresh_for,
-                                    len,
-                                    tags,
-                                },
-                                lease,
-                            ),
-                            _ => RedisRead::Expired(value, lease),
-                        }
-                    }
+                    Some(Decoded {
+                        value,
+                        fresh_until,
+                        len,
+                        tags,
+                        ..
+                    }) => match fresh_until.duration_since(SystemTime::now()) {
+                        Ok(fresh_for) if !fresh_for.is_zero() => RedisRead::Fresh(
+                            Fresh {
+                                value,
+                                fresh_for,
+                                len,
+                                tags,
+                            },
+                            lease,
+                        ),
+                        _ => RedisRead::Expired(value, lease),
+                    },
                     None => RedisRead::Miss(lease),
                 }
             }
@@ -281,17 +296,16 @@ impl Core {
         self.stats.l2_hit(local_key.class);
     }
 
-    /// The value, until when it is fresh, and its encoded size (before any compression, as
-    /// the local store weighs it).
-    #[allow(clippy::type_complexity)]
-    fn decode<T: Cacheable>(
-        &self,
-        bytes: &[u8],
-    ) -> Result<(T, SystemTime, usize, Vec<Key>, Lineage), Error> {
+    /// Opens an envelope and decodes its value.
+    fn decode<T: Cacheable>(&self, bytes: &[u8]) -> Result<Decoded<T>, Error> {
         let opened = envelope::open(&*self.codec, bytes)?;
-        let value = self.codec.from_slice(&opened.payload)?;
-        let len = opened.payload.len();
-        Ok((value, opened.fresh_until, len, opened.tags, opened.lineage))
+        Ok(Decoded {
+            value: self.codec.from_slice(&opened.payload)?,
+            fresh_until: opened.fresh_until,
+            len: opened.payload.len(),
+            tags: opened.tags,
+            lineage: opened.lineage,
+        })
     }
 
     /// Writes a loaded value to Redis (if `redis_key`, under its condition) and to the local
