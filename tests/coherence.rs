@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stormcache::{Cache, Class, EntryOptions, Invalidation, Key, Origin};
+use stormcache::{Cache, Class, EntryOptions, Invalidation, Key, Loaded, Origin};
 use support::caches::wait_redis_ready;
 use support::rng::Rng;
 use support::scaled;
@@ -506,6 +506,8 @@ async fn an_invalidation_journaled_during_an_outage_reaches_the_other_instances(
 ///   checks the generations and writes (standalone), a racing load's write is refused; on a
 ///   Cluster it can land after the invalidation's scan, and a reader takes it for a miss by
 ///   the generations its writer had seen.
+///
+/// Some keys get one of their tags from their loader rather than from the options.
 fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology) {
     use std::sync::Mutex;
 
@@ -528,10 +530,14 @@ fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology) {
     let tags = |i: usize| [i % 4, 4 + (i / 4) % 3];
     let tag = |t: usize| key(&format!("t{t}"));
     let class = |i: usize| if i % 2 == 0 { "sessions" } else { "resources" };
+    // A third of the keys get their second tag from their loader (`Loaded::tag`), not from
+    // the options: neither their load nor their readers read its generation with the entry.
+    let added = move |i: usize| (i % 3 == 2).then(|| tag(tags(i)[1]));
     let options = move |i: usize| {
-        tags(i)
-            .into_iter()
-            .fold(EntryOptions::new().class(class(i)), |o, t| o.tag(tag(t)))
+        let named = &tags(i)[..if added(i).is_some() { 1 } else { 2 }];
+        named
+            .iter()
+            .fold(EntryOptions::new().class(class(i)), |o, &t| o.tag(tag(t)))
     };
     let db: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
     // What each key's acknowledged key invalidations were for, and its other invalidations
@@ -570,11 +576,15 @@ fn no_read_after_an_acknowledged_invalidation_answers_older(t: &Topology) {
                         let load = || async move {
                             let v = db[i].load(Ordering::SeqCst);
                             tokio::time::sleep(took).await;
-                            Ok::<_, std::convert::Infallible>(v)
+                            let loaded = added(i).into_iter().fold(Loaded::new(v), Loaded::tag);
+                            Ok::<_, std::convert::Infallible>(loaded)
                         };
                         let cache = if on_a { &a } else { &b };
-                        let Ok(fetched) =
-                            handle.block_on(cache.fetch(key(&format!("k{i}")), &options(i), load));
+                        let Ok(fetched) = handle.block_on(cache.fetch_adaptive(
+                            key(&format!("k{i}")),
+                            &options(i),
+                            load,
+                        ));
                         if on_a && fetched.value < floor {
                             stale.push(format!(
                                 "k{i}: {} from {:?}, after {floor}",
@@ -878,6 +888,54 @@ async fn a_value_that_landed_after_an_invalidation_is_not_read_cluster() {
     a.set(k.clone(), 42u64, &opts).await;
     let read = b.fetch(k.clone(), &opts, load_ok(&origin)).await;
     assert_eq!(read.map(|f| (f.value, f.origin)), Ok((42, Origin::Redis)));
+}
+
+/// The same for a tag the loader adds at run time (`Loaded::tag`): neither the load nor a
+/// reader that does not name the tag reads its generation with the entry, so while the entry
+/// is young the reader reads it after the entry. Before the invalidation, the same read of
+/// the same entry is a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_its_loader_tagged_that_landed_after_the_invalidation_is_not_read_cluster() {
+    let t = Topology::cluster();
+    let namespace = "landedlateadded";
+    let a = ready(builder(&t, namespace).build().expect("valid")).await;
+    let (k, tag) = (key("doc:1"), key("folder:7"));
+    // The reader names no tag: the loader adds it.
+    let opts = EntryOptions::new().class("resources");
+    let entry = format!("{namespace}:resources:doc:1");
+    let origin = Arc::new(AtomicU64::new(1));
+    let load = |origin: &Arc<AtomicU64>| {
+        let (v, tag) = (origin.load(Ordering::SeqCst), tag.clone());
+        move || std::future::ready(Ok::<_, std::convert::Infallible>(Loaded::new(v).tag(tag)))
+    };
+    let loaded = a.fetch_adaptive(k.clone(), &opts, load(&origin)).await;
+    assert_eq!(loaded.map(|f| (f.value, f.origin)), Ok((1, Origin::Loader)));
+    let support::resp::RespValue::Bulk(written) = t.cmd(&["GET", &entry]) else {
+        panic!("{entry}: the load's value in Redis");
+    };
+    // Another instance reads the young entry from Redis (never from a local copy, which the
+    // invalidation's message reaches in its own time).
+    let b = ready(builder(&t, namespace).build().expect("valid")).await;
+    let b_opts = opts.clone().skip_local();
+    let read = b.fetch_adaptive(k.clone(), &b_opts, load(&origin)).await;
+    assert_eq!(read.map(|f| (f.value, f.origin)), Ok((1, Origin::Redis)));
+    origin.store(2, Ordering::SeqCst);
+    a.invalidate(&Invalidation::new().tag(tag.clone())).await;
+    let Topology::Cluster(cluster) = &t else {
+        unreachable!("a Cluster")
+    };
+    let landed = cluster.cmd(&[
+        b"SET".as_slice(),
+        entry.as_bytes(),
+        &written,
+        b"PX".as_slice(),
+        b"60000".as_slice(),
+    ]);
+    assert!(landed.is_ok(), "{landed:?}");
+    for (cache, opts) in [(&b, &b_opts), (&a, &opts)] {
+        let read = cache.fetch_adaptive(k.clone(), opts, load(&origin)).await;
+        assert_eq!(read.map(|f| (f.value, f.origin)), Ok((2, Origin::Loader)));
+    }
 }
 
 /// A loader that reads `origin` and never fails.

@@ -1,57 +1,20 @@
-//! Moving values between the stores: reading Redis, keeping what it answered, storing what
-//! a loader produced, and removing what an invalidation names.
+//! Moving values between the stores: keeping what a read of Redis answered (the read itself
+//! is `read`), storing what a loader produced, and removing what an invalidation names.
 //!
-//! Redis is optional at every step: when it is not configured, not answering, or answers with
-//! bytes that do not decode, the read carries on as if Redis had missed, and a write failure
-//! leaves the value in the local store only. A failure counts against the breaker; shedding
-//! (too many commands in flight) does not.
+//! Redis is optional at every step: a write that is not made, fails or is shed leaves the
+//! value in the local store only. A failure counts against the breaker; shedding (too many
+//! commands in flight) does not.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use super::superseded::superseded;
+use super::read::{Fresh, Lease};
 use super::{flights, Core, Epoch, Shape, ShardMask, ALL_SHARDS};
 use crate::error::Error;
 use crate::key::Key;
-use crate::model::{Cacheable, ClassId, EntryOptions, Invalidation, ValueGrace};
-use crate::redis::{Flushes, Leased, RedisStore, Seen, WriteOutcome, LEASE_TTL};
+use crate::model::{unix_ms, Cacheable, ClassId, EntryOptions, Invalidation, ValueGrace};
+use crate::redis::{Leased, RedisStore, WriteOutcome, LEASE_TTL};
 use crate::store::envelope::{self, Lineage};
-use crate::store::{CodecExt, Encodable, LocalKey};
-
-/// What a Redis read found. Each answer carries the [`Lease`] a write of a newly loaded
-/// value needs.
-pub(crate) enum RedisRead<T> {
-    /// A fresh value.
-    Fresh(Fresh<T>, Lease),
-    /// A value past its TTL (usable as a fail-safe fallback only).
-    Expired(T, Lease),
-    /// Nothing usable: absent, a tombstone, or undecodable.
-    Miss(Lease),
-    /// Redis failed to answer, or the read was shed: nothing may be written back either.
-    Failed,
-}
-
-/// What a read of Redis saw, so that the value loaded after it is written only if no
-/// invalidation ran in between (see `Seen` and the lease script in `redis`).
-#[derive(Debug)]
-pub(crate) struct Lease {
-    seen: Seen,
-    /// The generations of the entry's tags at the read.
-    generations: Vec<Option<i64>>,
-    /// The generations of its class's and the namespace's flushes, as known at the read.
-    flushes: Flushes,
-    read_at: Instant,
-}
-
-impl Lease {
-    /// The lease of an entry whose loader added `n` tags to those it was read with. Their
-    /// generations were not read, so they count as not bumped lately: a tag invalidated
-    /// within a lease's life — during the load, or shortly before — makes the write
-    /// invalidate the entry again, which costs a miss and never a stale read.
-    pub(crate) fn with_unread_tags(mut self, n: usize) -> Self {
-        self.generations.resize(self.generations.len() + n, None);
-        self
-    }
-}
+use crate::store::{Encodable, LocalKey};
 
 /// Under which condition a value is written to Redis.
 pub(crate) enum WriteIf {
@@ -83,34 +46,10 @@ impl WriteIf {
                     .zip(&lease.generations)
                     .filter_map(|(tag, g)| g.map(|g| (tag.clone(), g)))
                     .collect(),
+                written: unix_ms(SystemTime::now()),
             }),
         }
     }
-}
-
-/// What a read of Redis read beside the entry, and whether entries there record their
-/// lineage.
-struct Read<'a> {
-    /// The entry's tags, and their generations, in order.
-    tags: &'a [Key],
-    generations: Vec<Option<i64>>,
-    /// The flush generations, as known or read.
-    flushes: Flushes,
-    read_at: Instant,
-    /// Whether writes record their lineage, for readers to check (see
-    /// `RedisStore::checks_after_write`).
-    lineage_checked: bool,
-}
-
-/// A value read from Redis, and what its envelope said of it.
-struct Decoded<T> {
-    value: T,
-    fresh_until: SystemTime,
-    /// Its encoded size (before any compression, as the local store weighs it).
-    len: usize,
-    /// The tags its loader added.
-    tags: Vec<Key>,
-    lineage: Lineage,
 }
 
 /// What became of a value's write to Redis.
@@ -126,138 +65,7 @@ enum Written {
     Superseded,
 }
 
-/// A fresh value read from Redis.
-pub(crate) struct Fresh<T> {
-    pub(crate) value: T,
-    /// How long it stays fresh, by the time written with it.
-    pub(crate) fresh_for: Duration,
-    /// Its encoded size in bytes (uncompressed).
-    pub(crate) len: usize,
-    /// The tags its loader added, which the reader's options need not name.
-    pub(crate) tags: Vec<Key>,
-}
-
 impl Core {
-    /// Reads an entry from Redis. Undecodable bytes are a miss (and get overwritten); a
-    /// failure is counted against Redis's health, shedding is not.
-    /// `tags` are the entry's: their generations are read along, for the lease.
-    pub(crate) async fn read_redis<T: Cacheable>(
-        &self,
-        redis: &RedisStore,
-        class: ClassId,
-        full_key: &str,
-        tags: &[Key],
-    ) -> RedisRead<T> {
-        let read_at = Instant::now();
-        // Taken before the read, so before any load that follows reads the origin. Until
-        // this instance knows them, they are read along with the entry.
-        let known = self.flushes.get(class);
-        let flushes_of = known.is_none().then(|| self.classes.get(class).name());
-        match redis.get_leased(full_key, tags, flushes_of).await {
-            Ok((entry, generations, read)) => {
-                if let Some(read) = read {
-                    self.flushes.learn(class, read);
-                }
-                let flushes = known.or(read).unwrap_or_default();
-                let read = Read {
-                    tags,
-                    generations,
-                    flushes,
-                    read_at,
-                    lineage_checked: redis.checks_after_write(),
-                };
-                self.answer_of(full_key, entry, read)
-            }
-            // Shedding load is not a sign of a sick Redis.
-            Err(Error::Overloaded) => RedisRead::Failed,
-            Err(error) => {
-                self.stats.redis_error();
-                self.breaker.record_failure("read failed");
-                tracing::debug!(key = %full_key, %error, "Redis read failed; carrying on without it");
-                RedisRead::Failed
-            }
-        }
-    }
-
-    /// What a read of Redis that answered found.
-    fn answer_of<T: Cacheable>(
-        &self,
-        full_key: &str,
-        entry: Option<bytes::Bytes>,
-        read: Read<'_>,
-    ) -> RedisRead<T> {
-        let Read {
-            tags,
-            generations,
-            flushes,
-            read_at,
-            lineage_checked,
-        } = read;
-        match entry {
-            Some(bytes) => {
-                self.breaker.record_success();
-                let decoded = if envelope::is_tombstone(&bytes) {
-                    None
-                } else {
-                    match self.decode::<T>(&bytes) {
-                        Ok(decoded) => Some(decoded),
-                        Err(error) => {
-                            self.stats.decode_error();
-                            tracing::warn!(key = %full_key, %error, "undecodable cached bytes; treating as a miss");
-                            None
-                        }
-                    }
-                };
-                // A racing load's value that an invalidation's scan missed, not yet removed
-                // by the load's own check after its write: a miss, whose load replaces it.
-                let decoded = decoded.filter(|d| {
-                    let older = lineage_checked
-                        && superseded(&d.lineage, tags, &generations, flushes);
-                    if older {
-                        tracing::debug!(key = %full_key, "value written by a load older than an invalidation; treating as a miss");
-                    }
-                    !older
-                });
-                let lease = Lease {
-                    seen: Seen::Bytes(bytes),
-                    generations,
-                    flushes,
-                    read_at,
-                };
-                match decoded {
-                    Some(Decoded {
-                        value,
-                        fresh_until,
-                        len,
-                        tags,
-                        ..
-                    }) => match fresh_until.duration_since(SystemTime::now()) {
-                        Ok(fresh_for) if !fresh_for.is_zero() => RedisRead::Fresh(
-                            Fresh {
-                                value,
-                                fresh_for,
-                                len,
-                                tags,
-                            },
-                            lease,
-                        ),
-                        _ => RedisRead::Expired(value, lease),
-                    },
-                    None => RedisRead::Miss(lease),
-                }
-            }
-            None => {
-                self.breaker.record_success();
-                RedisRead::Miss(Lease {
-                    seen: Seen::Absent,
-                    generations,
-                    flushes,
-                    read_at,
-                })
-            }
-        }
-    }
-
     /// Keeps a value read from Redis in the local store, for what is left of its freshness
     /// but no longer than the shape's TTL or local limit — unless it was read before an
     /// invalidation that has started since (then it is served but not kept), or the call
@@ -294,18 +102,6 @@ impl Core {
             }
         }
         self.stats.l2_hit(local_key.class);
-    }
-
-    /// Opens an envelope and decodes its value.
-    fn decode<T: Cacheable>(&self, bytes: &[u8]) -> Result<Decoded<T>, Error> {
-        let opened = envelope::open(&*self.codec, bytes)?;
-        Ok(Decoded {
-            value: self.codec.from_slice(&opened.payload)?,
-            fresh_until: opened.fresh_until,
-            len: opened.payload.len(),
-            tags: opened.tags,
-            lineage: opened.lineage,
-        })
     }
 
     /// Writes a loaded value to Redis (if `redis_key`, under its condition) and to the local

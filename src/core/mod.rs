@@ -12,6 +12,7 @@ mod events;
 mod flights;
 mod io;
 mod known_flushes;
+mod read;
 mod shape;
 mod stats;
 mod superseded;
@@ -27,7 +28,8 @@ pub(crate) use self::events::Events;
 pub(crate) use self::flights::{
     wait, Epoch, Flights, Join, Outcome, ShardMask, Snapshot, ALL_SHARDS,
 };
-pub(crate) use self::io::{Lease, RedisRead, WriteIf};
+pub(crate) use self::io::WriteIf;
+pub(crate) use self::read::{Lease, RedisRead};
 pub(crate) use self::shape::Shape;
 pub(crate) use self::stats::Stats;
 pub(crate) use self::telemetry::Telemetry;

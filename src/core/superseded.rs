@@ -6,10 +6,48 @@
 //! stays until that check has made the load remove it. Such writes record in their envelope
 //! what the load had seen (its lineage), and a reader compares it with the generations it
 //! reads or knows anyway.
+//!
+//! The tags a loader adds at run time are the exception: their generations were never read,
+//! by the load or by a reader that does not name them. Such a reader reads them after the
+//! entry, but only while the entry is young ([`unread_tags`]).
+
+use std::time::{Duration, SystemTime};
 
 use crate::key::Key;
-use crate::redis::Flushes;
+use crate::model::unix_ms;
+use crate::redis::{Flushes, LEASE_TTL};
 use crate::store::envelope::{Lineage, Seen};
+
+/// How long after its write a value may still be a racing load's that its tags' generations
+/// would show: a generation lives [`LEASE_TTL`] after the invalidation that set it, so a read
+/// later than that finds nothing to compare. Doubled for instances whose clocks differ.
+const YOUNG: Duration = LEASE_TTL.saturating_mul(2);
+
+/// The tags whose generations a reader must read after the entry before it may use it: the
+/// tags its loader added (`carried`, from the envelope) that the reader did not name
+/// (`named`, whose generations it read with the entry) — if a load wrote it less than
+/// [`YOUNG`] before `now`. Empty for explicit writes, which no invalidation supersedes, and
+/// for entries that record no lineage (only a Cluster's writes do).
+pub(super) fn unread_tags(
+    lineage: &Lineage,
+    carried: &[Key],
+    named: &[Key],
+    now: SystemTime,
+) -> Vec<Key> {
+    let Lineage::Loaded(seen) = lineage else {
+        return Vec::new();
+    };
+    let young = u64::try_from(YOUNG.as_millis()).unwrap_or(u64::MAX);
+    // A write time ahead of this clock is another instance's clock: young too.
+    if unix_ms(now).saturating_sub(seen.written) >= young {
+        return Vec::new();
+    }
+    carried
+        .iter()
+        .filter(|tag| !named.contains(tag))
+        .cloned()
+        .collect()
+}
 
 /// Whether a value whose writer had seen `lineage` is older than an invalidation, by the
 /// generations read with it: those of its `tags` (`now`, in order) and the flushes'. A
@@ -50,6 +88,7 @@ mod tests {
             class,
             namespace,
             tags: tags.iter().map(|&(t, g)| (key(t), g)).collect(),
+            written: 0,
         })
     }
 
@@ -100,5 +139,34 @@ mod tests {
             &[],
             flushes(Some(1), None)
         ));
+    }
+
+    #[test]
+    fn a_young_loaded_entry_has_its_unnamed_carried_tags_read() {
+        let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let lineage = Lineage::Loaded(Seen {
+            written: unix_ms(written),
+            ..Seen::default()
+        });
+        let carried = [key("folder:1"), key("folder:2")];
+        let named = [key("folder:2")];
+        let at = |secs| written + Duration::from_secs(secs);
+        assert_eq!(
+            unread_tags(&lineage, &carried, &named, at(0)),
+            [key("folder:1")]
+        );
+        assert_eq!(
+            unread_tags(&lineage, &carried, &named, at(19)),
+            [key("folder:1")]
+        );
+        // Written "later" by another instance's clock: young.
+        assert_eq!(
+            unread_tags(&lineage, &carried, &named, written - Duration::from_secs(5)),
+            [key("folder:1")]
+        );
+        assert!(unread_tags(&lineage, &carried, &named, at(20)).is_empty());
+        assert!(unread_tags(&lineage, &carried, &carried, at(0)).is_empty());
+        assert!(unread_tags(&Lineage::Explicit, &carried, &[], at(0)).is_empty());
+        assert!(unread_tags(&Lineage::Unrecorded, &carried, &[], at(0)).is_empty());
     }
 }

@@ -64,6 +64,13 @@ impl RedisStore {
     ) -> Result<(Option<Bytes>, Vec<Option<i64>>, Option<Flushes>), Error> {
         match *self {}
     }
+    pub(crate) async fn generations_after(
+        &self,
+        _: &[Key],
+        _: std::time::Instant,
+    ) -> Result<Vec<Option<i64>>, Error> {
+        match *self {}
+    }
     pub(crate) async fn bury(
         &self,
         _: Vec<String>,

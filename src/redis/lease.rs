@@ -39,7 +39,7 @@
 //! one.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::clients::{Client, Pipeline};
@@ -309,6 +309,23 @@ impl RedisStore {
             })
         });
         self.bounded("PIPELINE", || read).await
+    }
+
+    /// The generations of `tags`, in order, read after the entry whose read began at
+    /// `read_at`, within what is left of that read's deadline: the two wait no longer than
+    /// one command deadline together.
+    pub(crate) async fn generations_after(
+        &self,
+        tags: &[Key],
+        read_at: Instant,
+    ) -> Result<Vec<Option<i64>>, Error> {
+        let left = self.command_deadline().saturating_sub(read_at.elapsed());
+        let read = Box::pin(async move {
+            let pipeline = self.client().pipeline();
+            self.queue_generations(&pipeline, tags).await?;
+            each(pipeline.all::<Vec<Value>>().await?)
+        });
+        self.bounded_within("PIPELINE", left, read).await
     }
 
     /// Queues a GET of `class`'s generation, then of the namespace's.

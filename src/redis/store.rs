@@ -285,6 +285,11 @@ impl RedisStore {
         &self.options
     }
 
+    /// The deadline of one request-path command.
+    pub(super) fn command_deadline(&self) -> Duration {
+        self.command_timeout
+    }
+
     /// The deadline of a maintenance step.
     pub(super) fn maintenance_deadline(&self) -> Duration {
         self.maintenance_timeout
@@ -322,7 +327,20 @@ impl RedisStore {
     where
         S: Future<Output = Result<T, fred::error::Error>>,
     {
-        let deadline = self.command_timeout;
+        self.bounded_within(op, self.command_timeout, steps).await
+    }
+
+    /// [`bounded_steps`](Self::bounded_steps) within `deadline`: what is left of one
+    /// command deadline that earlier commands of the same request have used part of.
+    pub(super) async fn bounded_within<T, S>(
+        &self,
+        op: &'static str,
+        deadline: Duration,
+        steps: S,
+    ) -> Result<T, Error>
+    where
+        S: Future<Output = Result<T, fred::error::Error>>,
+    {
         let timed = self
             .bounded(op, || async move {
                 Ok::<_, fred::error::Error>(tokio::time::timeout(deadline, steps).await)

@@ -8,17 +8,25 @@
 //! the entry anyway, and knows the flush generations: with the lineage beside them it can tell
 //! such a value from one loaded after the invalidation.
 //!
-//! Layout: a kind byte, `1` (written explicitly) or `2` (written by a load); for a load, a
+//! The tags a loader adds to its entry at run time are not known before the load, so their
+//! generations were never read: a reader that does not name them either reads them after the
+//! entry, while the entry is young enough for a racing write to be still in place (see
+//! `core::superseded`). The section records when the value was written for that.
+//!
+//! Layout: a kind byte, `1` (written explicitly) or `3` (written by a load); for a load, a
 //! byte whose bits 0 and 1 say whether a class and a namespace generation follow, both as
-//! i64 (zero when absent), then a count (u16) of tags whose generation was set, each as a
-//! length (u16), its bytes and its generation (i64).
+//! i64 (zero when absent), the time of the write as Unix milliseconds (u64), then a count
+//! (u16) of tags whose generation was set, each as a length (u16), its bytes and its
+//! generation (i64).
 
 use super::{read_tag, write_tag};
 use crate::error::Error;
 use crate::key::Key;
 
 const EXPLICIT: u8 = 1;
-const LOADED: u8 = 2;
+/// `2` was a load's record without its write time, written by earlier builds: an unknown
+/// kind now, so such an entry is a miss rather than a misread.
+const LOADED: u8 = 3;
 
 /// What the writer of an entry had seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,6 +49,8 @@ pub(crate) struct Seen {
     pub(crate) namespace: Option<i64>,
     /// Its tags whose generation was set, with that generation.
     pub(crate) tags: Vec<(Key, i64)>,
+    /// When the value was written, as Unix milliseconds.
+    pub(crate) written: u64,
 }
 
 impl Seen {
@@ -65,6 +75,7 @@ impl Lineage {
         out.push(u8::from(seen.class.is_some()) | u8::from(seen.namespace.is_some()) << 1);
         out.extend_from_slice(&seen.class.unwrap_or(0).to_le_bytes());
         out.extend_from_slice(&seen.namespace.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&seen.written.to_le_bytes());
         let count = u16::try_from(seen.tags.len())
             .map_err(|_| Error::Encode("too many tags for an entry".into()))?;
         out.extend_from_slice(&count.to_le_bytes());
@@ -86,7 +97,7 @@ impl Lineage {
                     .iter()
                     .map(|(t, _)| 2 + t.as_str().len() + 8)
                     .sum();
-                1 + 1 + 8 + 8 + 2 + tags
+                1 + 1 + 8 + 8 + 8 + 2 + tags
             }
         }
     }
@@ -103,6 +114,7 @@ impl Lineage {
         let (&present, rest) = rest.split_first().ok_or_else(corrupt)?;
         let (class, rest) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
         let (namespace, rest) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
+        let (written, rest) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
         let (count, mut rest) = rest.split_first_chunk::<2>().ok_or_else(corrupt)?;
         let count = usize::from(u16::from_le_bytes(*count));
         let mut tags = Vec::with_capacity(count.min(rest.len() / 10));
@@ -116,6 +128,7 @@ impl Lineage {
             class: (present & 1 != 0).then(|| i64::from_le_bytes(*class)),
             namespace: (present & 2 != 0).then(|| i64::from_le_bytes(*namespace)),
             tags,
+            written: u64::from_le_bytes(*written),
         };
         Ok((Lineage::Loaded(seen), rest))
     }
