@@ -864,17 +864,7 @@ async fn a_value_that_landed_after_an_invalidation_is_not_read_cluster() {
         };
         origin.store(before + 1, Ordering::SeqCst);
         a.invalidate(&inv).await;
-        let Topology::Cluster(cluster) = &t else {
-            unreachable!("a Cluster")
-        };
-        let landed = cluster.cmd(&[
-            b"SET".as_slice(),
-            entry.as_bytes(),
-            &written,
-            b"PX".as_slice(),
-            b"60000".as_slice(),
-        ]);
-        assert!(landed.is_ok(), "{landed:?}");
+        land_late(&t, &entry, &written);
         let read = a.fetch(k.clone(), &opts, load_ok(&origin)).await;
         assert_eq!(
             read.map(|f| (f.value, f.origin)),
@@ -921,21 +911,27 @@ async fn a_value_its_loader_tagged_that_landed_after_the_invalidation_is_not_rea
     assert_eq!(read.map(|f| (f.value, f.origin)), Ok((1, Origin::Redis)));
     origin.store(2, Ordering::SeqCst);
     a.invalidate(&Invalidation::new().tag(tag.clone())).await;
-    let Topology::Cluster(cluster) = &t else {
+    land_late(&t, &entry, &written);
+    for (cache, opts) in [(&b, &b_opts), (&a, &opts)] {
+        let read = cache.fetch_adaptive(k.clone(), opts, load(&origin)).await;
+        assert_eq!(read.map(|f| (f.value, f.origin)), Ok((2, Origin::Loader)));
+    }
+}
+
+/// The write of a load that raced an invalidation, landing after its scan: the bytes the
+/// load wrote before, put back at `entry` on the Cluster `t`.
+fn land_late(t: &Topology, entry: &str, written: &[u8]) {
+    let Topology::Cluster(cluster) = t else {
         unreachable!("a Cluster")
     };
     let landed = cluster.cmd(&[
         b"SET".as_slice(),
         entry.as_bytes(),
-        &written,
+        written,
         b"PX".as_slice(),
         b"60000".as_slice(),
     ]);
     assert!(landed.is_ok(), "{landed:?}");
-    for (cache, opts) in [(&b, &b_opts), (&a, &opts)] {
-        let read = cache.fetch_adaptive(k.clone(), opts, load(&origin)).await;
-        assert_eq!(read.map(|f| (f.value, f.origin)), Ok((2, Origin::Loader)));
-    }
 }
 
 /// A loader that reads `origin` and never fails.
