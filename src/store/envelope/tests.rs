@@ -24,6 +24,26 @@ fn big() -> Vec<(String, u32, String)> {
         .collect()
 }
 
+/// [`big`] sealed compressed with `tags` and `lineage`: its flags byte and the sections it
+/// opens with, once its payload has decoded back to [`big`].
+#[cfg(feature = "compression")]
+fn compressed_with(tags: &[Key], lineage: &Lineage) -> (u8, Vec<Key>, Lineage) {
+    let sealed = seal(
+        &MessagePack,
+        at(),
+        Encodable::new(&big()),
+        Some(64),
+        tags,
+        lineage,
+    )
+    .expect("encodes");
+    let opened = open(&MessagePack, &sealed.bytes).expect("opens");
+    let back: Vec<(String, u32, String)> =
+        MessagePack.from_slice(&opened.payload).expect("decodes");
+    assert_eq!(back, big());
+    (sealed.bytes[4], opened.tags, opened.lineage)
+}
+
 #[test]
 fn tombstones_are_unique_and_never_open_as_values() {
     let (a, b) = (tombstone(), tombstone());
@@ -203,21 +223,9 @@ fn tags_travel_with_the_entry_and_a_cut_section_is_a_miss() {
     // Compressed and tagged.
     #[cfg(feature = "compression")]
     {
-        let both = seal(
-            &MessagePack,
-            at(),
-            Encodable::new(&big()),
-            Some(64),
-            &tags,
-            &Lineage::Unrecorded,
-        )
-        .expect("encodes");
-        assert_eq!(both.bytes[4], FLAG_LZ4 | FLAG_TAGS);
-        let opened = open(&MessagePack, &both.bytes).expect("opens");
-        assert_eq!(opened.tags, tags);
-        let back: Vec<(String, u32, String)> =
-            MessagePack.from_slice(&opened.payload).expect("decodes");
-        assert_eq!(back, big());
+        let (flags, carried, _) = compressed_with(&tags, &Lineage::Unrecorded);
+        assert_eq!(flags, FLAG_LZ4 | FLAG_TAGS);
+        assert_eq!(carried, tags);
     }
     // Any cut inside the tags section is an error (a miss), never a panic.
     for len in V2_HEADER_LEN..small.bytes.len() - 1 {
@@ -288,20 +296,8 @@ fn the_lineage_travels_with_the_entry_and_a_cut_section_is_a_miss() {
     }
     #[cfg(feature = "compression")]
     {
-        let both = seal(
-            &MessagePack,
-            at(),
-            Encodable::new(&big()),
-            Some(64),
-            &tags,
-            &loaded,
-        )
-        .expect("encodes");
-        assert_eq!(both.bytes[4], FLAG_LZ4 | FLAG_TAGS | FLAG_LINEAGE);
-        let opened = open(&MessagePack, &both.bytes).expect("opens");
-        assert_eq!(opened.lineage, loaded);
-        let back: Vec<(String, u32, String)> =
-            MessagePack.from_slice(&opened.payload).expect("decodes");
-        assert_eq!(back, big());
+        let (flags, _, lineage) = compressed_with(&tags, &loaded);
+        assert_eq!(flags, FLAG_LZ4 | FLAG_TAGS | FLAG_LINEAGE);
+        assert_eq!(lineage, loaded);
     }
 }
